@@ -1,0 +1,843 @@
+"""Shared code for the ERNIE 3.0 suite: task registry, data reading, preprocessing, metrics, argument
+parsing with per-task defaults, model loading, the Trainer workflow, output writing and static export.
+
+Every run_*.py, compress_*.py and infer.py script imports from here; a piece of logic lives in one place.
+"""
+import argparse
+import contextlib
+import fnmatch
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import yaml
+
+import paddle
+from paddlenlp.datasets import MapDataset
+from paddlenlp.trainer import EarlyStoppingCallback, PdArgumentParser, Trainer
+from paddlenlp.trainer.trainer_utils import get_last_checkpoint
+from paddlenlp.transformers import AutoConfig, AutoTokenizer
+
+logger = logging.getLogger("ernie_suite")
+
+SUITE_DIR = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CONFIG_FILE = os.path.join(SUITE_DIR, "configs", "default.yml")
+DEFAULT_MODEL = "ernie-3.0-medium-zh"
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors a user can cause
+# --------------------------------------------------------------------------------------------------
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2, no traceback."""
+
+
+class FieldError(Exception):
+    """A bad field in one data row; the reader adds the file and line."""
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Run a script's main(); a UserError becomes one 'error: ...' line on stderr and exit status 2."""
+    try:
+        main()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# --------------------------------------------------------------------------------------------------
+# Task registry
+# --------------------------------------------------------------------------------------------------
+def _text_field(row: dict, name: str) -> str:
+    if name not in row:
+        raise FieldError(f"missing field '{name}'")
+    value = row[name]
+    if not isinstance(value, str):
+        raise FieldError(f"field '{name}' must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise FieldError(f"field '{name}' is empty")
+    return value
+
+
+def single_sentence(row: dict) -> Tuple[str, Optional[str]]:
+    return _text_field(row, "sentence"), None
+
+
+def sentence_pair(row: dict) -> Tuple[str, Optional[str]]:
+    return _text_field(row, "sentence1"), _text_field(row, "sentence2")
+
+
+def csl_keywords_and_abstract(row: dict) -> Tuple[str, Optional[str]]:
+    """CSL: the keywords joined by spaces are the first text, the abstract the second."""
+    keywords = row.get("keyword")
+    if not isinstance(keywords, list) or not keywords or not all(isinstance(k, str) for k in keywords):
+        raise FieldError("field 'keyword' must be a non-empty list of strings")
+    return " ".join(keywords), _text_field(row, "abst")
+
+
+def mark_wsc_spans(text: str, span1_index: int, span1_text: str, span2_index: int, span2_text: str) -> str:
+    """Wrap the candidate noun (span1) in _..._ and the pronoun (span2) in [...] at their character indexes.
+
+    Each span must match the text at its index; markers are inserted right to left so that earlier
+    insertions do not shift later indexes, whichever span comes first.
+    """
+    for name, index, span in (("span1", span1_index, span1_text), ("span2", span2_index, span2_text)):
+        if not isinstance(index, int) or index < 0 or text[index : index + len(span)] != span:
+            found = text[index : index + len(span)] if isinstance(index, int) else None
+            raise FieldError(f"target.{name}_text {span!r} does not match the text at {name}_index {index} ({found!r})")
+    insertions = [(span1_index, "_"), (span1_index + len(span1_text), "_"), (span2_index, "["), (span2_index + len(span2_text), "]")]
+    marked = text
+    for position, marker in sorted(insertions, key=lambda item: item[0], reverse=True):
+        marked = marked[:position] + marker + marked[position:]
+    return marked
+
+
+def wsc_marked_text(row: dict) -> Tuple[str, Optional[str]]:
+    text = _text_field(row, "text")
+    target = row.get("target")
+    keys = ("span1_index", "span1_text", "span2_index", "span2_text")
+    if not isinstance(target, dict) or any(key not in target for key in keys):
+        raise FieldError(f"field 'target' must hold {', '.join(keys)}")
+    return mark_wsc_spans(text, *(target[key] for key in keys)), None
+
+
+def custom_text(row: dict) -> Tuple[str, Optional[str]]:
+    """A user's own data: 'sentence' for single texts, or 'sentence1' and 'sentence2' for pairs."""
+    if "sentence1" in row or "sentence2" in row:
+        return sentence_pair(row)
+    return single_sentence(row)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: how to read its rows, its labels, its metric and where its predictions go."""
+
+    name: str
+    family: str  # "seq_cls", "token_cls" or "qa"
+    labels: Tuple[str, ...]
+    read_texts: Callable[[dict], Tuple[str, Optional[str]]]
+    metric: str
+    max_seq_length: int
+    submission_file: str
+    hub: Optional[Tuple[str, str]] = None  # paddlenlp.datasets.load_dataset(*hub, splits=split)
+    hub_splits: Dict[str, str] = field(default_factory=lambda: {"train": "train", "dev": "dev", "test": "test"})
+    skip_labels: Tuple[str, ...] = ()  # gold label meaning "no agreement": such rows are left out
+    file_format: str = "CLUE json lines"
+
+
+TNEWS_LABELS = ("100", "101", "102", "103", "104", "106", "107", "108", "109", "110", "112", "113", "114", "115", "116")
+
+SEQ_CLS_TASKS = {
+    task.name: task
+    for task in [
+        TaskSpec("afqmc", "seq_cls", ("0", "1"), sentence_pair, "accuracy", 128, "afqmc_predict.json", ("clue", "afqmc")),
+        TaskSpec("tnews", "seq_cls", TNEWS_LABELS, single_sentence, "accuracy", 128, "tnews11_predict.json", ("clue", "tnews")),
+        TaskSpec(
+            "iflytek", "seq_cls", tuple(str(i) for i in range(119)), single_sentence, "accuracy", 128,
+            "iflytek_predict.json", ("clue", "iflytek"),
+        ),
+        TaskSpec(
+            "cmnli", "seq_cls", ("contradiction", "entailment", "neutral"), sentence_pair, "accuracy", 128,
+            "cmnli_predict.json", ("clue", "cmnli"), skip_labels=("-",),
+        ),
+        TaskSpec(
+            "ocnli", "seq_cls", ("entailment", "contradiction", "neutral"), sentence_pair, "accuracy", 128,
+            "ocnli_50k_predict.json", ("clue", "ocnli"), skip_labels=("-",),
+        ),
+        TaskSpec(
+            "cluewsc2020", "seq_cls", ("true", "false"), wsc_marked_text, "accuracy", 128,
+            "cluewsc11_predict.json", ("clue", "cluewsc2020"),
+        ),
+        TaskSpec("csl", "seq_cls", ("0", "1"), csl_keywords_and_abstract, "accuracy", 256, "csl_predict.json", ("clue", "csl")),
+    ]
+}
+
+ALL_TASKS = {**SEQ_CLS_TASKS}
+CUSTOM_TASK = "custom"
+
+
+def custom_seq_cls_task(label_list: Sequence[str]) -> TaskSpec:
+    if not label_list:
+        raise UserError("--task_name custom needs --label_list (the label strings, in id order)")
+    if len(set(label_list)) != len(label_list):
+        raise UserError(f"--label_list has repeated labels: {list(label_list)}")
+    return TaskSpec(CUSTOM_TASK, "seq_cls", tuple(label_list), custom_text, "accuracy", 128, "custom_predict.json")
+
+
+def get_task(name: str, family: str, label_list: Optional[Sequence[str]] = None) -> TaskSpec:
+    """The registry entry for --task_name, or a clear error naming the tasks this script handles."""
+    tasks = {n: t for n, t in ALL_TASKS.items() if t.family == family}
+    if name == CUSTOM_TASK and family == "seq_cls":
+        return custom_seq_cls_task(label_list)
+    if name not in tasks:
+        other = ALL_TASKS.get(name)
+        hint = f" ({name} is a {FAMILY_NAMES[other.family]} task)" if other else ""
+        choices = sorted(tasks) + ([CUSTOM_TASK] if family == "seq_cls" else [])
+        raise UserError(f"unknown --task_name {name!r}{hint}; this script handles: {', '.join(choices)}")
+    return tasks[name]
+
+
+FAMILY_NAMES = {"seq_cls": "sequence classification", "token_cls": "token classification", "qa": "question answering"}
+FAMILY_SCRIPTS = {"seq_cls": "run_seq_cls.py", "token_cls": "run_token_cls.py", "qa": "run_qa.py"}
+HEAD_SUFFIXES = {
+    "ForSequenceClassification": "seq_cls",
+    "ForTokenClassification": "token_cls",
+    "ForQuestionAnswering": "qa",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading data: local files in the original formats, or the hub copy by name
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class TextExample:
+    id: object
+    text_a: str
+    text_b: Optional[str]
+    label: Optional[str]
+    where: str  # "file:line" or "hub split row", for error messages
+
+
+def read_json_lines(path: str, option: str):
+    """Yield ("path:line", row) for each non-blank line; malformed lines are errors naming file and line."""
+    if not os.path.isfile(path):
+        raise UserError(f"{option}: file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{line_number}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise UserError(f"{where}: not a valid JSON line ({error.msg} at column {error.colno})") from None
+                if not isinstance(row, dict):
+                    raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
+                yield where, row
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
+def hub_rows(dataset, where_prefix: str):
+    """Rows of a paddlenlp hub dataset, with label ids turned back into the label strings of the files."""
+    label_list = getattr(dataset, "label_list", None)
+    for index, row in enumerate(dataset):
+        label = row.get("label")
+        if label_list and isinstance(label, (int, np.integer)) and not isinstance(label, bool):
+            row = {**row, "label": label_list[label]}
+        yield f"{where_prefix} row {index}", row
+
+
+def load_hub_rows(task: TaskSpec, split: str):
+    """Download one split by name; on failure say what could not be fetched and which option to use."""
+    option = SPLIT_OPTIONS[split]
+    if task.hub is None:
+        raise UserError(f"task {task.name} has no downloadable data; pass {option} PATH")
+    from paddlenlp.datasets import load_dataset
+
+    hub_split = task.hub_splits[split]
+    try:
+        dataset = load_dataset(*task.hub, splits=hub_split)
+    except Exception as error:  # network errors surface as RuntimeError/OSError from several layers
+        raise UserError(
+            f"could not download the {task.name} {split} split ({first_line(error)}); "
+            f"pass {option} PATH with a local copy ({task.file_format})"
+        ) from None
+    return list(hub_rows(dataset, f"{'/'.join(task.hub)} {hub_split}"))
+
+
+SPLIT_OPTIONS = {"train": "--train_file", "dev": "--dev_file", "test": "--test_file"}
+
+
+def rows_to_examples(task: TaskSpec, rows, split: str) -> List[TextExample]:
+    """Turn raw rows into TextExamples: texts via the task's reader, labels checked against its label list.
+
+    Rows whose gold label is one of task.skip_labels (CLUE's "-" for no annotator agreement) are left out.
+    Test rows may lack labels; every other split needs one. An example's id is its own "id" (or "idx")
+    field, else its position in the file.
+    """
+    examples, skipped = [], 0
+    for position, (where, row) in enumerate(rows):
+        try:
+            text_a, text_b = task.read_texts(row)
+        except FieldError as error:
+            raise UserError(f"{where}: {error}") from None
+        label = row.get("label")
+        if label is None:
+            if split != "test":
+                raise UserError(f"{where}: missing field 'label' (needed in the {split} split)")
+        else:
+            label = str(label)
+            if label in task.skip_labels:
+                skipped += 1
+                continue
+            if label not in task.labels:
+                shown = ", ".join(task.labels[:20]) + (", ..." if len(task.labels) > 20 else "")
+                raise UserError(f"{where}: unknown label {label!r} for task {task.name} (expected one of: {shown})")
+        example_id = row.get("id", row.get("idx", position))
+        examples.append(TextExample(example_id, text_a, text_b, label, where))
+    if skipped:
+        logger.info("%s %s: left out %d rows labelled %s", task.name, split, skipped, "/".join(task.skip_labels))
+    if not examples:
+        raise UserError(f"the {task.name} {split} data holds no examples")
+    return examples
+
+
+def load_examples(task: TaskSpec, split: str, path: Optional[str], max_samples: Optional[int] = None) -> List[TextExample]:
+    """Examples of one split from a local file (used as it is) or, without one, the hub copy."""
+    rows = read_json_lines(path, SPLIT_OPTIONS[split]) if path else load_hub_rows(task, split)
+    examples = rows_to_examples(task, rows, split)
+    if max_samples is not None and max_samples > 0:
+        examples = examples[:max_samples]
+    source = path or "/".join(task.hub or ())
+    logger.info("%s %s: %d examples from %s", task.name, split, len(examples), source)
+    return examples
+
+
+# --------------------------------------------------------------------------------------------------
+# Preprocessing
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class EncodedSplit:
+    dataset: MapDataset
+    ids: list
+    truncated: int
+
+
+def encode_text_examples(examples: Sequence[TextExample], tokenizer, task: TaskSpec, max_seq_length: int,
+                         truncate: bool = True) -> EncodedSplit:
+    """Tokenize each example once; texts longer than max_seq_length are truncated (longest first) and
+    counted, or, with truncate=False, rejected naming the example."""
+    label_ids = {label: index for index, label in enumerate(task.labels)}
+    features, truncated = [], 0
+    for example in examples:
+        ids_a = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(example.text_a))
+        ids_b = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(example.text_b)) if example.text_b is not None else None
+        length = len(ids_a) + len(ids_b or ()) + tokenizer.num_special_tokens_to_add(pair=ids_b is not None)
+        if length > max_seq_length:
+            if not truncate:
+                raise UserError(
+                    f"{example.where}: text is {length} tokens, longer than --max_seq_length {max_seq_length} "
+                    "(pass --truncate_long_texts true to truncate)"
+                )
+            truncated += 1
+        encoded = tokenizer.prepare_for_model(ids_a, ids_b, max_length=max_seq_length, truncation=True)
+        feature = {"input_ids": encoded["input_ids"], "token_type_ids": encoded["token_type_ids"]}
+        if example.label is not None:
+            feature["labels"] = label_ids[example.label]
+        features.append(feature)
+    return EncodedSplit(MapDataset(features), [example.id for example in examples], truncated)
+
+
+def report_truncation(task_name: str, split: str, encoded: EncodedSplit, max_seq_length: int) -> None:
+    if encoded.truncated:
+        logger.warning(
+            "%s %s: %d of %d examples were longer than max_seq_length=%d and were truncated",
+            task_name, split, encoded.truncated, len(encoded.ids), max_seq_length,
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------------
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of examples whose argmax matches the gold label id (0..1)."""
+    return float((np.asarray(logits).argmax(axis=-1) == np.asarray(labels)).mean())
+
+
+def compute_accuracy_metrics(eval_prediction) -> Dict[str, float]:
+    return {"accuracy": accuracy(eval_prediction.predictions, eval_prediction.label_ids)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Argument dataclasses shared by the run_*.py scripts
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class DataArguments:
+    task_name: str = field(
+        metadata={"help": "afqmc, tnews, iflytek, cmnli, ocnli, cluewsc2020, csl or custom (run_seq_cls.py); "
+                          "msra_ner (run_token_cls.py); cmrc2018 (run_qa.py)"}
+    )
+    train_file: Optional[str] = field(default=None, metadata={"help": "Local training file in the task's original format; without it the hub copy is downloaded."})
+    dev_file: Optional[str] = field(default=None, metadata={"help": "Local dev file (evaluation and best-model selection)."})
+    test_file: Optional[str] = field(default=None, metadata={"help": "Local test file for --do_predict."})
+    label_list: Optional[List[str]] = field(default=None, metadata={"help": "Labels of --task_name custom, in id order."})
+    max_seq_length: int = field(default=128, metadata={"help": "Tokens per example, special tokens included; per-task default below."})
+    truncate_long_texts: bool = field(
+        default=True,
+        metadata={"help": "Truncate longer examples to --max_seq_length (the count is logged and written to the results); "
+                          "with false, such an example is an error naming its file and line."},
+    )
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N training examples."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N dev examples."})
+    max_predict_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N test examples."})
+
+    def split_file(self, split: str) -> Optional[str]:
+        return {"train": self.train_file, "dev": self.dev_file, "test": self.test_file}[split]
+
+    def split_max_samples(self, split: str) -> Optional[int]:
+        return {"train": self.max_train_samples, "dev": self.max_eval_samples, "test": self.max_predict_samples}[split]
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default=DEFAULT_MODEL,
+        metadata={"help": "A PaddleNLP model name (downloaded) or a local directory (pretrained or fine-tuned)."},
+    )
+    dropout: Optional[float] = field(default=None, metadata={"help": "Hidden and classifier dropout; default: the model's own."})
+    early_stopping_patience: Optional[int] = field(
+        default=None, metadata={"help": "Stop after this many evaluations without improvement of the dev metric."}
+    )
+    config: str = field(default=DEFAULT_CONFIG_FILE, metadata={"help": "YAML file of per-task defaults."})
+
+
+# --------------------------------------------------------------------------------------------------
+# Arguments: dataclasses + per-task defaults from configs/ that the command line overrides
+# --------------------------------------------------------------------------------------------------
+ARGS_FILE_SUFFIXES = (".json", ".yml", ".yaml")
+
+
+def args_file_to_argv(path: str) -> List[str]:
+    """A .json or .yml arguments file as the equivalent command-line tokens."""
+    if not os.path.isfile(path):
+        raise UserError(f"arguments file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = json.load(handle) if path.endswith(".json") else yaml.safe_load(handle)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise UserError(f"{path}: cannot parse arguments file ({first_line(error)})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: an arguments file must hold a mapping of option names to values")
+    return dict_to_argv(values)
+
+
+def dict_to_argv(values: dict) -> List[str]:
+    argv = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        argv.append(f"--{key}")
+        if isinstance(value, bool):
+            argv.append(str(value).lower())
+        elif isinstance(value, (list, tuple)):
+            argv.extend(str(item) for item in value)
+        else:
+            argv.append(str(value))
+    return argv
+
+
+def option_value(argv: Sequence[str], name: str) -> Optional[str]:
+    """The last value given for --name in argv (either '--name value' or '--name=value')."""
+    value = None
+    for index, token in enumerate(argv):
+        if token == f"--{name}" and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif token.startswith(f"--{name}="):
+            value = token.split("=", 1)[1]
+    return value
+
+
+def load_config_defaults(config_file: str) -> dict:
+    if not os.path.isfile(config_file):
+        raise UserError(f"--config: file not found: {config_file}")
+    with open(config_file, encoding="utf-8") as handle:
+        config = yaml.safe_load(handle) or {}
+    return config
+
+
+def task_defaults(config: dict, task_name: Optional[str]) -> dict:
+    """The 'common' defaults overlaid with the task's own block."""
+    defaults = dict(config.get("common") or {})
+    defaults.update((config.get("tasks") or {}).get(task_name) or {})
+    return defaults
+
+
+def defaults_epilog(config: dict, family: str, config_file: str) -> str:
+    lines = [f"Per-task defaults (from {os.path.relpath(config_file)}; anything given on the command line wins):"]
+    for name, task in ALL_TASKS.items():
+        if task.family != family:
+            continue
+        values = {"max_seq_length": task.max_seq_length, **((config.get("tasks") or {}).get(name) or {})}
+        lines.append(f"  {name}: " + ", ".join(f"{key}={value}" for key, value in values.items()))
+    return "\n".join(lines)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults after each option and keeps the per-task table's line breaks."""
+
+
+def parse_arguments(dataclass_types, family: str, description: str, argv: Optional[Sequence[str]] = None):
+    """Parse the command line (or one .json/.yml arguments file) into the dataclasses.
+
+    Defaults come in three layers, the later winning: the dataclass defaults, configs/default.yml
+    ('common', then the task's block, then the task's registry max_seq_length), then what the user gave.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0].endswith(ARGS_FILE_SUFFIXES):
+        argv = args_file_to_argv(argv[0])
+    config_file = option_value(argv, "config") or DEFAULT_CONFIG_FILE
+    config = load_config_defaults(config_file)
+    task_name = option_value(argv, "task_name")
+    parser = PdArgumentParser(
+        dataclass_types, description=description, epilog=defaults_epilog(config, family, config_file),
+        formatter_class=HelpFormatter,
+    )
+    defaults = {"device": default_device(), **task_defaults(config, task_name)}
+    task = ALL_TASKS.get(task_name)
+    if task is not None:
+        defaults.setdefault("max_seq_length", task.max_seq_length)
+        defaults.setdefault("metric_for_best_model", task.metric)
+    if task_name and option_value(argv, "output_dir") is None:
+        argv += ["--output_dir", os.path.join("output", task_name)]
+    parser.set_defaults(**defaults)
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as error:  # TrainingArguments.__post_init__ rejects inconsistent options this way
+        raise UserError(first_line(error)) from None
+
+
+def default_device() -> str:
+    return "gpu" if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0 else "cpu"
+
+
+def check_device(device: str) -> None:
+    """Refuse a GPU run on a CPU-only paddle instead of silently training on the CPU."""
+    if device.startswith("gpu") and default_device() != "gpu":
+        raise UserError(
+            "--device gpu needs paddlepaddle-gpu and a visible GPU, but this paddle is CPU-only "
+            "or sees no GPU; use --device cpu or install paddlepaddle-gpu (see README)"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Model and tokenizer loading
+# --------------------------------------------------------------------------------------------------
+def could_not_load(what: str, name_or_path: str, error: BaseException) -> UserError:
+    if os.path.isdir(name_or_path):
+        return UserError(f"could not load the {what} from {name_or_path} ({first_line(error)})")
+    return UserError(
+        f"could not load {what} {name_or_path!r} ({first_line(error)}): without internet, or for an unknown name, "
+        "pass --model_name_or_path DIR with a local copy (config.json, weights, vocab.txt)"
+    )
+
+
+def load_tokenizer(name_or_path: str):
+    """AutoTokenizer, falling back to the class named in tokenizer_config.json.
+
+    paddlenlp 3.0.0b4's AutoTokenizer cannot reload a saved RobertaChineseTokenizer (the tokenizer of
+    hfl/roberta-wwm-ext and hfl/rbt6): "Tokenizer class RobertaChineseTokenizer does not exist".
+    """
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except ValueError as error:
+        class_name = saved_tokenizer_class(name_or_path)
+        import paddlenlp.transformers as transformers
+
+        if class_name and hasattr(transformers, class_name):
+            return getattr(transformers, class_name).from_pretrained(name_or_path)
+        raise could_not_load("tokenizer", name_or_path, error) from None
+    except Exception as error:  # download failures come as OSError, RuntimeError or requests errors
+        raise could_not_load("tokenizer", name_or_path, error) from None
+
+
+def saved_tokenizer_class(directory: str) -> Optional[str]:
+    path = os.path.join(directory, "tokenizer_config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle).get("tokenizer_class")
+
+
+def load_model_config(name_or_path: str):
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except Exception as error:
+        raise could_not_load("model", name_or_path, error) from None
+
+
+def model_head_family(config) -> Optional[str]:
+    """'seq_cls', 'token_cls' or 'qa' for a fine-tuned model's config; None for a pretrained encoder."""
+    for architecture in getattr(config, "architectures", None) or []:
+        for suffix, family in HEAD_SUFFIXES.items():
+            if architecture.endswith(suffix):
+                return family
+    return None
+
+
+def model_labels(config) -> Optional[List[str]]:
+    id2label = getattr(config, "id2label", None) or {}
+    labels = [id2label[i] for i in sorted(id2label)]
+    return None if all(label == f"LABEL_{i}" for i, label in enumerate(labels)) else labels
+
+
+def check_model_fits_task(config, name_or_path: str, task: TaskSpec) -> None:
+    """A fine-tuned model may only be used for a task of its own kind with its own label list."""
+    head = model_head_family(config)
+    if head is None:
+        return
+    if head != task.family:
+        raise UserError(
+            f"{name_or_path} is a fine-tuned {FAMILY_NAMES[head]} model, but task {task.name} needs a "
+            f"{FAMILY_NAMES[task.family]} model; use {FAMILY_SCRIPTS[head]}, or start from a pretrained encoder"
+        )
+    if task.family == "qa":
+        return
+    labels = model_labels(config)
+    if labels is None and config.num_labels != len(task.labels) or labels is not None and labels != list(task.labels):
+        trained_for = getattr(config, "finetuning_task", None) or "another task"
+        raise UserError(
+            f"{name_or_path} was fine-tuned for {trained_for} with {config.num_labels} labels, which does not fit "
+            f"task {task.name} ({len(task.labels)} labels); start from a pretrained encoder or pass the matching --task_name"
+        )
+
+
+def configure_for_task(config, task: TaskSpec, dropout: Optional[float] = None):
+    """Record the task and its labels in the config, so a saved model says what it was trained for."""
+    config.num_labels = len(task.labels)
+    config.id2label = dict(enumerate(task.labels))
+    config.label2id = {label: index for index, label in enumerate(task.labels)}
+    config.finetuning_task = task.name
+    if dropout is not None:
+        config.hidden_dropout_prob = dropout
+        config.classifier_dropout = dropout
+    return config
+
+
+def load_task_model(model_class, name_or_path: str, task: TaskSpec, max_seq_length: int, dropout: Optional[float] = None):
+    """Config, checks, then the model with a head sized for the task."""
+    config = load_model_config(name_or_path)
+    check_model_fits_task(config, name_or_path, task)
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions and max_seq_length > positions:
+        raise UserError(f"--max_seq_length {max_seq_length} exceeds the model's {positions} position embeddings")
+    configure_for_task(config, task, dropout)
+    try:
+        return model_class.from_pretrained(name_or_path, config=config)
+    except Exception as error:
+        raise could_not_load("model", name_or_path, error) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Output directory, checkpoints and atomic writes
+# --------------------------------------------------------------------------------------------------
+EARLIER_RESULTS = (
+    "config.json", "model_state.pdparams", "model.safetensors", "*_results.json", "*_predict.json",
+    "export", "checkpoint-*",
+)
+
+
+def earlier_results(output_dir: str, patterns: Sequence[str] = EARLIER_RESULTS) -> List[str]:
+    if not os.path.isdir(output_dir):
+        return []
+    return sorted(name for name in os.listdir(output_dir) if any(fnmatch.fnmatch(name, p) for p in patterns))
+
+
+def check_output_dir(training_args, resume_checkpoint: Optional[str], planned: Sequence[str]) -> None:
+    """Never replace a user's earlier results by accident.
+
+    Training refuses an output_dir that holds results of an earlier run (unless resuming from it);
+    evaluation, prediction and export refuse to replace the files they would write. Either way
+    --overwrite_output_dir allows it.
+    """
+    if training_args.overwrite_output_dir:
+        return
+    output_dir = training_args.output_dir
+    found = earlier_results(output_dir) if training_args.do_train and not resume_checkpoint else earlier_results(output_dir, planned)
+    if found:
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise UserError(
+            f"--output_dir {output_dir} already holds results of an earlier run ({shown}); pass --overwrite_output_dir "
+            "to replace them, --resume_from_checkpoint to continue training, or choose another --output_dir"
+        )
+
+
+def resolve_resume_checkpoint(training_args) -> Optional[str]:
+    """--resume_from_checkpoint DIR, or 'true'/'last' for the newest checkpoint-* in --output_dir."""
+    value = training_args.resume_from_checkpoint
+    if value is None or str(value).lower() in ("", "false", "none"):
+        return None
+    if str(value).lower() in ("true", "last"):
+        checkpoint = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        if checkpoint is None:
+            raise UserError(f"--resume_from_checkpoint {value}: no checkpoint-* directory in {training_args.output_dir}")
+        return checkpoint
+    if not os.path.isdir(value):
+        raise UserError(f"--resume_from_checkpoint: no such checkpoint directory: {value}")
+    return value
+
+
+def write_json_atomic(path: str, value) -> None:
+    write_text_atomic(path, json.dumps(value, ensure_ascii=False, indent=2) + "\n")
+
+
+def write_json_lines_atomic(path: str, rows: Sequence[dict]) -> None:
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write to a temporary file beside path, then rename: readers never see a half-written file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp makes 0600 files
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str):
+    """Yield a temporary directory beside path; on success it replaces path, on failure it is removed."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    temporary = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(path)}-")
+    os.chmod(temporary, 0o777 & ~current_umask())  # mkdtemp makes 0700 directories
+    try:
+        yield temporary
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        os.rename(temporary, path)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------------
+# Library compatibility fixes (one place; each names the version and the failure it covers)
+# --------------------------------------------------------------------------------------------------
+class SuiteTrainer(Trainer):
+    """paddlenlp's Trainer with the fixes this suite needs on paddlenlp 3.0.0b4."""
+
+    def _save_checkpoint(self, model, metrics=None):
+        super()._save_checkpoint(model, metrics=metrics)
+        # paddlenlp 3.0.0b4 rotates checkpoints only when local_rank == 0, and local_rank is -1 in a
+        # single-process run, so --save_total_limit was ignored and every checkpoint stayed on disk.
+        if self.args.local_rank == -1 and self.args.should_save:
+            self._rotate_checkpoints(use_mtime=True, output_dir=self.args.output_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# Trainer workflow shared by the run_*.py scripts
+# --------------------------------------------------------------------------------------------------
+def setup_logging(training_args) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+
+
+def require_an_action(training_args) -> None:
+    if not (training_args.do_train or training_args.do_eval or training_args.do_predict or training_args.do_export):
+        raise UserError("nothing to do: pass one or more of --do_train --do_eval --do_predict --do_export")
+
+
+def needed_splits(training_args) -> List[str]:
+    """The data splits this run reads: training evaluates on dev unless --evaluation_strategy no."""
+    splits = []
+    if training_args.do_train:
+        splits.append("train")
+    evaluates_while_training = training_args.do_train and str(training_args.evaluation_strategy) not in ("no", "IntervalStrategy.NO")
+    if training_args.do_eval or evaluates_while_training:
+        splits.append("dev")
+    if training_args.do_predict:
+        splits.append("test")
+    return splits
+
+
+def task_info(task: TaskSpec, data_args) -> dict:
+    """What a deployed model needs to know about its task (export/task.json)."""
+    return {
+        "task_name": task.name,
+        "family": task.family,
+        "label_list": list(task.labels),
+        "max_seq_length": data_args.max_seq_length,
+        "metric": task.metric,
+    }
+
+
+def early_stopping_callbacks(patience: Optional[int]) -> list:
+    return [EarlyStoppingCallback(early_stopping_patience=patience)] if patience else []
+
+
+def train_and_save(trainer, resume_checkpoint: Optional[str], train_samples: int) -> dict:
+    """Train (or resume), keep the best model at the top of output_dir and write train_results.json."""
+    result = trainer.train(resume_from_checkpoint=resume_checkpoint)
+    trainer.save_model()  # the best model, because load_best_model_at_end is on by default
+    metrics = {**result.metrics, "train_samples": train_samples, "global_step": trainer.state.global_step}
+    if trainer.state.best_model_checkpoint:
+        metrics["best_checkpoint"] = os.path.basename(trainer.state.best_model_checkpoint)
+        metrics["best_metric"] = trainer.state.best_metric
+    trainer.save_state()
+    if trainer.args.should_save:
+        write_json_atomic(os.path.join(trainer.args.output_dir, "train_results.json"), metrics)
+    return metrics
+
+
+def evaluate_and_save(trainer, dataset, metric_names: Sequence[str], extra: dict) -> dict:
+    """Evaluate on dataset and write eval_results.json with the task's metric names unprefixed."""
+    metrics = trainer.evaluate(eval_dataset=dataset)
+    renamed = {name[len("eval_"):] if name[len("eval_"):] in metric_names else name: value for name, value in metrics.items()}
+    results = {**renamed, **extra}
+    logger.info("eval results: %s", json.dumps(results, ensure_ascii=False))
+    if trainer.args.should_save:
+        write_json_atomic(os.path.join(trainer.args.output_dir, "eval_results.json"), results)
+    return results
+
+
+def predict_logits(trainer, dataset) -> np.ndarray:
+    """Logits for every example of dataset, in order."""
+    output = trainer.predict(dataset)
+    predictions = output.predictions[0] if isinstance(output.predictions, (tuple, list)) else output.predictions
+    return np.asarray(predictions)[: len(dataset)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Static export
+# --------------------------------------------------------------------------------------------------
+EXPORT_INPUT_NAMES = ("input_ids", "token_type_ids")
+
+
+def export_static_model(model, tokenizer, export_dir: str, task_info: dict) -> str:
+    """Save model as a static inference model (model.json or model.pdmodel + model.pdiparams), with the
+    tokenizer files and task.json, into export_dir, atomically."""
+    from paddle.static import InputSpec
+
+    model.eval()
+    input_spec = [InputSpec(shape=[None, None], dtype="int64", name=name) for name in EXPORT_INPUT_NAMES]
+    static_model = paddle.jit.to_static(model, input_spec=input_spec, full_graph=True)
+    with atomic_directory(export_dir) as staging:
+        paddle.jit.save(static_model, os.path.join(staging, "model"))
+        tokenizer.save_pretrained(staging)
+        write_json_atomic(os.path.join(staging, "task.json"), {**task_info, "input_names": list(EXPORT_INPUT_NAMES)})
+    logger.info("exported the static inference model to %s", export_dir)
+    return export_dir
+
+
+def static_model_files(model_dir: str) -> Tuple[str, str]:
+    """(program file, params file) of an exported model: PIR model.json or legacy model.pdmodel."""
+    for program in ("model.json", "model.pdmodel"):
+        if os.path.isfile(os.path.join(model_dir, program)):
+            return os.path.join(model_dir, program), os.path.join(model_dir, "model.pdiparams")
+    raise UserError(f"{model_dir} holds no exported model (model.json or model.pdmodel with model.pdiparams)")
