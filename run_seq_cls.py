@@ -40,7 +40,6 @@ def main(argv=None):
     utils.setup_logging(training_args)
     utils.check_device(training_args.device)
     task = utils.get_task(data_args.task_name, FAMILY, data_args.label_list)
-    utils.require_an_action(training_args)
     resume_checkpoint = utils.resolve_resume_checkpoint(training_args)
     utils.check_output_dir(training_args, resume_checkpoint, ["eval_results.json", task.submission_file, "export"])
 

@@ -504,9 +504,41 @@ def parse_arguments(dataclass_types, family: str, description: str, argv: Option
         argv += ["--output_dir", os.path.join("output", task_name)]
     parser.set_defaults(**defaults)
     try:
-        return parser.parse_args_into_dataclasses(args=argv)
+        parsed = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as error:  # TrainingArguments.__post_init__ rejects inconsistent options this way
         raise UserError(first_line(error)) from None
+    apply_requested_actions(argv, parsed)
+    return parsed
+
+
+ACTIONS = ("do_train", "do_eval", "do_predict", "do_export")
+
+
+def flag_value(argv: Sequence[str], name: str) -> bool:
+    """Whether a boolean option is on in argv: '--name', '--name true' or '--name=true' (the last one wins)."""
+    value = False
+    for index, token in enumerate(argv):
+        if token == f"--{name}":
+            following = argv[index + 1] if index + 1 < len(argv) else ""
+            value = following.lower() not in ("false", "0", "no") if following and not following.startswith("--") else True
+        elif token.startswith(f"--{name}="):
+            value = token.split("=", 1)[1].lower() not in ("false", "0", "no")
+    return value
+
+
+def apply_requested_actions(argv: Sequence[str], parsed) -> None:
+    """Do exactly the --do_* actions the user asked for.
+
+    paddlenlp's TrainingArguments turns do_eval on whenever an evaluation strategy is set, so a plain
+    --do_predict run would also evaluate (and download the dev split); the user's own flags win here.
+    """
+    requested = {action: flag_value(argv, action) for action in ACTIONS}
+    if not any(requested.values()):
+        raise UserError("nothing to do: pass one or more of --do_train --do_eval --do_predict --do_export")
+    for arguments in parsed:
+        if all(hasattr(arguments, action) for action in ACTIONS):
+            for action, wanted in requested.items():
+                setattr(arguments, action, wanted)
 
 
 def default_device() -> str:
@@ -625,7 +657,10 @@ def load_task_model(model_class, name_or_path: str, task: TaskSpec, max_seq_leng
         raise UserError(f"--max_seq_length {max_seq_length} exceeds the model's {positions} position embeddings")
     configure_for_task(config, task, dropout)
     try:
-        return model_class.from_pretrained(name_or_path, config=config)
+        # Fresh parameter names (embedding_0, ...) however many models this process built before: the
+        # optimizer state in a checkpoint is keyed by them, so resuming needs the same names.
+        with paddle.utils.unique_name.guard():
+            return model_class.from_pretrained(name_or_path, config=config)
     except Exception as error:
         raise could_not_load("model", name_or_path, error) from None
 
@@ -748,11 +783,6 @@ def setup_logging(training_args) -> None:
     logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
 
 
-def require_an_action(training_args) -> None:
-    if not (training_args.do_train or training_args.do_eval or training_args.do_predict or training_args.do_export):
-        raise UserError("nothing to do: pass one or more of --do_train --do_eval --do_predict --do_export")
-
-
 def needed_splits(training_args) -> List[str]:
     """The data splits this run reads: training evaluates on dev unless --evaluation_strategy no."""
     splits = []
@@ -783,7 +813,8 @@ def early_stopping_callbacks(patience: Optional[int]) -> list:
 
 def train_and_save(trainer, resume_checkpoint: Optional[str], train_samples: int) -> dict:
     """Train (or resume), keep the best model at the top of output_dir and write train_results.json."""
-    result = trainer.train(resume_from_checkpoint=resume_checkpoint)
+    with paddle.utils.unique_name.guard():  # optimizer accumulator names as in a fresh process, see load_task_model
+        result = trainer.train(resume_from_checkpoint=resume_checkpoint)
     trainer.save_model()  # the best model, because load_best_model_at_end is on by default
     metrics = {**result.metrics, "train_samples": train_samples, "global_step": trainer.state.global_step}
     if trainer.state.best_model_checkpoint:

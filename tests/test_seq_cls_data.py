@@ -139,7 +139,7 @@ def test_task_defaults_come_from_configs_and_the_command_line_wins(tmp_path):
     _, data, training = parse(["--task_name", "csl", "--do_train"])
     assert (data.max_seq_length, training.learning_rate, training.num_train_epochs) == (256, 2e-5, 5)
     assert training.output_dir == "output/csl" and training.metric_for_best_model == "accuracy"
-    _, data, training = parse(["--task_name", "csl", "--learning_rate", "1e-4", "--max_seq_length", "128", "--output_dir", str(tmp_path)])
+    _, data, training = parse(["--task_name", "csl", "--learning_rate", "1e-4", "--max_seq_length", "128", "--output_dir", str(tmp_path), "--do_eval"])
     assert (data.max_seq_length, training.learning_rate, training.output_dir) == (128, 1e-4, str(tmp_path))
 
 

@@ -1,0 +1,73 @@
+"""What only a real process shows: exit status and stderr of the command line, downloads that fail,
+and multi-process data-parallel training. Kept few: each process spends ~7 s importing paddlenlp."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import clue_data_args, clue_file, error_lines
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A closed loopback port as the proxy: every download fails at once, with or without internet.
+NO_NETWORK = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
+
+
+def run_script(args, env_extra=None, timeout=300):
+    env = {**os.environ, **(env_extra or {}), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_failed_model_download_names_the_model_and_the_local_option(tmp_path):
+    result = run_script(
+        ["run_seq_cls.py", "--task_name", "tnews", "--model_name_or_path", "ernie-3.0-medium-zh", "--do_train",
+         "--output_dir", str(tmp_path / "out")],
+        NO_NETWORK,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert "'ernie-3.0-medium-zh'" in lines[0] and "--model_name_or_path DIR" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_data_download_names_the_split_and_the_local_option(tiny_ernie, tmp_path):
+    result = run_script(
+        ["run_seq_cls.py", "--task_name", "tnews", "--model_name_or_path", tiny_ernie, "--do_train",
+         "--output_dir", str(tmp_path / "out")],
+        NO_NETWORK,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert "could not download the tnews train split" in lines[0] and "--train_file PATH" in lines[0]
+
+
+def read_predictions(path):
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def test_two_process_data_parallel_training_on_cpu(tiny_ernie, tmp_path):
+    """paddle.distributed.launch --nproc_per_node 2: one set of outputs, predictions in input order that
+    match a single-process prediction with the same saved model."""
+    output_dir = tmp_path / "dp"
+    launched = run_script(
+        ["-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(tmp_path / "logs"), "run_seq_cls.py",
+         *clue_data_args("tnews"), "--model_name_or_path", tiny_ernie, "--output_dir", str(output_dir), "--device", "cpu",
+         "--do_train", "--do_eval", "--do_predict", "--max_steps", "3", "--per_device_train_batch_size", "8"],
+    )
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    with open(output_dir / "train_results.json", encoding="utf-8") as handle:
+        assert json.load(handle)["global_step"] == 3
+    with open(output_dir / "eval_results.json", encoding="utf-8") as handle:
+        assert json.load(handle)["eval_samples"] == 32
+    two_process = read_predictions(output_dir / "tnews11_predict.json")
+
+    single_dir = tmp_path / "single"
+    single = run_script(["run_seq_cls.py", "--task_name", "tnews", "--model_name_or_path", str(output_dir), "--test_file",
+                         clue_file("tnews", "test"), "--output_dir", str(single_dir), "--do_predict"])
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert two_process == read_predictions(single_dir / "tnews11_predict.json")
+    assert [row["id"] for row in two_process] == list(range(1000, 1016))
