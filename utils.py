@@ -560,8 +560,9 @@ def check_device(device: str) -> None:
 def could_not_load(what: str, name_or_path: str, error: BaseException) -> UserError:
     if os.path.isdir(name_or_path):
         return UserError(f"could not load the {what} from {name_or_path} ({first_line(error)})")
+    logger.info("loading %r failed: %s", name_or_path, error)
     return UserError(
-        f"could not load {what} {name_or_path!r} ({first_line(error)}): without internet, or for an unknown name, "
+        f"could not download model {name_or_path!r} (no internet, or not a PaddleNLP model name): "
         "pass --model_name_or_path DIR with a local copy (config.json, weights, vocab.txt)"
     )
 
