@@ -41,7 +41,7 @@ def main(argv=None):
     utils.check_device(training_args.device)
     task = utils.get_task(data_args.task_name, FAMILY, data_args.label_list)
     resume_checkpoint = utils.resolve_resume_checkpoint(training_args)
-    utils.check_output_dir(training_args, resume_checkpoint, ["eval_results.json", task.submission_file, "export"])
+    utils.check_output_dir(training_args, resume_checkpoint, task.submission_file)
 
     set_seed(training_args.seed)
     tokenizer = utils.load_tokenizer(model_args.model_name_or_path)

@@ -681,7 +681,13 @@ def earlier_results(output_dir: str, patterns: Sequence[str] = EARLIER_RESULTS) 
     return sorted(name for name in os.listdir(output_dir) if any(fnmatch.fnmatch(name, p) for p in patterns))
 
 
-def check_output_dir(training_args, resume_checkpoint: Optional[str], planned: Sequence[str]) -> None:
+def planned_outputs(training_args, submission_file: str) -> List[str]:
+    """The files an evaluation, prediction or export run writes into output_dir."""
+    outputs = {"do_eval": "eval_results.json", "do_predict": submission_file, "do_export": "export"}
+    return [name for action, name in outputs.items() if getattr(training_args, action)]
+
+
+def check_output_dir(training_args, resume_checkpoint: Optional[str], submission_file: str) -> None:
     """Never replace a user's earlier results by accident.
 
     Training refuses an output_dir that holds results of an earlier run (unless resuming from it);
@@ -691,7 +697,10 @@ def check_output_dir(training_args, resume_checkpoint: Optional[str], planned: S
     if training_args.overwrite_output_dir:
         return
     output_dir = training_args.output_dir
-    found = earlier_results(output_dir) if training_args.do_train and not resume_checkpoint else earlier_results(output_dir, planned)
+    if training_args.do_train and not resume_checkpoint:
+        found = earlier_results(output_dir)
+    else:
+        found = earlier_results(output_dir, planned_outputs(training_args, submission_file))
     if found:
         shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
         raise UserError(

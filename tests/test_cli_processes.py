@@ -19,29 +19,21 @@ def run_script(args, env_extra=None, timeout=300):
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_failed_model_download_names_the_model_and_the_local_option(tmp_path):
+@pytest.mark.parametrize("what", ["model", "data"])
+def test_a_failed_download_says_what_and_which_local_option_to_use(what, tiny_ernie, tmp_path):
+    model, expected = {
+        "model": ("ernie-3.0-medium-zh", ["could not download model 'ernie-3.0-medium-zh'", "--model_name_or_path DIR"]),
+        "data": (tiny_ernie, ["could not download the tnews train split", "--train_file PATH"]),
+    }[what]
     result = run_script(
-        ["run_seq_cls.py", "--task_name", "tnews", "--model_name_or_path", "ernie-3.0-medium-zh", "--do_train",
-         "--output_dir", str(tmp_path / "out")],
+        ["run_seq_cls.py", "--task_name", "tnews", "--model_name_or_path", model, "--do_train", "--output_dir", str(tmp_path / "out")],
         NO_NETWORK,
     )
     assert result.returncode == 2, result.stderr[-2000:]
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and "Traceback" not in result.stderr
-    assert "'ernie-3.0-medium-zh'" in lines[0] and "--model_name_or_path DIR" in lines[0]
+    assert all(text in lines[0] for text in expected), lines[0]
     assert not (tmp_path / "out").exists()
-
-
-def test_failed_data_download_names_the_split_and_the_local_option(tiny_ernie, tmp_path):
-    result = run_script(
-        ["run_seq_cls.py", "--task_name", "tnews", "--model_name_or_path", tiny_ernie, "--do_train",
-         "--output_dir", str(tmp_path / "out")],
-        NO_NETWORK,
-    )
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = error_lines(result.stderr)
-    assert len(lines) == 1 and "Traceback" not in result.stderr
-    assert "could not download the tnews train split" in lines[0] and "--train_file PATH" in lines[0]
 
 
 def read_predictions(path):

@@ -155,7 +155,28 @@ def test_an_existing_output_dir_with_results_is_not_overwritten(tnews_run, tiny_
         run_seq_cls.main, clue_data_args("tnews") + ["--model_name_or_path", tnews_run, "--output_dir", tnews_run, "--do_eval"], capsys
     )
     assert status == 2 and "eval_results.json" in error_lines(stderr)[0]
+    status, stderr = run_cli(
+        run_seq_cls.main, clue_data_args("tnews") + ["--model_name_or_path", tnews_run, "--output_dir", tnews_run, "--do_export"], capsys
+    )
+    assert status == 2 and "export" in error_lines(stderr)[0]
     assert before == {name: os.path.getmtime(os.path.join(tnews_run, name)) for name in os.listdir(tnews_run)}
+
+
+def test_a_new_output_file_may_join_earlier_results(tnews_run, tmp_path):
+    """Prediction into a directory that holds only a model and another run's eval results is allowed."""
+    output_dir = tmp_path / "model"
+    __import__("shutil").copytree(tnews_run, output_dir, ignore=lambda d, names: [n for n in names if n.endswith("_predict.json")])
+    run_seq_cls.main(["--task_name", "tnews", "--model_name_or_path", str(output_dir), "--output_dir", str(output_dir),
+                      "--test_file", clue_file("tnews", "test"), "--do_predict"])
+    assert len(read_json_lines(output_dir / "tnews11_predict.json")) == 16
+
+
+def test_early_stopping_ends_training_when_the_dev_metric_stops_improving(tiny_ernie, tmp_path):
+    """With a zero learning rate accuracy never improves: patience 1 stops after the second evaluation."""
+    run_seq_cls.main(clue_data_args("tnews") + [
+        "--model_name_or_path", tiny_ernie, "--output_dir", str(tmp_path), "--do_train", "--num_train_epochs", "20",
+        "--per_device_train_batch_size", "16", "--learning_rate", "0", "--early_stopping_patience", "1"])
+    assert read_json(tmp_path / "train_results.json")["global_step"] == 2 * 3  # two epochs of 48 rows / 16
 
 
 @pytest.mark.parametrize("task", ["afqmc", "cmnli", "ocnli", "cluewsc2020", "csl"])
