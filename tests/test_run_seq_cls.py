@@ -263,6 +263,33 @@ def bad_input_cases(tmp_path, tnews_run):
     }
 
 
+@pytest.fixture(scope="module")
+def tiny_token_classifier(tiny_ernie, tmp_path_factory):
+    from paddlenlp.transformers import AutoModelForTokenClassification
+
+    directory = str(tmp_path_factory.mktemp("token-cls"))
+    AutoModelForTokenClassification.from_pretrained(tiny_ernie, num_labels=7).save_pretrained(directory)
+    utils.load_tokenizer(tiny_ernie).save_pretrained(directory)
+    return directory
+
+
+def test_a_model_of_another_kind_is_refused(tiny_token_classifier, tmp_path, capsys):
+    status, stderr = run_cli(run_seq_cls.main, clue_data_args("tnews") + [
+        "--model_name_or_path", tiny_token_classifier, "--output_dir", str(tmp_path / "out"), "--do_train"], capsys)
+    assert status == 2 and len(error_lines(stderr)) == 1
+    assert "is a fine-tuned token classification model, but task tnews needs a sequence classification model" in stderr
+    assert "use run_token_cls.py" in stderr and not (tmp_path / "out").exists()
+
+
+def test_help_shows_the_per_task_defaults(capsys):
+    with pytest.raises(SystemExit) as stop:
+        run_seq_cls.main(["--task_name", "csl", "--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0
+    assert "csl: max_seq_length=256, num_train_epochs=5, learning_rate=2e-05" in out
+    assert "The initial learning rate for AdamW. (default: 2e-05)" in " ".join(out.split())
+
+
 CASES = ["missing file", "malformed json line", "unknown label", "empty text", "missing field", "non utf-8 file",
          "too long text, truncation off", "unknown task", "label count does not fit the task",
          "max_seq_length beyond the model", "gpu on a cpu build", "nothing to do", "custom task without labels"]
