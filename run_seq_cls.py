@@ -13,7 +13,7 @@ import os
 
 import utils
 from paddlenlp.data import DataCollatorWithPadding
-from paddlenlp.trainer import TrainingArguments, set_seed
+from paddlenlp.trainer import set_seed
 from paddlenlp.transformers import AutoModelForSequenceClassification
 
 FAMILY = "seq_cls"
@@ -34,14 +34,8 @@ def write_submission(path, task, ids, logits) -> None:
 
 
 def main(argv=None):
-    model_args, data_args, training_args = utils.parse_arguments(
-        (ModelArguments, DataArguments, TrainingArguments), FAMILY, __doc__, argv
-    )
-    utils.setup_logging(training_args)
-    utils.check_device(training_args.device)
-    task = utils.get_task(data_args.task_name, FAMILY, data_args.label_list)
-    resume_checkpoint = utils.resolve_resume_checkpoint(training_args)
-    utils.check_output_dir(training_args, resume_checkpoint, task.submission_file)
+    run = utils.start_run(FAMILY, __doc__, argv)
+    model_args, data_args, training_args, task = run.model_args, run.data_args, run.training_args, run.task
 
     set_seed(training_args.seed)
     tokenizer = utils.load_tokenizer(model_args.model_name_or_path)
@@ -61,7 +55,7 @@ def main(argv=None):
         callbacks=utils.early_stopping_callbacks(model_args.early_stopping_patience),
     )
     if training_args.do_train:
-        utils.train_and_save(trainer, resume_checkpoint, len(splits["train"].ids))
+        utils.train_and_save(trainer, run.resume_checkpoint, len(splits["train"].ids))
     if training_args.do_eval:
         dev = splits["dev"]
         utils.evaluate_and_save(trainer, dev.dataset, [task.metric], {"eval_samples": len(dev.ids), "eval_truncated": dev.truncated})
@@ -75,9 +69,6 @@ def main(argv=None):
             trainer.model, tokenizer, os.path.join(training_args.output_dir, "export"), utils.task_info(task, data_args)
         )
 
-
-ModelArguments = utils.ModelArguments
-DataArguments = utils.DataArguments
 
 if __name__ == "__main__":
     utils.run_cli(main)

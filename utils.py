@@ -20,7 +20,7 @@ import yaml
 
 import paddle
 from paddlenlp.datasets import MapDataset
-from paddlenlp.trainer import EarlyStoppingCallback, PdArgumentParser, Trainer
+from paddlenlp.trainer import EarlyStoppingCallback, PdArgumentParser, Trainer, TrainingArguments
 from paddlenlp.trainer.trainer_utils import get_last_checkpoint
 from paddlenlp.transformers import AutoConfig, AutoTokenizer
 
@@ -126,7 +126,7 @@ class TaskSpec:
     name: str
     family: str  # "seq_cls", "token_cls" or "qa"
     labels: Tuple[str, ...]
-    read_texts: Callable[[dict], Tuple[str, Optional[str]]]
+    read_texts: Optional[Callable[[dict], Tuple[str, Optional[str]]]]  # classification: row -> (text_a, text_b)
     metric: str
     max_seq_length: int
     submission_file: str
@@ -163,7 +163,16 @@ SEQ_CLS_TASKS = {
     ]
 }
 
-ALL_TASKS = {**SEQ_CLS_TASKS}
+MSRA_NER = TaskSpec(
+    "msra_ner", "token_cls", ("B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "O"), None, "f1", 128,
+    "msra_ner_predict.json", ("msra_ner",),
+    # MSRA_NER has no dev split: its test split is the evaluation set, as in every published number.
+    hub_splits={"train": "train", "dev": "test", "test": "test"},
+    file_format="MSRA_NER tsv (characters and tags joined by \\002, a tab between) or BIO columns (a 'char tag' line each, "
+    "a blank line between sentences)",
+)
+
+ALL_TASKS = {**SEQ_CLS_TASKS, MSRA_NER.name: MSRA_NER}
 CUSTOM_TASK = "custom"
 
 
@@ -237,6 +246,8 @@ def hub_rows(dataset, where_prefix: str):
         label = row.get("label")
         if label_list and isinstance(label, (int, np.integer)) and not isinstance(label, bool):
             row = {**row, "label": label_list[label]}
+        if label_list and isinstance(row.get("labels"), list):  # token tags
+            row = {**row, "labels": [label_list[i] if isinstance(i, (int, np.integer)) else i for i in row["labels"]]}
         yield f"{where_prefix} row {index}", row
 
 
@@ -249,7 +260,7 @@ def load_hub_rows(task: TaskSpec, split: str):
 
     hub_split = task.hub_splits[split]
     try:
-        dataset = load_dataset(*task.hub, splits=hub_split)
+        dataset = load_dataset(*task.hub, splits=hub_split)  # a bare name, or (builder, config)
     except Exception as error:  # network errors surface as RuntimeError/OSError from several layers
         raise UserError(
             f"could not download the {task.name} {split} split ({first_line(error)}); "
@@ -347,6 +358,211 @@ def report_truncation(task_name: str, split: str, encoded: EncodedSplit, max_seq
             "%s %s: %d of %d examples were longer than max_seq_length=%d and were truncated",
             task_name, split, encoded.truncated, len(encoded.ids), max_seq_length,
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# Token classification (MSRA_NER): reading, label alignment, entities and metrics
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class TokenExample:
+    id: int
+    words: List[str]  # MSRA_NER: one character each
+    tags: Optional[List[str]]
+    where: str
+
+    @property
+    def text(self) -> str:
+        return "".join(self.words)
+
+
+def read_ner_file(path: str, option: str):
+    """Yield (where, words, tags or None) from an MSRA_NER tsv file or a BIO column file.
+
+    tsv: one sentence a line, characters joined by \002, a tab, tags joined by \002 (PaddleNLP's msra_ner).
+    BIO columns: one 'char tag' line per character, sentences separated by blank lines.
+    The format is recognised by the \002 separator; a file without it is read as columns.
+    """
+    lines = list(numbered_text_lines(path, option))
+    reader = read_ner_tsv_lines if any("\002" in line for _, line in lines) else read_ner_column_lines
+    yield from reader(path, lines)
+
+
+def numbered_text_lines(path: str, option: str):
+    if not os.path.isfile(path):
+        raise UserError(f"{option}: file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            yield from ((number, line.rstrip("\r\n")) for number, line in enumerate(handle, 1))
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
+def read_ner_tsv_lines(path: str, lines):
+    for number, line in lines:
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        fields = line.split("\t")
+        if len(fields) > 2:
+            raise UserError(f"{where}: expected characters and tags separated by one tab, found {len(fields)} fields")
+        words = fields[0].split("\002")
+        tags = fields[1].split("\002") if len(fields) == 2 else None
+        yield where, words, tags
+
+
+def read_ner_column_lines(path: str, lines):
+    words, tags, start = [], [], None
+    for number, line in list(lines) + [(None, "")]:
+        if line.strip():
+            fields = line.split()
+            if len(fields) > 2:
+                raise UserError(f"{path}:{number}: expected 'char tag', found {len(fields)} fields")
+            start = start or number
+            words.append(fields[0])
+            tags.append(fields[1] if len(fields) == 2 else None)
+            continue
+        if words:
+            labelled = [tag is not None for tag in tags]
+            if any(labelled) and not all(labelled):
+                raise UserError(f"{path}:{start}: some characters of this sentence have a tag and some do not")
+            yield f"{path}:{start}", words, tags if all(labelled) else None
+        words, tags, start = [], [], None
+
+
+def ner_hub_rows(task: TaskSpec, split: str):
+    for where, row in load_hub_rows(task, split):
+        words = [w for w in row.get("tokens") or [] if w != ""]
+        if words:
+            yield where, words, row.get("labels") or None
+
+
+def rows_to_token_examples(task: TaskSpec, rows, split: str) -> List[TokenExample]:
+    """Check each sentence (non-empty, one known tag per character) and number them in input order."""
+    examples = []
+    for where, words, tags in rows:
+        if not words or not "".join(words).strip():
+            raise UserError(f"{where}: empty sentence")
+        if tags is None:
+            if split != "test":
+                raise UserError(f"{where}: sentence without tags (needed in the {split} split)")
+        else:
+            if len(tags) != len(words):
+                raise UserError(f"{where}: {len(tags)} tags for {len(words)} characters")
+            unknown = sorted(set(tags) - set(task.labels))
+            if unknown:
+                raise UserError(f"{where}: unknown tag {unknown[0]!r} (expected one of: {', '.join(task.labels)})")
+        examples.append(TokenExample(len(examples), list(words), tags, where))
+    if not examples:
+        raise UserError(f"the {task.name} {split} data holds no sentences")
+    return examples
+
+
+def load_token_examples(task: TaskSpec, split: str, path: Optional[str], max_samples: Optional[int] = None) -> List[TokenExample]:
+    rows = read_ner_file(path, SPLIT_OPTIONS[split]) if path else ner_hub_rows(task, split)
+    examples = rows_to_token_examples(task, rows, split)
+    if max_samples is not None and max_samples > 0:
+        examples = examples[:max_samples]
+    logger.info("%s %s: %d sentences from %s", task.name, split, len(examples), path or "/".join(task.hub))
+    return examples
+
+
+IGNORE_INDEX = -100  # label of special tokens, padding and word pieces after the first: never scored
+
+
+@dataclass
+class EncodedTokens(EncodedSplit):
+    word_positions: List[List[int]] = field(default_factory=list)  # input position of each seen word's first piece
+
+
+def encode_token_examples(examples: Sequence[TokenExample], tokenizer, task: TaskSpec, max_seq_length: int,
+                          truncate: bool = True) -> EncodedTokens:
+    """One label per word on its first word piece; special tokens, padding and later pieces get IGNORE_INDEX.
+
+    A word the tokenizer drops (a space, a control character) becomes [UNK] so that words and labels
+    stay aligned. Sentences longer than max_seq_length keep their first words; the rest is not seen.
+    """
+    label_ids = {label: index for index, label in enumerate(task.labels)}
+    pieces_of = {}
+    budget = max_seq_length - tokenizer.num_special_tokens_to_add(pair=False)
+    features, word_positions, truncated = [], [], 0
+    for example in examples:
+        ids, first_pieces = [], []
+        for word in example.words:
+            if word not in pieces_of:
+                pieces_of[word] = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(word)) or [tokenizer.unk_token_id]
+            if len(ids) + len(pieces_of[word]) > budget:
+                break
+            first_pieces.append(len(ids))
+            ids.extend(pieces_of[word])
+        if len(first_pieces) < len(example.words):
+            if not truncate:
+                raise UserError(f"{example.where}: sentence needs more than --max_seq_length {max_seq_length} tokens "
+                                "(pass --truncate_long_texts true to truncate)")
+            truncated += 1
+        input_ids = tokenizer.build_inputs_with_special_tokens(ids)
+        if input_ids[1 : 1 + len(ids)] != ids:
+            raise UserError(f"{type(tokenizer).__name__} does not lay out [CLS] text [SEP]; token classification needs that layout")
+        positions = [1 + piece for piece in first_pieces]
+        feature = {"input_ids": input_ids, "token_type_ids": tokenizer.create_token_type_ids_from_sequences(ids)}
+        if example.tags is not None:
+            labels = [IGNORE_INDEX] * len(input_ids)
+            for position, tag in zip(positions, example.tags):
+                labels[position] = label_ids[tag]
+            feature["labels"] = labels
+        features.append(feature)
+        word_positions.append(positions)
+    return EncodedTokens(MapDataset(features), [e.id for e in examples], truncated, word_positions)
+
+
+def entities_from_tags(words: Sequence[str], tags: Sequence[str]) -> List[dict]:
+    """Entities as seqeval reads BIO tags, with their text and character offsets (end exclusive)."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    starts = np.concatenate([[0], np.cumsum([len(w) for w in words])]).astype(int)
+    text = "".join(words)
+    return [
+        {"text": text[starts[first]: starts[last + 1]], "type": kind, "start": int(starts[first]), "end": int(starts[last + 1])}
+        for kind, first, last in get_entities(list(tags))
+    ]
+
+
+def entity_metrics(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> Dict[str, float]:
+    """Micro precision, recall and F1 over entities, exact span and type (seqeval's definition, 0..1)."""
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    gold, predicted = [list(t) for t in gold], [list(t) for t in predicted]
+    return {
+        "precision": float(precision_score(gold, predicted)),
+        "recall": float(recall_score(gold, predicted)),
+        "f1": float(f1_score(gold, predicted)),
+    }
+
+
+def scored_tags(logits: np.ndarray, label_ids: np.ndarray, labels: Sequence[str]):
+    """(gold tags, predicted tags) of each sentence at the positions that carry a label."""
+    predicted_ids = np.asarray(logits).argmax(axis=-1)
+    gold_tags, predicted_tags = [], []
+    for gold_row, predicted_row in zip(np.asarray(label_ids), predicted_ids):
+        scored = gold_row != IGNORE_INDEX
+        gold_tags.append([labels[i] for i in gold_row[scored]])
+        predicted_tags.append([labels[i] for i in predicted_row[scored]])
+    return gold_tags, predicted_tags
+
+
+def token_cls_metrics(labels: Sequence[str]):
+    def compute(eval_prediction) -> Dict[str, float]:
+        return entity_metrics(*scored_tags(eval_prediction.predictions, eval_prediction.label_ids, labels))
+
+    return compute
+
+
+def predicted_word_tags(logits: np.ndarray, encoded: EncodedTokens, examples: Sequence[TokenExample],
+                        labels: Sequence[str]) -> List[List[str]]:
+    """The predicted tag of every word of every sentence; words past the truncation point get 'O'."""
+    tags = []
+    for row, example, positions in zip(np.asarray(logits).argmax(axis=-1), examples, encoded.word_positions):
+        tags.append([labels[row[p]] for p in positions] + ["O"] * (len(example.words) - len(positions)))
+    return tags
 
 
 # --------------------------------------------------------------------------------------------------
@@ -788,6 +1004,28 @@ class SuiteTrainer(Trainer):
 # --------------------------------------------------------------------------------------------------
 # Trainer workflow shared by the run_*.py scripts
 # --------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    model_args: "ModelArguments"
+    data_args: "DataArguments"
+    training_args: TrainingArguments
+    task: TaskSpec
+    resume_checkpoint: Optional[str]
+
+
+def start_run(family: str, description: str, argv=None, data_class=None) -> Run:
+    """The opening every run_*.py shares: arguments, logging, device, task, checkpoint, output-dir safety."""
+    model_args, data_args, training_args = parse_arguments(
+        (ModelArguments, data_class or DataArguments, TrainingArguments), family, description, argv
+    )
+    setup_logging(training_args)
+    check_device(training_args.device)
+    task = get_task(data_args.task_name, family, data_args.label_list)
+    resume_checkpoint = resolve_resume_checkpoint(training_args)
+    check_output_dir(training_args, resume_checkpoint, task.submission_file)
+    return Run(model_args, data_args, training_args, task, resume_checkpoint)
+
+
 def setup_logging(training_args) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)

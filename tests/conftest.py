@@ -49,3 +49,35 @@ def tiny_encoders(tmp_path_factory, tiny_ernie):
         "bert": build_tiny_encoder("bert", str(tmp_path_factory.mktemp("tiny-bert"))),
         "roberta": build_tiny_encoder("roberta", str(tmp_path_factory.mktemp("tiny-roberta"))),
     }
+
+
+def padded_batch(features, names=("input_ids", "token_type_ids")):
+    """Features padded with 0 to one length, as int64 arrays keyed by input name."""
+    import numpy as np
+
+    length = max(len(f["input_ids"]) for f in features)
+    return {name: np.array([f[name] + [0] * (length - len(f[name])) for f in features], dtype="int64") for name in names}
+
+
+def dynamic_outputs(model, batch):
+    """The dynamic model's outputs for a padded batch, as numpy arrays (a tuple for several outputs)."""
+    import paddle
+
+    model.eval()
+    with paddle.no_grad():
+        outputs = model(**{name: paddle.to_tensor(value) for name, value in batch.items()})
+    return tuple(o.numpy() for o in outputs) if isinstance(outputs, (tuple, list)) else outputs.numpy()
+
+
+def static_outputs(export_dir, batch):
+    """Outputs of an exported model run in paddle.inference on the CPU, inputs fed by name."""
+    from paddle import inference
+
+    config = inference.Config(*utils.static_model_files(export_dir))
+    config.disable_gpu()
+    predictor = inference.create_predictor(config)
+    for name in predictor.get_input_names():
+        predictor.get_input_handle(name).copy_from_cpu(batch[name])
+    predictor.run()
+    outputs = tuple(predictor.get_output_handle(name).copy_to_cpu() for name in predictor.get_output_names())
+    return outputs if len(outputs) > 1 else outputs[0]

@@ -9,7 +9,7 @@ from paddlenlp.transformers import AutoModelForSequenceClassification
 
 import run_seq_cls
 import utils
-from conftest import clue_data_args, clue_file, error_lines, run_cli
+from conftest import clue_data_args, clue_file, dynamic_outputs, error_lines, padded_batch, run_cli, static_outputs
 
 FAST = ["--max_steps", "2", "--per_device_train_batch_size", "8", "--logging_steps", "1"]
 
@@ -87,29 +87,11 @@ def test_predictions_follow_the_saved_models_argmax(tnews_run):
 
 
 def test_exported_static_model_gives_the_dynamic_models_logits(tnews_run):
-    from paddle import inference
-
     model = AutoModelForSequenceClassification.from_pretrained(tnews_run)
-    model.eval()
-    tokenizer = utils.load_tokenizer(tnews_run)
     task = utils.SEQ_CLS_TASKS["tnews"]
     examples = utils.load_examples(task, "dev", clue_file("tnews", "dev"))[:8]
-    features = list(utils.encode_text_examples(examples, tokenizer, task, 128).dataset)
-    length = max(len(f["input_ids"]) for f in features)
-    batch = {
-        name: np.array([f[name] + [0] * (length - len(f[name])) for f in features], dtype="int64")
-        for name in utils.EXPORT_INPUT_NAMES
-    }
-    with paddle.no_grad():
-        dynamic = model(**{name: paddle.to_tensor(value) for name, value in batch.items()}).numpy()
-
-    config = inference.Config(*utils.static_model_files(os.path.join(tnews_run, "export")))
-    config.disable_gpu()
-    predictor = inference.create_predictor(config)
-    for name in predictor.get_input_names():
-        predictor.get_input_handle(name).copy_from_cpu(batch[name])
-    predictor.run()
-    static = predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+    batch = padded_batch(list(utils.encode_text_examples(examples, utils.load_tokenizer(tnews_run), task, 128).dataset))
+    dynamic, static = dynamic_outputs(model, batch), static_outputs(os.path.join(tnews_run, "export"), batch)
     assert static.shape == dynamic.shape == (8, 15)
     np.testing.assert_allclose(static, dynamic, atol=1e-4)
 

@@ -1,0 +1,80 @@
+"""Fine-tune, evaluate, predict and export a named-entity tagger on MSRA_NER.
+
+    python run_token_cls.py --task_name msra_ner --model_name_or_path ernie-3.0-medium-zh --do_train --do_eval
+
+Local files: PaddleNLP's msra_ner tsv (characters and tags joined by \\002, a tab between) or BIO columns
+('char tag' lines, a blank line between sentences). MSRA_NER has no dev split; its test split is the
+evaluation set (as in every published number). Metrics are entity-level precision, recall and F1 with
+exact span and type (seqeval), on the part of each sentence the model saw; truncated sentences are counted.
+
+Writes into --output_dir (default output/msra_ner): the best model, train_results.json, eval_results.json,
+msra_ner_predict.json (--do_predict: each sentence's entities with character offsets) and export/.
+"""
+import os
+
+import utils
+from paddlenlp.data import DataCollatorForTokenClassification
+from paddlenlp.trainer import set_seed
+from paddlenlp.transformers import AutoModelForTokenClassification
+
+FAMILY = "token_cls"
+
+
+def load_split(task, split, data_args, tokenizer):
+    examples = utils.load_token_examples(task, split, data_args.split_file(split), data_args.split_max_samples(split))
+    encoded = utils.encode_token_examples(examples, tokenizer, task, data_args.max_seq_length, data_args.truncate_long_texts)
+    utils.report_truncation(task.name, split, encoded, data_args.max_seq_length)
+    return examples, encoded
+
+
+def write_entities(path, task, examples, encoded, logits) -> None:
+    """One JSON object a line, in input order: {"id", "text", "entities": [{"text", "type", "start", "end"}]}."""
+    tags = utils.predicted_word_tags(logits, encoded, examples, task.labels)
+    rows = [
+        {"id": example.id, "text": example.text, "entities": utils.entities_from_tags(example.words, sentence_tags)}
+        for example, sentence_tags in zip(examples, tags)
+    ]
+    utils.write_json_lines_atomic(path, rows)
+    utils.logger.info("wrote the entities of %d sentences to %s", len(rows), path)
+
+
+def main(argv=None):
+    run = utils.start_run(FAMILY, __doc__, argv)
+    model_args, data_args, training_args, task = run.model_args, run.data_args, run.training_args, run.task
+
+    set_seed(training_args.seed)
+    tokenizer = utils.load_tokenizer(model_args.model_name_or_path)
+    model = utils.load_task_model(
+        AutoModelForTokenClassification, model_args.model_name_or_path, task, data_args.max_seq_length, model_args.dropout
+    )
+    splits = {split: load_split(task, split, data_args, tokenizer) for split in utils.needed_splits(training_args)}
+
+    trainer = utils.SuiteTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=splits["train"][1].dataset if "train" in splits else None,
+        eval_dataset=splits["dev"][1].dataset if "dev" in splits else None,
+        tokenizer=tokenizer,
+        data_collator=DataCollatorForTokenClassification(tokenizer, label_pad_token_id=utils.IGNORE_INDEX),
+        compute_metrics=utils.token_cls_metrics(task.labels),
+        callbacks=utils.early_stopping_callbacks(model_args.early_stopping_patience),
+    )
+    if training_args.do_train:
+        utils.train_and_save(trainer, run.resume_checkpoint, len(splits["train"][0]))
+    if training_args.do_eval:
+        dev = splits["dev"][1]
+        utils.evaluate_and_save(trainer, dev.dataset, ["precision", "recall", "f1"],
+                                {"eval_samples": len(dev.ids), "eval_truncated": dev.truncated})
+    if training_args.do_predict:
+        examples, test = splits["test"]
+        logits = utils.predict_logits(trainer, test.dataset)
+        if training_args.should_save:
+            write_entities(os.path.join(training_args.output_dir, task.submission_file), task, examples, test, logits)
+    if training_args.do_export and training_args.should_save:
+        utils.export_static_model(
+            trainer.model, tokenizer, os.path.join(training_args.output_dir, "export"), utils.task_info(task, data_args)
+        )
+
+
+if __name__ == "__main__":
+    utils.run_cli(main)
