@@ -13,17 +13,9 @@ import os
 
 import utils
 from paddlenlp.data import DataCollatorWithPadding
-from paddlenlp.trainer import set_seed
 from paddlenlp.transformers import AutoModelForSequenceClassification
 
 FAMILY = "seq_cls"
-
-
-def load_split(task, split, data_args, tokenizer) -> utils.EncodedSplit:
-    examples = utils.load_examples(task, split, data_args.split_file(split), data_args.split_max_samples(split))
-    encoded = utils.encode_text_examples(examples, tokenizer, task, data_args.max_seq_length, data_args.truncate_long_texts)
-    utils.report_truncation(task.name, split, encoded, data_args.max_seq_length)
-    return encoded
 
 
 def write_submission(path, task, ids, logits) -> None:
@@ -35,39 +27,22 @@ def write_submission(path, task, ids, logits) -> None:
 
 def main(argv=None):
     run = utils.start_run(FAMILY, __doc__, argv)
-    model_args, data_args, training_args, task = run.model_args, run.data_args, run.training_args, run.task
+    data_args, training_args, task = run.data_args, run.training_args, run.task
+    model, tokenizer = utils.load_model_and_tokenizer(run, AutoModelForSequenceClassification)
+    splits = {split: utils.load_encoded_split(task, split, data_args, tokenizer) for split in utils.needed_splits(training_args)}
+    trainer = utils.build_trainer(run, model, tokenizer, splits, DataCollatorWithPadding(tokenizer), utils.compute_accuracy_metrics)
 
-    set_seed(training_args.seed)
-    tokenizer = utils.load_tokenizer(model_args.model_name_or_path)
-    model = utils.load_task_model(
-        AutoModelForSequenceClassification, model_args.model_name_or_path, task, data_args.max_seq_length, model_args.dropout
-    )
-    splits = {split: load_split(task, split, data_args, tokenizer) for split in utils.needed_splits(training_args)}
-
-    trainer = utils.SuiteTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=splits["train"].dataset if "train" in splits else None,
-        eval_dataset=splits["dev"].dataset if "dev" in splits else None,
-        tokenizer=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=utils.compute_accuracy_metrics,
-        callbacks=utils.early_stopping_callbacks(model_args.early_stopping_patience),
-    )
     if training_args.do_train:
-        utils.train_and_save(trainer, run.resume_checkpoint, len(splits["train"].ids))
+        utils.train_and_save(trainer, run.resume_checkpoint, len(splits["train"][0]))
     if training_args.do_eval:
-        dev = splits["dev"]
+        dev = splits["dev"][1]
         utils.evaluate_and_save(trainer, dev.dataset, [task.metric], {"eval_samples": len(dev.ids), "eval_truncated": dev.truncated})
     if training_args.do_predict:
-        test = splits["test"]
+        test = splits["test"][1]
         logits = utils.predict_logits(trainer, test.dataset)
         if training_args.should_save:
             write_submission(os.path.join(training_args.output_dir, task.submission_file), task, test.ids, logits)
-    if training_args.do_export and training_args.should_save:
-        utils.export_static_model(
-            trainer.model, tokenizer, os.path.join(training_args.output_dir, "export"), utils.task_info(task, data_args)
-        )
+    utils.export_if_asked(run, trainer, tokenizer)
 
 
 if __name__ == "__main__":

@@ -14,17 +14,9 @@ import os
 
 import utils
 from paddlenlp.data import DataCollatorForTokenClassification
-from paddlenlp.trainer import set_seed
 from paddlenlp.transformers import AutoModelForTokenClassification
 
 FAMILY = "token_cls"
-
-
-def load_split(task, split, data_args, tokenizer):
-    examples = utils.load_token_examples(task, split, data_args.split_file(split), data_args.split_max_samples(split))
-    encoded = utils.encode_token_examples(examples, tokenizer, task, data_args.max_seq_length, data_args.truncate_long_texts)
-    utils.report_truncation(task.name, split, encoded, data_args.max_seq_length)
-    return examples, encoded
 
 
 def write_entities(path, task, examples, encoded, logits) -> None:
@@ -40,25 +32,12 @@ def write_entities(path, task, examples, encoded, logits) -> None:
 
 def main(argv=None):
     run = utils.start_run(FAMILY, __doc__, argv)
-    model_args, data_args, training_args, task = run.model_args, run.data_args, run.training_args, run.task
+    data_args, training_args, task = run.data_args, run.training_args, run.task
+    model, tokenizer = utils.load_model_and_tokenizer(run, AutoModelForTokenClassification)
+    splits = {split: utils.load_encoded_split(task, split, data_args, tokenizer) for split in utils.needed_splits(training_args)}
+    collator = DataCollatorForTokenClassification(tokenizer, label_pad_token_id=utils.IGNORE_INDEX)
+    trainer = utils.build_trainer(run, model, tokenizer, splits, collator, utils.token_cls_metrics(task.labels))
 
-    set_seed(training_args.seed)
-    tokenizer = utils.load_tokenizer(model_args.model_name_or_path)
-    model = utils.load_task_model(
-        AutoModelForTokenClassification, model_args.model_name_or_path, task, data_args.max_seq_length, model_args.dropout
-    )
-    splits = {split: load_split(task, split, data_args, tokenizer) for split in utils.needed_splits(training_args)}
-
-    trainer = utils.SuiteTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=splits["train"][1].dataset if "train" in splits else None,
-        eval_dataset=splits["dev"][1].dataset if "dev" in splits else None,
-        tokenizer=tokenizer,
-        data_collator=DataCollatorForTokenClassification(tokenizer, label_pad_token_id=utils.IGNORE_INDEX),
-        compute_metrics=utils.token_cls_metrics(task.labels),
-        callbacks=utils.early_stopping_callbacks(model_args.early_stopping_patience),
-    )
     if training_args.do_train:
         utils.train_and_save(trainer, run.resume_checkpoint, len(splits["train"][0]))
     if training_args.do_eval:
@@ -70,10 +49,7 @@ def main(argv=None):
         logits = utils.predict_logits(trainer, test.dataset)
         if training_args.should_save:
             write_entities(os.path.join(training_args.output_dir, task.submission_file), task, examples, test, logits)
-    if training_args.do_export and training_args.should_save:
-        utils.export_static_model(
-            trainer.model, tokenizer, os.path.join(training_args.output_dir, "export"), utils.task_info(task, data_args)
-        )
+    utils.export_if_asked(run, trainer, tokenizer)
 
 
 if __name__ == "__main__":

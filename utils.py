@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import sys
+import re
 import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -20,7 +21,7 @@ import yaml
 
 import paddle
 from paddlenlp.datasets import MapDataset
-from paddlenlp.trainer import EarlyStoppingCallback, PdArgumentParser, Trainer, TrainingArguments
+from paddlenlp.trainer import EarlyStoppingCallback, PdArgumentParser, Trainer, TrainingArguments, set_seed
 from paddlenlp.trainer.trainer_utils import get_last_checkpoint
 from paddlenlp.transformers import AutoConfig, AutoTokenizer
 
@@ -172,7 +173,13 @@ MSRA_NER = TaskSpec(
     "a blank line between sentences)",
 )
 
-ALL_TASKS = {**SEQ_CLS_TASKS, MSRA_NER.name: MSRA_NER}
+CMRC2018 = TaskSpec(
+    "cmrc2018", "qa", (), None, "f1", 512, "cmrc2018_predict.json", ("cmrc2018",),
+    hub_splits={"train": "train", "dev": "dev"},  # the CMRC2018 test answers are not public
+    file_format="SQuAD-style json, the CMRC2018 release format",
+)
+
+ALL_TASKS = {**SEQ_CLS_TASKS, MSRA_NER.name: MSRA_NER, CMRC2018.name: CMRC2018}
 CUSTOM_TASK = "custom"
 
 
@@ -258,6 +265,8 @@ def load_hub_rows(task: TaskSpec, split: str):
         raise UserError(f"task {task.name} has no downloadable data; pass {option} PATH")
     from paddlenlp.datasets import load_dataset
 
+    if split not in task.hub_splits:
+        raise UserError(f"task {task.name} has no downloadable {split} split; pass {option} PATH")
     hub_split = task.hub_splits[split]
     try:
         dataset = load_dataset(*task.hub, splits=hub_split)  # a bare name, or (builder, config)
@@ -303,17 +312,6 @@ def rows_to_examples(task: TaskSpec, rows, split: str) -> List[TextExample]:
         logger.info("%s %s: left out %d rows labelled %s", task.name, split, skipped, "/".join(task.skip_labels))
     if not examples:
         raise UserError(f"the {task.name} {split} data holds no examples")
-    return examples
-
-
-def load_examples(task: TaskSpec, split: str, path: Optional[str], max_samples: Optional[int] = None) -> List[TextExample]:
-    """Examples of one split from a local file (used as it is) or, without one, the hub copy."""
-    rows = read_json_lines(path, SPLIT_OPTIONS[split]) if path else load_hub_rows(task, split)
-    examples = rows_to_examples(task, rows, split)
-    if max_samples is not None and max_samples > 0:
-        examples = examples[:max_samples]
-    source = path or "/".join(task.hub or ())
-    logger.info("%s %s: %d examples from %s", task.name, split, len(examples), source)
     return examples
 
 
@@ -457,15 +455,6 @@ def rows_to_token_examples(task: TaskSpec, rows, split: str) -> List[TokenExampl
     return examples
 
 
-def load_token_examples(task: TaskSpec, split: str, path: Optional[str], max_samples: Optional[int] = None) -> List[TokenExample]:
-    rows = read_ner_file(path, SPLIT_OPTIONS[split]) if path else ner_hub_rows(task, split)
-    examples = rows_to_token_examples(task, rows, split)
-    if max_samples is not None and max_samples > 0:
-        examples = examples[:max_samples]
-    logger.info("%s %s: %d sentences from %s", task.name, split, len(examples), path or "/".join(task.hub))
-    return examples
-
-
 IGNORE_INDEX = -100  # label of special tokens, padding and word pieces after the first: never scored
 
 
@@ -566,6 +555,344 @@ def predicted_word_tags(logits: np.ndarray, encoded: EncodedTokens, examples: Se
 
 
 # --------------------------------------------------------------------------------------------------
+# Question answering (CMRC2018): reading, sliding windows, post-processing and metrics
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class QAExample:
+    id: str
+    question: str
+    context: str
+    answers: List[str]  # every gold answer text (the dev set has three; some are free-form)
+    answer_start: Optional[int]  # character start of the answer the model learns to point at, None if unknown
+    answer_text: Optional[str]
+    where: str
+
+
+def read_squad_file(path: str, option: str):
+    """Yield (where, row) for each question of a SQuAD-style json file, rows shaped like paddlenlp's cmrc2018."""
+    if not os.path.isfile(path):
+        raise UserError(f"{option}: file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno})") from None
+    articles = document.get("data") if isinstance(document, dict) else None
+    if not isinstance(articles, list):
+        raise UserError(f"{path}: expected a SQuAD-style object with a 'data' list of articles")
+    number = 0
+    for article in articles:
+        for paragraph in article.get("paragraphs") or []:
+            for qa in paragraph.get("qas") or []:
+                number += 1
+                question_id = qa.get("id", f"#{number}")
+                answers = qa.get("answers") or []
+                if not all(isinstance(a, dict) and isinstance(a.get("text"), str) for a in answers):
+                    raise UserError(f"{path}: question {question_id}: each answer needs a 'text' string")
+                yield f"{path}: question {question_id}", {
+                    "id": question_id,
+                    "context": paragraph.get("context"),
+                    "question": qa.get("question"),
+                    "answers": [a["text"] for a in answers],
+                    "answer_starts": [a.get("answer_start", -1) for a in answers],
+                }
+
+
+ANSWER_SHIFT_LIMIT = 16  # characters; the CMRC2018 dev set has answer_starts off by 1 or 2
+
+
+def locate_answer(context: str, text: str, start: int) -> Optional[int]:
+    """The start of text in context: at start, else its nearest occurrence within ANSWER_SHIFT_LIMIT."""
+    if not text or start is None or start < 0:
+        return None
+    if context[start: start + len(text)] == text:
+        return start
+    window_start = max(0, start - ANSWER_SHIFT_LIMIT)
+    nearby = [window_start + i for i in range(min(len(context), start + ANSWER_SHIFT_LIMIT + len(text)) - window_start)
+              if context.startswith(text, window_start + i)]
+    return min(nearby, key=lambda i: abs(i - start)) if nearby else None
+
+
+def training_answer(where: str, context: str, texts: List[str], starts: List[int], strict: bool) -> Tuple[Optional[int], Optional[str]]:
+    """(start, text) of the first answer with a position. answer_start -1 marks a free-form answer (no position).
+
+    strict (training data): an answer whose text is not at (or near) its answer_start is an error.
+    """
+    for text, start in zip(texts, starts):
+        if not isinstance(start, int) or start < 0:
+            continue
+        located = locate_answer(context, text, start)
+        if located is None and strict:
+            found = context[start: start + len(text)]
+            raise UserError(f"{where}: answer {text!r} is not at answer_start {start} (the context there reads {found!r})")
+        return (located, text) if located is not None else (None, None)
+    if strict:
+        raise UserError(f"{where}: no answer with an answer_start to train on")
+    return None, None
+
+
+def rows_to_qa_examples(task: TaskSpec, rows, split: str) -> List[QAExample]:
+    examples, seen, repaired = [], set(), 0
+    for where, row in rows:
+        for name in ("question", "context"):
+            if not isinstance(row.get(name), str) or not row[name].strip():
+                raise UserError(f"{where}: the {name} is missing or empty")
+        if row["id"] in seen:
+            raise UserError(f"{where}: question id {row['id']!r} appears twice")
+        seen.add(row["id"])
+        texts, starts = list(row.get("answers") or []), list(row.get("answer_starts") or [])
+        if split != "test" and not texts:
+            raise UserError(f"{where}: no answers (needed in the {split} split)")
+        start, text = training_answer(where, row["context"], texts, starts, strict=split == "train")
+        repaired += start is not None and start not in starts
+        examples.append(QAExample(row["id"], row["question"], row["context"], texts, start, text, where))
+    if repaired:
+        logger.warning("%s: %d answer_start values were off by a few characters and were moved to the answer text", split, repaired)
+    if not examples:
+        raise UserError(f"the {task.name} {split} data holds no questions")
+    return examples
+
+
+def window_starts(num_tokens: int, window: int, stride: int) -> List[int]:
+    """Token offsets of context windows: every stride tokens (BERT's doc_stride), the last one ending at the end.
+
+    With stride <= window every context token lies in some window.
+    """
+    starts = [0]
+    while starts[-1] + window < num_tokens:
+        starts.append(min(starts[-1] + stride, num_tokens - window))
+    return starts
+
+
+def answer_token_span(offsets: Sequence[Tuple[int, int]], char_start: int, char_end: int) -> Optional[Tuple[int, int]]:
+    """First and last context token that overlap the characters [char_start, char_end)."""
+    covering = [i for i, (start, end) in enumerate(offsets) if start < char_end and end > char_start]
+    return (covering[0], covering[-1]) if covering else None
+
+
+def windows_with_answer(starts: List[int], span: Optional[Tuple[int, int]], window: int, num_tokens: int) -> List[int]:
+    """Add a window around the answer when no stride window holds all of it (and it fits in one)."""
+    if span is None or span[1] - span[0] + 1 > window or any(s <= span[0] and span[1] < s + window for s in starts):
+        return starts
+    centred = span[0] - (window - (span[1] - span[0] + 1)) // 2
+    return sorted(starts + [max(0, min(centred, num_tokens - window))])
+
+
+@dataclass
+class QAFeatures:
+    dataset: MapDataset
+    example_index: List[int]  # the example each window belongs to
+    offsets: List[List[Optional[Tuple[int, int]]]]  # character span of each context token, None elsewhere
+    truncated_questions: int
+
+
+def prepare_qa_features(examples: Sequence[QAExample], tokenizer, max_seq_length: int, doc_stride: int,
+                        max_query_length: int, with_labels: bool) -> QAFeatures:
+    """[CLS] question [SEP] context window [SEP] for every window of every example.
+
+    Labels (with_labels): the answer's first and last token when the window holds all of it, else [CLS] (0).
+    """
+    features, example_index, all_offsets, truncated_questions = [], [], [], 0
+    for index, example in enumerate(examples):
+        question_ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(example.question))
+        truncated_questions += len(question_ids) > max_query_length
+        question_ids = question_ids[:max_query_length]
+        window = max_seq_length - len(question_ids) - tokenizer.num_special_tokens_to_add(pair=True)
+        if window < 1 or doc_stride > window:
+            raise UserError(f"--doc_stride {doc_stride} must be between 1 and the context window of {window} tokens "
+                            f"(--max_seq_length {max_seq_length} minus the question and special tokens)")
+        encoded = tokenizer(example.context, add_special_tokens=False, return_offsets_mapping=True)
+        context_ids, offsets = encoded["input_ids"], [tuple(o) for o in encoded["offset_mapping"]]
+        span = None
+        if with_labels and example.answer_start is not None:
+            span = answer_token_span(offsets, example.answer_start, example.answer_start + len(example.answer_text))
+        starts = window_starts(len(context_ids), window, doc_stride)
+        if with_labels:
+            starts = windows_with_answer(starts, span, window, len(context_ids))
+        for start in starts:
+            feature, first = qa_window_feature(tokenizer, question_ids, context_ids[start: start + window], start, span, with_labels)
+            token_offsets = [None] * len(feature["input_ids"])
+            token_offsets[first: first + len(context_ids[start: start + window])] = offsets[start: start + window]
+            features.append(feature)
+            example_index.append(index)
+            all_offsets.append(token_offsets)
+    return QAFeatures(MapDataset(features), example_index, all_offsets, truncated_questions)
+
+
+def qa_window_feature(tokenizer, question_ids, piece, start, span, with_labels) -> Tuple[dict, int]:
+    """One window's model inputs (and labels), and the input position of its first context token."""
+    input_ids = tokenizer.build_inputs_with_special_tokens(question_ids, piece)
+    first = len(input_ids) - 1 - len(piece)  # [CLS] question [SEP] context [SEP]
+    if input_ids[first: first + len(piece)] != piece:
+        raise UserError(f"{type(tokenizer).__name__} does not lay out [CLS] question [SEP] context [SEP]")
+    feature = {"input_ids": input_ids, "token_type_ids": tokenizer.create_token_type_ids_from_sequences(question_ids, piece)}
+    if with_labels:
+        inside = span is not None and start <= span[0] and span[1] < start + len(piece)
+        feature["start_positions"] = first + span[0] - start if inside else 0
+        feature["end_positions"] = first + span[1] - start if inside else 0
+    return feature, first
+
+
+def postprocess_qa_predictions(examples: Sequence[QAExample], features: QAFeatures, start_logits: np.ndarray,
+                               end_logits: np.ndarray, n_best_size: int, max_answer_length: int):
+    """Best answer and n-best list of each example from the start and end logits of all its windows.
+
+    Candidates: the top n_best_size starts and ends of each window, inside the context, end >= start, at most
+    max_answer_length tokens; score = start logit + end logit; text sliced from the context by character
+    offsets; probabilities a softmax over the example's n-best scores. No candidate gives an empty answer.
+    """
+    candidates = [[] for _ in examples]
+    for feature_number, example_number in enumerate(features.example_index):
+        offsets = features.offsets[feature_number]
+        starts, ends = np.asarray(start_logits[feature_number]), np.asarray(end_logits[feature_number])
+        valid = [i for i in range(len(offsets)) if offsets[i] is not None]
+        if not valid:
+            continue
+        best_starts = sorted(valid, key=lambda i: -starts[i])[:n_best_size]
+        best_ends = sorted(valid, key=lambda i: -ends[i])[:n_best_size]
+        context = examples[example_number].context
+        for s in best_starts:
+            for e in best_ends:
+                if s <= e < s + max_answer_length:
+                    candidates[example_number].append({
+                        "text": context[offsets[s][0]: offsets[e][1]], "start_logit": float(starts[s]),
+                        "end_logit": float(ends[e]), "score": float(starts[s] + ends[e]),
+                    })
+    predictions, nbest = {}, {}
+    for example, found in zip(examples, candidates):
+        top = sorted(found, key=lambda c: -c["score"])[:n_best_size]
+        if top:
+            scores = np.array([c["score"] for c in top])
+            probabilities = np.exp(scores - scores.max())
+            for candidate, probability in zip(top, probabilities / probabilities.sum()):
+                candidate["probability"] = float(probability)
+        predictions[example.id] = top[0]["text"] if top else ""
+        nbest[example.id] = top
+    return predictions, nbest
+
+
+# The official CMRC2018 evaluation (cmrc2018_evaluate.py, v5) in our own code: punctuation it ignores (its
+# list also holds '……', which as one list entry never equals a single character, so it is left out here).
+CMRC_PUNCTUATION = frozenset("-:_*^/\\~`+=，。：？！“”；’《》·、「」（）－～『』")
+ENGLISH_TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+|\d+|[^\w\s]|_")
+
+
+def is_cjk(character: str) -> bool:
+    return "\u4e00" <= character <= "\u9fa5"
+
+
+def mixed_segmentation(text: str, remove_punctuation: bool) -> List[str]:
+    """Each Chinese character (and listed punctuation mark) is a segment; runs of other characters are
+    split into words. With remove_punctuation the listed marks are dropped without ending the run they are in.
+
+    The official script splits those runs with NLTK's word_tokenize (which needs a model download); here
+    they are split on whitespace and punctuation, keeping numbers like 3.14 and 1,000 whole: the same on
+    letters, digits and decimals.
+    """
+    segments, run = [], ""
+    for character in text.lower().strip():
+        if remove_punctuation and character in CMRC_PUNCTUATION:
+            continue
+        if is_cjk(character) or character in CMRC_PUNCTUATION:
+            segments.extend(ENGLISH_TOKEN.findall(run))
+            run = ""
+            segments.append(character)
+        else:
+            run += character
+    segments.extend(ENGLISH_TOKEN.findall(run))
+    return segments
+
+
+def longest_common_run(first: Sequence[str], second: Sequence[str]) -> int:
+    """Length of the longest contiguous run of segments that both sequences share."""
+    best, previous = 0, [0] * (len(second) + 1)
+    for a in first:
+        current = [0] * (len(second) + 1)
+        for j, b in enumerate(second, 1):
+            if a == b:
+                current[j] = previous[j - 1] + 1
+                best = max(best, current[j])
+        previous = current
+    return best
+
+
+def cmrc_f1(gold: str, prediction: str) -> float:
+    gold_segments = mixed_segmentation(gold, remove_punctuation=True)
+    predicted_segments = mixed_segmentation(prediction, remove_punctuation=True)
+    common = longest_common_run(gold_segments, predicted_segments)
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted_segments), common / len(gold_segments)
+    return 2 * precision * recall / (precision + recall)
+
+
+def cmrc_exact(gold: str, prediction: str) -> float:
+    def strip_punctuation(text):
+        return "".join(c for c in text.lower().strip() if c not in CMRC_PUNCTUATION)
+
+    return float(strip_punctuation(gold) == strip_punctuation(prediction))
+
+
+def qa_metrics(examples: Sequence[QAExample], predictions: Dict[str, str]) -> Dict[str, float]:
+    """exact_match and f1 as the official CMRC2018 script defines them (best over the gold answers, in
+    percent), plus upstream PaddleNLP's simpler character-overlap scores as upstream_exact_match/upstream_f1."""
+    from paddlenlp.metrics.squad import get_raw_scores
+
+    exact = [max(cmrc_exact(gold, predictions.get(e.id, "")) for gold in e.answers) for e in examples]
+    f1 = [max(cmrc_f1(gold, predictions.get(e.id, "")) for gold in e.answers) for e in examples]
+    squad_examples = [{"id": e.id, "answers": {"text": e.answers}} for e in examples]
+    upstream_exact, upstream_f1 = get_raw_scores(squad_examples, predictions, is_whitespace_splited=False)
+    return {
+        "exact_match": 100.0 * float(np.mean(exact)),
+        "f1": 100.0 * float(np.mean(f1)),
+        "upstream_exact_match": 100.0 * float(np.mean(list(upstream_exact.values()))),
+        "upstream_f1": 100.0 * float(np.mean(list(upstream_f1.values()))),
+    }
+
+
+def qa_compute_metrics(examples: Sequence[QAExample], features: QAFeatures, n_best_size: int, max_answer_length: int):
+    """Trainer's compute_metrics for QA: from the start and end logits together, not from the label arrays
+    (paddlenlp 3.0.0b4 passes compute_metrics only the first label array, the start positions)."""
+    def compute(eval_prediction) -> Dict[str, float]:
+        start_logits, end_logits = eval_prediction.predictions[:2]
+        predictions, _ = postprocess_qa_predictions(examples, features, start_logits, end_logits, n_best_size, max_answer_length)
+        return qa_metrics(examples, predictions)
+
+    return compute
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading any task's split: one reader table, one function
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExampleReader:
+    read_file: Callable  # (path, option) -> rows
+    read_hub: Callable  # (task, split) -> rows
+    to_examples: Callable  # (task, rows, split) -> examples
+
+
+EXAMPLE_READERS = {
+    "seq_cls": ExampleReader(read_json_lines, load_hub_rows, rows_to_examples),
+    "token_cls": ExampleReader(read_ner_file, ner_hub_rows, rows_to_token_examples),
+    "qa": ExampleReader(read_squad_file, load_hub_rows, rows_to_qa_examples),
+}
+
+
+def load_examples(task: TaskSpec, split: str, path: Optional[str], max_samples: Optional[int] = None) -> list:
+    """Examples of one split from a local file in the task's original format (used as it is) or, without
+    one, the hub copy; the first max_samples of them when given."""
+    reader = EXAMPLE_READERS[task.family]
+    rows = reader.read_file(path, SPLIT_OPTIONS[split]) if path else reader.read_hub(task, split)
+    examples = reader.to_examples(task, rows, split)
+    if max_samples is not None and max_samples > 0:
+        examples = examples[:max_samples]
+    logger.info("%s %s: %d examples from %s", task.name, split, len(examples), path or "/".join(task.hub or ()))
+    return examples
+
+
+# --------------------------------------------------------------------------------------------------
 # Metrics
 # --------------------------------------------------------------------------------------------------
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -605,6 +932,18 @@ class DataArguments:
 
     def split_max_samples(self, split: str) -> Optional[int]:
         return {"train": self.max_train_samples, "dev": self.max_eval_samples, "test": self.max_predict_samples}[split]
+
+
+@dataclass
+class QADataArguments(DataArguments):
+    doc_stride: int = field(
+        default=128,
+        metadata={"help": "Tokens between the starts of consecutive context windows (BERT's doc_stride: a step, "
+                          "not the overlap that Hugging Face's fast tokenizers call stride). At most the window length."},
+    )
+    max_query_length: int = field(default=64, metadata={"help": "Question tokens kept; longer questions are cut (counted)."})
+    n_best_size: int = field(default=20, metadata={"help": "Start and end candidates per window, and answers kept per question."})
+    max_answer_length: int = field(default=50, metadata={"help": "Longest answer in tokens."})
 
 
 @dataclass
@@ -1000,6 +1339,18 @@ class SuiteTrainer(Trainer):
         if self.args.local_rank == -1 and self.args.should_save:
             self._rotate_checkpoints(use_mtime=True, output_dir=self.args.output_dir)
 
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix="test"):
+        # paddlenlp 3.0.0b4's predict() asks for the loss alone when compute_metrics is None, so a run without a
+        # metric (QA prediction without a dev set) got predictions=None. A metric that is never called (the test
+        # data has no labels) restores them.
+        if self.compute_metrics is not None:
+            return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        self.compute_metrics = lambda _: {}
+        try:
+            return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        finally:
+            self.compute_metrics = None
+
 
 # --------------------------------------------------------------------------------------------------
 # Trainer workflow shared by the run_*.py scripts
@@ -1055,8 +1406,43 @@ def task_info(task: TaskSpec, data_args) -> dict:
     }
 
 
-def early_stopping_callbacks(patience: Optional[int]) -> list:
-    return [EarlyStoppingCallback(early_stopping_patience=patience)] if patience else []
+def load_encoded_split(task: TaskSpec, split: str, data_args, tokenizer):
+    """(examples, encoded) of one classification or NER split, truncation reported."""
+    examples = load_examples(task, split, data_args.split_file(split), data_args.split_max_samples(split))
+    encode = {"seq_cls": encode_text_examples, "token_cls": encode_token_examples}[task.family]
+    encoded = encode(examples, tokenizer, task, data_args.max_seq_length, data_args.truncate_long_texts)
+    report_truncation(task.name, split, encoded, data_args.max_seq_length)
+    return examples, encoded
+
+
+def load_model_and_tokenizer(run: Run, model_class):
+    """Seed, then the tokenizer and the model with a head sized for the task."""
+    set_seed(run.training_args.seed)
+    name = run.model_args.model_name_or_path
+    tokenizer = load_tokenizer(name)
+    model = load_task_model(model_class, name, run.task, run.data_args.max_seq_length, run.model_args.dropout)
+    return model, tokenizer
+
+
+def build_trainer(run: Run, model, tokenizer, splits: dict, data_collator, compute_metrics) -> "SuiteTrainer":
+    """The Trainer over the encoded train and dev splits (each split is (examples, encoded))."""
+    patience = run.model_args.early_stopping_patience
+    return SuiteTrainer(
+        model=model,
+        args=run.training_args,
+        train_dataset=splits["train"][1].dataset if "train" in splits else None,
+        eval_dataset=splits["dev"][1].dataset if "dev" in splits else None,
+        tokenizer=tokenizer,
+        data_collator=data_collator,
+        compute_metrics=compute_metrics,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)] if patience else [],
+    )
+
+
+def export_if_asked(run: Run, trainer, tokenizer) -> None:
+    if run.training_args.do_export and run.training_args.should_save:
+        export_dir = os.path.join(run.training_args.output_dir, "export")
+        export_static_model(trainer.model, tokenizer, export_dir, task_info(run.task, run.data_args))
 
 
 def train_and_save(trainer, resume_checkpoint: Optional[str], train_samples: int) -> dict:
@@ -1085,11 +1471,15 @@ def evaluate_and_save(trainer, dataset, metric_names: Sequence[str], extra: dict
     return results
 
 
+def predict_outputs(trainer, dataset) -> List[np.ndarray]:
+    """Every model output (logits; QA: start and end logits) for each example of dataset, in order."""
+    predictions = trainer.predict(dataset).predictions
+    arrays = predictions if isinstance(predictions, (tuple, list)) else [predictions]
+    return [np.asarray(array)[: len(dataset)] for array in arrays]
+
+
 def predict_logits(trainer, dataset) -> np.ndarray:
-    """Logits for every example of dataset, in order."""
-    output = trainer.predict(dataset)
-    predictions = output.predictions[0] if isinstance(output.predictions, (tuple, list)) else output.predictions
-    return np.asarray(predictions)[: len(dataset)]
+    return predict_outputs(trainer, dataset)[0]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -43,6 +43,11 @@ def tiny_ernie(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tokenizer(tiny_ernie):
+    return utils.load_tokenizer(tiny_ernie)
+
+
+@pytest.fixture(scope="session")
 def tiny_encoders(tmp_path_factory, tiny_ernie):
     return {
         "ernie": tiny_ernie,

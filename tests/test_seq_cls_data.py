@@ -9,11 +9,6 @@ import utils
 from conftest import clue_file
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_ernie):
-    return utils.load_tokenizer(tiny_ernie)
-
-
 def read_rows(task, split):
     return [json.loads(line) for line in open(clue_file(task, split), encoding="utf-8")]
 

@@ -18,14 +18,9 @@ def ner_file(name):
     return os.path.join(DATA_DIR, "msra_ner", name)
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_ernie):
-    return utils.load_tokenizer(tiny_ernie)
-
-
 def test_tsv_and_bio_column_files_give_the_same_sentences():
-    tsv = utils.load_token_examples(TASK, "dev", ner_file("dev.tsv"))
-    bio = utils.load_token_examples(TASK, "dev", ner_file("dev.bio"))
+    tsv = utils.load_examples(TASK, "dev", ner_file("dev.tsv"))
+    bio = utils.load_examples(TASK, "dev", ner_file("dev.bio"))
     assert [(e.words, e.tags) for e in tsv] == [(e.words, e.tags) for e in bio] and len(tsv) == 20
     assert bio[1].where.startswith(ner_file("dev.bio") + ":") and tsv[1].where == ner_file("dev.tsv") + ":2"
 
@@ -35,12 +30,12 @@ def test_hub_reader_and_local_reader_give_the_same_sentences():
 
     hub = load_dataset("msra_ner", data_files=ner_file("dev.tsv"), splits="test")
     from_hub = utils.rows_to_token_examples(TASK, ((w, r["tokens"], r["labels"]) for w, r in utils.hub_rows(hub, "msra_ner")), "dev")
-    local = utils.load_token_examples(TASK, "dev", ner_file("dev.tsv"))
+    local = utils.load_examples(TASK, "dev", ner_file("dev.tsv"))
     assert [(e.words, e.tags) for e in from_hub] == [(e.words, e.tags) for e in local]
 
 
 def test_labels_sit_on_each_characters_token_and_special_tokens_are_ignored(tokenizer):
-    examples = utils.load_token_examples(TASK, "train", ner_file("train.tsv"))
+    examples = utils.load_examples(TASK, "train", ner_file("train.tsv"))
     encoded = utils.encode_token_examples(examples, tokenizer, TASK, 128)
     for example, feature in zip(examples, encoded.dataset):
         labels = feature["labels"]
@@ -59,7 +54,7 @@ def test_word_pieces_after_the_first_and_dropped_characters_keep_alignment(token
 
 
 def test_truncated_sentences_are_counted_and_scored_on_what_the_model_saw(tokenizer):
-    examples = utils.load_token_examples(TASK, "train", ner_file("train.tsv"))
+    examples = utils.load_examples(TASK, "train", ner_file("train.tsv"))
     encoded = utils.encode_token_examples(examples, tokenizer, TASK, 16)
     longer = [e for e in examples if len(e.words) > 14]
     assert encoded.truncated == len(longer) > 0
@@ -129,7 +124,7 @@ def test_outputs_and_prediction_file(ner_run):
     assert {"precision", "recall", "f1"} <= set(results) and results["eval_samples"] == 20 and results["eval_truncated"] == 0
     with open(os.path.join(ner_run, "msra_ner_predict.json"), encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle]
-    sentences = utils.load_token_examples(TASK, "test", ner_file("test.tsv"))
+    sentences = utils.load_examples(TASK, "test", ner_file("test.tsv"))
     assert [row["id"] for row in rows] == list(range(12)) and [row["text"] for row in rows] == [s.text for s in sentences]
     for row in rows:
         for entity in row["entities"]:
@@ -138,7 +133,7 @@ def test_outputs_and_prediction_file(ner_run):
 
 def test_predicted_entities_follow_the_saved_models_argmax(ner_run):
     model = AutoModelForTokenClassification.from_pretrained(ner_run)
-    sentences = utils.load_token_examples(TASK, "test", ner_file("test.tsv"))
+    sentences = utils.load_examples(TASK, "test", ner_file("test.tsv"))
     encoded = utils.encode_token_examples(sentences, utils.load_tokenizer(ner_run), TASK, 128)
     logits = dynamic_outputs(model, padded_batch(list(encoded.dataset)))
     tags = utils.predicted_word_tags(logits, encoded, sentences, TASK.labels)
@@ -149,7 +144,7 @@ def test_predicted_entities_follow_the_saved_models_argmax(ner_run):
 
 def test_exported_static_model_gives_the_dynamic_models_logits(ner_run):
     model = AutoModelForTokenClassification.from_pretrained(ner_run)
-    sentences = utils.load_token_examples(TASK, "dev", ner_file("dev.tsv"))[:8]
+    sentences = utils.load_examples(TASK, "dev", ner_file("dev.tsv"))[:8]
     batch = padded_batch(list(utils.encode_token_examples(sentences, utils.load_tokenizer(ner_run), TASK, 128).dataset))
     dynamic, static = dynamic_outputs(model, batch), static_outputs(os.path.join(ner_run, "export"), batch)
     assert static.shape == dynamic.shape and static.shape[-1] == 7
