@@ -261,6 +261,8 @@ QA_BAD_INPUT = {
     "empty question": (lambda p: write_squad(p, "百度在北京", " ", [{"text": "百度", "answer_start": 0}]), r"question Q1: the question is missing or empty"),
     "malformed json": (lambda p: (p.write_text('{"data": [\n{"paragraphs": ]}', encoding="utf-8"), str(p))[1], r":2: not valid JSON"),
     "not squad": (lambda p: (p.write_text('[1, 2]', encoding="utf-8"), str(p))[1], r"expected a SQuAD-style object"),
+    "missing file": (lambda p: str(p.parent / "missing.json"), r"--train_file: file not found: .*missing\.json"),
+    "non utf-8 file": (lambda p: (p.write_bytes('{"data": "百度"}'.encode("gbk")), str(p))[1], r"bad\.json: not UTF-8 text"),
 }
 
 
@@ -280,3 +282,14 @@ def test_prediction_without_a_test_file_says_which_option_to_pass(qa_run, tmp_pa
     status, stderr = run_cli(run_qa.main, ["--task_name", "cmrc2018", "--model_name_or_path", qa_run, "--output_dir",
                                            str(tmp_path), "--do_predict", *SMALL], capsys)
     assert status == 2 and "task cmrc2018 has no downloadable test split; pass --test_file PATH" in error_lines(stderr)[0]
+
+
+def test_a_classification_model_is_refused_by_the_qa_script(tiny_ernie, tmp_path, capsys):
+    from paddlenlp.transformers import AutoModelForSequenceClassification
+
+    classifier = str(tmp_path / "classifier")
+    AutoModelForSequenceClassification.from_pretrained(tiny_ernie, num_labels=15).save_pretrained(classifier)
+    utils.load_tokenizer(tiny_ernie).save_pretrained(classifier)
+    status, stderr = run_cli(run_qa.main, qa_args(classifier, tmp_path / "out", "--do_train", "--max_steps", "1"), capsys)
+    assert status == 2 and len(error_lines(stderr)) == 1
+    assert "is a fine-tuned sequence classification model, but task cmrc2018 needs a question answering model" in stderr

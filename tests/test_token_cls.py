@@ -162,13 +162,21 @@ NER_BAD_INPUT = {
     "unknown tag": (["江\002泽\tB-PER\002I-PERSON"], r"bad:1: unknown tag 'I-PERSON'"),
     "empty sentence": (["江\002泽\tB-PER\002I-PER", "\tO"], r"bad:2: empty sentence"),
     "extra field": (["江\002泽\tB-PER\002I-PER\textra"], r"bad:1: expected characters and tags separated by one tab"),
+    "missing file": (None, r"--train_file: file not found: .*missing"),
+    "non utf-8 file": ("江 B-PER\n".encode("gbk"), r"bad: not UTF-8 text"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(NER_BAD_INPUT))
 def test_bad_ner_files_get_one_error_line_naming_file_and_line(case, tiny_ernie, tmp_path, capsys):
-    lines, message = NER_BAD_INPUT[case]
-    bad = write_lines(tmp_path / "bad", lines)
+    content, message = NER_BAD_INPUT[case]
+    if content is None:
+        bad = str(tmp_path / "missing")
+    elif isinstance(content, bytes):
+        (tmp_path / "bad").write_bytes(content)
+        bad = str(tmp_path / "bad")
+    else:
+        bad = write_lines(tmp_path / "bad", content)
     argv = ["--task_name", "msra_ner", "--model_name_or_path", tiny_ernie, "--train_file", bad, "--dev_file", ner_file("dev.tsv"),
             "--output_dir", str(tmp_path / "out"), "--do_train", "--max_steps", "1"]
     status, stderr = run_cli(run_token_cls.main, argv, capsys)
