@@ -27,31 +27,31 @@ METRICS = ["exact_match", "f1", "upstream_exact_match", "upstream_f1"]
 LABEL_NAMES = ["start_positions", "end_positions"]
 
 
-def load_split(task, split, data_args, tokenizer):
+def load_split(task, split, data_args, window_args, tokenizer):
     examples = utils.load_examples(task, split, data_args.split_file(split), data_args.split_max_samples(split))
-    features = utils.prepare_qa_features(examples, tokenizer, data_args.max_seq_length, data_args.doc_stride,
-                                         data_args.max_query_length, with_labels=split != "test")
+    features = utils.prepare_qa_features(examples, tokenizer, data_args.max_seq_length, window_args.doc_stride,
+                                         window_args.max_query_length, with_labels=split != "test")
     utils.logger.info("%s %s: %d windows for %d questions (%d questions cut to --max_query_length)",
                       task.name, split, len(features.example_index), len(examples), features.truncated_questions)
     return examples, features
 
 
-def write_answers(output_dir, task, examples, features, outputs, data_args) -> None:
+def write_answers(output_dir, task, examples, features, outputs, window_args) -> None:
     predictions, nbest = utils.postprocess_qa_predictions(examples, features, outputs[0], outputs[1],
-                                                          data_args.n_best_size, data_args.max_answer_length)
+                                                          window_args.n_best_size, window_args.max_answer_length)
     utils.write_json_atomic(os.path.join(output_dir, task.submission_file), predictions)
     utils.write_json_atomic(os.path.join(output_dir, "cmrc2018_nbest.json"), nbest)
     utils.logger.info("wrote answers to %d questions to %s", len(predictions), os.path.join(output_dir, task.submission_file))
 
 
 def main(argv=None):
-    run = utils.start_run(FAMILY, __doc__, argv, data_class=utils.QADataArguments)
-    data_args, training_args, task = run.data_args, run.training_args, run.task
+    run = utils.start_run(FAMILY, __doc__, argv, extra_classes=(utils.QAWindowArguments,))
+    (window_args,), data_args, training_args, task = run.extra, run.data_args, run.training_args, run.task
     training_args.label_names = training_args.label_names or LABEL_NAMES
     model, tokenizer = utils.load_model_and_tokenizer(run, AutoModelForQuestionAnswering)
-    splits = {split: load_split(task, split, data_args, tokenizer) for split in utils.needed_splits(training_args)}
+    splits = {split: load_split(task, split, data_args, window_args, tokenizer) for split in utils.needed_splits(training_args)}
     dev_examples, dev_features = splits.get("dev", (None, None))
-    metrics = utils.qa_compute_metrics(dev_examples, dev_features, data_args.n_best_size, data_args.max_answer_length) if dev_features else None
+    metrics = utils.qa_compute_metrics(dev_examples, dev_features, window_args) if dev_features else None
     trainer = utils.build_trainer(run, model, tokenizer, splits, DataCollatorWithPadding(tokenizer), metrics)
 
     if training_args.do_train:
@@ -63,7 +63,7 @@ def main(argv=None):
         examples, features = splits["test"]
         outputs = utils.predict_outputs(trainer, features.dataset)
         if training_args.should_save:
-            write_answers(training_args.output_dir, task, examples, features, outputs, data_args)
+            write_answers(training_args.output_dir, task, examples, features, outputs, window_args)
     utils.export_if_asked(run, trainer, tokenizer)
 
 

@@ -204,6 +204,15 @@ def get_task(name: str, family: str, label_list: Optional[Sequence[str]] = None)
     return tasks[name]
 
 
+def get_task_any_family(name: str, info: Optional[dict] = None) -> TaskSpec:
+    """Any registered task; a custom task takes its labels from the exported model's task.json."""
+    if name == CUSTOM_TASK:
+        return custom_seq_cls_task((info or {}).get("label_list"))
+    if name not in ALL_TASKS:
+        raise UserError(f"unknown --task_name {name!r}; choose from: {', '.join(sorted(ALL_TASKS) + [CUSTOM_TASK])}")
+    return ALL_TASKS[name]
+
+
 FAMILY_NAMES = {"seq_cls": "sequence classification", "token_cls": "token classification", "qa": "question answering"}
 FAMILY_SCRIPTS = {"seq_cls": "run_seq_cls.py", "token_cls": "run_token_cls.py", "qa": "run_qa.py"}
 HEAD_SUFFIXES = {
@@ -689,7 +698,10 @@ class QAFeatures:
     truncated_questions: int
 
 
-def prepare_qa_features(examples: Sequence[QAExample], tokenizer, max_seq_length: int, doc_stride: int,
+DEFAULT_DOC_STRIDE = 128
+
+
+def prepare_qa_features(examples: Sequence[QAExample], tokenizer, max_seq_length: int, doc_stride: Optional[int],
                         max_query_length: int, with_labels: bool) -> QAFeatures:
     """[CLS] question [SEP] context window [SEP] for every window of every example.
 
@@ -702,7 +714,8 @@ def prepare_qa_features(examples: Sequence[QAExample], tokenizer, max_seq_length
         truncated_questions += len(question_ids) > max_query_length
         question_ids = question_ids[:max_query_length]
         window = max_seq_length - len(question_ids) - tokenizer.num_special_tokens_to_add(pair=True)
-        if window < 1 or doc_stride > window:
+        stride = doc_stride or min(DEFAULT_DOC_STRIDE, window)
+        if window < 1 or stride > window:
             raise UserError(f"--doc_stride {doc_stride} must be between 1 and the context window of {window} tokens "
                             f"(--max_seq_length {max_seq_length} minus the question and special tokens)")
         if example.context not in context_encodings:
@@ -712,7 +725,7 @@ def prepare_qa_features(examples: Sequence[QAExample], tokenizer, max_seq_length
         span = None
         if with_labels and example.answer_start is not None:
             span = answer_token_span(offsets, example.answer_start, example.answer_start + len(example.answer_text))
-        starts = window_starts(len(context_ids), window, doc_stride)
+        starts = window_starts(len(context_ids), window, stride)
         if with_labels:
             starts = windows_with_answer(starts, span, window, len(context_ids))
         for start in starts:
@@ -856,12 +869,13 @@ def qa_metrics(examples: Sequence[QAExample], predictions: Dict[str, str]) -> Di
     }
 
 
-def qa_compute_metrics(examples: Sequence[QAExample], features: QAFeatures, n_best_size: int, max_answer_length: int):
+def qa_compute_metrics(examples: Sequence[QAExample], features: QAFeatures, window_args):
     """Trainer's compute_metrics for QA: from the start and end logits together, not from the label arrays
     (paddlenlp 3.0.0b4 passes compute_metrics only the first label array, the start positions)."""
     def compute(eval_prediction) -> Dict[str, float]:
         start_logits, end_logits = eval_prediction.predictions[:2]
-        predictions, _ = postprocess_qa_predictions(examples, features, start_logits, end_logits, n_best_size, max_answer_length)
+        predictions, _ = postprocess_qa_predictions(examples, features, start_logits, end_logits,
+                                                    window_args.n_best_size, window_args.max_answer_length)
         return qa_metrics(examples, predictions)
 
     return compute
@@ -939,11 +953,14 @@ class DataArguments:
 
 
 @dataclass
-class QADataArguments(DataArguments):
-    doc_stride: int = field(
-        default=128,
+class QAWindowArguments:
+    """How run_qa.py and infer.py cut contexts into windows and pick answers."""
+
+    doc_stride: Optional[int] = field(
+        default=None,
         metadata={"help": "Tokens between the starts of consecutive context windows (BERT's doc_stride: a step, "
-                          "not the overlap that Hugging Face's fast tokenizers call stride). At most the window length."},
+                          "not the overlap that Hugging Face's fast tokenizers call stride); at most the window length. "
+                          "Default: 128, or the window length when that is shorter."},
     )
     max_query_length: int = field(default=64, metadata={"help": "Question tokens kept; longer questions are cut (counted)."})
     n_best_size: int = field(default=20, metadata={"help": "Start and end candidates per window, and answers kept per question."})
@@ -1038,15 +1055,34 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Shows defaults after each option and keeps the per-task table's line breaks."""
 
 
+def user_argv(argv: Optional[Sequence[str]]) -> List[str]:
+    """The command line, or the tokens of a single .json/.yml arguments file given in its place."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0].endswith(ARGS_FILE_SUFFIXES):
+        argv = args_file_to_argv(argv[0])
+    return argv
+
+
+def parse_into_dataclasses(parser, argv: Sequence[str]):
+    try:
+        return parser.parse_args_into_dataclasses(args=list(argv))
+    except ValueError as error:  # dataclass __post_init__ checks (TrainingArguments' among them) raise this
+        raise UserError(first_line(error)) from None
+
+
+def parse_plain_arguments(dataclass_types, description: str, argv: Optional[Sequence[str]] = None):
+    """Parse a script's own dataclasses (flags or one .json/.yml file), with no training defaults."""
+    parser = PdArgumentParser(dataclass_types, description=description, formatter_class=HelpFormatter)
+    return parse_into_dataclasses(parser, user_argv(argv))
+
+
 def parse_arguments(dataclass_types, family: str, description: str, argv: Optional[Sequence[str]] = None):
     """Parse the command line (or one .json/.yml arguments file) into the dataclasses.
 
     Defaults come in three layers, the later winning: the dataclass defaults, configs/default.yml
     ('common', then the task's block, then the task's registry max_seq_length), then what the user gave.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) == 1 and argv[0].endswith(ARGS_FILE_SUFFIXES):
-        argv = args_file_to_argv(argv[0])
+    argv = user_argv(argv)
     config_file = option_value(argv, "config") or DEFAULT_CONFIG_FILE
     config = load_config_defaults(config_file)
     task_name = option_value(argv, "task_name")
@@ -1062,10 +1098,7 @@ def parse_arguments(dataclass_types, family: str, description: str, argv: Option
     if task_name and option_value(argv, "output_dir") is None:
         argv += ["--output_dir", os.path.join("output", task_name)]
     parser.set_defaults(**defaults)
-    try:
-        parsed = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as error:  # TrainingArguments.__post_init__ rejects inconsistent options this way
-        raise UserError(first_line(error)) from None
+    parsed = parse_into_dataclasses(parser, argv)
     apply_requested_actions(argv, parsed)
     return parsed
 
@@ -1366,19 +1399,20 @@ class Run:
     training_args: TrainingArguments
     task: TaskSpec
     resume_checkpoint: Optional[str]
+    extra: tuple = ()  # instances of the script's extra argument dataclasses
 
 
-def start_run(family: str, description: str, argv=None, data_class=None) -> Run:
+def start_run(family: str, description: str, argv=None, extra_classes: tuple = ()) -> Run:
     """The opening every run_*.py shares: arguments, logging, device, task, checkpoint, output-dir safety."""
-    model_args, data_args, training_args = parse_arguments(
-        (ModelArguments, data_class or DataArguments, TrainingArguments), family, description, argv
+    model_args, data_args, *extra, training_args = parse_arguments(
+        (ModelArguments, DataArguments, *extra_classes, TrainingArguments), family, description, argv
     )
     setup_logging(training_args)
     check_device(training_args.device)
     task = get_task(data_args.task_name, family, data_args.label_list)
     resume_checkpoint = resolve_resume_checkpoint(training_args)
     check_output_dir(training_args, resume_checkpoint, task.submission_file)
-    return Run(model_args, data_args, training_args, task, resume_checkpoint)
+    return Run(model_args, data_args, training_args, task, resume_checkpoint, tuple(extra))
 
 
 def setup_logging(training_args) -> None:
@@ -1508,9 +1542,280 @@ def export_static_model(model, tokenizer, export_dir: str, task_info: dict) -> s
     return export_dir
 
 
+# --------------------------------------------------------------------------------------------------
+# Deployment: predictors over an exported model, length-aware batching (infer.py, compression, benchmarks)
+# --------------------------------------------------------------------------------------------------
+PROGRAM_FILES = ("model.json", "model.pdmodel", "int8.pdmodel", "int8.json")
+QUANTIZED_OP_MARKERS = (b"quantize_linear", b"fake_quantize", b"fake_channel_wise")
+
+
 def static_model_files(model_dir: str) -> Tuple[str, str]:
-    """(program file, params file) of an exported model: PIR model.json or legacy model.pdmodel."""
-    for program in ("model.json", "model.pdmodel"):
-        if os.path.isfile(os.path.join(model_dir, program)):
-            return os.path.join(model_dir, program), os.path.join(model_dir, "model.pdiparams")
-    raise UserError(f"{model_dir} holds no exported model (model.json or model.pdmodel with model.pdiparams)")
+    """(program file, params file) of an exported or compressed model directory."""
+    if not os.path.isdir(model_dir):
+        raise UserError(f"--model_path: no such directory: {model_dir}")
+    for program in PROGRAM_FILES:
+        params = os.path.join(model_dir, program.rsplit(".", 1)[0] + ".pdiparams")
+        if os.path.isfile(os.path.join(model_dir, program)) and os.path.isfile(params):
+            return os.path.join(model_dir, program), params
+    raise UserError(f"{model_dir} holds no exported model ({' or '.join(PROGRAM_FILES)} with its .pdiparams); "
+                    "export one with run_*.py --do_export")
+
+
+def read_task_info(model_dir: str) -> dict:
+    path = os.path.join(model_dir, "task.json")
+    if not os.path.isfile(path):
+        raise UserError(f"{model_dir} holds no task.json: pass an export/ directory written by run_*.py --do_export")
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def check_model_task(info: dict, model_dir: str, task: TaskSpec) -> None:
+    if info.get("task_name") != task.name or (task.labels and tuple(info.get("label_list") or ()) != task.labels):
+        raise UserError(f"{model_dir} was exported for task {info.get('task_name')!r}, not {task.name!r}")
+
+
+def is_quantized(program_file: str) -> bool:
+    with open(program_file, "rb") as handle:
+        content = handle.read()
+    return any(marker in content for marker in QUANTIZED_OP_MARKERS)
+
+
+@dataclass
+class PredictorOptions:
+    backend: str = "paddle"  # "paddle" or "onnxruntime"
+    device: str = "cpu"
+    use_trt: bool = False
+    precision: str = "fp32"  # "fp32", "fp16" or "int8"
+    num_threads: int = 2
+    enable_onednn: bool = True
+    batch_size: int = 32
+    max_seq_length: int = 128
+
+
+def public_options(options: PredictorOptions) -> dict:
+    return dict(options.__dict__)
+
+
+def check_predictor_options(options: PredictorOptions, quantized: bool, model_dir: str) -> None:
+    """Refuse combinations this machine or this model cannot run, instead of silently running something else."""
+    if options.backend not in ("paddle", "onnxruntime"):
+        raise UserError(f"--backend must be paddle or onnxruntime, not {options.backend!r}")
+    if options.precision not in ("fp32", "fp16", "int8"):
+        raise UserError(f"--precision must be fp32, fp16 or int8, not {options.precision!r}")
+    if options.device not in ("cpu", "gpu"):
+        raise UserError(f"--device must be cpu or gpu, not {options.device!r}")
+    if options.device == "gpu" and options.backend == "paddle" and default_device() != "gpu":
+        raise UserError("--device gpu needs paddlepaddle-gpu and a visible GPU, but this paddle is CPU-only or sees no GPU "
+                        "(see the README's GPU section)")
+    if options.use_trt and (options.backend != "paddle" or options.device != "gpu"):
+        raise UserError("--use_trt runs TensorRT through Paddle Inference: it needs --backend paddle --device gpu")
+    if options.use_trt and tuple(paddle.inference.get_trt_compile_version()) == (0, 0, 0):
+        raise UserError("--use_trt needs a paddlepaddle-gpu build with TensorRT; this paddle was compiled without it")
+    if options.precision == "fp16" and not options.use_trt:
+        raise UserError("--precision fp16 runs through TensorRT: use --device gpu --use_trt")
+    if options.precision == "int8" and options.backend == "paddle" and not quantized and not options.use_trt:
+        raise UserError(f"{model_dir} is a float model: int8 on the Paddle backend needs an int8 model from compress_*.py "
+                        "(or use --backend onnxruntime, which quantizes the float model dynamically)")
+    if quantized and options.backend == "onnxruntime":
+        raise UserError(f"{model_dir} is a Paddle int8 model, which paddle2onnx cannot convert faithfully; give the float "
+                        "export to --backend onnxruntime --precision int8 instead")
+
+
+class PaddlePredictor:
+    """Paddle Inference: CPU (oneDNN on or off, threads), GPU, or TensorRT with shape ranges cached beside the model."""
+
+    def __init__(self, model_dir: str, options: PredictorOptions):
+        self.program, self.params = static_model_files(model_dir)
+        self.model_dir, self.options = model_dir, options
+        if options.use_trt:
+            self.shape_file = self.collect_shape_ranges()
+        self.predictor = paddle.inference.create_predictor(self.config())
+        self.input_names = self.predictor.get_input_names()
+
+    def config(self, collect_shapes_to: Optional[str] = None):
+        options = self.options
+        config = paddle.inference.Config(self.program, self.params)
+        config.disable_glog_info()
+        if options.device == "gpu":
+            config.enable_use_gpu(256, 0)
+        else:
+            config.disable_gpu()
+            config.set_cpu_math_library_num_threads(options.num_threads)
+            config.enable_mkldnn() if options.enable_onednn else config.disable_mkldnn()
+        if collect_shapes_to:
+            config.collect_shape_range_info(collect_shapes_to)
+        elif options.use_trt:
+            precision = {"fp32": paddle.inference.PrecisionType.Float32, "fp16": paddle.inference.PrecisionType.Half,
+                         "int8": paddle.inference.PrecisionType.Int8}[options.precision]
+            config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=options.batch_size, min_subgraph_size=5,
+                                          precision_mode=precision, use_static=False, use_calib_mode=False)
+            config.enable_tuned_tensorrt_dynamic_shape(self.shape_file, True)
+        return config
+
+    def collect_shape_ranges(self) -> str:
+        """TensorRT needs each tensor's min/max/opt shape. The first run records them with batches of the
+        smallest, largest and a typical shape, and caches the file beside the model for later runs."""
+        options = self.options
+        path = os.path.join(self.model_dir, f"trt_shape_range_b{options.batch_size}_s{options.max_seq_length}.pbtxt")
+        if os.path.isfile(path):
+            return path
+        temporary = f"{path}.tmp-{os.getpid()}"
+        collector = paddle.inference.create_predictor(self.config(collect_shapes_to=temporary))
+        for batch, length in ((1, 1), (options.batch_size, options.max_seq_length), (options.batch_size, max(1, options.max_seq_length // 4))):
+            for name in collector.get_input_names():
+                collector.get_input_handle(name).copy_from_cpu(np.ones((batch, length), dtype="int64"))
+            collector.run()
+        del collector  # the shape file is written when the predictor goes away
+        os.replace(temporary, path)
+        logger.info("collected TensorRT shape ranges into %s", path)
+        return path
+
+    def run(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        for name in self.input_names:
+            self.predictor.get_input_handle(name).copy_from_cpu(batch[name])
+        self.predictor.run()
+        return [self.predictor.get_output_handle(name).copy_to_cpu() for name in self.predictor.get_output_names()]
+
+
+class OnnxRuntimePredictor:
+    """ONNX Runtime on the model converted once by paddle2onnx (cached as model.onnx beside it); int8 is ONNX
+    Runtime's dynamic quantization of that float model (cached as model.int8.onnx). Inputs are fed by name."""
+
+    def __init__(self, model_dir: str, options: PredictorOptions):
+        import onnxruntime
+
+        onnx_file = self.converted(model_dir)
+        if options.precision == "int8":
+            onnx_file = self.quantized(onnx_file)
+        providers = ["CPUExecutionProvider"]
+        if options.device == "gpu":
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                raise UserError("--backend onnxruntime --device gpu needs the onnxruntime-gpu package and a GPU")
+            providers.insert(0, "CUDAExecutionProvider")
+        session_options = onnxruntime.SessionOptions()
+        session_options.intra_op_num_threads = options.num_threads
+        session_options.inter_op_num_threads = 1
+        session_options.log_severity_level = 3
+        self.session = onnxruntime.InferenceSession(onnx_file, session_options, providers=providers)
+        self.input_names = [node.name for node in self.session.get_inputs()]
+
+    @staticmethod
+    def converted(model_dir: str) -> str:
+        program, params = static_model_files(model_dir)
+        target = os.path.join(model_dir, "model.onnx")
+        if os.path.isfile(target) and os.path.getmtime(target) >= os.path.getmtime(params):
+            return target
+        import paddle2onnx
+
+        temporary = f"{target}.tmp-{os.getpid()}"
+        try:
+            # onnxoptimizer, not paddle2onnx's default polygraphy, which pip-installs packages at run time
+            paddle2onnx.export(program, params, save_file=temporary, opset_version=14, enable_onnx_checker=True,
+                               optimize_tool="onnxoptimizer", verbose=False)
+            os.replace(temporary, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temporary)
+        logger.info("converted %s to %s", program, target)
+        return target
+
+    @staticmethod
+    def quantized(onnx_file: str) -> str:
+        target = onnx_file.replace(".onnx", ".int8.onnx")
+        if os.path.isfile(target) and os.path.getmtime(target) >= os.path.getmtime(onnx_file):
+            return target
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        prepared, temporary = f"{target}.pre-{os.getpid()}.onnx", f"{target}.tmp-{os.getpid()}.onnx"
+        try:
+            # paddle2onnx stores every weight as a Constant node; quantize_dynamic only quantizes initializers, so
+            # without this preparation (which folds them into initializers) "int8" would be the float model.
+            quant_pre_process(onnx_file, prepared, skip_symbolic_shape=True)
+            quantize_dynamic(prepared, temporary, weight_type=QuantType.QInt8)
+            os.replace(temporary, target)
+        finally:
+            for leftover in (prepared, temporary):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(leftover)
+        logger.info("quantized %s to int8 weights in %s", onnx_file, target)
+        return target
+
+    def run(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        return self.session.run(None, {name: batch[name] for name in self.input_names})
+
+
+def create_predictor(model_dir: str, options: PredictorOptions):
+    program, _ = static_model_files(model_dir)
+    check_predictor_options(options, is_quantized(program), model_dir)
+    return (PaddlePredictor if options.backend == "paddle" else OnnxRuntimePredictor)(model_dir, options)
+
+
+def pad_features(features: Sequence[dict], length: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """Model inputs of features padded with 0 (the pad id of these vocabularies) to one length."""
+    length = length or max(len(f["input_ids"]) for f in features)
+    return {name: np.array([f[name] + [0] * (length - len(f[name])) for f in features], dtype="int64")
+            for name in EXPORT_INPUT_NAMES}
+
+
+def batch_order(features: Sequence[dict], batch_size: int, sort_by_length: bool) -> List[List[int]]:
+    """Indices of each batch: by length (similar lengths share a batch, so little padding) or in input order."""
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"])) if sort_by_length else list(range(len(features)))
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@dataclass
+class PredictionRun:
+    outputs: List[List[np.ndarray]]  # per model output, one unpadded array per feature, in input order
+    batch_seconds: List[float]
+    batch_sizes: List[int]
+
+
+def run_predictor(predictor, features: Sequence[dict], batch_size: int, per_token: bool, sort_by_length: bool = True,
+                  pad_to: Optional[int] = None, warmup_batches: int = 0) -> PredictionRun:
+    """Run every feature through the predictor in batches; results come back in input order.
+
+    per_token: the outputs have a value per input token (NER logits, QA start/end logits), which are cut back
+    to each feature's own length; otherwise one value per sequence (classification logits).
+    warmup_batches: run (and leave untimed) this many batches first.
+    """
+    import time
+
+    batches = batch_order(features, batch_size, sort_by_length)
+    for indices in batches[:warmup_batches]:
+        predictor.run(pad_features([features[i] for i in indices], pad_to))
+    outputs, seconds = None, []
+    for indices in batches:
+        batch = pad_features([features[i] for i in indices], pad_to)
+        started = time.perf_counter()
+        results = predictor.run(batch)
+        seconds.append(time.perf_counter() - started)
+        if outputs is None:
+            outputs = [[None] * len(features) for _ in results]
+        for output, result in zip(outputs, results):
+            for row, index in enumerate(indices):
+                output[index] = result[row][: len(features[index]["input_ids"])] if per_token else result[row]
+    return PredictionRun(outputs or [], seconds, [len(b) for b in batches])
+
+
+def pad_rows(rows: Sequence[np.ndarray], fill) -> np.ndarray:
+    """Stack arrays of different first lengths into one, padded with fill."""
+    length = max(len(row) for row in rows)
+    first = np.asarray(rows[0])
+    padded = np.full((len(rows), length) + first.shape[1:], fill, dtype=first.dtype)
+    for i, row in enumerate(rows):
+        padded[i, : len(row)] = row
+    return padded
+
+
+def deployed_metrics(task: TaskSpec, examples, encoded, outputs: List[List[np.ndarray]], window_args) -> Dict[str, float]:
+    """The fine-tuning scripts' metrics, computed with the same functions from a predictor's outputs."""
+    if task.family == "seq_cls":
+        labels = np.array([feature["labels"] for feature in encoded.dataset])
+        return {"accuracy": accuracy(np.stack(outputs[0]), labels)}
+    if task.family == "token_cls":
+        labels = pad_rows([np.array(feature["labels"]) for feature in encoded.dataset], IGNORE_INDEX)
+        return entity_metrics(*scored_tags(pad_rows(outputs[0], 0.0), labels, task.labels))
+    predictions, _ = postprocess_qa_predictions(examples, encoded, outputs[0], outputs[1], window_args.n_best_size,
+                                                window_args.max_answer_length)
+    return qa_metrics(examples, predictions)

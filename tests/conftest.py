@@ -86,3 +86,56 @@ def static_outputs(export_dir, batch):
     predictor.run()
     outputs = tuple(predictor.get_output_handle(name).copy_to_cpu() for name in predictor.get_output_names())
     return outputs if len(outputs) > 1 else outputs[0]
+
+
+# ---- one fine-tuned and exported model per task family, shared by every script's tests ----------------
+def ner_file(name):
+    return os.path.join(DATA_DIR, "msra_ner", name)
+
+
+def qa_file(name):
+    return os.path.join(DATA_DIR, "cmrc2018", name)
+
+
+QA_SMALL = ["--max_seq_length", "128", "--doc_stride", "64"]
+
+
+def qa_args(model, output_dir, *extra):
+    return ["--task_name", "cmrc2018", "--model_name_or_path", model, "--train_file", qa_file("train.json"),
+            "--dev_file", qa_file("dev.json"), "--test_file", qa_file("test.json"), "--output_dir", str(output_dir), *QA_SMALL, *extra]
+
+
+@pytest.fixture(scope="session")
+def tnews_run(tiny_ernie, tmp_path_factory):
+    """TNEWS trained, evaluated, predicted and exported."""
+    import run_seq_cls
+
+    output_dir = str(tmp_path_factory.mktemp("tnews-run"))
+    run_seq_cls.main(clue_data_args("tnews") + [
+        "--model_name_or_path", tiny_ernie, "--output_dir", output_dir, "--do_train", "--do_eval", "--do_predict",
+        "--do_export", "--num_train_epochs", "3", "--per_device_train_batch_size", "16"])
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def ner_run(tiny_ernie, tmp_path_factory):
+    """MSRA_NER trained, evaluated, predicted and exported."""
+    import run_token_cls
+
+    output_dir = str(tmp_path_factory.mktemp("ner-run"))
+    run_token_cls.main(["--task_name", "msra_ner", "--model_name_or_path", tiny_ernie, "--train_file", ner_file("train.tsv"),
+                        "--dev_file", ner_file("dev.tsv"), "--test_file", ner_file("test.tsv"), "--output_dir", output_dir,
+                        "--do_train", "--do_eval", "--do_predict", "--do_export", "--num_train_epochs", "2",
+                        "--per_device_train_batch_size", "8"])
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def qa_run(tiny_ernie, tmp_path_factory):
+    """CMRC2018 trained, evaluated, predicted and exported (max_seq_length 128, doc_stride 64)."""
+    import run_qa
+
+    output_dir = str(tmp_path_factory.mktemp("qa-run"))
+    run_qa.main(qa_args(tiny_ernie, output_dir, "--do_train", "--do_eval", "--do_predict", "--do_export",
+                        "--max_steps", "4", "--per_device_train_batch_size", "8"))
+    return output_dir

@@ -10,13 +10,9 @@ from paddlenlp.transformers import AutoModelForQuestionAnswering
 
 import run_qa
 import utils
-from conftest import DATA_DIR, dynamic_outputs, error_lines, padded_batch, run_cli, static_outputs
+from conftest import QA_SMALL, dynamic_outputs, error_lines, padded_batch, qa_args, qa_file, run_cli, static_outputs
 
 TASK = utils.CMRC2018
-
-
-def qa_file(name):
-    return os.path.join(DATA_DIR, "cmrc2018", name)
 
 
 # ---- windows ---------------------------------------------------------------------------------------
@@ -187,29 +183,13 @@ def test_hub_reader_rows_match_the_local_reader():
 
 
 # ---- run_qa.py end to end --------------------------------------------------------------------------
-SMALL = ["--max_seq_length", "128", "--doc_stride", "64"]
-
-
-def qa_args(tiny_ernie, output_dir, *extra):
-    return ["--task_name", "cmrc2018", "--model_name_or_path", tiny_ernie, "--train_file", qa_file("train.json"),
-            "--dev_file", qa_file("dev.json"), "--test_file", qa_file("test.json"), "--output_dir", str(output_dir), *SMALL, *extra]
-
-
-@pytest.fixture(scope="module")
-def qa_run(tiny_ernie, tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("qa-run")
-    run_qa.main(qa_args(tiny_ernie, output_dir, "--do_train", "--do_eval", "--do_predict", "--do_export",
-                        "--max_steps", "4", "--per_device_train_batch_size", "8"))
-    return str(output_dir)
-
-
 def test_training_overfits_a_small_slice(tiny_ernie, tmp_path):
     train = qa_file("train.json")
     run_qa.main(["--task_name", "cmrc2018", "--model_name_or_path", tiny_ernie, "--train_file", train, "--dev_file", train,
                  "--max_train_samples", "8", "--max_eval_samples", "8", "--num_train_epochs", "40", "--learning_rate", "5e-3",
                  "--per_device_train_batch_size", "8", "--warmup_ratio", "0", "--dropout", "0", "--evaluation_strategy", "no",
                  "--save_strategy", "no", "--load_best_model_at_end", "false", "--max_answer_length", "64",
-                 "--output_dir", str(tmp_path), "--do_train", "--do_eval", *SMALL])
+                 "--output_dir", str(tmp_path), "--do_train", "--do_eval", *QA_SMALL])
     with open(tmp_path / "eval_results.json", encoding="utf-8") as handle:
         results = json.load(handle)
     assert results["exact_match"] >= 75.0 and results["f1"] >= 75.0, results
@@ -242,7 +222,7 @@ def test_exported_static_model_gives_the_dynamic_models_logits(qa_run):
 
 def test_evaluation_alone_reproduces_the_runs_metrics(qa_run, tmp_path):
     run_qa.main(["--task_name", "cmrc2018", "--model_name_or_path", qa_run, "--dev_file", qa_file("dev.json"),
-                 "--output_dir", str(tmp_path), "--do_eval", *SMALL])
+                 "--output_dir", str(tmp_path), "--do_eval", *QA_SMALL])
     with open(tmp_path / "eval_results.json", encoding="utf-8") as a, open(os.path.join(qa_run, "eval_results.json"), encoding="utf-8") as b:
         again, first = json.load(a), json.load(b)
     assert again["exact_match"] == first["exact_match"] and again["f1"] == pytest.approx(first["f1"])
@@ -271,7 +251,7 @@ def test_bad_qa_input_gets_one_error_line(case, tiny_ernie, tmp_path, capsys):
     make, message = QA_BAD_INPUT[case]
     bad = make(tmp_path / "bad.json")
     argv = ["--task_name", "cmrc2018", "--model_name_or_path", tiny_ernie, "--train_file", bad, "--dev_file", qa_file("dev.json"),
-            "--output_dir", str(tmp_path / "out"), "--do_train", "--max_steps", "1", *SMALL]
+            "--output_dir", str(tmp_path / "out"), "--do_train", "--max_steps", "1", *QA_SMALL]
     status, stderr = run_cli(run_qa.main, argv, capsys)
     assert status == 2 and len(error_lines(stderr)) == 1 and "Traceback" not in stderr
     assert re.search(message, error_lines(stderr)[0]), error_lines(stderr)[0]
@@ -280,7 +260,7 @@ def test_bad_qa_input_gets_one_error_line(case, tiny_ernie, tmp_path, capsys):
 
 def test_prediction_without_a_test_file_says_which_option_to_pass(qa_run, tmp_path, capsys):
     status, stderr = run_cli(run_qa.main, ["--task_name", "cmrc2018", "--model_name_or_path", qa_run, "--output_dir",
-                                           str(tmp_path), "--do_predict", *SMALL], capsys)
+                                           str(tmp_path), "--do_predict", *QA_SMALL], capsys)
     assert status == 2 and "task cmrc2018 has no downloadable test split; pass --test_file PATH" in error_lines(stderr)[0]
 
 

@@ -24,18 +24,6 @@ def read_json_lines(path):
         return [json.loads(line) for line in handle]
 
 
-@pytest.fixture(scope="module")
-def tnews_run(tiny_ernie, tmp_path_factory, capsys_module=None):
-    """One full run: train, evaluate, predict and export TNEWS."""
-    output_dir = str(tmp_path_factory.mktemp("tnews-run"))
-    argv = clue_data_args("tnews") + [
-        "--model_name_or_path", tiny_ernie, "--output_dir", output_dir, "--do_train", "--do_eval", "--do_predict",
-        "--do_export", "--num_train_epochs", "3", "--per_device_train_batch_size", "16",
-    ]
-    run_seq_cls.main(argv)
-    return output_dir
-
-
 def test_training_overfits_a_small_slice(tiny_ernie, tmp_path):
     """Trained and evaluated on the same 24 real TNEWS rows, a tiny model must learn them."""
     train = clue_file("tnews", "train")

@@ -9,13 +9,9 @@ from paddlenlp.transformers import AutoModelForTokenClassification
 
 import run_token_cls
 import utils
-from conftest import DATA_DIR, dynamic_outputs, error_lines, padded_batch, run_cli, static_outputs
+from conftest import dynamic_outputs, error_lines, ner_file, padded_batch, run_cli, static_outputs
 
 TASK = utils.MSRA_NER
-
-
-def ner_file(name):
-    return os.path.join(DATA_DIR, "msra_ner", name)
 
 
 def test_tsv_and_bio_column_files_give_the_same_sentences():
@@ -92,19 +88,6 @@ def test_metrics_from_logits_score_only_labelled_positions():
     for position, tag_id in enumerate([0, 0, 1, 6, 0, 0]):  # [CLS], [SEP] and padding predicted B-PER: ignored
         logits[0, position, tag_id] = 5.0
     assert utils.entity_metrics(*utils.scored_tags(logits, labels, TASK.labels))["f1"] == 1.0
-
-
-def ner_args(tiny_ernie, output_dir, *extra):
-    return ["--task_name", "msra_ner", "--model_name_or_path", tiny_ernie, "--train_file", ner_file("train.tsv"),
-            "--dev_file", ner_file("dev.tsv"), "--test_file", ner_file("test.tsv"), "--output_dir", str(output_dir), *extra]
-
-
-@pytest.fixture(scope="module")
-def ner_run(tiny_ernie, tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("ner-run")
-    run_token_cls.main(ner_args(tiny_ernie, output_dir, "--do_train", "--do_eval", "--do_predict", "--do_export",
-                                "--num_train_epochs", "2", "--per_device_train_batch_size", "8"))
-    return str(output_dir)
 
 
 def test_training_overfits_a_small_slice(tiny_ernie, tmp_path):

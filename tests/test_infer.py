@@ -1,0 +1,174 @@
+"""infer.py: the fine-tuning scripts' metrics through both backends, speed reports, raw text, and bad input."""
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+from paddlenlp.transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+import infer
+import utils
+from conftest import QA_SMALL, clue_file, dynamic_outputs, error_lines, ner_file, padded_batch, qa_file, run_cli
+
+BACKENDS = ["paddle", "onnxruntime"]
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+@pytest.fixture(scope="module")
+def runs(tnews_run, ner_run, qa_run, tmp_path_factory):
+    """Copies of the three exports, so that cached ONNX files stay out of the shared fixtures."""
+    copies = {}
+    for name, run in (("tnews", tnews_run), ("msra_ner", ner_run), ("cmrc2018", qa_run)):
+        copies[name] = str(tmp_path_factory.mktemp(name) / "export")
+        shutil.copytree(os.path.join(run, "export"), copies[name])
+    return copies
+
+
+CASES = {
+    "tnews": (["--dev_file", clue_file("tnews", "dev")], ["accuracy"]),
+    "msra_ner": (["--dev_file", ner_file("dev.tsv")], ["precision", "recall", "f1"]),
+    "cmrc2018": (["--dev_file", qa_file("dev.json"), "--doc_stride", "64"], ["exact_match", "f1", "upstream_exact_match", "upstream_f1"]),
+}
+FIXTURE_RUN = {"tnews": "tnews_run", "msra_ner": "ner_run", "cmrc2018": "qa_run"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("task", sorted(CASES))
+def test_float_metrics_equal_the_fine_tuning_scripts(task, backend, runs, request):
+    extra, names = CASES[task]
+    report = infer.main(["--task_name", task, "--model_path", runs[task], "--backend", backend, "--batch_size", "8", *extra])
+    trained = read_json(os.path.join(request.getfixturevalue(FIXTURE_RUN[task]), "eval_results.json"))
+    for name in names:
+        assert report["metrics"][name] == pytest.approx(trained[name], abs=1e-6), name
+    assert report["metrics"]["eval_samples"] == trained["eval_samples"]
+
+
+def test_onnxruntime_int8_is_reported_and_cached(runs):
+    report = infer.main(["--task_name", "tnews", "--model_path", runs["tnews"], "--backend", "onnxruntime",
+                         "--precision", "int8", "--dev_file", clue_file("tnews", "dev")])
+    assert 0.0 <= report["metrics"]["accuracy"] <= 1.0 and report["precision"] == "int8"
+    int8, fp32 = os.path.join(runs["tnews"], "model.int8.onnx"), os.path.join(runs["tnews"], "model.onnx")
+    import onnx
+
+    assert "MatMulInteger" in {node.op_type for node in onnx.load(int8).graph.node}  # really quantized
+    assert os.path.getsize(int8) < 0.5 * os.path.getsize(fp32)
+    cached = os.path.getmtime(int8)
+    infer.main(["--task_name", "tnews", "--model_path", runs["tnews"], "--backend", "onnxruntime", "--precision", "int8",
+                "--dev_file", clue_file("tnews", "dev")])
+    assert os.path.getmtime(int8) == cached  # converted and quantized once
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_perf_reports_latency_percentiles_and_throughput(backend, runs, tmp_path):
+    output_file = tmp_path / "perf.json"
+    infer.main(["--task_name", "tnews", "--model_path", runs["tnews"], "--backend", backend, "--perf", "--batch_size", "4",
+                "--warmup_batches", "2", "--dev_file", clue_file("tnews", "dev"), "--output_file", str(output_file)])
+    perf = read_json(output_file)["perf"]
+    assert perf["sequences"] == 32 and perf["batches"] == 8
+    for name in ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "model_seconds", "tokenize_seconds",
+                 "sequences_per_second", "end_to_end_sequences_per_second"):
+        assert perf[name] > 0, name
+    assert perf["latency_ms_p50"] <= perf["latency_ms_p90"] <= perf["latency_ms_p99"]
+    assert perf["end_to_end_sequences_per_second"] < perf["sequences_per_second"]
+
+
+def test_length_sorted_batches_give_each_input_its_own_result(runs):
+    """Sorting by length and padding per batch must not change any example's logits or their order."""
+    predictor = utils.create_predictor(runs["tnews"], utils.PredictorOptions())
+    task = utils.SEQ_CLS_TASKS["tnews"]
+    examples = utils.load_examples(task, "dev", clue_file("tnews", "dev"))
+    features = list(utils.encode_text_examples(examples, utils.load_tokenizer(runs["tnews"]), task, 128).dataset)
+    sorted_run = utils.run_predictor(predictor, features, 5, per_token=False, sort_by_length=True)
+    fixed_run = utils.run_predictor(predictor, features, 5, per_token=False, sort_by_length=False, pad_to=128)
+    lengths = [len(f["input_ids"]) for f in features]
+    assert utils.batch_order(features, 5, True)[0] == sorted(range(32), key=lambda i: lengths[i])[:5]
+    np.testing.assert_allclose(np.stack(sorted_run.outputs[0]), np.stack(fixed_run.outputs[0]), atol=1e-5)
+
+
+def test_raw_text_classification_matches_the_dynamic_model(tnews_run, runs):
+    texts = ["以色列大规模空袭开始！伊朗多个军事目标遭遇打击", "出栏一头猪亏损300元，究竟谁能笑到最后！", "江疏影甜甜圈自拍"]
+    report = infer.main(["--task_name", "tnews", "--model_path", runs["tnews"]] + [t for text in texts for t in ("--text", text)])
+    task = utils.SEQ_CLS_TASKS["tnews"]
+    examples = [utils.TextExample(i, t, None, None, "") for i, t in enumerate(texts)]
+    batch = padded_batch(list(utils.encode_text_examples(examples, utils.load_tokenizer(tnews_run), task, 128).dataset))
+    logits = dynamic_outputs(AutoModelForSequenceClassification.from_pretrained(tnews_run), batch)
+    assert [row["label"] for row in report["predictions"]] == [task.labels[i] for i in logits.argmax(-1)]
+    probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose([row["probability"] for row in report["predictions"]], probabilities.max(-1), atol=1e-5)
+
+
+def test_raw_text_entities_match_the_dynamic_model(ner_run, runs, tmp_path):
+    sentences = ["洛杉矶市市长理查德·赖尔登为江主席举行了隆重的欢送仪式。", "我们在北京见面"]
+    input_file = tmp_path / "sentences.txt"
+    input_file.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    report = infer.main(["--task_name", "msra_ner", "--model_path", runs["msra_ner"], "--input_file", str(input_file)])
+    task = utils.MSRA_NER
+    examples = [utils.TokenExample(i, list(s), None, "") for i, s in enumerate(sentences)]
+    encoded = utils.encode_token_examples(examples, utils.load_tokenizer(ner_run), task, 128)
+    logits = dynamic_outputs(AutoModelForTokenClassification.from_pretrained(ner_run), padded_batch(list(encoded.dataset)))
+    tags = utils.predicted_word_tags(logits, encoded, examples, task.labels)
+    assert [row["entities"] for row in report["predictions"]] == [utils.entities_from_tags(e.words, t) for e, t in zip(examples, tags)]
+
+
+def test_raw_question_answering_matches_the_dynamic_model(qa_run, runs):
+    context, question = "百度在北京发布了文心大模型，它是一个知识增强的大语言模型。", "谁发布了文心大模型？"
+    report = infer.main(["--task_name", "cmrc2018", "--model_path", runs["cmrc2018"], "--question", question, "--text", context])
+    example = utils.QAExample("0", question, context, [], None, None, "")
+    features = utils.prepare_qa_features([example], utils.load_tokenizer(qa_run), 128, None, 64, with_labels=False)
+    start, end = dynamic_outputs(AutoModelForQuestionAnswering.from_pretrained(qa_run), padded_batch(list(features.dataset)))
+    answers, nbest = utils.postprocess_qa_predictions([example], features, start, end, 20, 50)
+    assert report["predictions"][0]["answer"] == answers["0"] and report["predictions"][0]["answer"] in context
+    assert report["predictions"][0]["probability"] == pytest.approx(nbest["0"][0]["probability"], abs=1e-5)
+
+
+def test_tensorrt_shape_ranges_are_collected_once_and_cached_beside_the_model(runs):
+    """The collection step runs on the CPU build; building the TensorRT engine itself needs a GPU build."""
+    model_dir = runs["tnews"]
+    predictor = utils.PaddlePredictor(model_dir, utils.PredictorOptions(batch_size=4, max_seq_length=64))
+    path = predictor.collect_shape_ranges()
+    assert os.path.dirname(path) == model_dir and os.path.basename(path) == "trt_shape_range_b4_s64.pbtxt"
+    content = open(path, encoding="utf-8").read()
+    assert "min_shape: 1" in content and "max_shape: 4" in content and "max_shape: 64" in content
+    stamp = os.path.getmtime(path)
+    assert predictor.collect_shape_ranges() == path and os.path.getmtime(path) == stamp
+
+
+def bad_infer_cases(tmp_path, runs):
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    (tmp_path / "empty.txt").write_text("\n", encoding="utf-8")
+    (tmp_path / "gbk.txt").write_bytes("体育新闻".encode("gbk"))
+    (tmp_path / "taken.json").write_text("{}", encoding="utf-8")
+    model = runs["tnews"]
+    return {
+        "missing model files": (["--model_path", str(not_a_model)], r"holds no task\.json"),
+        "no such directory": (["--model_path", str(tmp_path / "nowhere")], r"holds no task\.json"),
+        "model of another task": (["--task_name", "ocnli", "--model_path", model], r"exported for task 'tnews', not 'ocnli'"),
+        "tensorrt on a cpu build": (["--model_path", model, "--device", "gpu", "--use_trt"], r"--device gpu needs paddlepaddle-gpu"),
+        "tensorrt without gpu": (["--model_path", model, "--use_trt"], r"--use_trt runs TensorRT through Paddle Inference"),
+        "fp16 on cpu": (["--model_path", model, "--precision", "fp16"], r"--precision fp16 runs through TensorRT"),
+        "int8 of a float model on paddle": (["--model_path", model, "--precision", "int8"], r"is a float model: int8 on the Paddle backend"),
+        "empty input file": (["--model_path", model, "--input_file", str(tmp_path / "empty.txt")], r"holds no input"),
+        "non utf-8 input file": (["--model_path", model, "--input_file", str(tmp_path / "gbk.txt")], r"gbk\.txt: not UTF-8 text"),
+        "empty text": (["--model_path", model, "--text", " "], r"--text: an input is empty"),
+        "existing output file": (["--model_path", model, "--text", "体育", "--output_file", str(tmp_path / "taken.json")],
+                                 r"--output_file .*taken\.json already exists"),
+        "unknown task": (["--task_name", "tnewz", "--model_path", model], r"unknown --task_name 'tnewz'"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing model files", "no such directory", "model of another task", "tensorrt on a cpu build",
+                                  "tensorrt without gpu", "fp16 on cpu", "int8 of a float model on paddle", "empty input file",
+                                  "non utf-8 input file", "empty text", "existing output file", "unknown task"])
+def test_bad_input_gets_one_clear_error_line(case, runs, tmp_path, capsys):
+    extra, message = bad_infer_cases(tmp_path, runs)[case]
+    argv = ["--task_name", "tnews", "--dev_file", clue_file("tnews", "dev")] + extra
+    status, stderr = run_cli(infer.main, argv, capsys)
+    assert status == 2 and len(error_lines(stderr)) == 1 and "Traceback" not in stderr
+    assert re.search(message, error_lines(stderr)[0]), error_lines(stderr)[0]
