@@ -17,7 +17,6 @@ cmrc2018_predict.json (question id -> answer) and cmrc2018_nbest.json (--do_pred
 import os
 
 import utils
-from paddlenlp.data import DataCollatorWithPadding
 from paddlenlp.transformers import AutoModelForQuestionAnswering
 
 FAMILY = "qa"
@@ -25,15 +24,6 @@ METRICS = ["exact_match", "f1", "upstream_exact_match", "upstream_f1"]
 # paddlenlp 3.0.0b4's Trainer looks for "QusetionAnswering" (sic) in the model's class name to pick these,
 # so without them it would look for a "labels" input and never compute a loss or metrics.
 LABEL_NAMES = ["start_positions", "end_positions"]
-
-
-def load_split(task, split, data_args, window_args, tokenizer):
-    examples = utils.load_examples(task, split, data_args.split_file(split), data_args.split_max_samples(split))
-    features = utils.prepare_qa_features(examples, tokenizer, data_args.max_seq_length, window_args.doc_stride,
-                                         window_args.max_query_length, with_labels=split != "test")
-    utils.logger.info("%s %s: %d windows for %d questions (%d questions cut to --max_query_length)",
-                      task.name, split, len(features.example_index), len(examples), features.truncated_questions)
-    return examples, features
 
 
 def write_answers(output_dir, task, examples, features, outputs, window_args) -> None:
@@ -49,10 +39,10 @@ def main(argv=None):
     (window_args,), data_args, training_args, task = run.extra, run.data_args, run.training_args, run.task
     training_args.label_names = training_args.label_names or LABEL_NAMES
     model, tokenizer = utils.load_model_and_tokenizer(run, AutoModelForQuestionAnswering)
-    splits = {split: load_split(task, split, data_args, window_args, tokenizer) for split in utils.needed_splits(training_args)}
+    splits = {split: utils.load_encoded_split(task, split, data_args, tokenizer, window_args) for split in utils.needed_splits(training_args)}
     dev_examples, dev_features = splits.get("dev", (None, None))
     metrics = utils.qa_compute_metrics(dev_examples, dev_features, window_args) if dev_features else None
-    trainer = utils.build_trainer(run, model, tokenizer, splits, DataCollatorWithPadding(tokenizer), metrics)
+    trainer = utils.build_trainer(run, model, tokenizer, splits, utils.family_collator(FAMILY, tokenizer), metrics)
 
     if training_args.do_train:
         utils.train_and_save(trainer, run.resume_checkpoint, len(splits["train"][0]))

@@ -12,7 +12,6 @@ the CLUE submission file (--do_predict) and export/ (--do_export).
 import os
 
 import utils
-from paddlenlp.data import DataCollatorWithPadding
 from paddlenlp.transformers import AutoModelForSequenceClassification
 
 FAMILY = "seq_cls"
@@ -30,7 +29,7 @@ def main(argv=None):
     data_args, training_args, task = run.data_args, run.training_args, run.task
     model, tokenizer = utils.load_model_and_tokenizer(run, AutoModelForSequenceClassification)
     splits = {split: utils.load_encoded_split(task, split, data_args, tokenizer) for split in utils.needed_splits(training_args)}
-    trainer = utils.build_trainer(run, model, tokenizer, splits, DataCollatorWithPadding(tokenizer), utils.compute_accuracy_metrics)
+    trainer = utils.build_trainer(run, model, tokenizer, splits, utils.family_collator(FAMILY, tokenizer), utils.compute_accuracy_metrics)
 
     if training_args.do_train:
         utils.train_and_save(trainer, run.resume_checkpoint, len(splits["train"][0]))

@@ -13,7 +13,6 @@ msra_ner_predict.json (--do_predict: each sentence's entities with character off
 import os
 
 import utils
-from paddlenlp.data import DataCollatorForTokenClassification
 from paddlenlp.transformers import AutoModelForTokenClassification
 
 FAMILY = "token_cls"
@@ -35,7 +34,7 @@ def main(argv=None):
     data_args, training_args, task = run.data_args, run.training_args, run.task
     model, tokenizer = utils.load_model_and_tokenizer(run, AutoModelForTokenClassification)
     splits = {split: utils.load_encoded_split(task, split, data_args, tokenizer) for split in utils.needed_splits(training_args)}
-    collator = DataCollatorForTokenClassification(tokenizer, label_pad_token_id=utils.IGNORE_INDEX)
+    collator = utils.family_collator(FAMILY, tokenizer)
     trainer = utils.build_trainer(run, model, tokenizer, splits, collator, utils.token_cls_metrics(task.labels))
 
     if training_args.do_train:
