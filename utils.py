@@ -182,6 +182,7 @@ CMRC2018 = TaskSpec(
 
 ALL_TASKS = {**SEQ_CLS_TASKS, MSRA_NER.name: MSRA_NER, CMRC2018.name: CMRC2018}
 CUSTOM_TASK = "custom"
+CUSTOM_TASK_DEFAULTS = {"max_seq_length": 128, "metric_for_best_model": "accuracy"}
 
 
 def custom_seq_cls_task(label_list: Sequence[str]) -> TaskSpec:
@@ -1096,6 +1097,8 @@ def parse_arguments(dataclass_types, family: str, description: str, argv: Option
     if task is not None:
         defaults.setdefault("max_seq_length", task.max_seq_length)
         defaults.setdefault("metric_for_best_model", task.metric)
+    elif task_name == CUSTOM_TASK:
+        defaults = {**CUSTOM_TASK_DEFAULTS, **defaults}
     if task_name and option_value(argv, "output_dir") is None:
         argv += ["--output_dir", os.path.join("output", task_name)]
     parser.set_defaults(**defaults)
@@ -2057,6 +2060,20 @@ class CompressArguments:
 
 
 STRATEGIES = ("dynabert+ptq", "dynabert", "ptq")
+COMPRESSION_HELP = """
+DynaBERT width pruning with distillation, then int8 post-training quantization over a grid of calibration
+settings; every candidate is measured on the dev set and the best one within --max_metric_drop points of the
+float parent is chosen.
+
+Strategies: dynabert+ptq (default), dynabert, ptq. PTQ algorithms (--algo_list): hist (activation range
+from a histogram's 99.99th percentile), mse (the range that minimises quantization mean squared error),
+avg (mean of per-batch maxima), abs_max (the largest value seen), KL (the range minimising KL divergence;
+very slow), emd. Calibration batches come from the training data, never from the dev set.
+
+Writes into --output_dir (default <model_name_or_path>/compress): parent/ (the float parent, exported for
+comparison), width_mult_0.75/ (the pruned float model), [width_mult_0.75/]<algo><batch size>_<batches>/ (each
+int8 candidate), and compress_report.json. Every candidate directory is servable by infer.py.
+"""
 
 
 def parse_width(text: str) -> float:
@@ -2251,7 +2268,8 @@ def run_compression(family: str, model_class, description: str, argv=None) -> di
     """compress_*.py: DynaBERT width pruning and/or int8 PTQ of a fine-tuned model, every candidate measured on
     the dev set, the best one within --max_metric_drop of the parent chosen, all in compress_report.json."""
     extra_classes = (QAWindowArguments,) if family == "qa" else ()
-    args, data_args, *extra = parse_plain_arguments((CompressArguments, DataArguments, *extra_classes), description, argv)
+    args, data_args, *extra = parse_plain_arguments((CompressArguments, DataArguments, *extra_classes),
+                                                    description + COMPRESSION_HELP, argv)
     window_args = extra[0] if extra else None
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logger.setLevel(logging.INFO)

@@ -1,0 +1,193 @@
+"""compress_*.py: DynaBERT width pruning, int8 PTQ, measured candidates, the drop gate, and bad input."""
+import copy
+import json
+import os
+import re
+from collections import Counter
+
+import numpy as np
+import paddle
+import pytest
+from paddlenlp.transformers import AutoModelForSequenceClassification
+
+import compress_qa
+import compress_seq_cls
+import compress_token_cls
+import infer
+import utils
+from conftest import QA_SMALL, clue_data_args, clue_file, error_lines, ner_file, qa_file, run_cli
+
+FAST = ["--max_steps", "3", "--per_device_train_batch_size", "8", "--algo_list", "hist", "mse", "--batch_size_list", "4",
+        "--importance_batches", "2", "--per_device_eval_batch_size", "8"]
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def exported_weight_shapes(model_dir):
+    layer = paddle.jit.load(os.path.join(model_dir, "model"))
+    return Counter(tuple(p.shape) for p in layer.parameters())
+
+
+# ---- width pruning building blocks -------------------------------------------------------------------
+@pytest.fixture()
+def tnews_model_and_features(tnews_run):
+    task = utils.SEQ_CLS_TASKS["tnews"]
+    examples = utils.load_examples(task, "train", clue_file("tnews", "train"))
+    features = list(utils.encode_text_examples(examples, utils.load_tokenizer(tnews_run), task, 64).dataset)
+    return AutoModelForSequenceClassification.from_pretrained(tnews_run), features
+
+
+def logits(model, features):
+    return np.stack(utils.run_predictor(utils.DygraphPredictor(model), features, 8, per_token=False).outputs[0])
+
+
+def test_reordering_by_importance_keeps_the_function_and_masks_equal_slicing(tnews_model_and_features, tokenizer):
+    model, features = tnews_model_and_features
+    before = logits(model, features)
+    masks = utils.WidthMasks(model)
+    collator = utils.family_collator("seq_cls", tokenizer)
+    heads, neurons = utils.width_importance(model, masks, list(utils.training_batches(features, collator, 8, shuffle=False))[:3])
+    assert heads.shape == (2, 2) and neurons.shape == (2, 64) and heads.sum() > 0 and neurons.sum() > 0
+    utils.reorder_by_importance(masks, heads, neurons)
+    np.testing.assert_allclose(logits(model, features), before, atol=1e-5)
+    masks.set_width(0.75)
+    masked = logits(model, features)
+    assert np.abs(masked - before).max() > 1e-6  # the masks really cut units
+    masks.remove()
+    sliced = utils.slice_to_width(copy.deepcopy(model), 0.75)
+    np.testing.assert_allclose(logits(sliced, features), masked, atol=1e-5)
+    layer = utils.encoder_layers(sliced)[0]
+    assert layer.self_attn.num_heads == 1 and layer.linear1.weight.shape == [32, 48] and layer.self_attn.q_proj.weight.shape == [32, 16]
+
+
+def test_widths_parse_as_fractions_or_decimals():
+    assert utils.parse_width("3/4") == 0.75 and utils.parse_width("0.5") == 0.5
+    for bad in ("1", "5/4", "abc", "3/0"):
+        with pytest.raises(utils.UserError, match="--width_mult_list"):
+            utils.parse_width(bad)
+
+
+def test_selection_picks_the_best_candidate_within_the_allowed_drop():
+    candidates = [
+        {"path": "a", "metric_points": 56.0, "size_bytes": 10, "latency_ms_p50": 5.0},
+        {"path": "b", "metric_points": 57.2, "size_bytes": 30, "latency_ms_p50": 9.0},
+        {"path": "c", "metric_points": 57.2, "size_bytes": 20, "latency_ms_p50": 9.0},  # as good, smaller
+        {"path": "d", "metric_points": 58.5, "size_bytes": 5, "latency_ms_p50": 1.0},  # above the parent: fine
+    ]
+    assert utils.choose_best(57.5, candidates, 1.0)["path"] == "d"
+    assert utils.choose_best(57.5, candidates[:3], 1.0)["path"] == "c"
+    assert utils.choose_best(57.5, candidates[:1], 1.0) is None  # 1.5 points below
+    assert utils.choose_best(57.5, candidates[:1], 1.5)["path"] == "a"
+
+
+# ---- whole runs ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tnews_compressed(tnews_run, tmp_path_factory):
+    output_dir = str(tmp_path_factory.mktemp("tnews-compress") / "out")
+    compress_seq_cls.main(clue_data_args("tnews") + ["--model_name_or_path", tnews_run, "--output_dir", output_dir] + FAST)
+    return output_dir
+
+
+def test_dynabert_prunes_heads_and_neurons_to_the_width(tnews_compressed, tnews_run):
+    shapes = exported_weight_shapes(os.path.join(tnews_compressed, "width_mult_0.75"))
+    parent = exported_weight_shapes(os.path.join(tnews_run, "export"))
+    assert parent[(32, 64)] == 2 and shapes[(32, 64)] == 0  # feed-forward 64 -> 48 neurons in both layers
+    assert shapes[(32, 48)] == 2 and shapes[(48, 32)] == 2
+    assert shapes[(32, 16)] == 6 and shapes[(16, 32)] - parent[(16, 32)] == 2  # q/k/v, out_proj: 2 heads -> 1 of 16
+    report = read_json(os.path.join(tnews_compressed, "compress_report.json"))
+    pruned = next(c for c in report["candidates"] if c["kind"] == "pruned float")
+    one_head = 3 * (32 * 16 + 16) + 16 * 32  # its q/k/v columns and biases, and its out_proj rows
+    sixteen_neurons = (32 * 16 + 16) + 16 * 32  # their linear1 columns and biases, and their linear2 rows
+    assert pruned["width"] == 0.75 and pruned["parameters"] == report["parent"]["parameters"] - 2 * (one_head + sixteen_neurons)
+
+
+def test_report_measures_every_candidate_and_picks_the_best(tnews_compressed):
+    report = read_json(os.path.join(tnews_compressed, "compress_report.json"))
+    paths = [c["relative_path"] for c in report["candidates"]]
+    assert paths == ["width_mult_0.75", "width_mult_0.75/hist4_1", "width_mult_0.75/mse4_1"]
+    for entry in [report["parent"]] + report["candidates"]:
+        assert os.path.isdir(entry["path"]) and entry["size_bytes"] > 0 and entry["latency_ms_p50"] > 0
+        assert 0.0 <= entry["metrics"]["accuracy"] <= 1.0 and entry["metric_points"] == pytest.approx(100 * entry["metrics"]["accuracy"])
+    for candidate in report["candidates"]:
+        assert candidate["drop_points"] == pytest.approx(report["parent"]["metric_points"] - candidate["metric_points"])
+    best = utils.choose_best(report["parent"]["metric_points"], report["candidates"], report["max_metric_drop"])
+    assert report["best"] == best["path"]
+    assert report["parent"]["metrics"]["accuracy"] == read_json(os.path.join(os.path.dirname(report["parent"]["source"] + "/"), "eval_results.json"))["accuracy"]
+
+
+def test_int8_candidates_hold_quantize_ops_and_serve_through_infer(tnews_compressed):
+    report = read_json(os.path.join(tnews_compressed, "compress_report.json"))
+    for candidate in (c for c in report["candidates"] if c["kind"] == "int8"):
+        program, _ = utils.static_model_files(candidate["path"])
+        assert os.path.basename(program) == "int8.pdmodel" and utils.is_quantized(program)
+        served = infer.main(["--task_name", "tnews", "--model_path", candidate["path"], "--dev_file", clue_file("tnews", "dev"),
+                             "--batch_size", "8", "--precision", "int8"])
+        assert served["metrics"]["accuracy"] == pytest.approx(candidate["metrics"]["accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize("script, run_fixture, data", [
+    (compress_token_cls, "ner_run", ["--task_name", "msra_ner", "--train_file", ner_file("train.tsv"), "--dev_file", ner_file("dev.tsv")]),
+    (compress_qa, "qa_run", ["--task_name", "cmrc2018", "--train_file", qa_file("train.json"), "--dev_file", qa_file("dev.json"), *QA_SMALL]),
+])
+def test_ner_and_qa_compress_end_to_end(script, run_fixture, data, request, tmp_path):
+    model = request.getfixturevalue(run_fixture)
+    output_dir = str(tmp_path / "out")
+    report = script.main(data + ["--model_name_or_path", model, "--output_dir", output_dir, "--max_metric_drop", "100"] + FAST)
+    assert [c["relative_path"] for c in report["candidates"]] == ["width_mult_0.75", "width_mult_0.75/hist4_1", "width_mult_0.75/mse4_1"]
+    assert exported_weight_shapes(os.path.join(output_dir, "width_mult_0.75"))[(32, 48)] == 2
+    parent_metric = report["task"]["metric"]
+    assert parent_metric == "f1" and report["best"] is not None
+    trained = read_json(os.path.join(model, "eval_results.json"))
+    assert report["parent"]["metrics"]["f1"] == pytest.approx(trained["f1"], abs=1e-6)
+
+
+def test_the_gate_refuses_candidates_that_drop_too_far(tnews_run, tmp_path, capsys):
+    """A negative allowance makes every candidate 'too far below' the parent: nothing may be shipped."""
+    output_dir = tmp_path / "out"
+    status, stderr = run_cli(compress_seq_cls.main, clue_data_args("tnews") + [
+        "--model_name_or_path", tnews_run, "--output_dir", str(output_dir), "--strategy", "ptq", "--max_metric_drop", "-100"] + FAST, capsys)
+    assert status == 2 and len(error_lines(stderr)) == 1
+    assert "no candidate is within --max_metric_drop -100.0 points of the float parent" in error_lines(stderr)[0]
+    report = read_json(output_dir / "compress_report.json")
+    assert report["best"] is None and len(report["candidates"]) == 2
+
+
+def compress_bad_cases(tmp_path, tnews_run, tiny_ernie):
+    (tmp_path / "empty.json").write_text("\n", encoding="utf-8")
+    return {
+        "not a fine-tuned model": (compress_seq_cls, ["--task_name", "tnews", "--model_name_or_path", tiny_ernie],
+                                   r"is not a fine-tuned model .*compress an output directory of run_seq_cls\.py"),
+        "task does not match the head": (compress_token_cls, ["--task_name", "msra_ner", "--model_name_or_path", tnews_run],
+                                         r"is a fine-tuned sequence classification model, but task msra_ner needs"),
+        "unknown algorithm": (compress_seq_cls, ["--task_name", "tnews", "--model_name_or_path", tnews_run, "--algo_list", "hist", "fancy"],
+                              r"--algo_list: unknown algorithm 'fancy'"),
+        "empty calibration set": (compress_seq_cls, ["--task_name", "tnews", "--model_name_or_path", tnews_run,
+                                                     "--train_file", str(tmp_path / "empty.json")], r"the tnews train data holds no examples"),
+        "qat": (compress_seq_cls, ["--task_name", "tnews", "--model_name_or_path", tnews_run, "--strategy", "qat"],
+                r"--strategy must be one of dynabert\+ptq, dynabert, ptq, not 'qat' \(QAT is not available yet\)"),
+        "missing model": (compress_seq_cls, ["--task_name", "tnews", "--model_name_or_path", str(tmp_path / "nowhere")],
+                          r"could not download model"),
+    }
+
+
+@pytest.mark.parametrize("case", ["not a fine-tuned model", "task does not match the head", "unknown algorithm",
+                                  "empty calibration set", "qat", "missing model"])
+def test_bad_input_gets_one_error_line_and_writes_nothing(case, tnews_run, tiny_ernie, tmp_path, capsys):
+    script, argv, message = compress_bad_cases(tmp_path, tnews_run, tiny_ernie)[case]
+    output_dir = tmp_path / "out"
+    data = [] if "--train_file" in argv else ["--train_file", clue_file("tnews", "train")]
+    status, stderr = run_cli(script.main, FAST + argv + data + ["--dev_file", clue_file("tnews", "dev"), "--output_dir", str(output_dir)], capsys)
+    assert status == 2 and len(error_lines(stderr)) == 1 and "Traceback" not in stderr
+    assert re.search(message, error_lines(stderr)[0]), error_lines(stderr)[0]
+    assert not output_dir.exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+
+
+def test_an_earlier_compression_output_is_not_replaced(tnews_compressed, tnews_run, capsys):
+    before = os.path.getmtime(os.path.join(tnews_compressed, "compress_report.json"))
+    status, stderr = run_cli(compress_seq_cls.main, clue_data_args("tnews") + [
+        "--model_name_or_path", tnews_run, "--output_dir", tnews_compressed] + FAST, capsys)
+    assert status == 2 and "already exists; pass --overwrite_output_dir" in error_lines(stderr)[0]
+    assert os.path.getmtime(os.path.join(tnews_compressed, "compress_report.json")) == before
