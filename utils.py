@@ -1393,6 +1393,15 @@ class SuiteTrainer(Trainer):
             self.compute_metrics = None
 
 
+def keep_float_for_quantization(model) -> None:
+    """paddlenlp 3.0.0b4's ERNIE and BERT forward read pooler.dense.weight.dtype to build the attention mask;
+    paddle 3.0.0's QAT wraps a quantized Linear in a layer without .weight ("'MAOutputScaleLayer' object has
+    no attribute 'weight'"), so the pooler's one dense layer stays float (skip_quant is QAT's own switch)."""
+    pooler = getattr(getattr(model, model.base_model_prefix, None), "pooler", None)
+    if pooler is not None and hasattr(pooler, "dense"):
+        pooler.dense.skip_quant = True
+
+
 # --------------------------------------------------------------------------------------------------
 # Trainer workflow shared by the run_*.py scripts
 # --------------------------------------------------------------------------------------------------
@@ -2040,7 +2049,7 @@ def quantize_post_training(legacy_dir: str, output_dir: str, calibration: Sequen
 class CompressArguments:
     model_name_or_path: str = field(metadata={"help": "A fine-tuned output directory of run_*.py (the float parent)."})
     output_dir: Optional[str] = field(default=None, metadata={"help": "Where candidates and compress_report.json go; default <model_name_or_path>/compress."})
-    strategy: str = field(default="dynabert+ptq", metadata={"help": "dynabert+ptq, dynabert or ptq."})
+    strategy: str = field(default="dynabert+ptq", metadata={"help": "dynabert+ptq, dynabert, ptq, qat or dynabert+qat."})
     width_mult_list: List[str] = field(default_factory=lambda: ["3/4"], metadata={"help": "Widths to prune to, as fractions (3/4) or decimals."})
     algo_list: List[str] = field(default_factory=lambda: ["hist", "mse"], metadata={"help": "PTQ activation calibration: hist, mse, avg, abs_max, emd, KL (KL is very slow)."})
     batch_size_list: List[int] = field(default_factory=lambda: [4, 8, 16], metadata={"help": "Calibration batch sizes."})
@@ -2059,20 +2068,21 @@ class CompressArguments:
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an earlier compression output."})
 
 
-STRATEGIES = ("dynabert+ptq", "dynabert", "ptq")
+STRATEGIES = ("dynabert+ptq", "dynabert", "ptq", "qat", "dynabert+qat")
 COMPRESSION_HELP = """
 DynaBERT width pruning with distillation, then int8 post-training quantization over a grid of calibration
 settings; every candidate is measured on the dev set and the best one within --max_metric_drop points of the
 float parent is chosen.
 
-Strategies: dynabert+ptq (default), dynabert, ptq. PTQ algorithms (--algo_list): hist (activation range
+Strategies: dynabert+ptq (default), dynabert, ptq, qat (quantization-aware training by distillation from the
+float parent; dynabert+qat on the pruned model). PTQ algorithms (--algo_list): hist (activation range
 from a histogram's 99.99th percentile), mse (the range that minimises quantization mean squared error),
 avg (mean of per-batch maxima), abs_max (the largest value seen), KL (the range minimising KL divergence;
 very slow), emd. Calibration batches come from the training data, never from the dev set.
 
 Writes into --output_dir (default <model_name_or_path>/compress): parent/ (the float parent, exported for
 comparison), width_mult_0.75/ (the pruned float model), [width_mult_0.75/]<algo><batch size>_<batches>/ (each
-int8 candidate), and compress_report.json. Every candidate directory is servable by infer.py.
+PTQ candidate), [width_mult_0.75/]qat/ (the QAT model), and compress_report.json. Every candidate directory is servable by infer.py.
 """
 
 
@@ -2089,8 +2099,7 @@ def parse_width(text: str) -> float:
 
 def check_compress_arguments(args: CompressArguments) -> List[float]:
     if args.strategy not in STRATEGIES:
-        hint = " (QAT is not available yet)" if "qat" in args.strategy else ""
-        raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, not {args.strategy!r}{hint}")
+        raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, not {args.strategy!r}")
     unknown = [algo for algo in args.algo_list if algo not in PTQ_ALGORITHMS]
     if unknown:
         raise UserError(f"--algo_list: unknown algorithm {unknown[0]!r}; choose from {', '.join(PTQ_ALGORITHMS)}")
@@ -2157,25 +2166,16 @@ def width_points(student, masks: WidthMasks, width: float, task: TaskSpec, dev_e
     return metric_points(task, deployed_metrics(task, dev_examples, dev_encoded, result.outputs, window_args)[task.metric])
 
 
-def dynabert_width_pruning(parent, tokenizer, task: TaskSpec, widths: List[float], train_encoded, dev_examples,
-                           dev_encoded, window_args, args: CompressArguments) -> Dict[float, object]:
-    """DynaBERT's width stage: rank heads and neurons by importance, reorder them, then train the narrower
-    networks by distillation from the parent (soft cross-entropy on the outputs), every width on every
-    batch; keep each width's best dev state and cut it to size."""
-    import copy
+def distillation_training(student, teacher, task: TaskSpec, features: Sequence[dict], tokenizer, args: "CompressArguments",
+                          variants: Sequence[Callable[[], None]], on_epoch_end: Callable[[], None], description: str) -> None:
+    """Train student to match teacher's outputs (distillation_loss) on the training features. Each batch runs
+    once per variant (DynaBERT: one per width, set by the variant), gradients summed, then one optimizer step."""
     import math
 
     from paddlenlp.transformers import LinearDecayWithWarmup
     from tqdm import tqdm
 
     collator = family_collator(task.family, tokenizer)
-    features = list(train_encoded.dataset)
-    teacher, student = parent, copy.deepcopy(parent)
-    teacher.eval()
-    masks = WidthMasks(student)
-    importance_batches = list(training_batches(features, collator, args.per_device_train_batch_size, shuffle=False))
-    reorder_by_importance(masks, *width_importance(student, masks, importance_batches[: args.importance_batches]))
-
     batches_per_epoch = math.ceil(len(features) / args.per_device_train_batch_size)
     total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(args.num_train_epochs * batches_per_epoch))
     scheduler = LinearDecayWithWarmup(args.learning_rate, total_steps, 0.1)
@@ -2183,25 +2183,17 @@ def dynabert_width_pruning(parent, tokenizer, task: TaskSpec, widths: List[float
     optimizer = paddle.optimizer.AdamW(learning_rate=scheduler, parameters=student.parameters(), weight_decay=0.01,
                                        apply_decay_param_fun=lambda name: name not in no_decay,
                                        grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
-    best = {width: (-float("inf"), None) for width in widths}
-
-    def keep_best():
-        for width in widths:
-            points = width_points(student, masks, width, task, dev_examples, dev_encoded, window_args, args.per_device_eval_batch_size)
-            logger.info("DynaBERT width %g: dev %s %.4f points", width, task.metric, points)
-            if points > best[width][0]:
-                best[width] = (points, {k: v.numpy().copy() for k, v in student.state_dict().items()})
-
+    teacher.eval()
     step, epoch = 0, 0
-    progress = tqdm(total=total_steps, desc="DynaBERT distillation")
+    progress = tqdm(total=total_steps, desc=description)
     while step < total_steps:
         for batch in training_batches(features, collator, args.per_device_train_batch_size, shuffle=True, seed=args.seed + epoch):
             with paddle.no_grad():
                 teacher_outputs = model_outputs(teacher, batch)
             student.train()
             loss_sum = 0.0
-            for width in widths:
-                masks.set_width(width)
+            for prepare in variants:
+                prepare()
                 loss = distillation_loss(task.family, model_outputs(student, batch), teacher_outputs, batch["input_ids"],
                                          tokenizer.pad_token_id)
                 loss.backward()
@@ -2212,12 +2204,39 @@ def dynabert_width_pruning(parent, tokenizer, task: TaskSpec, widths: List[float
             step += 1
             progress.update(1)
             if step % args.logging_steps == 0:
-                logger.info("step %d/%d: distillation loss %.4f, lr %.2e", step, total_steps, loss_sum / len(widths), scheduler.get_lr())
+                logger.info("%s step %d/%d: distillation loss %.4f, lr %.2e", description, step, total_steps,
+                            loss_sum / len(variants), scheduler.get_lr())
             if step >= total_steps:
                 break
         epoch += 1
-        keep_best()
+        on_epoch_end()
     progress.close()
+
+
+def dynabert_width_pruning(parent, tokenizer, task: TaskSpec, widths: List[float], train_encoded, dev_examples,
+                           dev_encoded, window_args, args: "CompressArguments") -> Dict[float, object]:
+    """DynaBERT's width stage: rank heads and neurons by importance, reorder them, then train the narrower
+    networks by distillation from the parent, every width on every batch; keep each width's best dev state
+    and cut it to size."""
+    import copy
+
+    features = list(train_encoded.dataset)
+    student = copy.deepcopy(parent)
+    masks = WidthMasks(student)
+    importance_batches = list(training_batches(features, family_collator(task.family, tokenizer),
+                                               args.per_device_train_batch_size, shuffle=False))
+    reorder_by_importance(masks, *width_importance(student, masks, importance_batches[: args.importance_batches]))
+    best = {width: (-float("inf"), None) for width in widths}
+
+    def keep_best():
+        for width in widths:
+            points = width_points(student, masks, width, task, dev_examples, dev_encoded, window_args, args.per_device_eval_batch_size)
+            logger.info("DynaBERT width %g: dev %s %.4f points", width, task.metric, points)
+            if points > best[width][0]:
+                best[width] = (points, {k: v.numpy().copy() for k, v in student.state_dict().items()})
+
+    variants = [lambda width=width: masks.set_width(width) for width in widths]
+    distillation_training(student, parent, task, features, tokenizer, args, variants, keep_best, "DynaBERT distillation")
     masks.remove()
     pruned = {}
     for width in widths:
@@ -2225,6 +2244,28 @@ def dynabert_width_pruning(parent, tokenizer, task: TaskSpec, widths: List[float
         model.set_state_dict(best[width][1])
         pruned[width] = slice_to_width(model, width)
     return pruned
+
+
+def quantization_aware_training(source_model, teacher, tokenizer, task: TaskSpec, train_encoded, target_dir: str,
+                                args: "CompressArguments") -> None:
+    """Fake-quantize every Linear (weights per channel, activations by moving average), train by distillation
+    from the float parent, and save int8.pdmodel + int8.pdiparams in the legacy format."""
+    import copy
+
+    from paddle.quantization import ImperativeQuantAware
+    from paddle.static import InputSpec
+
+    student = copy.deepcopy(source_model)
+    keep_float_for_quantization(student)
+    quantizer = ImperativeQuantAware(weight_quantize_type="channel_wise_abs_max", activation_quantize_type="moving_average_abs_max",
+                                     quantizable_layer_type=["Linear"], onnx_format=True)
+    quantizer.quantize(student)
+    distillation_training(student, teacher, task, list(train_encoded.dataset), tokenizer, args, [lambda: None], lambda: None,
+                          "QAT distillation")
+    student.eval()
+    input_spec = [InputSpec(shape=[None, None], dtype="int64", name=name) for name in EXPORT_INPUT_NAMES]
+    with paddle.pir_utils.OldIrGuard():
+        quantizer.save_quantized_model(student, os.path.join(target_dir, "int8"), input_spec=input_spec)
 
 
 def save_deployable(model_dir: str, tokenizer, info: dict) -> None:
@@ -2318,6 +2359,13 @@ def run_compression(family: str, model_class, description: str, argv=None) -> di
             for model, source_dir, prefix in sources:
                 for relative, extras in quantization_grid(model, source_dir, prefix, staging, calibration, tokenizer, info, args):
                     candidates.append(measured(relative, {**extras, "parameters": parameter_count(model)}))
+        if args.strategy.endswith("qat"):
+            for model, source_dir, prefix in sources:
+                relative = os.path.join(prefix, "qat")
+                quantization_aware_training(model, parent, tokenizer, task, train_encoded, os.path.join(staging, relative), args)
+                save_deployable(os.path.join(staging, relative), tokenizer, info)
+                candidates.append(measured(relative, {"kind": "int8", "source": source_dir, "algo": "qat",
+                                                      "parameters": parameter_count(model)}))
         for candidate in candidates:
             candidate["drop_points"] = parent_entry["metric_points"] - candidate["metric_points"]
         best = choose_best(parent_entry["metric_points"], candidates, args.max_metric_drop)

@@ -144,6 +144,18 @@ def test_ner_and_qa_compress_end_to_end(script, run_fixture, data, request, tmp_
     assert report["parent"]["metrics"]["f1"] == pytest.approx(trained["f1"], abs=1e-6)
 
 
+def test_quantization_aware_training_gives_a_servable_int8_model(tnews_run, tmp_path):
+    output_dir = str(tmp_path / "out")
+    report = compress_seq_cls.main(clue_data_args("tnews") + ["--model_name_or_path", tnews_run, "--output_dir", output_dir,
+                                                              "--strategy", "qat", "--max_metric_drop", "100"] + FAST)
+    (candidate,) = report["candidates"]
+    assert candidate["relative_path"] == "qat" and candidate["kind"] == "int8" and report["best"] == candidate["path"]
+    assert utils.is_quantized(utils.static_model_files(candidate["path"])[0])
+    served = infer.main(["--task_name", "tnews", "--model_path", candidate["path"], "--dev_file", clue_file("tnews", "dev"),
+                         "--batch_size", "8", "--precision", "int8"])
+    assert served["metrics"]["accuracy"] == pytest.approx(candidate["metrics"]["accuracy"], abs=1e-6)
+
+
 def test_the_gate_refuses_candidates_that_drop_too_far(tnews_run, tmp_path, capsys):
     """A negative allowance makes every candidate 'too far below' the parent: nothing may be shipped."""
     output_dir = tmp_path / "out"
@@ -166,15 +178,15 @@ def compress_bad_cases(tmp_path, tnews_run, tiny_ernie):
                               r"--algo_list: unknown algorithm 'fancy'"),
         "empty calibration set": (compress_seq_cls, ["--task_name", "tnews", "--model_name_or_path", tnews_run,
                                                      "--train_file", str(tmp_path / "empty.json")], r"the tnews train data holds no examples"),
-        "qat": (compress_seq_cls, ["--task_name", "tnews", "--model_name_or_path", tnews_run, "--strategy", "qat"],
-                r"--strategy must be one of dynabert\+ptq, dynabert, ptq, not 'qat' \(QAT is not available yet\)"),
+        "unknown strategy": (compress_seq_cls, ["--task_name", "tnews", "--model_name_or_path", tnews_run, "--strategy", "prune"],
+                             r"--strategy must be one of dynabert\+ptq, dynabert, ptq, qat, dynabert\+qat, not 'prune'"),
         "missing model": (compress_seq_cls, ["--task_name", "tnews", "--model_name_or_path", str(tmp_path / "nowhere")],
                           r"could not download model"),
     }
 
 
 @pytest.mark.parametrize("case", ["not a fine-tuned model", "task does not match the head", "unknown algorithm",
-                                  "empty calibration set", "qat", "missing model"])
+                                  "empty calibration set", "unknown strategy", "missing model"])
 def test_bad_input_gets_one_error_line_and_writes_nothing(case, tnews_run, tiny_ernie, tmp_path, capsys):
     script, argv, message = compress_bad_cases(tmp_path, tnews_run, tiny_ernie)[case]
     output_dir = tmp_path / "out"
