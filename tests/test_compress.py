@@ -138,6 +138,7 @@ def test_ner_and_qa_compress_end_to_end(script, run_fixture, data, request, tmp_
     report = script.main(data + ["--model_name_or_path", model, "--output_dir", output_dir, "--max_metric_drop", "100"] + FAST)
     assert [c["relative_path"] for c in report["candidates"]] == ["width_mult_0.75", "width_mult_0.75/hist4_1", "width_mult_0.75/mse4_1"]
     assert exported_weight_shapes(os.path.join(output_dir, "width_mult_0.75"))[(32, 48)] == 2
+    assert all(utils.is_quantized(utils.static_model_files(c["path"])[0]) for c in report["candidates"] if c["kind"] == "int8")
     parent_metric = report["task"]["metric"]
     assert parent_metric == "f1" and report["best"] is not None
     trained = read_json(os.path.join(model, "eval_results.json"))
