@@ -9,9 +9,9 @@
 Backends: paddle (Paddle Inference: CPU with oneDNN on or off and --num_threads; GPU; TensorRT fp32/fp16/int8
 with --device gpu --use_trt, the dynamic shape ranges collected on the first run and cached beside the model)
 and onnxruntime (the model converted once by paddle2onnx and cached as model.onnx; --precision int8 is ONNX
-Runtime's dynamic quantization of it). int8 models from compress_*.py run on the paddle backend: on CPUs
-without AVX512-VNNI (such as the AVX2 machines this suite is tested on) int8 is not faster than fp32 there,
-measured; int8 speed comes from TensorRT on GPUs or VNNI CPUs.
+Runtime's dynamic quantization of it). int8 models from compress_*.py run on the paddle backend, where on
+the CPUs this suite was tested on (AVX2; AVX-512 VNNI) they were about 3x slower than fp32, measured: the
+quantize/dequantize ops run in fp32. int8 speed comes from TensorRT on GPUs.
 
 Inputs are sorted by length and padded per batch (results come back in input order); --pad_to_max_length
 pads every batch to --max_seq_length instead, as fixed-shape deployments do.

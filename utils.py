@@ -943,6 +943,11 @@ class DataArguments:
         metadata={"help": "Truncate longer examples to --max_seq_length (the count is logged and written to the results); "
                           "with false, such an example is an error naming its file and line."},
     )
+    group_by_length: bool = field(
+        default=False,
+        metadata={"help": "Train on batches of similar lengths (shuffled within groups of 50 batches), so short texts "
+                          "are not padded to long ones: faster on data like TNEWS. Single-process runs."},
+    )
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N training examples."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N dev examples."})
     max_predict_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N test examples."})
@@ -1370,8 +1375,53 @@ def atomic_directory(path: str):
 # --------------------------------------------------------------------------------------------------
 # Library compatibility fixes (one place; each names the version and the failure it covers)
 # --------------------------------------------------------------------------------------------------
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, group: int = 50) -> List[List[int]]:
+    """A random order cut into groups of `group` batches; each group sorted by length and cut into batches;
+    the batches shuffled, the longest first (a memory problem shows at once)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(lengths))
+    batches = []
+    for start in range(0, len(order), batch_size * group):
+        chunk = sorted(order[start: start + batch_size * group], key=lambda i: -lengths[i])
+        batches.extend([int(i) for i in chunk[j: j + batch_size]] for j in range(0, len(chunk), batch_size))
+    longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
+    first = batches.pop(longest)
+    rng.shuffle(batches)
+    return [first] + batches
+
+
+class LengthGroupedBatchSampler(paddle.io.Sampler):
+    """Batches of similar lengths, reshuffled each epoch (set_epoch, which the Trainer calls)."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(length_grouped_batches(self.lengths, self.batch_size, self.seed + self.epoch))
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+
 class SuiteTrainer(Trainer):
-    """paddlenlp's Trainer with the fixes this suite needs on paddlenlp 3.0.0b4."""
+    """paddlenlp's Trainer with the fixes this suite needs on paddlenlp 3.0.0b4, and length-grouped batches."""
+
+    def __init__(self, *args, group_by_length: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.group_by_length = group_by_length
+
+    def _get_train_sampler(self):
+        if not self.group_by_length or self.train_dataset is None:
+            return super()._get_train_sampler()
+        if self.args.world_size > 1:
+            logger.warning("--group_by_length applies to single-process training; %d processes use random batches",
+                           self.args.world_size)
+            return super()._get_train_sampler()
+        lengths = [len(feature["input_ids"]) for feature in self.train_dataset]
+        return LengthGroupedBatchSampler(lengths, self.args.per_device_train_batch_size, self.args.seed)
 
     def _save_checkpoint(self, model, metrics=None):
         super()._save_checkpoint(model, metrics=metrics)
@@ -1494,6 +1544,7 @@ def build_trainer(run: Run, model, tokenizer, splits: dict, data_collator, compu
         data_collator=data_collator,
         compute_metrics=compute_metrics,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)] if patience else [],
+        group_by_length=run.data_args.group_by_length,
     )
 
 

@@ -276,3 +276,23 @@ def test_bad_input_gets_one_clear_error_line_and_writes_nothing(case, tnews_run,
     assert len(error_lines(stderr)) == 1 and "Traceback" not in stderr
     assert __import__("re").search(message, error_lines(stderr)[0]), error_lines(stderr)[0]
     assert not output_dir.exists() or not utils.earlier_results(str(output_dir))
+
+
+def test_length_grouped_batches_cover_every_example_once_with_less_padding():
+    task = utils.SEQ_CLS_TASKS["tnews"]
+    lengths = [len(e.text_a) + 2 for e in utils.load_examples(task, "train", clue_file("tnews", "train"))]
+    batches = utils.length_grouped_batches(lengths, 8, seed=0)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    assert max(lengths[i] for i in batches[0]) == max(lengths)  # the longest batch first
+    padded = sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
+    random_order = np.random.default_rng(0).permutation(len(lengths))
+    random_padded = sum(8 * max(lengths[i] for i in random_order[j: j + 8]) for j in range(0, len(lengths), 8))
+    assert padded < random_padded
+    assert utils.length_grouped_batches(lengths, 8, seed=1) != batches  # reshuffled each epoch
+
+
+def test_training_with_length_grouped_batches(tiny_ernie, tmp_path):
+    run_seq_cls.main(clue_data_args("tnews") + ["--model_name_or_path", tiny_ernie, "--output_dir", str(tmp_path),
+                                                "--do_train", "--group_by_length", "true", "--num_train_epochs", "2",
+                                                "--per_device_train_batch_size", "8"])
+    assert read_json(tmp_path / "train_results.json")["global_step"] == 12

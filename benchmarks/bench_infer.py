@@ -1,0 +1,245 @@
+"""Inference speed of the real ERNIE 3.0 shapes on every backend, against this machine's measured matmul peak.
+
+    python -m benchmarks.bench_infer --quick          # nano and mini, 2 threads: a few minutes
+    python -m benchmarks.bench_infer                  # nano, mini, medium, base; 1 and 2 threads
+
+(run from the checkout's root, beside the scripts it measures)
+
+Models have random weights (no checkpoint can be downloaded here) and the real configurations and vocabulary;
+speed does not depend on the weights. For each model x backend x batch size (1, 32) x threads at sequence
+length 128: median latency per batch, sequences per second, and the share of the fp32 matmul peak measured in
+the same run (numpy, 2048x2048) that this represents, counting 2*L*(3*H*A + A*H + 2*H*I) + 4*L^2*A FLOPs per
+layer (A: attention width, I: feed-forward width; 24*H^2*L + 4*L^2*H unpruned).
+
+Real data: the TNEWS dev sentences (the full 10,000 from ../shared/data when present, else the test slice)
+end to end, tokenization included, through infer.py's default path (sorted by length, padded per batch)
+and with fixed 128-token padding; and batch-1 latency on real sentences against FLOPs at that length / peak.
+
+Writes benchmarks/results/infer[_quick].json (with machine details) and prints a table; plot_results.py draws it.
+"""
+import argparse
+import copy
+import json
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+import paddle
+from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification, ErnieTokenizer
+
+import utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCAB_FILE = os.path.join(ROOT, "tests", "data", "ernie-3.0-vocab.txt")  # the real ERNIE 3.0 vocabulary
+
+# The real configurations (paddlenlp ernie/configuration.py; ../shared/data/SOURCES.md).
+ERNIE_CONFIGS = {
+    "nano": dict(num_hidden_layers=4, hidden_size=312, num_attention_heads=12, intermediate_size=1248),
+    "mini": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536),
+    "medium": dict(num_hidden_layers=6, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
+    "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
+}
+COMMON = dict(vocab_size=40000, max_position_embeddings=2048, type_vocab_size=4, task_type_vocab_size=16, use_task_id=True,
+              hidden_act="gelu")
+SEQ_LEN = 128
+TNEWS_FULL = os.path.join(ROOT, "..", "shared", "data", "clue", "tnews", "dev.json")
+TNEWS_SLICE = os.path.join(ROOT, "tests", "data", "clue", "tnews", "dev.json")
+
+
+def machine_details() -> dict:
+    flags = set()
+    model = ""
+    with open("/proc/cpuinfo", encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags.update(line.split(":", 1)[1].split())
+    import onnxruntime
+    import paddlenlp
+
+    return {
+        "cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+        "flags": sorted(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags),
+        "paddlepaddle": paddle.__version__, "paddlenlp": paddlenlp.__version__, "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 7) -> float:
+    """Best fp32 GFLOP/s of a size x size numpy matmul with this many BLAS threads."""
+    from threadpoolctl import threadpool_limits
+
+    a = np.random.default_rng(0).random((size, size), dtype=np.float32)
+    b = np.random.default_rng(1).random((size, size), dtype=np.float32)
+    with threadpool_limits(threads):
+        a @ b
+        best = min(timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * size ** 3 / best / 1e9
+
+
+def timed(function) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def layer_flops(length: int, hidden: int, attention: int, intermediate: int) -> float:
+    return 2 * length * (3 * hidden * attention + attention * hidden + 2 * hidden * intermediate) + 4 * length ** 2 * attention
+
+
+def model_flops(model, length: int) -> float:
+    """FLOPs of one sequence of this length through the encoder (embeddings, pooler and head are negligible)."""
+    total = 0.0
+    for layer in utils.encoder_layers(model):
+        attention = layer.self_attn.num_heads * layer.self_attn.head_dim
+        total += layer_flops(length, layer.linear1.weight.shape[0], attention, layer.linear1.weight.shape[1])
+    return total
+
+
+def build_model(name: str):
+    paddle.seed(0)
+    with paddle.utils.unique_name.guard():
+        model = ErnieForSequenceClassification(ErnieConfig(**ERNIE_CONFIGS[name], **COMMON, num_labels=15))
+    model.eval()
+    return model
+
+
+def export(model, directory: str) -> str:
+    tokenizer = ErnieTokenizer(vocab_file=VOCAB_FILE)
+    utils.export_static_model(model, tokenizer, directory, {"task_name": "tnews", "label_list": list(utils.TNEWS_LABELS),
+                                                             "max_seq_length": SEQ_LEN})
+    return directory
+
+
+def predictors(model, pruned, workdir: str, threads: int, batch_size: int):
+    """(backend name, predictor, model) for every backend measured."""
+    export_dir = os.path.join(workdir, "export")
+    pruned_dir = os.path.join(workdir, "pruned")
+    if not os.path.isdir(export_dir):
+        export(model, export_dir)
+        export(pruned, pruned_dir)
+    options = utils.PredictorOptions(num_threads=threads, batch_size=batch_size, max_seq_length=SEQ_LEN)
+    ort = utils.PredictorOptions(backend="onnxruntime", num_threads=threads, batch_size=batch_size, max_seq_length=SEQ_LEN)
+    ort_int8 = utils.PredictorOptions(backend="onnxruntime", precision="int8", num_threads=threads, batch_size=batch_size,
+                                      max_seq_length=SEQ_LEN)
+    paddle.base.core.set_num_threads(threads)
+    return [
+        ("dygraph", utils.DygraphPredictor(model), model),
+        ("paddle-onednn", utils.create_predictor(export_dir, options), model),
+        ("onnxruntime-fp32", utils.create_predictor(export_dir, ort), model),
+        ("onnxruntime-int8", utils.create_predictor(export_dir, ort_int8), model),
+        ("paddle-onednn-pruned-0.75", utils.create_predictor(pruned_dir, options), pruned),
+    ]
+
+
+def random_batch(batch_size: int, length: int) -> dict:
+    ids = np.random.default_rng(batch_size * 1000 + length).integers(5, 39000, size=(batch_size, length)).astype("int64")
+    return {"input_ids": ids, "token_type_ids": np.zeros_like(ids)}
+
+
+def median_latency(predictor, batch: dict, runs: int) -> float:
+    predictor.run(batch)
+    return float(np.median([timed(lambda: predictor.run(batch)) for _ in range(runs)]))
+
+
+def fixed_shape_rows(names, thread_counts, runs, peaks) -> list:
+    rows = []
+    for name in names:
+        model = build_model(name)
+        pruned = utils.slice_to_width(copy.deepcopy(model), 0.75)
+        with tempfile.TemporaryDirectory() as workdir:
+            for threads in thread_counts:
+                for batch_size in (1, 32):
+                    batch = random_batch(batch_size, SEQ_LEN)
+                    for backend, predictor, measured_model in predictors(model, pruned, workdir, threads, batch_size):
+                        seconds = median_latency(predictor, batch, runs if batch_size == 1 else max(2, runs // 2))
+                        gflops = batch_size * model_flops(measured_model, SEQ_LEN) / seconds / 1e9
+                        row = {"model": name, "backend": backend, "threads": threads, "batch_size": batch_size,
+                               "seq_len": SEQ_LEN, "latency_ms": seconds * 1000, "sequences_per_second": batch_size / seconds,
+                               "gflops": gflops, "peak_fraction": gflops / peaks[threads],
+                               "gflop_per_sequence": model_flops(measured_model, SEQ_LEN) / 1e9}
+                        rows.append(row)
+                        print_row(row)
+    return rows
+
+
+def print_row(row: dict) -> None:
+    print(f"{row['model']:>7} {row['backend']:<26} thr={row['threads']} bs={row['batch_size']:<3} "
+          f"{row['latency_ms']:9.1f} ms  {row['sequences_per_second']:8.1f} seq/s  {100 * row['peak_fraction']:5.1f}% of peak",
+          flush=True)
+
+
+def tnews_sentences(limit) -> list:
+    path = TNEWS_FULL if os.path.isfile(TNEWS_FULL) else TNEWS_SLICE
+    examples = utils.load_examples(utils.SEQ_CLS_TASKS["tnews"], "dev", path)
+    return examples[:limit] if limit else examples
+
+
+def real_data_rows(names, sentence_limit, threads, peak) -> list:
+    """End to end on real TNEWS sentences: sorted + per-batch padding vs fixed 128 padding; batch-1 latency."""
+    rows = []
+    task = utils.SEQ_CLS_TASKS["tnews"]
+    tokenizer = ErnieTokenizer(vocab_file=VOCAB_FILE)
+    examples = tnews_sentences(sentence_limit)
+    for name in names:
+        model = build_model(name)
+        with tempfile.TemporaryDirectory() as workdir:
+            export_dir = export(model, os.path.join(workdir, "export"))
+            options = utils.PredictorOptions(num_threads=threads, batch_size=32, max_seq_length=SEQ_LEN)
+            predictor = utils.create_predictor(export_dir, options)
+            results = {}
+            for mode, sort, pad_to in (("sorted, padded per batch", True, None), ("fixed 128 padding", False, SEQ_LEN)):
+                started = time.perf_counter()
+                encoded = utils.encode_text_examples(examples, tokenizer, task, SEQ_LEN)
+                utils.run_predictor(predictor, list(encoded.dataset), 32, per_token=False, sort_by_length=sort, pad_to=pad_to)
+                results[mode] = len(examples) / (time.perf_counter() - started)
+            rows.append({"model": name, "kind": "real TNEWS, end to end", "sentences": len(examples), "threads": threads,
+                         "sorted_sequences_per_second": results["sorted, padded per batch"],
+                         "fixed_sequences_per_second": results["fixed 128 padding"],
+                         "speedup": results["sorted, padded per batch"] / results["fixed 128 padding"]})
+            print(f"{name:>7} real TNEWS x{len(examples)}: sorted {rows[-1]['sorted_sequences_per_second']:.1f} seq/s, "
+                  f"fixed-128 {rows[-1]['fixed_sequences_per_second']:.1f} seq/s, speedup {rows[-1]['speedup']:.2f}x", flush=True)
+            single = utils.PredictorOptions(num_threads=threads, batch_size=1, max_seq_length=SEQ_LEN)
+            predictor = utils.create_predictor(export_dir, single)
+            features = list(utils.encode_text_examples(examples[:200], tokenizer, task, SEQ_LEN).dataset)
+            ratios, latencies = [], []
+            for feature in features:
+                batch = utils.pad_features([feature])
+                predictor.run(batch)
+                seconds = float(np.median([timed(lambda: predictor.run(batch)) for _ in range(3)]))
+                latencies.append(seconds)
+                ratios.append(seconds / (model_flops(model, len(feature["input_ids"])) / (peak * 1e9)))
+            rows.append({"model": name, "kind": "real TNEWS, batch 1", "sentences": len(features), "threads": threads,
+                         "latency_ms_p50": 1000 * float(np.median(latencies)),
+                         "latency_over_flops_bound_p50": float(np.median(ratios))})
+            print(f"{name:>7} real TNEWS batch 1: p50 {rows[-1]['latency_ms_p50']:.2f} ms, "
+                  f"{rows[-1]['latency_over_flops_bound_p50']:.2f}x the FLOPs/peak bound", flush=True)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="nano and mini, 2 threads, fewer runs and sentences")
+    parser.add_argument("--output", default=None, help="JSON results file (default benchmarks/results/infer[_quick].json)")
+    args = parser.parse_args(argv)
+    names = ["nano", "mini"] if args.quick else list(ERNIE_CONFIGS)
+    thread_counts = [2] if args.quick else [1, 2]
+    runs = 4 if args.quick else 8
+    machine = machine_details()
+    peaks = {threads: matmul_peak_gflops(threads) for threads in thread_counts}
+    print(f"machine: {machine}\nfp32 matmul peak (numpy 2048^3): " + ", ".join(f"{t} thr {p:.1f} GFLOP/s" for t, p in peaks.items()))
+    started = time.perf_counter()
+    rows = fixed_shape_rows(names, thread_counts, runs, peaks)
+    real = real_data_rows(["nano", "medium"] if not args.quick else ["nano"], 512 if args.quick else None, 2, peaks[2])
+    results = {"machine": machine, "matmul_peak_gflops": {str(k): v for k, v in peaks.items()}, "quick": args.quick,
+               "fixed_shape": rows, "real_data": real, "seconds": time.perf_counter() - started}
+    output = args.output or os.path.join(ROOT, "benchmarks", "results", "infer_quick.json" if args.quick else "infer.json")
+    utils.write_json_atomic(output, results)
+    print(f"wrote {output} ({results['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    utils.run_cli(main)
