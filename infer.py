@@ -11,7 +11,9 @@ with --device gpu --use_trt, the dynamic shape ranges collected on the first run
 and onnxruntime (the model converted once by paddle2onnx and cached as model.onnx; --precision int8 is ONNX
 Runtime's dynamic quantization of it). int8 models from compress_*.py run on the paddle backend, where on
 the CPUs this suite was tested on (AVX2; AVX-512 VNNI) they were about 3x slower than fp32, measured: the
-quantize/dequantize ops run in fp32. int8 speed comes from TensorRT on GPUs.
+quantize/dequantize ops run in fp32. int8 speed comes from TensorRT on GPUs, and on VNNI CPUs from
+--backend onnxruntime --precision int8 (2.8x Paddle fp32 for ERNIE 3.0-medium at batch 32, measured).
+At batch 1, onnxruntime's per-call overhead is lower (see the README's Benchmarks).
 
 Inputs are sorted by length and padded per batch (results come back in input order); --pad_to_max_length
 pads every batch to --max_seq_length instead, as fixed-shape deployments do.

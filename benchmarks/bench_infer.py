@@ -68,16 +68,23 @@ def machine_details() -> dict:
     }
 
 
-def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 7) -> float:
-    """Best fp32 GFLOP/s of a size x size numpy matmul with this many BLAS threads."""
+def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 7) -> dict:
+    """Best fp32 GFLOP/s of a size x size matmul with this many threads: numpy (its BLAS) and Paddle (oneDNN
+    or MKL). The larger is the peak the models are held against."""
     from threadpoolctl import threadpool_limits
 
     a = np.random.default_rng(0).random((size, size), dtype=np.float32)
     b = np.random.default_rng(1).random((size, size), dtype=np.float32)
     with threadpool_limits(threads):
         a @ b
-        best = min(timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * size ** 3 / best / 1e9
+        numpy_best = min(timed(lambda: a @ b) for _ in range(repeats))
+    paddle.base.core.set_num_threads(threads)
+    pa, pb = paddle.to_tensor(a), paddle.to_tensor(b)
+    paddle.matmul(pa, pb).numpy()
+    paddle_best = min(timed(lambda: paddle.matmul(pa, pb).numpy()) for _ in range(repeats))
+    flops = 2 * size ** 3
+    return {"numpy": flops / numpy_best / 1e9, "paddle": flops / paddle_best / 1e9,
+            "peak": max(flops / numpy_best, flops / paddle_best) / 1e9}
 
 
 def timed(function) -> float:
@@ -202,39 +209,53 @@ def real_data_rows(names, sentence_limit, threads, peak) -> list:
                          "speedup": results["sorted, padded per batch"] / results["fixed 128 padding"]})
             print(f"{name:>7} real TNEWS x{len(examples)}: sorted {rows[-1]['sorted_sequences_per_second']:.1f} seq/s, "
                   f"fixed-128 {rows[-1]['fixed_sequences_per_second']:.1f} seq/s, speedup {rows[-1]['speedup']:.2f}x", flush=True)
-            single = utils.PredictorOptions(num_threads=threads, batch_size=1, max_seq_length=SEQ_LEN)
-            predictor = utils.create_predictor(export_dir, single)
             features = list(utils.encode_text_examples(examples[:200], tokenizer, task, SEQ_LEN).dataset)
-            ratios, latencies = [], []
-            for feature in features:
-                batch = utils.pad_features([feature])
-                predictor.run(batch)
-                seconds = float(np.median([timed(lambda: predictor.run(batch)) for _ in range(3)]))
-                latencies.append(seconds)
-                ratios.append(seconds / (model_flops(model, len(feature["input_ids"])) / (peak * 1e9)))
-            rows.append({"model": name, "kind": "real TNEWS, batch 1", "sentences": len(features), "threads": threads,
-                         "latency_ms_p50": 1000 * float(np.median(latencies)),
-                         "latency_over_flops_bound_p50": float(np.median(ratios))})
-            print(f"{name:>7} real TNEWS batch 1: p50 {rows[-1]['latency_ms_p50']:.2f} ms, "
-                  f"{rows[-1]['latency_over_flops_bound_p50']:.2f}x the FLOPs/peak bound", flush=True)
+            for backend in ("paddle", "onnxruntime"):
+                single = utils.PredictorOptions(backend=backend, num_threads=threads, batch_size=1, max_seq_length=SEQ_LEN)
+                rows.append(batch_one_row(name, model, utils.create_predictor(export_dir, single), backend, features, threads, peak))
     return rows
+
+
+def batch_one_row(name, model, predictor, backend, features, threads, peak) -> dict:
+    """Batch-1 latency over real sentences, each against its own FLOPs / peak bound."""
+    ratios, latencies = [], []
+    for feature in features:
+        batch = utils.pad_features([feature])
+        predictor.run(batch)
+        seconds = float(np.median([timed(lambda: predictor.run(batch)) for _ in range(3)]))
+        latencies.append(seconds)
+        ratios.append(seconds / (model_flops(model, len(feature["input_ids"])) / (peak * 1e9)))
+    row = {"model": name, "kind": "real TNEWS, batch 1", "backend": backend, "sentences": len(features), "threads": threads,
+           "latency_ms_p50": 1000 * float(np.median(latencies)), "latency_over_flops_bound_p50": float(np.median(ratios))}
+    print(f"{name:>7} real TNEWS batch 1, {backend}: p50 {row['latency_ms_p50']:.2f} ms, "
+          f"{row['latency_over_flops_bound_p50']:.2f}x the FLOPs/peak bound", flush=True)
+    return row
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="nano and mini, 2 threads, fewer runs and sentences")
     parser.add_argument("--output", default=None, help="JSON results file (default benchmarks/results/infer[_quick].json)")
+    parser.add_argument("--models", nargs="+", choices=list(ERNIE_CONFIGS), help="fixed-shape models (default by mode)")
+    parser.add_argument("--real_models", nargs="+", choices=list(ERNIE_CONFIGS), help="real-data models (default by mode)")
+    parser.add_argument("--sentences", type=int, default=None, help="real TNEWS sentences (default: 512 quick, all otherwise)")
+    parser.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts (default: 2 quick, 1 2 otherwise)")
     args = parser.parse_args(argv)
-    names = ["nano", "mini"] if args.quick else list(ERNIE_CONFIGS)
-    thread_counts = [2] if args.quick else [1, 2]
+    names = args.models or (["nano", "mini"] if args.quick else list(ERNIE_CONFIGS))
+    thread_counts = args.threads or ([2] if args.quick else [1, 2])
     runs = 4 if args.quick else 8
     machine = machine_details()
-    peaks = {threads: matmul_peak_gflops(threads) for threads in thread_counts}
-    print(f"machine: {machine}\nfp32 matmul peak (numpy 2048^3): " + ", ".join(f"{t} thr {p:.1f} GFLOP/s" for t, p in peaks.items()))
+    measured_peaks = {threads: matmul_peak_gflops(threads) for threads in sorted(set(thread_counts) | {2})}
+    peaks = {threads: measured["peak"] for threads, measured in measured_peaks.items()}
+    print(f"machine: {machine}\nfp32 matmul 2048^3, GFLOP/s: " + ", ".join(
+        f"{t} thr numpy {m['numpy']:.1f} paddle {m['paddle']:.1f}" for t, m in measured_peaks.items()))
     started = time.perf_counter()
     rows = fixed_shape_rows(names, thread_counts, runs, peaks)
-    real = real_data_rows(["nano", "medium"] if not args.quick else ["nano"], 512 if args.quick else None, 2, peaks[2])
-    results = {"machine": machine, "matmul_peak_gflops": {str(k): v for k, v in peaks.items()}, "quick": args.quick,
+    real_names = args.real_models or (["nano"] if args.quick else ["nano", "medium"])
+    sentences = args.sentences or (512 if args.quick else None)
+    real = real_data_rows(real_names, sentences, max(thread_counts), peaks[max(thread_counts)])
+    results = {"machine": machine, "matmul_peak_gflops": {str(k): v for k, v in peaks.items()},
+               "matmul_gflops": {str(k): v for k, v in measured_peaks.items()}, "quick": args.quick,
                "fixed_shape": rows, "real_data": real, "seconds": time.perf_counter() - started}
     output = args.output or os.path.join(ROOT, "benchmarks", "results", "infer_quick.json" if args.quick else "infer.json")
     utils.write_json_atomic(output, results)
