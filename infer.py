@@ -64,13 +64,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def encode(task, examples, tokenizer, args, window_args, with_labels):
     """Features of the examples, and the seconds tokenization took."""
     started = time.perf_counter()
-    if task.family == "qa":
-        encoded = utils.prepare_qa_features(examples, tokenizer, args.max_seq_length, window_args.doc_stride,
-                                            window_args.max_query_length, with_labels=with_labels)
-    else:
-        encode_examples = utils.encode_text_examples if task.family == "seq_cls" else utils.encode_token_examples
-        encoded = encode_examples(examples, tokenizer, task, args.max_seq_length, args.truncate_long_texts)
-        utils.report_truncation(task.name, "input", encoded, args.max_seq_length)
+    encoded = utils.encode_examples(task, "input", examples, tokenizer, args.max_seq_length, args.truncate_long_texts,
+                                    window_args, with_labels)
     return encoded, time.perf_counter() - started
 
 

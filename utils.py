@@ -1507,19 +1507,27 @@ def task_info(task: TaskSpec, data_args) -> dict:
     }
 
 
-def load_encoded_split(task: TaskSpec, split: str, data_args, tokenizer, window_args=None):
-    """(examples, encoded) of one split: classification and NER features with truncation reported, or QA
-    windows (labelled except in the test split)."""
-    examples = load_examples(task, split, data_args.split_file(split), data_args.split_max_samples(split))
+def encode_examples(task: TaskSpec, split: str, examples, tokenizer, max_seq_length: int, truncate: bool,
+                    window_args=None, with_labels: bool = True):
+    """Model features of any task's examples: classification and NER features with truncation reported, or
+    QA windows (labelled when with_labels)."""
     if task.family == "qa":
-        encoded = prepare_qa_features(examples, tokenizer, data_args.max_seq_length, window_args.doc_stride,
-                                      window_args.max_query_length, with_labels=split != "test")
+        encoded = prepare_qa_features(examples, tokenizer, max_seq_length, window_args.doc_stride,
+                                      window_args.max_query_length, with_labels=with_labels)
         logger.info("%s %s: %d windows for %d questions (%d questions cut to --max_query_length)", task.name, split,
                     len(encoded.example_index), len(examples), encoded.truncated_questions)
-        return examples, encoded
+        return encoded
     encode = {"seq_cls": encode_text_examples, "token_cls": encode_token_examples}[task.family]
-    encoded = encode(examples, tokenizer, task, data_args.max_seq_length, data_args.truncate_long_texts)
-    report_truncation(task.name, split, encoded, data_args.max_seq_length)
+    encoded = encode(examples, tokenizer, task, max_seq_length, truncate)
+    report_truncation(task.name, split, encoded, max_seq_length)
+    return encoded
+
+
+def load_encoded_split(task: TaskSpec, split: str, data_args, tokenizer, window_args=None):
+    """(examples, encoded) of one split; QA windows are labelled except in the test split."""
+    examples = load_examples(task, split, data_args.split_file(split), data_args.split_max_samples(split))
+    encoded = encode_examples(task, split, examples, tokenizer, data_args.max_seq_length, data_args.truncate_long_texts,
+                              window_args, with_labels=split != "test")
     return examples, encoded
 
 
