@@ -70,7 +70,7 @@ def encode(task, examples, tokenizer, args, window_args, with_labels):
 
 
 def run(predictor, task, encoded, args, warmup_batches=0) -> utils.PredictionRun:
-    return utils.run_predictor(predictor, list(encoded.dataset), args.batch_size, per_token=task.family != "seq_cls",
+    return utils.run_predictor(predictor, list(encoded.dataset), args.batch_size, per_token=task.per_token_outputs,
                                sort_by_length=not args.pad_to_max_length,
                                pad_to=args.max_seq_length if args.pad_to_max_length else None, warmup_batches=warmup_batches)
 
@@ -172,6 +172,7 @@ def print_report(report: dict) -> None:
 
 def main(argv=None):
     args, window_args = utils.parse_plain_arguments((InferArguments, utils.QAWindowArguments), __doc__, argv)
+    utils.setup_logging()
     if args.output_file and os.path.exists(args.output_file):
         raise utils.UserError(f"--output_file {args.output_file} already exists; choose another name or remove it")
     info = utils.read_task_info(args.model_path)

@@ -14,19 +14,19 @@ and upstream PaddleNLP's simpler character-overlap scores as upstream_exact_matc
 Writes into --output_dir (default output/cmrc2018): the best model, train_results.json, eval_results.json,
 cmrc2018_predict.json (question id -> answer) and cmrc2018_nbest.json (--do_predict), and export/.
 """
+import functools
 import os
 
 import utils
 from paddlenlp.transformers import AutoModelForQuestionAnswering
 
 FAMILY = "qa"
-METRICS = ["exact_match", "f1", "upstream_exact_match", "upstream_f1"]
 # paddlenlp 3.0.0b4's Trainer looks for "QusetionAnswering" (sic) in the model's class name to pick these,
 # so without them it would look for a "labels" input and never compute a loss or metrics.
 LABEL_NAMES = ["start_positions", "end_positions"]
 
 
-def write_answers(output_dir, task, examples, features, outputs, window_args) -> None:
+def write_answers(output_dir, examples, features, outputs, task, window_args) -> None:
     predictions, nbest = utils.postprocess_qa_predictions(examples, features, outputs[0], outputs[1],
                                                           window_args.n_best_size, window_args.max_answer_length)
     utils.write_json_atomic(os.path.join(output_dir, task.submission_file), predictions)
@@ -44,16 +44,9 @@ def main(argv=None):
     metrics = utils.qa_compute_metrics(dev_examples, dev_features, window_args) if dev_features else None
     trainer = utils.build_trainer(run, model, tokenizer, splits, utils.family_collator(FAMILY, tokenizer), metrics)
 
-    if training_args.do_train:
-        utils.train_and_save(trainer, run.resume_checkpoint, len(splits["train"][0]))
-    if training_args.do_eval:
-        utils.evaluate_and_save(trainer, dev_features.dataset, METRICS,
-                                {"eval_samples": len(dev_examples), "eval_windows": len(dev_features.example_index)})
-    if training_args.do_predict:
-        examples, features = splits["test"]
-        outputs = utils.predict_outputs(trainer, features.dataset)
-        if training_args.should_save:
-            write_answers(training_args.output_dir, task, examples, features, outputs, window_args)
+    utils.train_if_asked(run, trainer, splits)
+    utils.evaluate_if_asked(run, trainer, splits)
+    utils.predict_if_asked(run, trainer, splits, functools.partial(write_answers, task=task, window_args=window_args))
     utils.export_if_asked(run, trainer, tokenizer)
 
 

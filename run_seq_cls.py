@@ -9,6 +9,7 @@ with --label_list). Any Chinese encoder that PaddleNLP's Auto classes load works
 Writes into --output_dir (default output/<task>): the best model, train_results.json, eval_results.json,
 the CLUE submission file (--do_predict) and export/ (--do_export).
 """
+import functools
 import os
 
 import utils
@@ -17,11 +18,12 @@ from paddlenlp.transformers import AutoModelForSequenceClassification
 FAMILY = "seq_cls"
 
 
-def write_submission(path, task, ids, logits) -> None:
+def write_submission(output_dir, examples, encoded, outputs, task) -> None:
     """One JSON object a line, {"id": <the example's own id>, "label": "<label string>"}, in input order."""
-    labels = [task.labels[index] for index in logits.argmax(axis=-1)]
-    utils.write_json_lines_atomic(path, [{"id": example_id, "label": label} for example_id, label in zip(ids, labels)])
-    utils.logger.info("wrote %d predictions to %s", len(ids), path)
+    path = os.path.join(output_dir, task.submission_file)
+    labels = [task.labels[index] for index in outputs[0].argmax(axis=-1)]
+    utils.write_json_lines_atomic(path, [{"id": example.id, "label": label} for example, label in zip(examples, labels)])
+    utils.logger.info("wrote %d predictions to %s", len(labels), path)
 
 
 def main(argv=None):
@@ -31,16 +33,9 @@ def main(argv=None):
     splits = {split: utils.load_encoded_split(task, split, data_args, tokenizer) for split in utils.needed_splits(training_args)}
     trainer = utils.build_trainer(run, model, tokenizer, splits, utils.family_collator(FAMILY, tokenizer), utils.compute_accuracy_metrics)
 
-    if training_args.do_train:
-        utils.train_and_save(trainer, run.resume_checkpoint, len(splits["train"][0]))
-    if training_args.do_eval:
-        dev = splits["dev"][1]
-        utils.evaluate_and_save(trainer, dev.dataset, [task.metric], {"eval_samples": len(dev.ids), "eval_truncated": dev.truncated})
-    if training_args.do_predict:
-        test = splits["test"][1]
-        logits = utils.predict_logits(trainer, test.dataset)
-        if training_args.should_save:
-            write_submission(os.path.join(training_args.output_dir, task.submission_file), task, test.ids, logits)
+    utils.train_if_asked(run, trainer, splits)
+    utils.evaluate_if_asked(run, trainer, splits)
+    utils.predict_if_asked(run, trainer, splits, functools.partial(write_submission, task=task))
     utils.export_if_asked(run, trainer, tokenizer)
 
 

@@ -10,6 +10,7 @@ exact span and type (seqeval), on the part of each sentence the model saw; trunc
 Writes into --output_dir (default output/msra_ner): the best model, train_results.json, eval_results.json,
 msra_ner_predict.json (--do_predict: each sentence's entities with character offsets) and export/.
 """
+import functools
 import os
 
 import utils
@@ -18,9 +19,10 @@ from paddlenlp.transformers import AutoModelForTokenClassification
 FAMILY = "token_cls"
 
 
-def write_entities(path, task, examples, encoded, logits) -> None:
+def write_entities(output_dir, examples, encoded, outputs, task) -> None:
     """One JSON object a line, in input order: {"id", "text", "entities": [{"text", "type", "start", "end"}]}."""
-    tags = utils.predicted_word_tags(logits, encoded, examples, task.labels)
+    path = os.path.join(output_dir, task.submission_file)
+    tags = utils.predicted_word_tags(outputs[0], encoded, examples, task.labels)
     rows = [
         {"id": example.id, "text": example.text, "entities": utils.entities_from_tags(example.words, sentence_tags)}
         for example, sentence_tags in zip(examples, tags)
@@ -37,17 +39,9 @@ def main(argv=None):
     collator = utils.family_collator(FAMILY, tokenizer)
     trainer = utils.build_trainer(run, model, tokenizer, splits, collator, utils.token_cls_metrics(task.labels))
 
-    if training_args.do_train:
-        utils.train_and_save(trainer, run.resume_checkpoint, len(splits["train"][0]))
-    if training_args.do_eval:
-        dev = splits["dev"][1]
-        utils.evaluate_and_save(trainer, dev.dataset, ["precision", "recall", "f1"],
-                                {"eval_samples": len(dev.ids), "eval_truncated": dev.truncated})
-    if training_args.do_predict:
-        examples, test = splits["test"]
-        logits = utils.predict_logits(trainer, test.dataset)
-        if training_args.should_save:
-            write_entities(os.path.join(training_args.output_dir, task.submission_file), task, examples, test, logits)
+    utils.train_if_asked(run, trainer, splits)
+    utils.evaluate_if_asked(run, trainer, splits)
+    utils.predict_if_asked(run, trainer, splits, functools.partial(write_entities, task=task))
     utils.export_if_asked(run, trainer, tokenizer)
 
 

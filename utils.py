@@ -137,6 +137,21 @@ class TaskSpec:
     skip_labels: Tuple[str, ...] = ()  # gold label meaning "no agreement": such rows are left out
     file_format: str = "CLUE json lines"
 
+    @property
+    def per_token_outputs(self) -> bool:
+        """NER logits and QA start/end logits have a value per input token; classification one per sequence."""
+        return self.family != "seq_cls"
+
+    @property
+    def metric_names(self) -> Tuple[str, ...]:
+        return FAMILY_METRICS[self.family]
+
+
+FAMILY_METRICS = {
+    "seq_cls": ("accuracy",),
+    "token_cls": ("precision", "recall", "f1"),
+    "qa": ("exact_match", "f1", "upstream_exact_match", "upstream_f1"),
+}
 
 TNEWS_LABELS = ("100", "101", "102", "103", "104", "106", "107", "108", "109", "110", "112", "113", "114", "115", "116")
 
@@ -1470,7 +1485,7 @@ def start_run(family: str, description: str, argv=None, extra_classes: tuple = (
     model_args, data_args, *extra, training_args = parse_arguments(
         (ModelArguments, DataArguments, *extra_classes, TrainingArguments), family, description, argv
     )
-    setup_logging(training_args)
+    setup_logging(training_args.should_log)
     check_device(training_args.device)
     task = get_task(data_args.task_name, family, data_args.label_list)
     resume_checkpoint = resolve_resume_checkpoint(training_args)
@@ -1478,9 +1493,10 @@ def start_run(family: str, description: str, argv=None, extra_classes: tuple = (
     return Run(model_args, data_args, training_args, task, resume_checkpoint, tuple(extra))
 
 
-def setup_logging(training_args) -> None:
+def setup_logging(verbose: bool = True) -> None:
+    """The suite's log lines (INFO, or WARNING only in processes that should not log, like extra ranks)."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def needed_splits(training_args) -> List[str]:
@@ -1577,6 +1593,36 @@ def train_and_save(trainer, resume_checkpoint: Optional[str], train_samples: int
     return metrics
 
 
+def train_if_asked(run: Run, trainer, splits: dict) -> None:
+    if run.training_args.do_train:
+        train_and_save(trainer, run.resume_checkpoint, len(splits["train"][0]))
+
+
+def evaluate_if_asked(run: Run, trainer, splits: dict) -> None:
+    """eval_results.json: the task's metrics, eval_samples (examples), and how many were truncated (or, for QA,
+    how many windows the questions made)."""
+    if not run.training_args.do_eval:
+        return
+    examples, encoded = splits["dev"]
+    extra = {"eval_samples": len(examples)}
+    if run.task.family == "qa":
+        extra["eval_windows"] = len(encoded.example_index)
+    else:
+        extra["eval_truncated"] = encoded.truncated
+    evaluate_and_save(trainer, encoded.dataset, run.task.metric_names, extra)
+
+
+def predict_if_asked(run: Run, trainer, splits: dict, write: Callable) -> None:
+    """Predict the test split; write(output_dir, examples, encoded, outputs) writes the task's prediction files
+    (once, from the main process)."""
+    if not run.training_args.do_predict:
+        return
+    examples, encoded = splits["test"]
+    outputs = predict_outputs(trainer, encoded.dataset)
+    if run.training_args.should_save:
+        write(run.training_args.output_dir, examples, encoded, outputs)
+
+
 def evaluate_and_save(trainer, dataset, metric_names: Sequence[str], extra: dict) -> dict:
     """Evaluate on dataset and write eval_results.json with the task's metric names unprefixed."""
     metrics = trainer.evaluate(eval_dataset=dataset)
@@ -1595,14 +1641,23 @@ def predict_outputs(trainer, dataset) -> List[np.ndarray]:
     return [np.asarray(array)[: len(dataset)] for array in arrays]
 
 
-def predict_logits(trainer, dataset) -> np.ndarray:
-    return predict_outputs(trainer, dataset)[0]
-
-
 # --------------------------------------------------------------------------------------------------
 # Static export
 # --------------------------------------------------------------------------------------------------
 EXPORT_INPUT_NAMES = ("input_ids", "token_type_ids")
+
+
+def export_input_spec() -> list:
+    """The exported models' inputs: int64 ids of any batch size and length, fed by name."""
+    from paddle.static import InputSpec
+
+    return [InputSpec(shape=[None, None], dtype="int64", name=name) for name in EXPORT_INPUT_NAMES]
+
+
+def save_deployable(model_dir: str, tokenizer, info: dict) -> None:
+    """The tokenizer files and task.json beside a static model, so infer.py can serve that directory."""
+    tokenizer.save_pretrained(model_dir)
+    write_json_atomic(os.path.join(model_dir, "task.json"), {**info, "input_names": list(EXPORT_INPUT_NAMES)})
 
 
 def static_copy(model):
@@ -1618,14 +1673,10 @@ def static_copy(model):
 def export_static_model(model, tokenizer, export_dir: str, task_info: dict) -> str:
     """Save model as a static inference model (model.json or model.pdmodel + model.pdiparams), with the
     tokenizer files and task.json, into export_dir, atomically."""
-    from paddle.static import InputSpec
-
-    input_spec = [InputSpec(shape=[None, None], dtype="int64", name=name) for name in EXPORT_INPUT_NAMES]
-    static_model = paddle.jit.to_static(static_copy(model), input_spec=input_spec, full_graph=True)
+    static_model = paddle.jit.to_static(static_copy(model), input_spec=export_input_spec(), full_graph=True)
     with atomic_directory(export_dir) as staging:
         paddle.jit.save(static_model, os.path.join(staging, "model"))
-        tokenizer.save_pretrained(staging)
-        write_json_atomic(os.path.join(staging, "task.json"), {**task_info, "input_names": list(EXPORT_INPUT_NAMES)})
+        save_deployable(staging, tokenizer, task_info)
     logger.info("exported the static inference model to %s", export_dir)
     return export_dir
 
@@ -2069,12 +2120,10 @@ def model_outputs(model, batch: dict) -> list:
 def export_legacy_static_model(model, directory: str) -> Tuple[str, str]:
     """model.pdmodel + model.pdiparams in the legacy program format, which Paddle's post-training
     quantization reads (paddle 3.0.0: inside OldIrGuard; later releases can no longer export ERNIE this way)."""
-    from paddle.static import InputSpec
-
-    input_spec = [InputSpec(shape=[None, None], dtype="int64", name=name) for name in EXPORT_INPUT_NAMES]
     duplicate = static_copy(model)  # parameters can only be built outside OldIrGuard
     with paddle.pir_utils.OldIrGuard():
-        paddle.jit.save(paddle.jit.to_static(duplicate, input_spec=input_spec, full_graph=True), os.path.join(directory, "model"))
+        paddle.jit.save(paddle.jit.to_static(duplicate, input_spec=export_input_spec(), full_graph=True),
+                        os.path.join(directory, "model"))
     return os.path.join(directory, "model.pdmodel"), os.path.join(directory, "model.pdiparams")
 
 
@@ -2198,7 +2247,7 @@ def measure_candidate(model_dir: str, task: TaskSpec, dev_examples, dev_encoded,
     options = PredictorOptions(num_threads=args.num_threads, batch_size=args.per_device_eval_batch_size, max_seq_length=max_seq_length)
     features = list(dev_encoded.dataset)
     result = run_predictor(PaddlePredictor(model_dir, options), features, options.batch_size,
-                           per_token=task.family != "seq_cls", warmup_batches=2)
+                           per_token=task.per_token_outputs, warmup_batches=2)
     metrics = deployed_metrics(task, dev_examples, dev_encoded, result.outputs, window_args)
     return {
         "metrics": metrics,
@@ -2221,7 +2270,7 @@ def training_batches(features: Sequence[dict], collator, batch_size: int, shuffl
 def width_points(student, masks: WidthMasks, width: float, task: TaskSpec, dev_examples, dev_encoded, window_args,
                  batch_size: int) -> float:
     masks.set_width(width)
-    result = run_predictor(DygraphPredictor(student), list(dev_encoded.dataset), batch_size, per_token=task.family != "seq_cls")
+    result = run_predictor(DygraphPredictor(student), list(dev_encoded.dataset), batch_size, per_token=task.per_token_outputs)
     return metric_points(task, deployed_metrics(task, dev_examples, dev_encoded, result.outputs, window_args)[task.metric])
 
 
@@ -2312,7 +2361,6 @@ def quantization_aware_training(source_model, teacher, tokenizer, task: TaskSpec
     import copy
 
     from paddle.quantization import ImperativeQuantAware
-    from paddle.static import InputSpec
 
     student = copy.deepcopy(source_model)
     keep_float_for_quantization(student)
@@ -2322,15 +2370,8 @@ def quantization_aware_training(source_model, teacher, tokenizer, task: TaskSpec
     distillation_training(student, teacher, task, list(train_encoded.dataset), tokenizer, args, [lambda: None], lambda: None,
                           "QAT distillation")
     student.eval()
-    input_spec = [InputSpec(shape=[None, None], dtype="int64", name=name) for name in EXPORT_INPUT_NAMES]
     with paddle.pir_utils.OldIrGuard():
-        quantizer.save_quantized_model(student, os.path.join(target_dir, "int8"), input_spec=input_spec)
-
-
-def save_deployable(model_dir: str, tokenizer, info: dict) -> None:
-    """The tokenizer files and task.json beside a static model, so infer.py can serve that directory."""
-    tokenizer.save_pretrained(model_dir)
-    write_json_atomic(os.path.join(model_dir, "task.json"), {**info, "input_names": list(EXPORT_INPUT_NAMES)})
+        quantizer.save_quantized_model(student, os.path.join(target_dir, "int8"), input_spec=export_input_spec())
 
 
 def quantization_grid(source_model, source_dir: str, relative_prefix: str, staging: str, calibration, tokenizer,
@@ -2371,8 +2412,7 @@ def run_compression(family: str, model_class, description: str, argv=None) -> di
     args, data_args, *extra = parse_plain_arguments((CompressArguments, DataArguments, *extra_classes),
                                                     description + COMPRESSION_HELP, argv)
     window_args = extra[0] if extra else None
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    logger.setLevel(logging.INFO)
+    setup_logging()
     check_device(args.device)
     paddle.set_device(args.device)
     task = get_task(data_args.task_name, family, data_args.label_list)
