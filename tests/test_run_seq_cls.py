@@ -84,6 +84,17 @@ def test_exported_static_model_gives_the_dynamic_models_logits(tnews_run):
     np.testing.assert_allclose(static, dynamic, atol=1e-4)
 
 
+def test_export_leaves_dropout_out_of_the_program_but_not_out_of_the_trained_model(tnews_run):
+    program, _ = utils.static_model_files(os.path.join(tnews_run, "export"))
+    with open(program, "rb") as handle:
+        assert b"dropout" not in handle.read()
+    model = AutoModelForSequenceClassification.from_pretrained(tnews_run)
+    exported = utils.static_copy(model)
+    rates = [layer.p for layer in model.sublayers() if isinstance(layer, paddle.nn.Dropout)]
+    assert max(rates) > 0
+    assert [layer.p for layer in exported.sublayers() if isinstance(layer, paddle.nn.Dropout)] == [0.0] * len(rates)
+
+
 def test_evaluating_the_saved_model_reproduces_its_eval_results(tnews_run, tmp_path):
     argv = ["--task_name", "tnews", "--model_name_or_path", tnews_run, "--dev_file", clue_file("tnews", "dev"),
             "--output_dir", str(tmp_path), "--do_eval"]
