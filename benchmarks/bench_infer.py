@@ -13,7 +13,8 @@ layer (A: attention width, I: feed-forward width; 24*H^2*L + 4*L^2*H unpruned).
 
 Real data: the TNEWS dev sentences (the full 10,000 from ../shared/data when present, else the test slice)
 end to end, tokenization included, through infer.py's default path (sorted by length, padded per batch)
-and with fixed 128-token padding; and batch-1 latency on real sentences against FLOPs at that length / peak.
+and with fixed 128-token padding; and batch-1 latency on real sentences (Paddle Inference, ONNX Runtime fp32 and
+int8; 1 and 2 threads) against FLOPs at that length / the fp32 peak.
 
 Writes benchmarks/results/infer[_quick].json (with machine details) and prints a table; plot_results.py draws it.
 """
@@ -62,7 +63,7 @@ def machine_details() -> dict:
 
     return {
         "cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-        "flags": sorted(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in flags),
+        "flags": sorted(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile") if f in flags),
         "paddlepaddle": paddle.__version__, "paddlenlp": paddlenlp.__version__, "onnxruntime": onnxruntime.__version__,
         "numpy": np.__version__,
     }
@@ -185,16 +186,16 @@ def tnews_sentences(limit) -> list:
     return examples[:limit] if limit else examples
 
 
-def real_data_rows(names, sentence_limit, threads, peak) -> list:
-    """End to end on real TNEWS sentences: sorted + per-batch padding vs fixed 128 padding; batch-1 latency."""
+def end_to_end_rows(names, sentence_limit, threads) -> list:
+    """End to end on real TNEWS sentences, tokenization included: sorted + per-batch padding (infer.py's
+    default path) against fixed 128-token padding, Paddle Inference, batch 32."""
     rows = []
     task = utils.SEQ_CLS_TASKS["tnews"]
     tokenizer = ErnieTokenizer(vocab_file=VOCAB_FILE)
     examples = tnews_sentences(sentence_limit)
     for name in names:
-        model = build_model(name)
         with tempfile.TemporaryDirectory() as workdir:
-            export_dir = export(model, os.path.join(workdir, "export"))
+            export_dir = export(build_model(name), os.path.join(workdir, "export"))
             options = utils.PredictorOptions(num_threads=threads, batch_size=32, max_seq_length=SEQ_LEN)
             predictor = utils.create_predictor(export_dir, options)
             results = {}
@@ -209,27 +210,52 @@ def real_data_rows(names, sentence_limit, threads, peak) -> list:
                          "speedup": results["sorted, padded per batch"] / results["fixed 128 padding"]})
             print(f"{name:>7} real TNEWS x{len(examples)}: sorted {rows[-1]['sorted_sequences_per_second']:.1f} seq/s, "
                   f"fixed-128 {rows[-1]['fixed_sequences_per_second']:.1f} seq/s, speedup {rows[-1]['speedup']:.2f}x", flush=True)
-            features = list(utils.encode_text_examples(examples[:200], tokenizer, task, SEQ_LEN).dataset)
-            for backend in ("paddle", "onnxruntime"):
-                single = utils.PredictorOptions(backend=backend, num_threads=threads, batch_size=1, max_seq_length=SEQ_LEN)
-                rows.append(batch_one_row(name, model, utils.create_predictor(export_dir, single), backend, features, threads, peak))
     return rows
 
 
-def batch_one_row(name, model, predictor, backend, features, threads, peak) -> dict:
-    """Batch-1 latency over real sentences, each against its own FLOPs / peak bound."""
-    ratios, latencies = [], []
-    for feature in features:
-        batch = utils.pad_features([feature])
-        predictor.run(batch)
-        seconds = float(np.median([timed(lambda: predictor.run(batch)) for _ in range(3)]))
-        latencies.append(seconds)
-        ratios.append(seconds / (model_flops(model, len(feature["input_ids"])) / (peak * 1e9)))
-    row = {"model": name, "kind": "real TNEWS, batch 1", "backend": backend, "sentences": len(features), "threads": threads,
-           "latency_ms_p50": 1000 * float(np.median(latencies)), "latency_over_flops_bound_p50": float(np.median(ratios))}
-    print(f"{name:>7} real TNEWS batch 1, {backend}: p50 {row['latency_ms_p50']:.2f} ms, "
-          f"{row['latency_over_flops_bound_p50']:.2f}x the FLOPs/peak bound", flush=True)
+BATCH_ONE_BACKENDS = {"paddle": dict(backend="paddle"), "onnxruntime": dict(backend="onnxruntime"),
+                      "onnxruntime-int8": dict(backend="onnxruntime", precision="int8")}
+
+
+def batch_one_rows(names, sentence_count, thread_counts) -> list:
+    """Batch-1 latency on real TNEWS sentences, each against its own FLOPs / peak bound. This shared machine's
+    speed drifts by tens of percent over minutes, so the peak is measured just before each block and the
+    backends take turns on every sentence (the drift hits them alike)."""
+    rows = []
+    task = utils.SEQ_CLS_TASKS["tnews"]
+    features = list(utils.encode_text_examples(tnews_sentences(sentence_count), ErnieTokenizer(vocab_file=VOCAB_FILE), task,
+                                               SEQ_LEN).dataset)
+    for name in names:
+        model = build_model(name)
+        with tempfile.TemporaryDirectory() as workdir:
+            export_dir = export(model, os.path.join(workdir, "export"))
+            for threads in thread_counts:
+                peak = matmul_peak_gflops(threads)["peak"]
+                predictors = {backend: utils.create_predictor(export_dir, utils.PredictorOptions(
+                    num_threads=threads, batch_size=1, max_seq_length=SEQ_LEN, **settings))
+                    for backend, settings in BATCH_ONE_BACKENDS.items()}
+                latencies = {backend: [] for backend in predictors}
+                for feature in features:
+                    batch = utils.pad_features([feature])
+                    for backend, predictor in predictors.items():
+                        latencies[backend].append(median_latency(predictor, batch, 5))
+                bounds = [model_flops(model, len(f["input_ids"])) / (peak * 1e9) for f in features]
+                for backend, seconds in latencies.items():
+                    rows.append(batch_one_row(name, backend, threads, peak, seconds, bounds))
+    return rows
+
+
+def batch_one_row(name, backend, threads, peak, seconds, bounds) -> dict:
+    ratios = np.array(seconds) / np.array(bounds)
+    row = {"model": name, "kind": "real TNEWS, batch 1", "backend": backend, "sentences": len(seconds), "threads": threads,
+           "matmul_peak_gflops": peak, "latency_ms_p50": 1000 * float(np.median(seconds)),
+           "flops_bound_ms_p50": 1000 * float(np.median(bounds)), "latency_over_flops_bound_p50": float(np.median(ratios))}
+    print(f"{name:>7} real TNEWS batch 1, {threads} thr, {backend:<16}: p50 {row['latency_ms_p50']:.2f} ms, "
+          f"{row['latency_over_flops_bound_p50']:.2f}x the FLOPs/peak bound (peak {peak:.0f} GFLOP/s)", flush=True)
     return row
+
+
+PARTS = ("fixed_shape", "end_to_end", "batch_one")
 
 
 def main(argv=None):
@@ -240,8 +266,11 @@ def main(argv=None):
     parser.add_argument("--real_models", nargs="+", choices=list(ERNIE_CONFIGS), help="real-data models (default by mode)")
     parser.add_argument("--sentences", type=int, default=None, help="real TNEWS sentences (default: 512 quick, all otherwise)")
     parser.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts (default: 2 quick, 1 2 otherwise)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="which measurements to run (default all; a partial run writes infer_<parts>.json)")
     args = parser.parse_args(argv)
     names = args.models or (["nano", "mini"] if args.quick else list(ERNIE_CONFIGS))
+    real_names = args.real_models or (["nano"] if args.quick else ["nano", "medium"])
     thread_counts = args.threads or ([2] if args.quick else [1, 2])
     runs = 4 if args.quick else 8
     machine = machine_details()
@@ -250,16 +279,21 @@ def main(argv=None):
     print(f"machine: {machine}\nfp32 matmul 2048^3, GFLOP/s: " + ", ".join(
         f"{t} thr numpy {m['numpy']:.1f} paddle {m['paddle']:.1f}" for t, m in measured_peaks.items()))
     started = time.perf_counter()
-    rows = fixed_shape_rows(names, thread_counts, runs, peaks)
-    real_names = args.real_models or (["nano"] if args.quick else ["nano", "medium"])
-    sentences = args.sentences or (512 if args.quick else None)
-    real = real_data_rows(real_names, sentences, max(thread_counts), peaks[max(thread_counts)])
+    rows = fixed_shape_rows(names, thread_counts, runs, peaks) if "fixed_shape" in args.parts else []
+    real = end_to_end_rows(real_names, args.sentences or (512 if args.quick else None), max(thread_counts)) \
+        if "end_to_end" in args.parts else []
+    if "batch_one" in args.parts:
+        real += batch_one_rows(real_names, 50 if args.quick else 200, thread_counts)
     results = {"machine": machine, "matmul_peak_gflops": {str(k): v for k, v in peaks.items()},
-               "matmul_gflops": {str(k): v for k, v in measured_peaks.items()}, "quick": args.quick,
+               "matmul_gflops": {str(k): v for k, v in measured_peaks.items()}, "quick": args.quick, "parts": args.parts,
                "fixed_shape": rows, "real_data": real, "seconds": time.perf_counter() - started}
-    output = args.output or os.path.join(ROOT, "benchmarks", "results", "infer_quick.json" if args.quick else "infer.json")
-    utils.write_json_atomic(output, results)
-    print(f"wrote {output} ({results['seconds']:.0f} s)")
+    utils.write_json_atomic(args.output or default_output(args.quick, args.parts), results)
+    print(f"wrote {args.output or default_output(args.quick, args.parts)} ({results['seconds']:.0f} s)")
+
+
+def default_output(quick: bool, parts) -> str:
+    name = "infer" + ("_quick" if quick else "") + ("" if set(parts) == set(PARTS) else "_" + "_".join(sorted(parts)))
+    return os.path.join(ROOT, "benchmarks", "results", name + ".json")
 
 
 if __name__ == "__main__":
