@@ -62,16 +62,19 @@ def onnxruntime_profile(export_dir: str, threads: int, batch: dict, runs: int) -
 
 @contextlib.contextmanager
 def captured_stdout(path: str):
-    """Paddle's C++ profiler prints its report on the process's stdout; send that file descriptor to a file."""
+    """Paddle's C++ profiler prints its report on the process's stdout, and writes a profile.log into the working
+    directory: send that file descriptor to a file, and work in the file's directory meanwhile."""
     import sys
 
     sys.stdout.flush()
-    saved = os.dup(1)
+    saved, working_dir = os.dup(1), os.getcwd()
     with open(path, "w", encoding="utf-8") as target:
         os.dup2(target.fileno(), 1)
+        os.chdir(os.path.dirname(os.path.abspath(path)))
         try:
             yield
         finally:
+            os.chdir(working_dir)
             os.dup2(saved, 1)
             os.close(saved)
 
