@@ -13,7 +13,9 @@ Runtime's dynamic quantization of it). int8 models from compress_*.py run on the
 the CPUs this suite was tested on (AVX2; AVX-512 VNNI) they were about 3x slower than fp32, measured: the
 quantize/dequantize ops run in fp32. int8 speed comes from TensorRT on GPUs, and on VNNI CPUs from
 --backend onnxruntime --precision int8 (2.8x Paddle fp32 for ERNIE 3.0-medium at batch 32, measured).
-At batch 1, onnxruntime's per-call overhead is lower (see the README's Benchmarks).
+At batch 1, onnxruntime's per-call overhead is lower (see the README's Benchmarks). On CPUs with native
+bfloat16 (avx512_bf16 or AMX), --precision bf16 runs Paddle Inference's oneDNN kernels in bfloat16 (about 2x
+fp32 for ERNIE 3.0-medium at batch 32, measured); check its dev metrics as for int8.
 
 Inputs are sorted by length and padded per batch (results come back in input order); --pad_to_max_length
 pads every batch to --max_seq_length instead, as fixed-shape deployments do.
@@ -38,7 +40,7 @@ class InferArguments:
     backend: str = field(default="paddle", metadata={"help": "paddle (Paddle Inference) or onnxruntime."})
     device: str = field(default=utils.default_device(), metadata={"help": "cpu or gpu."})
     use_trt: bool = field(default=False, metadata={"help": "TensorRT through Paddle Inference (--device gpu)."})
-    precision: str = field(default="fp32", metadata={"help": "fp32, fp16 (TensorRT) or int8 (an int8 model, TensorRT, or onnxruntime's dynamic quantization)."})
+    precision: str = field(default="fp32", metadata={"help": "fp32, fp16 (TensorRT), bf16 (Paddle on a CPU with native bfloat16) or int8 (an int8 model, TensorRT, or onnxruntime's dynamic quantization)."})
     batch_size: int = field(default=32, metadata={"help": "Sequences per batch."})
     max_seq_length: Optional[int] = field(default=None, metadata={"help": "Tokens per sequence; default: the model's task.json."})
     num_threads: int = field(default=os.cpu_count() or 1, metadata={"help": "CPU threads."})

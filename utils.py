@@ -1736,7 +1736,7 @@ class PredictorOptions:
     backend: str = "paddle"  # "paddle" or "onnxruntime"
     device: str = "cpu"
     use_trt: bool = False
-    precision: str = "fp32"  # "fp32", "fp16" or "int8"
+    precision: str = "fp32"  # "fp32", "fp16", "bf16" or "int8"
     num_threads: int = 2
     enable_onednn: bool = True
     batch_size: int = 32
@@ -1751,8 +1751,8 @@ def check_predictor_options(options: PredictorOptions, quantized: bool, model_di
     """Refuse combinations this machine or this model cannot run, instead of silently running something else."""
     if options.backend not in ("paddle", "onnxruntime"):
         raise UserError(f"--backend must be paddle or onnxruntime, not {options.backend!r}")
-    if options.precision not in ("fp32", "fp16", "int8"):
-        raise UserError(f"--precision must be fp32, fp16 or int8, not {options.precision!r}")
+    if options.precision not in ("fp32", "fp16", "bf16", "int8"):
+        raise UserError(f"--precision must be fp32, fp16, bf16 or int8, not {options.precision!r}")
     if options.device not in ("cpu", "gpu"):
         raise UserError(f"--device must be cpu or gpu, not {options.device!r}")
     if options.device == "gpu" and options.backend == "paddle" and default_device() != "gpu":
@@ -1764,12 +1764,29 @@ def check_predictor_options(options: PredictorOptions, quantized: bool, model_di
         raise UserError("--use_trt needs a paddlepaddle-gpu build with TensorRT; this paddle was compiled without it")
     if options.precision == "fp16" and not options.use_trt:
         raise UserError("--precision fp16 runs through TensorRT: use --device gpu --use_trt")
+    if options.precision == "bf16":
+        check_bfloat16(options, quantized)
     if options.precision == "int8" and options.backend == "paddle" and not quantized and not options.use_trt:
         raise UserError(f"{model_dir} is a float model: int8 on the Paddle backend needs an int8 model from compress_*.py "
                         "(or use --backend onnxruntime, which quantizes the float model dynamically)")
     if quantized and options.backend == "onnxruntime":
         raise UserError(f"{model_dir} is a Paddle int8 model, which paddle2onnx cannot convert faithfully; give the float "
                         "export to --backend onnxruntime --precision int8 instead")
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere oneDNN would emulate it, slower than fp32."""
+    return bool(paddle.base.core.supports_bfloat16_fast_performance())
+
+
+def check_bfloat16(options: PredictorOptions, quantized: bool) -> None:
+    if options.backend != "paddle" or options.device != "cpu" or not options.enable_onednn:
+        raise UserError("--precision bf16 runs oneDNN's bfloat16 kernels: it needs --backend paddle --device cpu with oneDNN on")
+    if quantized:
+        raise UserError("--precision bf16 needs a float model, not an int8 one")
+    if not native_bfloat16():
+        raise UserError("--precision bf16 needs a CPU with native bfloat16 (avx512_bf16 or AMX); on this one it would be "
+                        "emulated and slower than fp32")
 
 
 class PaddlePredictor:
@@ -1793,6 +1810,8 @@ class PaddlePredictor:
             config.disable_gpu()
             config.set_cpu_math_library_num_threads(options.num_threads)
             config.enable_mkldnn() if options.enable_onednn else config.disable_mkldnn()
+            if options.precision == "bf16":
+                config.enable_mkldnn_bfloat16()
         if collect_shapes_to:
             config.collect_shape_range_info(collect_shapes_to)
         elif options.use_trt:

@@ -154,6 +154,8 @@ def bad_infer_cases(tmp_path, runs):
         "tensorrt without gpu": (["--model_path", model, "--use_trt"], r"--use_trt runs TensorRT through Paddle Inference"),
         "fp16 on cpu": (["--model_path", model, "--precision", "fp16"], r"--precision fp16 runs through TensorRT"),
         "int8 of a float model on paddle": (["--model_path", model, "--precision", "int8"], r"is a float model: int8 on the Paddle backend"),
+        "bf16 on onnxruntime": (["--model_path", model, "--backend", "onnxruntime", "--precision", "bf16"],
+                                r"--precision bf16 runs oneDNN's bfloat16 kernels: it needs --backend paddle"),
         "empty input file": (["--model_path", model, "--input_file", str(tmp_path / "empty.txt")], r"holds no input"),
         "non utf-8 input file": (["--model_path", model, "--input_file", str(tmp_path / "gbk.txt")], r"gbk\.txt: not UTF-8 text"),
         "empty text": (["--model_path", model, "--text", " "], r"--text: an input is empty"),
@@ -164,7 +166,7 @@ def bad_infer_cases(tmp_path, runs):
 
 
 @pytest.mark.parametrize("case", ["missing model files", "no such directory", "model of another task", "tensorrt on a cpu build",
-                                  "tensorrt without gpu", "fp16 on cpu", "int8 of a float model on paddle", "empty input file",
+                                  "tensorrt without gpu", "fp16 on cpu", "int8 of a float model on paddle", "bf16 on onnxruntime", "empty input file",
                                   "non utf-8 input file", "empty text", "existing output file", "unknown task"])
 def test_bad_input_gets_one_clear_error_line(case, runs, tmp_path, capsys):
     extra, message = bad_infer_cases(tmp_path, runs)[case]
@@ -172,3 +174,22 @@ def test_bad_input_gets_one_clear_error_line(case, runs, tmp_path, capsys):
     status, stderr = run_cli(infer.main, argv, capsys)
     assert status == 2 and len(error_lines(stderr)) == 1 and "Traceback" not in stderr
     assert re.search(message, error_lines(stderr)[0]), error_lines(stderr)[0]
+
+
+def test_bf16_without_native_support_is_refused_not_emulated(runs, monkeypatch, capsys):
+    monkeypatch.setattr(utils, "native_bfloat16", lambda: False)
+    argv = ["--task_name", "tnews", "--dev_file", clue_file("tnews", "dev"), "--model_path", runs["tnews"], "--precision", "bf16"]
+    status, stderr = run_cli(infer.main, argv, capsys)
+    assert status == 2 and len(error_lines(stderr)) == 1
+    assert "needs a CPU with native bfloat16" in error_lines(stderr)[0]
+
+
+@pytest.mark.skipif(not utils.native_bfloat16(), reason="this CPU has no native bfloat16 (avx512_bf16 or AMX)")
+def test_bf16_runs_in_bfloat16_close_to_fp32(runs):
+    batch = padded_batch(list(utils.encode_text_examples(
+        utils.load_examples(utils.SEQ_CLS_TASKS["tnews"], "dev", clue_file("tnews", "dev"))[:16],
+        utils.load_tokenizer(runs["tnews"]), utils.SEQ_CLS_TASKS["tnews"], 128).dataset))
+    fp32, bf16 = (utils.create_predictor(runs["tnews"], utils.PredictorOptions(precision=precision)).run(batch)[0]
+                  for precision in ("fp32", "bf16"))
+    difference = np.abs(bf16 - fp32).max()
+    assert 0 < difference < 0.05 * np.abs(fp32).max()  # rounded to bfloat16 (8 bits of mantissa), not left in fp32
