@@ -20,6 +20,7 @@ Writes benchmarks/results/infer[_quick].json (with machine details) and prints a
 """
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -134,9 +135,12 @@ def predictors(model, pruned, workdir: str, threads: int, batch_size: int):
     ort_int8 = utils.PredictorOptions(backend="onnxruntime", precision="int8", num_threads=threads, batch_size=batch_size,
                                       max_seq_length=SEQ_LEN)
     paddle.base.core.set_num_threads(threads)
+    bf16 = [("paddle-onednn-bf16", utils.create_predictor(export_dir, dataclasses.replace(options, precision="bf16")), model)] \
+        if utils.native_bfloat16() else []
     return [
         ("dygraph", utils.DygraphPredictor(model), model),
         ("paddle-onednn", utils.create_predictor(export_dir, options), model),
+        *bf16,
         ("onnxruntime-fp32", utils.create_predictor(export_dir, ort), model),
         ("onnxruntime-int8", utils.create_predictor(export_dir, ort_int8), model),
         ("paddle-onednn-pruned-0.75", utils.create_predictor(pruned_dir, options), pruned),
@@ -213,8 +217,8 @@ def end_to_end_rows(names, sentence_limit, threads) -> list:
     return rows
 
 
-BATCH_ONE_BACKENDS = {"paddle": dict(backend="paddle"), "onnxruntime": dict(backend="onnxruntime"),
-                      "onnxruntime-int8": dict(backend="onnxruntime", precision="int8")}
+BATCH_ONE_BACKENDS = {"paddle": dict(backend="paddle"), "paddle-bf16": dict(backend="paddle", precision="bf16"),
+                      "onnxruntime": dict(backend="onnxruntime"), "onnxruntime-int8": dict(backend="onnxruntime", precision="int8")}
 
 
 def batch_one_rows(names, sentence_count, thread_counts) -> list:
@@ -233,7 +237,7 @@ def batch_one_rows(names, sentence_count, thread_counts) -> list:
                 peak = matmul_peak_gflops(threads)["peak"]
                 predictors = {backend: utils.create_predictor(export_dir, utils.PredictorOptions(
                     num_threads=threads, batch_size=1, max_seq_length=SEQ_LEN, **settings))
-                    for backend, settings in BATCH_ONE_BACKENDS.items()}
+                    for backend, settings in BATCH_ONE_BACKENDS.items() if settings.get("precision") != "bf16" or utils.native_bfloat16()}
                 latencies = {backend: [] for backend in predictors}
                 for feature in features:
                     batch = utils.pad_features([feature])
