@@ -64,7 +64,7 @@ def machine_details() -> dict:
 
     return {
         "cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-        "flags": sorted(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile") if f in flags),
+        "flags": sorted(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8") if f in flags),
         "paddlepaddle": paddle.__version__, "paddlenlp": paddlenlp.__version__, "onnxruntime": onnxruntime.__version__,
         "numpy": np.__version__,
     }
@@ -87,6 +87,23 @@ def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 7) -> dict
     flops = 2 * size ** 3
     return {"numpy": flops / numpy_best / 1e9, "paddle": flops / paddle_best / 1e9,
             "peak": max(flops / numpy_best, flops / paddle_best) / 1e9}
+
+
+def read_bandwidth_gbs(threads: int, megabytes: int = 256, repeats: int = 9) -> float:
+    """Best memory read rate, GB/s: `threads` threads each summing its share of an array far larger than the
+    L2 caches (numpy releases the GIL in the sum)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = np.ones(megabytes * 2 ** 20 // 4, dtype=np.float32)
+    parts = np.array_split(data, threads)
+    with ThreadPoolExecutor(threads) as pool:
+        best = min(timed(lambda: list(pool.map(np.sum, parts))) for _ in range(repeats))
+    return data.nbytes / best / 1e9
+
+
+def encoder_weight_bytes(model, bytes_per_weight: int = 4) -> int:
+    """Bytes of the encoder's weights, which every forward pass reads whole (embedding rows are only looked up)."""
+    return bytes_per_weight * sum(utils.parameter_count(layer) for layer in utils.encoder_layers(model))
 
 
 def timed(function) -> float:

@@ -5,8 +5,10 @@
 
 At batch 1 a sentence of L tokens makes every matrix multiply L rows tall, so the model's FLOPs / matmul peak
 is a bound that only a backend with small per-operator overhead and efficient small GEMMs approaches. This
-script measures, for one length: the unprofiled p50 latency of each backend, the bound, and each backend's own
-profile summed by operator type, split into GEMM operators and the rest. Writes
+script measures, for one length: the unprofiled p50 latency of each backend, the bound, the time to read the
+encoder's fp32 weights once at the measured memory read rate (what a forward pass would cost if they came
+from memory rather than cache), and each backend's own profile summed by operator type, split into GEMM
+operators and the rest. Writes
 benchmarks/results/profile_batch_one_<model>_<threads>thr.json.
 """
 import argparse
@@ -22,8 +24,8 @@ import numpy as np
 import paddle
 
 import utils
-from benchmarks.bench_infer import (ERNIE_CONFIGS, ROOT, build_model, export, machine_details, matmul_peak_gflops,
-                                    median_latency, model_flops)
+from benchmarks.bench_infer import (ERNIE_CONFIGS, ROOT, build_model, encoder_weight_bytes, export, machine_details,
+                                    matmul_peak_gflops, median_latency, model_flops, read_bandwidth_gbs)
 
 GEMM_OPERATORS = {"MatMul", "FusedMatMul", "Gemm", "FusedGemm", "Attention", "MatMulInteger",
                   "onednn_op.fc", "onednn_op.fused_matmul", "onednn_op.matmul", "pd_op.matmul", "pd_op.fc"}
@@ -136,10 +138,13 @@ def main(argv=None):
     batch = sentence_batch(args.length)
     peak = matmul_peak_gflops(args.threads)["peak"]
     bound = model_flops(model, args.length) / (peak * 1e9)
+    bandwidth, weight_bytes = read_bandwidth_gbs(args.threads), encoder_weight_bytes(model)
     print(f"{args.model}, {args.length} tokens, {args.threads} threads: {model_flops(model, args.length) / 1e6:.0f} MFLOP, "
-          f"peak {peak:.0f} GFLOP/s, bound {1000 * bound:.2f} ms")
+          f"peak {peak:.0f} GFLOP/s, bound {1000 * bound:.2f} ms; fp32 encoder weights {weight_bytes / 1e6:.0f} MB at "
+          f"{bandwidth:.1f} GB/s read: {weight_bytes / bandwidth / 1e6:.2f} ms if they came from memory")
     results = {"machine": machine_details(), "model": args.model, "length": args.length, "threads": args.threads,
-               "matmul_peak_gflops": peak, "bound_ms": 1000 * bound, "backends": {}}
+               "matmul_peak_gflops": peak, "bound_ms": 1000 * bound, "read_bandwidth_gbs": bandwidth,
+               "encoder_weight_mbytes": weight_bytes / 1e6, "weight_read_ms": weight_bytes / bandwidth / 1e6, "backends": {}}
     with tempfile.TemporaryDirectory() as workdir:
         export_dir = export(model, os.path.join(workdir, "export"))
         for backend, profile in (("paddle", paddle_profile), ("onnxruntime", onnxruntime_profile)):
