@@ -64,6 +64,18 @@ def test_onnxruntime_int8_is_reported_and_cached(runs):
     assert os.path.getmtime(int8) == cached  # converted and quantized once
 
 
+def test_onnx_conversion_and_quantization_print_no_warnings(tnews_run, tmp_path, capfd):
+    """paddle2onnx 2.1.0's onnxoptimizer step always fails with a warning, and ONNX Runtime's quantization
+    preparation warns about a constant it drops: neither says anything a user should act on."""
+    export_dir = str(tmp_path / "export")
+    shutil.copytree(os.path.join(tnews_run, "export"), export_dir)
+    capfd.readouterr()
+    utils.OnnxRuntimePredictor.quantized(utils.OnnxRuntimePredictor.converted(export_dir))
+    printed = "".join(capfd.readouterr())
+    assert os.path.isfile(os.path.join(export_dir, "model.int8.onnx"))
+    assert not re.search(r"WARNING|\[W:onnxruntime|Fail to optimize", printed), printed
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_perf_reports_latency_percentiles_and_throughput(backend, runs, tmp_path):
     output_file = tmp_path / "perf.json"
