@@ -594,17 +594,22 @@ class QAExample:
     where: str
 
 
-def read_squad_file(path: str, option: str):
-    """Yield (where, row) for each question of a SQuAD-style json file, rows shaped like paddlenlp's cmrc2018."""
+def read_json_file(path: str, option: str):
+    """One JSON document; a missing file, non-UTF-8 bytes or invalid JSON is a one-line UserError."""
     if not os.path.isfile(path):
         raise UserError(f"{option}: file not found: {path}")
     try:
         with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
+            return json.load(handle)
     except UnicodeDecodeError as error:
         raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     except json.JSONDecodeError as error:
         raise UserError(f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno})") from None
+
+
+def read_squad_file(path: str, option: str):
+    """Yield (where, row) for each question of a SQuAD-style json file, rows shaped like paddlenlp's cmrc2018."""
+    document = read_json_file(path, option)
     articles = document.get("data") if isinstance(document, dict) else None
     if not isinstance(articles, list):
         raise UserError(f"{path}: expected a SQuAD-style object with a 'data' list of articles")
@@ -1847,6 +1852,9 @@ class PaddlePredictor:
         return [self.predictor.get_output_handle(name).copy_to_cpu() for name in self.predictor.get_output_names()]
 
 
+ORT_ERRORS_ONLY = 3  # ONNX Runtime log severity: errors and fatal only
+
+
 class OnnxRuntimePredictor:
     """ONNX Runtime on the model converted once by paddle2onnx (cached as model.onnx beside it); int8 is ONNX
     Runtime's dynamic quantization of that float model (cached as model.int8.onnx). Inputs are fed by name."""
@@ -1872,7 +1880,7 @@ class OnnxRuntimePredictor:
         session_options = onnxruntime.SessionOptions()
         session_options.intra_op_num_threads = options.num_threads
         session_options.inter_op_num_threads = 1
-        session_options.log_severity_level = 3
+        session_options.log_severity_level = ORT_ERRORS_ONLY
         return session_options
 
     @staticmethod
@@ -1907,8 +1915,8 @@ class OnnxRuntimePredictor:
         from onnxruntime.quantization import QuantType, quantize_dynamic
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        # its optimizing session would warn about a leftover paddle2onnx constant it drops: errors only, as infer.py's
-        onnxruntime.set_default_logger_severity(3)
+        # its optimizing session would warn about a leftover paddle2onnx constant it drops
+        onnxruntime.set_default_logger_severity(ORT_ERRORS_ONLY)
 
         prepared, temporary = f"{target}.pre-{os.getpid()}.onnx", f"{target}.tmp-{os.getpid()}.onnx"
         try:

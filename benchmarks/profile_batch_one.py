@@ -139,12 +139,13 @@ def main(argv=None):
     peak = matmul_peak_gflops(args.threads)["peak"]
     bound = model_flops(model, args.length) / (peak * 1e9)
     bandwidth, weight_bytes = read_bandwidth_gbs(args.threads), encoder_weight_bytes(model)
+    weight_read_ms = weight_bytes / bandwidth / 1e6
     print(f"{args.model}, {args.length} tokens, {args.threads} threads: {model_flops(model, args.length) / 1e6:.0f} MFLOP, "
           f"peak {peak:.0f} GFLOP/s, bound {1000 * bound:.2f} ms; fp32 encoder weights {weight_bytes / 1e6:.0f} MB at "
-          f"{bandwidth:.1f} GB/s read: {weight_bytes / bandwidth / 1e6:.2f} ms if they came from memory")
+          f"{bandwidth:.1f} GB/s read: {weight_read_ms:.2f} ms if they came from memory")
     results = {"machine": machine_details(), "model": args.model, "length": args.length, "threads": args.threads,
                "matmul_peak_gflops": peak, "bound_ms": 1000 * bound, "read_bandwidth_gbs": bandwidth,
-               "encoder_weight_mbytes": weight_bytes / 1e6, "weight_read_ms": weight_bytes / bandwidth / 1e6, "backends": {}}
+               "encoder_weight_mbytes": weight_bytes / 1e6, "weight_read_ms": weight_read_ms, "backends": {}}
     with tempfile.TemporaryDirectory() as workdir:
         export_dir = export(model, os.path.join(workdir, "export"))
         for backend, profile in (("paddle", paddle_profile), ("onnxruntime", onnxruntime_profile)):
