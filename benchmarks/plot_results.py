@@ -4,12 +4,13 @@ per backend, at the largest thread count measured.
     python -m benchmarks.plot_results benchmarks/results/infer_quick.json benchmarks/results/infer_quick.png
 """
 import argparse
-import json
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+import utils  # noqa: E402
 
 
 def main(argv=None):
@@ -17,9 +18,10 @@ def main(argv=None):
     parser.add_argument("results")
     parser.add_argument("image")
     args = parser.parse_args(argv)
-    with open(args.results, encoding="utf-8") as handle:
-        results = json.load(handle)
-    rows = [r for r in results["fixed_shape"] if r["batch_size"] == 32]
+    results = utils.read_json_file(args.results, "results")
+    rows = [r for r in results.get("fixed_shape", []) if r["batch_size"] == 32] if isinstance(results, dict) else []
+    if not rows:
+        raise utils.UserError(f"{args.results}: no fixed-shape batch-32 rows to plot (a bench_infer run with the fixed_shape part)")
     threads = max(r["threads"] for r in rows)
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for backend in dict.fromkeys(r["backend"] for r in rows):
@@ -40,4 +42,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    utils.run_cli(main)

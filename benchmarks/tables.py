@@ -4,7 +4,8 @@ measured numbers and nothing retyped.
     python -m benchmarks.tables benchmarks/results/infer.json
 """
 import argparse
-import json
+
+import utils
 
 
 def markdown_table(header: list, rows: list) -> list:
@@ -65,9 +66,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", help="a JSON file written by benchmarks.bench_infer")
     args = parser.parse_args(argv)
-    with open(args.results, encoding="utf-8") as handle:
-        print("\n".join(tables(json.load(handle))))
+    results = utils.read_json_file(args.results, "results")
+    if not isinstance(results, dict) or "machine" not in results:
+        raise utils.UserError(f"{args.results}: not a results file written by benchmarks.bench_infer")
+    print("\n".join(tables(results)))
 
 
 if __name__ == "__main__":
-    main()
+    utils.run_cli(main)

@@ -57,3 +57,23 @@ def test_tables_put_each_measurement_in_its_own_cell():
     assert "| nano | 10 | 2 | 500 | 100 | 5.00× |" in lines
     batch_one = [line for line in lines if line.startswith("| nano | 2 |")]
     assert batch_one == ["| nano | 2 | onnxruntime | 207 | 1.10 | 2.36 | 2.15× |"]
+
+
+@pytest.mark.parametrize("content, message", [(None, r"results: file not found"), ("{", r"not valid JSON"),
+                                              ("[1]", r"not a results file written by benchmarks\.bench_infer")])
+def test_tables_refuse_what_is_not_a_results_file(content, message, tmp_path):
+    path = tmp_path / "results.json"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(utils.UserError, match=message):
+        tables.main([str(path)])
+
+
+def test_plot_refuses_a_results_file_without_fixed_shape_rows(tmp_path):
+    from benchmarks import plot_results
+
+    path = tmp_path / "batch_one.json"
+    path.write_text('{"machine": {}, "real_data": []}', encoding="utf-8")
+    with pytest.raises(utils.UserError, match=r"no fixed-shape batch-32 rows to plot"):
+        plot_results.main([str(path), str(tmp_path / "plot.png")])
+    assert not (tmp_path / "plot.png").exists()
