@@ -14,8 +14,9 @@ the CPUs this suite was tested on (AVX2; AVX-512 VNNI) they were about 3x slower
 quantize/dequantize ops run in fp32. int8 speed comes from TensorRT on GPUs, and on VNNI CPUs from
 --backend onnxruntime --precision int8 (2.8x Paddle fp32 for ERNIE 3.0-medium at batch 32, measured).
 At batch 1, onnxruntime's per-call overhead is lower (see the README's Benchmarks). On CPUs with native
-bfloat16 (avx512_bf16 or AMX), --precision bf16 runs Paddle Inference's oneDNN kernels in bfloat16 (about 2x
-fp32 for ERNIE 3.0-medium at batch 32, measured); check its dev metrics as for int8.
+bfloat16 (avx512_bf16 or AMX), --precision bf16 runs Paddle Inference's oneDNN kernels in bfloat16 (for
+ERNIE 3.0-medium at batch 32, measured: 4.8x fp32 with AMX, about 2x with avx512_bf16 alone); check its dev
+metrics as for int8.
 
 Inputs are sorted by length and padded per batch (results come back in input order); --pad_to_max_length
 pads every batch to --max_seq_length instead, as fixed-shape deployments do.
