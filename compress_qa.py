@@ -2,12 +2,13 @@
 
     python compress_qa.py --task_name cmrc2018 --model_name_or_path output/cmrc2018
 """
+import compression
 import utils
 from paddlenlp.transformers import AutoModelForQuestionAnswering
 
 
 def main(argv=None):
-    return utils.run_compression("qa", AutoModelForQuestionAnswering, __doc__, argv)
+    return compression.run_compression("qa", AutoModelForQuestionAnswering, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,13 @@
 
     python compress_seq_cls.py --task_name tnews --model_name_or_path output/tnews
 """
+import compression
 import utils
 from paddlenlp.transformers import AutoModelForSequenceClassification
 
 
 def main(argv=None):
-    return utils.run_compression("seq_cls", AutoModelForSequenceClassification, __doc__, argv)
+    return compression.run_compression("seq_cls", AutoModelForSequenceClassification, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,13 @@
 
     python compress_token_cls.py --task_name msra_ner --model_name_or_path output/msra_ner
 """
+import compression
 import utils
 from paddlenlp.transformers import AutoModelForTokenClassification
 
 
 def main(argv=None):
-    return utils.run_compression("token_cls", AutoModelForTokenClassification, __doc__, argv)
+    return compression.run_compression("token_cls", AutoModelForTokenClassification, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ from typing import List, Optional
 
 import numpy as np
 
+import arguments
+import model_io
+import predictors
 import utils
 
 REPEATABLE = {"action": "extend"}
@@ -39,7 +42,7 @@ class InferArguments:
     task_name: str = field(metadata={"help": "The task the model was exported for (see task.json in --model_path)."})
     model_path: str = field(metadata={"help": "An export/ directory from run_*.py --do_export, or a compressed candidate's directory."})
     backend: str = field(default="paddle", metadata={"help": "paddle (Paddle Inference) or onnxruntime."})
-    device: str = field(default=utils.default_device(), metadata={"help": "cpu or gpu."})
+    device: str = field(default=arguments.default_device(), metadata={"help": "cpu or gpu."})
     use_trt: bool = field(default=False, metadata={"help": "TensorRT through Paddle Inference (--device gpu)."})
     precision: str = field(default="fp32", metadata={"help": "fp32, fp16 (TensorRT), bf16 (Paddle on a CPU with native bfloat16) or int8 (an int8 model, TensorRT, or onnxruntime's dynamic quantization)."})
     batch_size: int = field(default=32, metadata={"help": "Sequences per batch."})
@@ -72,8 +75,8 @@ def encode(task, examples, tokenizer, args, window_args, with_labels):
     return encoded, time.perf_counter() - started
 
 
-def run(predictor, task, encoded, args, warmup_batches=0) -> utils.PredictionRun:
-    return utils.run_predictor(predictor, list(encoded.dataset), args.batch_size, per_token=task.per_token_outputs,
+def run(predictor, task, encoded, args, warmup_batches=0) -> predictors.PredictionRun:
+    return predictors.run_predictor(predictor, list(encoded.dataset), args.batch_size, per_token=task.per_token_outputs,
                                sort_by_length=not args.pad_to_max_length,
                                pad_to=args.max_seq_length if args.pad_to_max_length else None, warmup_batches=warmup_batches)
 
@@ -89,7 +92,7 @@ def evaluate(predictor, task, tokenizer, args, window_args) -> dict:
     return report
 
 
-def perf_summary(result: utils.PredictionRun, sequences: int, tokenize_seconds: float) -> dict:
+def perf_summary(result: predictors.PredictionRun, sequences: int, tokenize_seconds: float) -> dict:
     latencies = np.array(result.batch_seconds) * 1000.0
     model_seconds = float(np.sum(result.batch_seconds))
     return {
@@ -174,21 +177,21 @@ def print_report(report: dict) -> None:
 
 
 def main(argv=None):
-    args, window_args = utils.parse_plain_arguments((InferArguments, utils.QAWindowArguments), __doc__, argv)
+    args, window_args = arguments.parse_plain_arguments((InferArguments, arguments.QAWindowArguments), __doc__, argv)
     utils.setup_logging()
     if args.output_file and os.path.exists(args.output_file):
         raise utils.UserError(f"--output_file {args.output_file} already exists; choose another name or remove it")
-    info = utils.read_task_info(args.model_path)
+    info = model_io.read_task_info(args.model_path)
     task = utils.get_task_any_family(args.task_name, info)
-    utils.check_model_task(info, args.model_path, task)
+    model_io.check_model_task(info, args.model_path, task)
     args.max_seq_length = args.max_seq_length or info.get("max_seq_length") or task.max_seq_length
-    options = utils.PredictorOptions(args.backend, args.device, args.use_trt, args.precision, args.num_threads,
+    options = predictors.PredictorOptions(args.backend, args.device, args.use_trt, args.precision, args.num_threads,
                                      args.enable_onednn, args.batch_size, args.max_seq_length)
-    predictor = utils.create_predictor(args.model_path, options)
-    tokenizer = utils.load_tokenizer(args.model_path)
+    predictor = predictors.create_predictor(args.model_path, options)
+    tokenizer = model_io.load_tokenizer(args.model_path)
     raw = bool(args.text or args.input_file)
     report = predict_raw(predictor, task, tokenizer, args, window_args) if raw else evaluate(predictor, task, tokenizer, args, window_args)
-    report = {"task_name": task.name, "model_path": args.model_path, **utils.public_options(options), **report}
+    report = {"task_name": task.name, "model_path": args.model_path, **predictors.public_options(options), **report}
     print_report(report)
     if args.output_file:
         utils.write_json_atomic(args.output_file, report)

@@ -12,6 +12,7 @@ the CLUE submission file (--do_predict) and export/ (--do_export).
 import functools
 import os
 
+import trainer_suite
 import utils
 from paddlenlp.transformers import AutoModelForSequenceClassification
 
@@ -27,16 +28,16 @@ def write_submission(output_dir, examples, encoded, outputs, task) -> None:
 
 
 def main(argv=None):
-    run = utils.start_run(FAMILY, __doc__, argv)
+    run = trainer_suite.start_run(FAMILY, __doc__, argv)
     data_args, training_args, task = run.data_args, run.training_args, run.task
-    model, tokenizer = utils.load_model_and_tokenizer(run, AutoModelForSequenceClassification)
-    splits = {split: utils.load_encoded_split(task, split, data_args, tokenizer) for split in utils.needed_splits(training_args)}
-    trainer = utils.build_trainer(run, model, tokenizer, splits, utils.family_collator(FAMILY, tokenizer), utils.compute_accuracy_metrics)
+    model, tokenizer = trainer_suite.load_model_and_tokenizer(run, AutoModelForSequenceClassification)
+    splits = {split: utils.load_encoded_split(task, split, data_args, tokenizer) for split in trainer_suite.needed_splits(training_args)}
+    trainer = trainer_suite.build_trainer(run, model, tokenizer, splits, utils.family_collator(FAMILY, tokenizer), utils.compute_accuracy_metrics)
 
-    utils.train_if_asked(run, trainer, splits)
-    utils.evaluate_if_asked(run, trainer, splits)
-    utils.predict_if_asked(run, trainer, splits, functools.partial(write_submission, task=task))
-    utils.export_if_asked(run, trainer, tokenizer)
+    trainer_suite.train_if_asked(run, trainer, splits)
+    trainer_suite.evaluate_if_asked(run, trainer, splits)
+    trainer_suite.predict_if_asked(run, trainer, splits, functools.partial(write_submission, task=task))
+    trainer_suite.export_if_asked(run, trainer, tokenizer)
 
 
 if __name__ == "__main__":

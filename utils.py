@@ -1,36 +1,31 @@
-"""Shared code for the ERNIE 3.0 suite: task registry, data reading, preprocessing, metrics, argument
-parsing with per-task defaults, model loading, the Trainer workflow, output writing and static export.
+"""The suite's shared data module: the task registry, readers for the original file formats, preprocessing
+for the three task families (classification, NER, CMRC2018 windows), the metrics, the errors a user can
+cause, and small I/O helpers (atomic writes, logging).
 
-Every run_*.py, compress_*.py and infer.py script imports from here; a piece of logic lives in one place.
+Everything else lives in a module named for its concern: arguments.py, model_io.py, trainer_suite.py,
+predictors.py, compression.py. Imports run one way (scripts -> those modules -> utils.py): this module
+imports none of them.
 """
-import argparse
 import contextlib
-import fnmatch
 import json
 import logging
 import os
+import re
 import shutil
 import sys
-import re
 import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import yaml
 
-import paddle
 from paddlenlp.data import DataCollatorForTokenClassification, DataCollatorWithPadding
 from paddlenlp.datasets import MapDataset
-from paddlenlp.trainer import EarlyStoppingCallback, PdArgumentParser, Trainer, TrainingArguments, set_seed
-from paddlenlp.trainer.trainer_utils import get_last_checkpoint
-from paddlenlp.transformers import AutoConfig, AutoTokenizer
 
 logger = logging.getLogger("ernie_suite")
 
-SUITE_DIR = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_CONFIG_FILE = os.path.join(SUITE_DIR, "configs", "default.yml")
-DEFAULT_MODEL = "ernie-3.0-medium-zh"
+
+logger = logging.getLogger("ernie_suite")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,16 +139,11 @@ class TaskSpec:
 
     @property
     def metric_names(self) -> Tuple[str, ...]:
-        return FAMILY_METRICS[self.family]
+        return FAMILIES[self.family].metric_names
 
-
-FAMILY_METRICS = {
-    "seq_cls": ("accuracy",),
-    "token_cls": ("precision", "recall", "f1"),
-    "qa": ("exact_match", "f1", "upstream_exact_match", "upstream_f1"),
-}
 
 TNEWS_LABELS = ("100", "101", "102", "103", "104", "106", "107", "108", "109", "110", "112", "113", "114", "115", "116")
+
 
 SEQ_CLS_TASKS = {
     task.name: task
@@ -180,6 +170,7 @@ SEQ_CLS_TASKS = {
     ]
 }
 
+
 MSRA_NER = TaskSpec(
     "msra_ner", "token_cls", ("B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "O"), None, "f1", 128,
     "msra_ner_predict.json", ("msra_ner",),
@@ -189,14 +180,20 @@ MSRA_NER = TaskSpec(
     "a blank line between sentences)",
 )
 
+
 CMRC2018 = TaskSpec(
     "cmrc2018", "qa", (), None, "f1", 512, "cmrc2018_predict.json", ("cmrc2018",),
     hub_splits={"train": "train", "dev": "dev"},  # the CMRC2018 test answers are not public
     file_format="SQuAD-style json, the CMRC2018 release format",
 )
 
+
 ALL_TASKS = {**SEQ_CLS_TASKS, MSRA_NER.name: MSRA_NER, CMRC2018.name: CMRC2018}
+
+
 CUSTOM_TASK = "custom"
+
+
 CUSTOM_TASK_DEFAULTS = {"max_seq_length": 128, "metric_for_best_model": "accuracy"}
 
 
@@ -215,7 +212,7 @@ def get_task(name: str, family: str, label_list: Optional[Sequence[str]] = None)
         return custom_seq_cls_task(label_list)
     if name not in tasks:
         other = ALL_TASKS.get(name)
-        hint = f" ({name} is a {FAMILY_NAMES[other.family]} task)" if other else ""
+        hint = f" ({name} is a {FAMILIES[other.family].title} task)" if other else ""
         choices = sorted(tasks) + ([CUSTOM_TASK] if family == "seq_cls" else [])
         raise UserError(f"unknown --task_name {name!r}{hint}; this script handles: {', '.join(choices)}")
     return tasks[name]
@@ -230,17 +227,8 @@ def get_task_any_family(name: str, info: Optional[dict] = None) -> TaskSpec:
     return ALL_TASKS[name]
 
 
-FAMILY_NAMES = {"seq_cls": "sequence classification", "token_cls": "token classification", "qa": "question answering"}
-FAMILY_SCRIPTS = {"seq_cls": "run_seq_cls.py", "token_cls": "run_token_cls.py", "qa": "run_qa.py"}
-HEAD_SUFFIXES = {
-    "ForSequenceClassification": "seq_cls",
-    "ForTokenClassification": "token_cls",
-    "ForQuestionAnswering": "qa",
-}
-
-
 # --------------------------------------------------------------------------------------------------
-# Reading data: local files in the original formats, or the hub copy by name
+# Reading classification data: local files in the original formats, or the hub copy by name
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class TextExample:
@@ -342,7 +330,7 @@ def rows_to_examples(task: TaskSpec, rows, split: str) -> List[TextExample]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Preprocessing
+# Preprocessing classification data
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class EncodedSplit:
@@ -815,6 +803,8 @@ def postprocess_qa_predictions(examples: Sequence[QAExample], features: QAFeatur
 # The official CMRC2018 evaluation (cmrc2018_evaluate.py, v5) in our own code: punctuation it ignores (its
 # list also holds '……', which as one list entry never equals a single character, so it is left out here).
 CMRC_PUNCTUATION = frozenset("-:_*^/\\~`+=，。：？！“”；’《》·、「」（）－～『』")
+
+
 ENGLISH_TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+|\d+|[^\w\s]|_")
 
 
@@ -904,35 +894,6 @@ def qa_compute_metrics(examples: Sequence[QAExample], features: QAFeatures, wind
 
 
 # --------------------------------------------------------------------------------------------------
-# Loading any task's split: one reader table, one function
-# --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ExampleReader:
-    read_file: Callable  # (path, option) -> rows
-    read_hub: Callable  # (task, split) -> rows
-    to_examples: Callable  # (task, rows, split) -> examples
-
-
-EXAMPLE_READERS = {
-    "seq_cls": ExampleReader(read_json_lines, load_hub_rows, rows_to_examples),
-    "token_cls": ExampleReader(read_ner_file, ner_hub_rows, rows_to_token_examples),
-    "qa": ExampleReader(read_squad_file, load_hub_rows, rows_to_qa_examples),
-}
-
-
-def load_examples(task: TaskSpec, split: str, path: Optional[str], max_samples: Optional[int] = None) -> list:
-    """Examples of one split from a local file in the task's original format (used as it is) or, without
-    one, the hub copy; the first max_samples of them when given."""
-    reader = EXAMPLE_READERS[task.family]
-    rows = reader.read_file(path, SPLIT_OPTIONS[split]) if path else reader.read_hub(task, split)
-    examples = reader.to_examples(task, rows, split)
-    if max_samples is not None and max_samples > 0:
-        examples = examples[:max_samples]
-    logger.info("%s %s: %d examples from %s", task.name, split, len(examples), path or "/".join(task.hub or ()))
-    return examples
-
-
-# --------------------------------------------------------------------------------------------------
 # Metrics
 # --------------------------------------------------------------------------------------------------
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -944,407 +905,134 @@ def compute_accuracy_metrics(eval_prediction) -> Dict[str, float]:
     return {"accuracy": accuracy(eval_prediction.predictions, eval_prediction.label_ids)}
 
 
-# --------------------------------------------------------------------------------------------------
-# Argument dataclasses shared by the run_*.py scripts
-# --------------------------------------------------------------------------------------------------
-@dataclass
-class DataArguments:
-    task_name: str = field(
-        metadata={"help": "afqmc, tnews, iflytek, cmnli, ocnli, cluewsc2020, csl or custom (run_seq_cls.py); "
-                          "msra_ner (run_token_cls.py); cmrc2018 (run_qa.py)"}
-    )
-    train_file: Optional[str] = field(default=None, metadata={"help": "Local training file in the task's original format; without it the hub copy is downloaded."})
-    dev_file: Optional[str] = field(default=None, metadata={"help": "Local dev file (evaluation and best-model selection)."})
-    test_file: Optional[str] = field(default=None, metadata={"help": "Local test file for --do_predict."})
-    label_list: Optional[List[str]] = field(default=None, metadata={"help": "Labels of --task_name custom, in id order."})
-    max_seq_length: Optional[int] = field(default=None, metadata={"help": "Tokens per example, special tokens included; default: the task's (table below)."})
-    truncate_long_texts: bool = field(
-        default=True,
-        metadata={"help": "Truncate longer examples to --max_seq_length (the count is logged and written to the results); "
-                          "with false, such an example is an error naming its file and line."},
-    )
-    group_by_length: bool = field(
-        default=False,
-        metadata={"help": "Train on batches of similar lengths (shuffled within groups of 50 batches), so short texts "
-                          "are not padded to long ones: faster on data like TNEWS. Single-process runs."},
-    )
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N training examples."})
-    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N dev examples."})
-    max_predict_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N test examples."})
-
-    def split_file(self, split: str) -> Optional[str]:
-        return {"train": self.train_file, "dev": self.dev_file, "test": self.test_file}[split]
-
-    def split_max_samples(self, split: str) -> Optional[int]:
-        return {"train": self.max_train_samples, "dev": self.max_eval_samples, "test": self.max_predict_samples}[split]
+def pad_rows(rows: Sequence[np.ndarray], fill) -> np.ndarray:
+    """Stack arrays of different first lengths into one, padded with fill."""
+    length = max(len(row) for row in rows)
+    first = np.asarray(rows[0])
+    padded = np.full((len(rows), length) + first.shape[1:], fill, dtype=first.dtype)
+    for i, row in enumerate(rows):
+        padded[i, : len(row)] = row
+    return padded
 
 
-@dataclass
-class QAWindowArguments:
-    """How run_qa.py and infer.py cut contexts into windows and pick answers."""
-
-    doc_stride: Optional[int] = field(
-        default=None,
-        metadata={"help": "Tokens between the starts of consecutive context windows (BERT's doc_stride: a step, "
-                          "not the overlap that Hugging Face's fast tokenizers call stride); at most the window length. "
-                          "Default: 128, or the window length when that is shorter."},
-    )
-    max_query_length: int = field(default=64, metadata={"help": "Question tokens kept; longer questions are cut (counted)."})
-    n_best_size: int = field(default=20, metadata={"help": "Start and end candidates per window, and answers kept per question."})
-    max_answer_length: int = field(default=50, metadata={"help": "Longest answer in tokens."})
+def classification_output_metrics(task: TaskSpec, examples, encoded, outputs, window_args) -> Dict[str, float]:
+    labels = np.array([feature["labels"] for feature in encoded.dataset])
+    return {"accuracy": accuracy(np.stack(outputs[0]), labels)}
 
 
-@dataclass
-class ModelArguments:
-    model_name_or_path: str = field(
-        default=DEFAULT_MODEL,
-        metadata={"help": "A PaddleNLP model name (downloaded) or a local directory (pretrained or fine-tuned)."},
-    )
-    dropout: Optional[float] = field(default=None, metadata={"help": "Hidden and classifier dropout; default: the model's own."})
-    early_stopping_patience: Optional[int] = field(
-        default=None, metadata={"help": "Stop after this many evaluations without improvement of the dev metric."}
-    )
-    config: str = field(default=DEFAULT_CONFIG_FILE, metadata={"help": "YAML file of per-task defaults."})
+def ner_output_metrics(task: TaskSpec, examples, encoded, outputs, window_args) -> Dict[str, float]:
+    labels = pad_rows([np.array(feature["labels"]) for feature in encoded.dataset], IGNORE_INDEX)
+    return entity_metrics(*scored_tags(pad_rows(outputs[0], 0.0), labels, task.labels))
+
+
+def qa_output_metrics(task: TaskSpec, examples, encoded, outputs, window_args) -> Dict[str, float]:
+    predictions, _ = postprocess_qa_predictions(examples, encoded, outputs[0], outputs[1], window_args.n_best_size,
+                                                window_args.max_answer_length)
+    return qa_metrics(examples, predictions)
+
+
+def deployed_metrics(task: TaskSpec, examples, encoded, outputs: List[List[np.ndarray]], window_args) -> Dict[str, float]:
+    """The fine-tuning scripts' metrics, computed with the same functions from a predictor's outputs."""
+    return FAMILIES[task.family].output_metrics(task, examples, encoded, outputs, window_args)
+
+
+def metric_points(task: TaskSpec, value: float) -> float:
+    """The main metric in points: accuracy and NER F1 are fractions, CMRC2018 F1 is already in percent."""
+    return value if FAMILIES[task.family].metric_in_percent else 100.0 * value
 
 
 # --------------------------------------------------------------------------------------------------
-# Arguments: dataclasses + per-task defaults from configs/ that the command line overrides
+# The task families: one row each (reading, encoding, collating, metrics, the script and model head)
 # --------------------------------------------------------------------------------------------------
-ARGS_FILE_SUFFIXES = (".json", ".yml", ".yaml")
+def truncation_reported(encode: Callable):
+    """An encoder of classification or NER examples that logs how many were truncated."""
+    def encode_split(task, split, examples, tokenizer, max_seq_length, truncate, window_args, with_labels):
+        encoded = encode(examples, tokenizer, task, max_seq_length, truncate)
+        report_truncation(task.name, split, encoded, max_seq_length)
+        return encoded
+
+    return encode_split
 
 
-def args_file_to_argv(path: str) -> List[str]:
-    """A .json or .yml arguments file as the equivalent command-line tokens."""
-    if not os.path.isfile(path):
-        raise UserError(f"arguments file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            values = json.load(handle) if path.endswith(".json") else yaml.safe_load(handle)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise UserError(f"{path}: cannot parse arguments file ({first_line(error)})") from None
-    if not isinstance(values, dict):
-        raise UserError(f"{path}: an arguments file must hold a mapping of option names to values")
-    return dict_to_argv(values)
+def encode_qa_split(task, split, examples, tokenizer, max_seq_length, truncate, window_args, with_labels):
+    encoded = prepare_qa_features(examples, tokenizer, max_seq_length, window_args.doc_stride,
+                                  window_args.max_query_length, with_labels=with_labels)
+    logger.info("%s %s: %d windows for %d questions (%d questions cut to --max_query_length)", task.name, split,
+                len(encoded.example_index), len(examples), encoded.truncated_questions)
+    return encoded
 
 
-def dict_to_argv(values: dict) -> List[str]:
-    argv = []
-    for key, value in values.items():
-        if value is None:
-            continue
-        argv.append(f"--{key}")
-        if isinstance(value, bool):
-            argv.append(str(value).lower())
-        elif isinstance(value, (list, tuple)):
-            argv.extend(str(item) for item in value)
-        else:
-            argv.append(str(value))
-    return argv
+def padding_collator(tokenizer):
+    return DataCollatorWithPadding(tokenizer)
 
 
-def option_value(argv: Sequence[str], name: str) -> Optional[str]:
-    """The last value given for --name in argv (either '--name value' or '--name=value')."""
-    value = None
-    for index, token in enumerate(argv):
-        if token == f"--{name}" and index + 1 < len(argv):
-            value = argv[index + 1]
-        elif token.startswith(f"--{name}="):
-            value = token.split("=", 1)[1]
-    return value
+def ner_collator(tokenizer):
+    """Pads labels with the ignore index, inputs with the pad id."""
+    return DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE_INDEX)
 
 
-def load_config_defaults(config_file: str) -> dict:
-    if not os.path.isfile(config_file):
-        raise UserError(f"--config: file not found: {config_file}")
-    with open(config_file, encoding="utf-8") as handle:
-        config = yaml.safe_load(handle) or {}
-    return config
+@dataclass(frozen=True)
+class Family:
+    title: str
+    script: str  # the fine-tuning script
+    head_suffix: str  # of the PaddleNLP model class that fine-tunes it
+    metric_names: Tuple[str, ...]  # what eval_results.json holds
+    metric_in_percent: bool  # the metrics are already in percent (CMRC2018), not fractions
+    read_file: Callable  # (path, option) -> rows
+    read_hub: Callable  # (task, split) -> rows
+    to_examples: Callable  # (task, rows, split) -> examples
+    encode: Callable  # (task, split, examples, tokenizer, max_seq_length, truncate, window_args, with_labels) -> encoded
+    output_metrics: Callable  # (task, examples, encoded, outputs, window_args) -> metrics
+    collator: Callable  # tokenizer -> a collator that pads training batches
 
 
-def task_defaults(config: dict, task_name: Optional[str]) -> dict:
-    """The 'common' defaults overlaid with the task's own block."""
-    defaults = dict(config.get("common") or {})
-    defaults.update((config.get("tasks") or {}).get(task_name) or {})
-    return defaults
+FAMILIES = {
+    "seq_cls": Family("sequence classification", "run_seq_cls.py", "ForSequenceClassification", ("accuracy",), False,
+                      read_json_lines, load_hub_rows, rows_to_examples, truncation_reported(encode_text_examples),
+                      classification_output_metrics, padding_collator),
+    "token_cls": Family("token classification", "run_token_cls.py", "ForTokenClassification", ("precision", "recall", "f1"),
+                        False, read_ner_file, ner_hub_rows, rows_to_token_examples, truncation_reported(encode_token_examples),
+                        ner_output_metrics, ner_collator),
+    "qa": Family("question answering", "run_qa.py", "ForQuestionAnswering",
+                 ("exact_match", "f1", "upstream_exact_match", "upstream_f1"), True, read_squad_file, load_hub_rows,
+                 rows_to_qa_examples, encode_qa_split, qa_output_metrics, padding_collator),
+}
 
 
-def defaults_epilog(config: dict, family: str, config_file: str) -> str:
-    lines = [f"Per-task defaults (from {os.path.relpath(config_file)}; anything given on the command line wins):"]
-    for name, task in ALL_TASKS.items():
-        if task.family != family:
-            continue
-        values = {"max_seq_length": task.max_seq_length, **((config.get("tasks") or {}).get(name) or {})}
-        lines.append(f"  {name}: " + ", ".join(f"{key}={value}" for key, value in values.items()))
-    return "\n".join(lines)
+def load_examples(task: TaskSpec, split: str, path: Optional[str], max_samples: Optional[int] = None) -> list:
+    """Examples of one split from a local file in the task's original format (used as it is) or, without
+    one, the hub copy; the first max_samples of them when given."""
+    family = FAMILIES[task.family]
+    rows = family.read_file(path, SPLIT_OPTIONS[split]) if path else family.read_hub(task, split)
+    examples = family.to_examples(task, rows, split)
+    if max_samples is not None and max_samples > 0:
+        examples = examples[:max_samples]
+    logger.info("%s %s: %d examples from %s", task.name, split, len(examples), path or "/".join(task.hub or ()))
+    return examples
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults after each option and keeps the per-task table's line breaks."""
+def encode_examples(task: TaskSpec, split: str, examples, tokenizer, max_seq_length: int, truncate: bool,
+                    window_args=None, with_labels: bool = True):
+    """Model features of any task's examples: classification and NER features with truncation reported, or
+    QA windows (labelled when with_labels)."""
+    return FAMILIES[task.family].encode(task, split, examples, tokenizer, max_seq_length, truncate, window_args, with_labels)
 
 
-def user_argv(argv: Optional[Sequence[str]]) -> List[str]:
-    """The command line, or the tokens of a single .json/.yml arguments file given in its place."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) == 1 and argv[0].endswith(ARGS_FILE_SUFFIXES):
-        argv = args_file_to_argv(argv[0])
-    return argv
+def load_encoded_split(task: TaskSpec, split: str, data_args, tokenizer, window_args=None):
+    """(examples, encoded) of one split; QA windows are labelled except in the test split."""
+    examples = load_examples(task, split, data_args.split_file(split), data_args.split_max_samples(split))
+    encoded = encode_examples(task, split, examples, tokenizer, data_args.max_seq_length, data_args.truncate_long_texts,
+                              window_args, with_labels=split != "test")
+    return examples, encoded
 
 
-def parse_into_dataclasses(parser, argv: Sequence[str]):
-    try:
-        return parser.parse_args_into_dataclasses(args=list(argv))
-    except ValueError as error:  # dataclass __post_init__ checks (TrainingArguments' among them) raise this
-        raise UserError(first_line(error)) from None
-
-
-def parse_plain_arguments(dataclass_types, description: str, argv: Optional[Sequence[str]] = None):
-    """Parse a script's own dataclasses (flags or one .json/.yml file), with no training defaults."""
-    parser = PdArgumentParser(dataclass_types, description=description, formatter_class=HelpFormatter)
-    return parse_into_dataclasses(parser, user_argv(argv))
-
-
-def parse_arguments(dataclass_types, family: str, description: str, argv: Optional[Sequence[str]] = None):
-    """Parse the command line (or one .json/.yml arguments file) into the dataclasses.
-
-    Defaults come in three layers, the later winning: the dataclass defaults, configs/default.yml
-    ('common', then the task's block, then the task's registry max_seq_length), then what the user gave.
-    """
-    argv = user_argv(argv)
-    config_file = option_value(argv, "config") or DEFAULT_CONFIG_FILE
-    config = load_config_defaults(config_file)
-    task_name = option_value(argv, "task_name")
-    parser = PdArgumentParser(
-        dataclass_types, description=description, epilog=defaults_epilog(config, family, config_file),
-        formatter_class=HelpFormatter,
-    )
-    defaults = {"device": default_device(), **task_defaults(config, task_name)}
-    task = ALL_TASKS.get(task_name)
-    if task is not None:
-        defaults.setdefault("max_seq_length", task.max_seq_length)
-        defaults.setdefault("metric_for_best_model", task.metric)
-    elif task_name == CUSTOM_TASK:
-        defaults = {**CUSTOM_TASK_DEFAULTS, **defaults}
-    if task_name and option_value(argv, "output_dir") is None:
-        argv += ["--output_dir", os.path.join("output", task_name)]
-    parser.set_defaults(**defaults)
-    parsed = parse_into_dataclasses(parser, argv)
-    apply_requested_actions(argv, parsed)
-    return parsed
-
-
-ACTIONS = ("do_train", "do_eval", "do_predict", "do_export")
-
-
-def flag_value(argv: Sequence[str], name: str) -> bool:
-    """Whether a boolean option is on in argv: '--name', '--name true' or '--name=true' (the last one wins)."""
-    value = False
-    for index, token in enumerate(argv):
-        if token == f"--{name}":
-            following = argv[index + 1] if index + 1 < len(argv) else ""
-            value = following.lower() not in ("false", "0", "no") if following and not following.startswith("--") else True
-        elif token.startswith(f"--{name}="):
-            value = token.split("=", 1)[1].lower() not in ("false", "0", "no")
-    return value
-
-
-def apply_requested_actions(argv: Sequence[str], parsed) -> None:
-    """Do exactly the --do_* actions the user asked for.
-
-    paddlenlp's TrainingArguments turns do_eval on whenever an evaluation strategy is set, so a plain
-    --do_predict run would also evaluate (and download the dev split); the user's own flags win here.
-    """
-    requested = {action: flag_value(argv, action) for action in ACTIONS}
-    if not any(requested.values()):
-        raise UserError("nothing to do: pass one or more of --do_train --do_eval --do_predict --do_export")
-    for arguments in parsed:
-        if all(hasattr(arguments, action) for action in ACTIONS):
-            for action, wanted in requested.items():
-                setattr(arguments, action, wanted)
-
-
-def default_device() -> str:
-    return "gpu" if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0 else "cpu"
-
-
-def check_device(device: str) -> None:
-    """Refuse a GPU run on a CPU-only paddle instead of silently training on the CPU."""
-    if device.startswith("gpu") and default_device() != "gpu":
-        raise UserError(
-            "--device gpu needs paddlepaddle-gpu and a visible GPU, but this paddle is CPU-only "
-            "or sees no GPU; use --device cpu or install paddlepaddle-gpu (see README)"
-        )
+def family_collator(family: str, tokenizer):
+    return FAMILIES[family].collator(tokenizer)
 
 
 # --------------------------------------------------------------------------------------------------
-# Model and tokenizer loading
+# Small I/O helpers
 # --------------------------------------------------------------------------------------------------
-def could_not_load(what: str, name_or_path: str, error: BaseException) -> UserError:
-    if os.path.isdir(name_or_path):
-        return UserError(f"could not load the {what} from {name_or_path} ({first_line(error)})")
-    logger.info("loading %r failed: %s", name_or_path, error)
-    return UserError(
-        f"could not download model {name_or_path!r} (no internet, or not a PaddleNLP model name): "
-        "pass --model_name_or_path DIR with a local copy (config.json, weights, vocab.txt)"
-    )
-
-
-def load_tokenizer(name_or_path: str):
-    """AutoTokenizer, falling back to the class named in tokenizer_config.json.
-
-    paddlenlp 3.0.0b4's AutoTokenizer cannot reload a saved RobertaChineseTokenizer (the tokenizer of
-    hfl/roberta-wwm-ext and hfl/rbt6): "Tokenizer class RobertaChineseTokenizer does not exist".
-    """
-    try:
-        return AutoTokenizer.from_pretrained(name_or_path)
-    except ValueError as error:
-        class_name = saved_tokenizer_class(name_or_path)
-        import paddlenlp.transformers as transformers
-
-        if class_name and hasattr(transformers, class_name):
-            return getattr(transformers, class_name).from_pretrained(name_or_path)
-        raise could_not_load("tokenizer", name_or_path, error) from None
-    except Exception as error:  # download failures come as OSError, RuntimeError or requests errors
-        raise could_not_load("tokenizer", name_or_path, error) from None
-
-
-def saved_tokenizer_class(directory: str) -> Optional[str]:
-    path = os.path.join(directory, "tokenizer_config.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle).get("tokenizer_class")
-
-
-def load_model_config(name_or_path: str):
-    try:
-        return AutoConfig.from_pretrained(name_or_path)
-    except Exception as error:
-        raise could_not_load("model", name_or_path, error) from None
-
-
-def model_head_family(config) -> Optional[str]:
-    """'seq_cls', 'token_cls' or 'qa' for a fine-tuned model's config; None for a pretrained encoder."""
-    for architecture in getattr(config, "architectures", None) or []:
-        for suffix, family in HEAD_SUFFIXES.items():
-            if architecture.endswith(suffix):
-                return family
-    return None
-
-
-def model_labels(config) -> Optional[List[str]]:
-    id2label = getattr(config, "id2label", None) or {}
-    labels = [id2label[i] for i in sorted(id2label)]
-    return None if all(label == f"LABEL_{i}" for i, label in enumerate(labels)) else labels
-
-
-def check_model_fits_task(config, name_or_path: str, task: TaskSpec) -> None:
-    """A fine-tuned model may only be used for a task of its own kind with its own label list."""
-    head = model_head_family(config)
-    if head is None:
-        return
-    if head != task.family:
-        raise UserError(
-            f"{name_or_path} is a fine-tuned {FAMILY_NAMES[head]} model, but task {task.name} needs a "
-            f"{FAMILY_NAMES[task.family]} model; use {FAMILY_SCRIPTS[head]}, or start from a pretrained encoder"
-        )
-    if task.family == "qa":
-        return
-    labels = model_labels(config)
-    if labels is None and config.num_labels != len(task.labels) or labels is not None and labels != list(task.labels):
-        trained_for = getattr(config, "finetuning_task", None) or "another task"
-        raise UserError(
-            f"{name_or_path} was fine-tuned for {trained_for} with {config.num_labels} labels, which does not fit "
-            f"task {task.name} ({len(task.labels)} labels); start from a pretrained encoder or pass the matching --task_name"
-        )
-
-
-def configure_for_task(config, task: TaskSpec, dropout: Optional[float] = None):
-    """Record the task and its labels in the config, so a saved model says what it was trained for."""
-    config.num_labels = len(task.labels)
-    config.id2label = dict(enumerate(task.labels))
-    config.label2id = {label: index for index, label in enumerate(task.labels)}
-    config.finetuning_task = task.name
-    if dropout is not None:
-        config.hidden_dropout_prob = dropout
-        config.classifier_dropout = dropout
-    return config
-
-
-def load_task_model(model_class, name_or_path: str, task: TaskSpec, max_seq_length: int, dropout: Optional[float] = None):
-    """Config, checks, then the model with a head sized for the task."""
-    config = load_model_config(name_or_path)
-    check_model_fits_task(config, name_or_path, task)
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions and max_seq_length > positions:
-        raise UserError(f"--max_seq_length {max_seq_length} exceeds the model's {positions} position embeddings")
-    configure_for_task(config, task, dropout)
-    try:
-        # Fresh parameter names (embedding_0, ...) however many models this process built before: the
-        # optimizer state in a checkpoint is keyed by them, so resuming needs the same names.
-        with paddle.utils.unique_name.guard():
-            return model_class.from_pretrained(name_or_path, config=config)
-    except Exception as error:
-        raise could_not_load("model", name_or_path, error) from None
-
-
-# --------------------------------------------------------------------------------------------------
-# Output directory, checkpoints and atomic writes
-# --------------------------------------------------------------------------------------------------
-EARLIER_RESULTS = (
-    "config.json", "model_state.pdparams", "model.safetensors", "*_results.json", "*_predict.json",
-    "export", "checkpoint-*",
-)
-
-
-def earlier_results(output_dir: str, patterns: Sequence[str] = EARLIER_RESULTS) -> List[str]:
-    if not os.path.isdir(output_dir):
-        return []
-    return sorted(name for name in os.listdir(output_dir) if any(fnmatch.fnmatch(name, p) for p in patterns))
-
-
-def planned_outputs(training_args, submission_file: str) -> List[str]:
-    """The files an evaluation, prediction or export run writes into output_dir."""
-    outputs = {"do_eval": "eval_results.json", "do_predict": submission_file, "do_export": "export"}
-    return [name for action, name in outputs.items() if getattr(training_args, action)]
-
-
-def check_output_dir(training_args, resume_checkpoint: Optional[str], submission_file: str) -> None:
-    """Never replace a user's earlier results by accident.
-
-    Training refuses an output_dir that holds results of an earlier run (unless resuming from it);
-    evaluation, prediction and export refuse to replace the files they would write. Either way
-    --overwrite_output_dir allows it.
-    """
-    if training_args.overwrite_output_dir:
-        return
-    output_dir = training_args.output_dir
-    if training_args.do_train and not resume_checkpoint:
-        found = earlier_results(output_dir)
-    else:
-        found = earlier_results(output_dir, planned_outputs(training_args, submission_file))
-    if found:
-        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
-        raise UserError(
-            f"--output_dir {output_dir} already holds results of an earlier run ({shown}); pass --overwrite_output_dir "
-            "to replace them, --resume_from_checkpoint to continue training, or choose another --output_dir"
-        )
-
-
-def resolve_resume_checkpoint(training_args) -> Optional[str]:
-    """--resume_from_checkpoint DIR, or 'true'/'last' for the newest checkpoint-* in --output_dir."""
-    value = training_args.resume_from_checkpoint
-    if value is None or str(value).lower() in ("", "false", "none"):
-        return None
-    if str(value).lower() in ("true", "last"):
-        checkpoint = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        if checkpoint is None:
-            raise UserError(f"--resume_from_checkpoint {value}: no checkpoint-* directory in {training_args.output_dir}")
-        return checkpoint
-    if not os.path.isdir(value):
-        raise UserError(f"--resume_from_checkpoint: no such checkpoint directory: {value}")
-    return value
-
-
 def write_json_atomic(path: str, value) -> None:
     write_text_atomic(path, json.dumps(value, ensure_ascii=False, indent=2) + "\n")
 
@@ -1392,1143 +1080,9 @@ def atomic_directory(path: str):
         raise
 
 
-# --------------------------------------------------------------------------------------------------
-# Library compatibility fixes (one place; each names the version and the failure it covers)
-# --------------------------------------------------------------------------------------------------
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, group: int = 50) -> List[List[int]]:
-    """A random order cut into groups of `group` batches; each group sorted by length and cut into batches;
-    the batches shuffled, the longest first (a memory problem shows at once)."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(lengths))
-    batches = []
-    for start in range(0, len(order), batch_size * group):
-        chunk = sorted(order[start: start + batch_size * group], key=lambda i: -lengths[i])
-        batches.extend([int(i) for i in chunk[j: j + batch_size]] for j in range(0, len(chunk), batch_size))
-    longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
-    first = batches.pop(longest)
-    rng.shuffle(batches)
-    return [first] + batches
-
-
-class LengthGroupedBatchSampler(paddle.io.Sampler):
-    """Batches of similar lengths, reshuffled each epoch (set_epoch, which the Trainer calls)."""
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int):
-        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        return iter(length_grouped_batches(self.lengths, self.batch_size, self.seed + self.epoch))
-
-    def __len__(self) -> int:
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
-
-
-class SuiteTrainer(Trainer):
-    """paddlenlp's Trainer with the fixes this suite needs on paddlenlp 3.0.0b4, and length-grouped batches."""
-
-    def __init__(self, *args, group_by_length: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.group_by_length = group_by_length
-
-    def _get_train_sampler(self):
-        if not self.group_by_length or self.train_dataset is None:
-            return super()._get_train_sampler()
-        if self.args.world_size > 1:
-            logger.warning("--group_by_length applies to single-process training; %d processes use random batches",
-                           self.args.world_size)
-            return super()._get_train_sampler()
-        lengths = [len(feature["input_ids"]) for feature in self.train_dataset]
-        return LengthGroupedBatchSampler(lengths, self.args.per_device_train_batch_size, self.args.seed)
-
-    def _save_checkpoint(self, model, metrics=None):
-        super()._save_checkpoint(model, metrics=metrics)
-        # paddlenlp 3.0.0b4 rotates checkpoints only when local_rank == 0, and local_rank is -1 in a
-        # single-process run, so --save_total_limit was ignored and every checkpoint stayed on disk.
-        if self.args.local_rank == -1 and self.args.should_save:
-            self._rotate_checkpoints(use_mtime=True, output_dir=self.args.output_dir)
-
-    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix="test"):
-        # paddlenlp 3.0.0b4's predict() asks for the loss alone when compute_metrics is None, so a run without a
-        # metric (QA prediction without a dev set) got predictions=None. A metric that is never called (the test
-        # data has no labels) restores them.
-        if self.compute_metrics is not None:
-            return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-        self.compute_metrics = lambda _: {}
-        try:
-            return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-        finally:
-            self.compute_metrics = None
-
-
-def keep_float_for_quantization(model) -> None:
-    """paddlenlp 3.0.0b4's ERNIE and BERT forward read pooler.dense.weight.dtype to build the attention mask;
-    paddle 3.0.0's QAT wraps a quantized Linear in a layer without .weight ("'MAOutputScaleLayer' object has
-    no attribute 'weight'"), so the pooler's one dense layer stays float (skip_quant is QAT's own switch)."""
-    pooler = getattr(getattr(model, model.base_model_prefix, None), "pooler", None)
-    if pooler is not None and hasattr(pooler, "dense"):
-        pooler.dense.skip_quant = True
-
-
-# --------------------------------------------------------------------------------------------------
-# Trainer workflow shared by the run_*.py scripts
-# --------------------------------------------------------------------------------------------------
-@dataclass
-class Run:
-    model_args: "ModelArguments"
-    data_args: "DataArguments"
-    training_args: TrainingArguments
-    task: TaskSpec
-    resume_checkpoint: Optional[str]
-    extra: tuple = ()  # instances of the script's extra argument dataclasses
-
-
-def start_run(family: str, description: str, argv=None, extra_classes: tuple = ()) -> Run:
-    """The opening every run_*.py shares: arguments, logging, device, task, checkpoint, output-dir safety."""
-    model_args, data_args, *extra, training_args = parse_arguments(
-        (ModelArguments, DataArguments, *extra_classes, TrainingArguments), family, description, argv
-    )
-    setup_logging(training_args.should_log)
-    check_device(training_args.device)
-    task = get_task(data_args.task_name, family, data_args.label_list)
-    resume_checkpoint = resolve_resume_checkpoint(training_args)
-    check_output_dir(training_args, resume_checkpoint, task.submission_file)
-    return Run(model_args, data_args, training_args, task, resume_checkpoint, tuple(extra))
-
-
 def setup_logging(verbose: bool = True) -> None:
     """The suite's log lines (INFO, or WARNING only in processes that should not log, like extra ranks)."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-def needed_splits(training_args) -> List[str]:
-    """The data splits this run reads: training evaluates on dev unless --evaluation_strategy no."""
-    splits = []
-    if training_args.do_train:
-        splits.append("train")
-    evaluates_while_training = training_args.do_train and str(training_args.evaluation_strategy) not in ("no", "IntervalStrategy.NO")
-    if training_args.do_eval or evaluates_while_training:
-        splits.append("dev")
-    if training_args.do_predict:
-        splits.append("test")
-    return splits
-
-
-def task_info(task: TaskSpec, data_args) -> dict:
-    """What a deployed model needs to know about its task (export/task.json)."""
-    return {
-        "task_name": task.name,
-        "family": task.family,
-        "label_list": list(task.labels),
-        "max_seq_length": data_args.max_seq_length,
-        "metric": task.metric,
-    }
-
-
-def encode_examples(task: TaskSpec, split: str, examples, tokenizer, max_seq_length: int, truncate: bool,
-                    window_args=None, with_labels: bool = True):
-    """Model features of any task's examples: classification and NER features with truncation reported, or
-    QA windows (labelled when with_labels)."""
-    if task.family == "qa":
-        encoded = prepare_qa_features(examples, tokenizer, max_seq_length, window_args.doc_stride,
-                                      window_args.max_query_length, with_labels=with_labels)
-        logger.info("%s %s: %d windows for %d questions (%d questions cut to --max_query_length)", task.name, split,
-                    len(encoded.example_index), len(examples), encoded.truncated_questions)
-        return encoded
-    encode = {"seq_cls": encode_text_examples, "token_cls": encode_token_examples}[task.family]
-    encoded = encode(examples, tokenizer, task, max_seq_length, truncate)
-    report_truncation(task.name, split, encoded, max_seq_length)
-    return encoded
-
-
-def load_encoded_split(task: TaskSpec, split: str, data_args, tokenizer, window_args=None):
-    """(examples, encoded) of one split; QA windows are labelled except in the test split."""
-    examples = load_examples(task, split, data_args.split_file(split), data_args.split_max_samples(split))
-    encoded = encode_examples(task, split, examples, tokenizer, data_args.max_seq_length, data_args.truncate_long_texts,
-                              window_args, with_labels=split != "test")
-    return examples, encoded
-
-
-def load_model_and_tokenizer(run: Run, model_class):
-    """Seed, then the tokenizer and the model with a head sized for the task."""
-    set_seed(run.training_args.seed)
-    name = run.model_args.model_name_or_path
-    tokenizer = load_tokenizer(name)
-    model = load_task_model(model_class, name, run.task, run.data_args.max_seq_length, run.model_args.dropout)
-    return model, tokenizer
-
-
-def build_trainer(run: Run, model, tokenizer, splits: dict, data_collator, compute_metrics) -> "SuiteTrainer":
-    """The Trainer over the encoded train and dev splits (each split is (examples, encoded))."""
-    patience = run.model_args.early_stopping_patience
-    return SuiteTrainer(
-        model=model,
-        args=run.training_args,
-        train_dataset=splits["train"][1].dataset if "train" in splits else None,
-        eval_dataset=splits["dev"][1].dataset if "dev" in splits else None,
-        tokenizer=tokenizer,
-        data_collator=data_collator,
-        compute_metrics=compute_metrics,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)] if patience else [],
-        group_by_length=run.data_args.group_by_length,
-    )
-
-
-def export_if_asked(run: Run, trainer, tokenizer) -> None:
-    if run.training_args.do_export and run.training_args.should_save:
-        export_dir = os.path.join(run.training_args.output_dir, "export")
-        export_static_model(trainer.model, tokenizer, export_dir, task_info(run.task, run.data_args))
-
-
-def train_and_save(trainer, resume_checkpoint: Optional[str], train_samples: int) -> dict:
-    """Train (or resume), keep the best model at the top of output_dir and write train_results.json."""
-    with paddle.utils.unique_name.guard():  # optimizer accumulator names as in a fresh process, see load_task_model
-        result = trainer.train(resume_from_checkpoint=resume_checkpoint)
-    trainer.save_model()  # the best model, because load_best_model_at_end is on by default
-    metrics = {**result.metrics, "train_samples": train_samples, "global_step": trainer.state.global_step}
-    if trainer.state.best_model_checkpoint:
-        metrics["best_checkpoint"] = os.path.basename(trainer.state.best_model_checkpoint)
-        metrics["best_metric"] = trainer.state.best_metric
-    trainer.save_state()
-    if trainer.args.should_save:
-        write_json_atomic(os.path.join(trainer.args.output_dir, "train_results.json"), metrics)
-    return metrics
-
-
-def train_if_asked(run: Run, trainer, splits: dict) -> None:
-    if run.training_args.do_train:
-        train_and_save(trainer, run.resume_checkpoint, len(splits["train"][0]))
-
-
-def evaluate_if_asked(run: Run, trainer, splits: dict) -> None:
-    """eval_results.json: the task's metrics, eval_samples (examples), and how many were truncated (or, for QA,
-    how many windows the questions made)."""
-    if not run.training_args.do_eval:
-        return
-    examples, encoded = splits["dev"]
-    extra = {"eval_samples": len(examples)}
-    if run.task.family == "qa":
-        extra["eval_windows"] = len(encoded.example_index)
-    else:
-        extra["eval_truncated"] = encoded.truncated
-    evaluate_and_save(trainer, encoded.dataset, run.task.metric_names, extra)
-
-
-def predict_if_asked(run: Run, trainer, splits: dict, write: Callable) -> None:
-    """Predict the test split; write(output_dir, examples, encoded, outputs) writes the task's prediction files
-    (once, from the main process)."""
-    if not run.training_args.do_predict:
-        return
-    examples, encoded = splits["test"]
-    outputs = predict_outputs(trainer, encoded.dataset)
-    if run.training_args.should_save:
-        write(run.training_args.output_dir, examples, encoded, outputs)
-
-
-def evaluate_and_save(trainer, dataset, metric_names: Sequence[str], extra: dict) -> dict:
-    """Evaluate on dataset and write eval_results.json with the task's metric names unprefixed."""
-    metrics = trainer.evaluate(eval_dataset=dataset)
-    renamed = {name[len("eval_"):] if name[len("eval_"):] in metric_names else name: value for name, value in metrics.items()}
-    results = {**renamed, **extra}
-    logger.info("eval results: %s", json.dumps(results, ensure_ascii=False))
-    if trainer.args.should_save:
-        write_json_atomic(os.path.join(trainer.args.output_dir, "eval_results.json"), results)
-    return results
-
-
-def predict_outputs(trainer, dataset) -> List[np.ndarray]:
-    """Every model output (logits; QA: start and end logits) for each example of dataset, in order."""
-    predictions = trainer.predict(dataset).predictions
-    arrays = predictions if isinstance(predictions, (tuple, list)) else [predictions]
-    return [np.asarray(array)[: len(dataset)] for array in arrays]
-
-
-# --------------------------------------------------------------------------------------------------
-# Static export
-# --------------------------------------------------------------------------------------------------
-EXPORT_INPUT_NAMES = ("input_ids", "token_type_ids")
-
-
-def export_input_spec() -> list:
-    """The exported models' inputs: int64 ids of any batch size and length, fed by name."""
-    from paddle.static import InputSpec
-
-    return [InputSpec(shape=[None, None], dtype="int64", name=name) for name in EXPORT_INPUT_NAMES]
-
-
-def save_deployable(model_dir: str, tokenizer, info: dict) -> None:
-    """The tokenizer files and task.json beside a static model, so infer.py can serve that directory."""
-    tokenizer.save_pretrained(model_dir)
-    write_json_atomic(os.path.join(model_dir, "task.json"), {**info, "input_names": list(EXPORT_INPUT_NAMES)})
-
-
-def static_copy(model):
-    """An eval-mode copy to convert: paddle.jit.to_static converts a layer in place, and a model that went on
-    to be trained or hooked after conversion runs as a static program (a masked DynaBERT student crashed)."""
-    import copy
-
-    duplicate = copy.deepcopy(model)
-    duplicate.eval()
-    return without_dropout(duplicate)
-
-
-def without_dropout(model):
-    """Dropout is the identity at inference, but an exported dropout op still runs (and copies) in Paddle
-    Inference: without them batch-1 latency at 26 tokens drops 16% for nano and 6% for medium. With p = 0,
-    paddle's dropout returns its input, so no op is exported. Only for copies that are converted."""
-    for layer in model.sublayers(include_self=True):
-        if isinstance(layer, paddle.nn.Dropout):
-            layer.p = 0.0
-        elif isinstance(layer, paddle.nn.MultiHeadAttention):
-            layer.dropout = 0.0
-    return model
-
-
-def export_static_model(model, tokenizer, export_dir: str, task_info: dict) -> str:
-    """Save model as a static inference model (model.json or model.pdmodel + model.pdiparams), with the
-    tokenizer files and task.json, into export_dir, atomically."""
-    static_model = paddle.jit.to_static(static_copy(model), input_spec=export_input_spec(), full_graph=True)
-    with atomic_directory(export_dir) as staging:
-        paddle.jit.save(static_model, os.path.join(staging, "model"))
-        save_deployable(staging, tokenizer, task_info)
-    logger.info("exported the static inference model to %s", export_dir)
-    return export_dir
-
-
-# --------------------------------------------------------------------------------------------------
-# Deployment: predictors over an exported model, length-aware batching (infer.py, compression, benchmarks)
-# --------------------------------------------------------------------------------------------------
-PROGRAM_FILES = ("model.json", "model.pdmodel", "int8.pdmodel", "int8.json")
-QUANTIZED_OP_MARKERS = (b"quantize_linear", b"fake_quantize", b"fake_channel_wise")
-
-
-def static_model_files(model_dir: str) -> Tuple[str, str]:
-    """(program file, params file) of an exported or compressed model directory."""
-    if not os.path.isdir(model_dir):
-        raise UserError(f"--model_path: no such directory: {model_dir}")
-    for program in PROGRAM_FILES:
-        params = os.path.join(model_dir, program.rsplit(".", 1)[0] + ".pdiparams")
-        if os.path.isfile(os.path.join(model_dir, program)) and os.path.isfile(params):
-            return os.path.join(model_dir, program), params
-    raise UserError(f"{model_dir} holds no exported model ({' or '.join(PROGRAM_FILES)} with its .pdiparams); "
-                    "export one with run_*.py --do_export")
-
-
-def read_task_info(model_dir: str) -> dict:
-    path = os.path.join(model_dir, "task.json")
-    if not os.path.isfile(path):
-        raise UserError(f"{model_dir} holds no task.json: pass an export/ directory written by run_*.py --do_export")
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def check_model_task(info: dict, model_dir: str, task: TaskSpec) -> None:
-    if info.get("task_name") != task.name or (task.labels and tuple(info.get("label_list") or ()) != task.labels):
-        raise UserError(f"{model_dir} was exported for task {info.get('task_name')!r}, not {task.name!r}")
-
-
-def is_quantized(program_file: str) -> bool:
-    with open(program_file, "rb") as handle:
-        content = handle.read()
-    return any(marker in content for marker in QUANTIZED_OP_MARKERS)
-
-
-@dataclass
-class PredictorOptions:
-    backend: str = "paddle"  # "paddle" or "onnxruntime"
-    device: str = "cpu"
-    use_trt: bool = False
-    precision: str = "fp32"  # "fp32", "fp16", "bf16" or "int8"
-    num_threads: int = 2
-    enable_onednn: bool = True
-    batch_size: int = 32
-    max_seq_length: int = 128
-
-
-def public_options(options: PredictorOptions) -> dict:
-    return dict(options.__dict__)
-
-
-def check_predictor_options(options: PredictorOptions, quantized: bool, model_dir: str) -> None:
-    """Refuse combinations this machine or this model cannot run, instead of silently running something else."""
-    if options.backend not in ("paddle", "onnxruntime"):
-        raise UserError(f"--backend must be paddle or onnxruntime, not {options.backend!r}")
-    if options.precision not in ("fp32", "fp16", "bf16", "int8"):
-        raise UserError(f"--precision must be fp32, fp16, bf16 or int8, not {options.precision!r}")
-    if options.device not in ("cpu", "gpu"):
-        raise UserError(f"--device must be cpu or gpu, not {options.device!r}")
-    if options.device == "gpu" and options.backend == "paddle" and default_device() != "gpu":
-        raise UserError("--device gpu needs paddlepaddle-gpu and a visible GPU, but this paddle is CPU-only or sees no GPU "
-                        "(see the README's GPU section)")
-    if options.use_trt and (options.backend != "paddle" or options.device != "gpu"):
-        raise UserError("--use_trt runs TensorRT through Paddle Inference: it needs --backend paddle --device gpu")
-    if options.use_trt and tuple(paddle.inference.get_trt_compile_version()) == (0, 0, 0):
-        raise UserError("--use_trt needs a paddlepaddle-gpu build with TensorRT; this paddle was compiled without it")
-    if options.precision == "fp16" and not options.use_trt:
-        raise UserError("--precision fp16 runs through TensorRT: use --device gpu --use_trt")
-    if options.precision == "bf16":
-        check_bfloat16(options, quantized)
-    if options.precision == "int8" and options.backend == "paddle" and not quantized and not options.use_trt:
-        raise UserError(f"{model_dir} is a float model: int8 on the Paddle backend needs an int8 model from compress_*.py "
-                        "(or use --backend onnxruntime, which quantizes the float model dynamically)")
-    if quantized and options.backend == "onnxruntime":
-        raise UserError(f"{model_dir} is a Paddle int8 model, which paddle2onnx cannot convert faithfully; give the float "
-                        "export to --backend onnxruntime --precision int8 instead")
-
-
-def native_bfloat16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere oneDNN would emulate it, slower than fp32."""
-    return bool(paddle.base.core.supports_bfloat16_fast_performance())
-
-
-def check_bfloat16(options: PredictorOptions, quantized: bool) -> None:
-    if options.backend != "paddle" or options.device != "cpu" or not options.enable_onednn:
-        raise UserError("--precision bf16 runs oneDNN's bfloat16 kernels: it needs --backend paddle --device cpu with oneDNN on")
-    if quantized:
-        raise UserError("--precision bf16 needs a float model, not an int8 one")
-    if not native_bfloat16():
-        raise UserError("--precision bf16 needs a CPU with native bfloat16 (avx512_bf16 or AMX); on this one it would be "
-                        "emulated and slower than fp32")
-
-
-class PaddlePredictor:
-    """Paddle Inference: CPU (oneDNN on or off, threads), GPU, or TensorRT with shape ranges cached beside the model."""
-
-    def __init__(self, model_dir: str, options: PredictorOptions):
-        self.program, self.params = static_model_files(model_dir)
-        self.model_dir, self.options = model_dir, options
-        if options.use_trt:
-            self.shape_file = self.collect_shape_ranges()
-        self.predictor = paddle.inference.create_predictor(self.config())
-        self.input_names = self.predictor.get_input_names()
-
-    def config(self, collect_shapes_to: Optional[str] = None):
-        options = self.options
-        config = paddle.inference.Config(self.program, self.params)
-        config.disable_glog_info()
-        if options.device == "gpu":
-            config.enable_use_gpu(256, 0)
-        else:
-            config.disable_gpu()
-            config.set_cpu_math_library_num_threads(options.num_threads)
-            config.enable_mkldnn() if options.enable_onednn else config.disable_mkldnn()
-            if options.precision == "bf16":
-                config.enable_mkldnn_bfloat16()
-        if collect_shapes_to:
-            config.collect_shape_range_info(collect_shapes_to)
-        elif options.use_trt:
-            precision = {"fp32": paddle.inference.PrecisionType.Float32, "fp16": paddle.inference.PrecisionType.Half,
-                         "int8": paddle.inference.PrecisionType.Int8}[options.precision]
-            config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=options.batch_size, min_subgraph_size=5,
-                                          precision_mode=precision, use_static=False, use_calib_mode=False)
-            config.enable_tuned_tensorrt_dynamic_shape(self.shape_file, True)
-        return config
-
-    def collect_shape_ranges(self) -> str:
-        """TensorRT needs each tensor's min/max/opt shape. The first run records them with batches of the
-        smallest, largest and a typical shape, and caches the file beside the model for later runs."""
-        options = self.options
-        path = os.path.join(self.model_dir, f"trt_shape_range_b{options.batch_size}_s{options.max_seq_length}.pbtxt")
-        if os.path.isfile(path):
-            return path
-        temporary = f"{path}.tmp-{os.getpid()}"
-        collector = paddle.inference.create_predictor(self.config(collect_shapes_to=temporary))
-        for batch, length in ((1, 1), (options.batch_size, options.max_seq_length), (options.batch_size, max(1, options.max_seq_length // 4))):
-            for name in collector.get_input_names():
-                collector.get_input_handle(name).copy_from_cpu(np.ones((batch, length), dtype="int64"))
-            collector.run()
-        del collector  # the shape file is written when the predictor goes away
-        os.replace(temporary, path)
-        logger.info("collected TensorRT shape ranges into %s", path)
-        return path
-
-    def run(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
-        for name in self.input_names:
-            self.predictor.get_input_handle(name).copy_from_cpu(batch[name])
-        self.predictor.run()
-        return [self.predictor.get_output_handle(name).copy_to_cpu() for name in self.predictor.get_output_names()]
-
-
-ORT_ERRORS_ONLY = 3  # ONNX Runtime log severity: errors and fatal only
-
-
-class OnnxRuntimePredictor:
-    """ONNX Runtime on the model converted once by paddle2onnx (cached as model.onnx beside it); int8 is ONNX
-    Runtime's dynamic quantization of that float model (cached as model.int8.onnx). Inputs are fed by name."""
-
-    def __init__(self, model_dir: str, options: PredictorOptions):
-        import onnxruntime
-
-        onnx_file = self.converted(model_dir)
-        if options.precision == "int8":
-            onnx_file = self.quantized(onnx_file)
-        providers = ["CPUExecutionProvider"]
-        if options.device == "gpu":
-            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-                raise UserError("--backend onnxruntime --device gpu needs the onnxruntime-gpu package and a GPU")
-            providers.insert(0, "CUDAExecutionProvider")
-        self.session = onnxruntime.InferenceSession(onnx_file, self.session_options(options), providers=providers)
-        self.input_names = [node.name for node in self.session.get_inputs()]
-
-    @staticmethod
-    def session_options(options: PredictorOptions):
-        import onnxruntime
-
-        session_options = onnxruntime.SessionOptions()
-        session_options.intra_op_num_threads = options.num_threads
-        session_options.inter_op_num_threads = 1
-        session_options.log_severity_level = ORT_ERRORS_ONLY
-        return session_options
-
-    @staticmethod
-    def converted(model_dir: str) -> str:
-        program, params = static_model_files(model_dir)
-        target = os.path.join(model_dir, "model.onnx")
-        if os.path.isfile(target) and os.path.getmtime(target) >= os.path.getmtime(params):
-            return target
-        import paddle2onnx
-
-        temporary = f"{target}.tmp-{os.getpid()}"
-        try:
-            # No optimize_tool: the default (polygraphy) pip-installs packages at run time, and 2.1.0's onnxoptimizer
-            # step always fails on a misspelt pass name ("eliminate_nop_cast ") and writes the unoptimized model with
-            # a warning. ONNX Runtime optimizes the graph itself when it loads it (running the intended passes
-            # here measured no faster).
-            paddle2onnx.export(program, params, save_file=temporary, opset_version=14, enable_onnx_checker=True,
-                               optimize_tool="None", verbose=False)
-            os.replace(temporary, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(temporary)
-        logger.info("converted %s to %s", program, target)
-        return target
-
-    @staticmethod
-    def quantized(onnx_file: str) -> str:
-        target = onnx_file.replace(".onnx", ".int8.onnx")
-        if os.path.isfile(target) and os.path.getmtime(target) >= os.path.getmtime(onnx_file):
-            return target
-        import onnxruntime
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        # its optimizing session would warn about a leftover paddle2onnx constant it drops
-        onnxruntime.set_default_logger_severity(ORT_ERRORS_ONLY)
-
-        prepared, temporary = f"{target}.pre-{os.getpid()}.onnx", f"{target}.tmp-{os.getpid()}.onnx"
-        try:
-            # paddle2onnx stores every weight as a Constant node; quantize_dynamic only quantizes initializers, so
-            # without this preparation (which folds them into initializers) "int8" would be the float model.
-            quant_pre_process(onnx_file, prepared, skip_symbolic_shape=True)
-            quantize_dynamic(prepared, temporary, weight_type=QuantType.QInt8)
-            os.replace(temporary, target)
-        finally:
-            for leftover in (prepared, temporary):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(leftover)
-        logger.info("quantized %s to int8 weights in %s", onnx_file, target)
-        return target
-
-    def run(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
-        return self.session.run(None, {name: batch[name] for name in self.input_names})
-
-
-def create_predictor(model_dir: str, options: PredictorOptions):
-    program, _ = static_model_files(model_dir)
-    check_predictor_options(options, is_quantized(program), model_dir)
-    return (PaddlePredictor if options.backend == "paddle" else OnnxRuntimePredictor)(model_dir, options)
-
-
-def pad_features(features: Sequence[dict], length: Optional[int] = None) -> Dict[str, np.ndarray]:
-    """Model inputs of features padded with 0 (the pad id of these vocabularies) to one length."""
-    length = length or max(len(f["input_ids"]) for f in features)
-    return {name: np.array([f[name] + [0] * (length - len(f[name])) for f in features], dtype="int64")
-            for name in EXPORT_INPUT_NAMES}
-
-
-def batch_order(features: Sequence[dict], batch_size: int, sort_by_length: bool) -> List[List[int]]:
-    """Indices of each batch: by length (similar lengths share a batch, so little padding) or in input order."""
-    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"])) if sort_by_length else list(range(len(features)))
-    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-@dataclass
-class PredictionRun:
-    outputs: List[List[np.ndarray]]  # per model output, one unpadded array per feature, in input order
-    batch_seconds: List[float]
-    batch_sizes: List[int]
-
-
-def run_predictor(predictor, features: Sequence[dict], batch_size: int, per_token: bool, sort_by_length: bool = True,
-                  pad_to: Optional[int] = None, warmup_batches: int = 0) -> PredictionRun:
-    """Run every feature through the predictor in batches; results come back in input order.
-
-    per_token: the outputs have a value per input token (NER logits, QA start/end logits), which are cut back
-    to each feature's own length; otherwise one value per sequence (classification logits).
-    warmup_batches: run (and leave untimed) this many batches first.
-    """
-    import time
-
-    batches = batch_order(features, batch_size, sort_by_length)
-    for indices in batches[:warmup_batches]:
-        predictor.run(pad_features([features[i] for i in indices], pad_to))
-    outputs, seconds = None, []
-    for indices in batches:
-        batch = pad_features([features[i] for i in indices], pad_to)
-        started = time.perf_counter()
-        results = predictor.run(batch)
-        seconds.append(time.perf_counter() - started)
-        if outputs is None:
-            outputs = [[None] * len(features) for _ in results]
-        for output, result in zip(outputs, results):
-            for row, index in enumerate(indices):
-                output[index] = result[row][: len(features[index]["input_ids"])] if per_token else result[row]
-    return PredictionRun(outputs or [], seconds, [len(b) for b in batches])
-
-
-def pad_rows(rows: Sequence[np.ndarray], fill) -> np.ndarray:
-    """Stack arrays of different first lengths into one, padded with fill."""
-    length = max(len(row) for row in rows)
-    first = np.asarray(rows[0])
-    padded = np.full((len(rows), length) + first.shape[1:], fill, dtype=first.dtype)
-    for i, row in enumerate(rows):
-        padded[i, : len(row)] = row
-    return padded
-
-
-def deployed_metrics(task: TaskSpec, examples, encoded, outputs: List[List[np.ndarray]], window_args) -> Dict[str, float]:
-    """The fine-tuning scripts' metrics, computed with the same functions from a predictor's outputs."""
-    if task.family == "seq_cls":
-        labels = np.array([feature["labels"] for feature in encoded.dataset])
-        return {"accuracy": accuracy(np.stack(outputs[0]), labels)}
-    if task.family == "token_cls":
-        labels = pad_rows([np.array(feature["labels"]) for feature in encoded.dataset], IGNORE_INDEX)
-        return entity_metrics(*scored_tags(pad_rows(outputs[0], 0.0), labels, task.labels))
-    predictions, _ = postprocess_qa_predictions(examples, encoded, outputs[0], outputs[1], window_args.n_best_size,
-                                                window_args.max_answer_length)
-    return qa_metrics(examples, predictions)
-
-
-# --------------------------------------------------------------------------------------------------
-# Compression: DynaBERT width pruning with distillation, post-training int8 quantization
-# --------------------------------------------------------------------------------------------------
-PTQ_ALGORITHMS = ("hist", "mse", "avg", "abs_max", "KL", "emd")
-
-
-class DygraphPredictor:
-    """A dynamic-graph model behind the predictor interface, so run_predictor and the metrics serve it too."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def run(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
-        self.model.eval()
-        with paddle.no_grad():
-            outputs = self.model(**{name: paddle.to_tensor(value) for name, value in batch.items()})
-        return [o.numpy() for o in (outputs if isinstance(outputs, (tuple, list)) else [outputs])]
-
-
-def encoder_layers(model) -> list:
-    """The encoder layers width pruning works on: paddle.nn.TransformerEncoderLayer (ERNIE, BERT, RoBERTa)."""
-    base = getattr(model, model.base_model_prefix, None)
-    layers = getattr(getattr(base, "encoder", None), "layers", None)
-    if not layers or not all(isinstance(layer, paddle.nn.TransformerEncoderLayer) for layer in layers):
-        raise UserError(f"width pruning needs an encoder of paddle.nn.TransformerEncoderLayer; {type(model).__name__} has none")
-    return list(layers)
-
-
-def kept_units(width: float, total: int) -> int:
-    return max(1, int(width * total))
-
-
-class WidthMasks:
-    """Masks over each layer's attention heads and feed-forward neurons, applied by forward pre-hooks on the
-    layers that consume them (out_proj and linear2): a masked head or neuron contributes nothing, exactly as
-    if it were cut out. With gradients on, the masks' gradients measure each unit's importance."""
-
-    def __init__(self, model):
-        self.layers = encoder_layers(model)
-        attention = self.layers[0].self_attn
-        self.num_heads, self.head_dim = attention.num_heads, attention.head_dim
-        self.intermediate = self.layers[0].linear1.weight.shape[1]
-        self.set_width(1.0)
-        self.handles = []
-        for index, layer in enumerate(self.layers):
-            self.handles.append(layer.self_attn.out_proj.register_forward_pre_hook(self._masking_hook(index, heads=True)))
-            self.handles.append(layer.linear2.register_forward_pre_hook(self._masking_hook(index, heads=False)))
-
-    def _masking_hook(self, index: int, heads: bool):
-        def hook(layer, inputs):
-            mask = paddle.repeat_interleave(self.head_mask[index], self.head_dim) if heads else self.neuron_mask[index]
-            return (inputs[0] * mask,) + tuple(inputs[1:])
-
-        return hook
-
-    def set_width(self, width: float) -> None:
-        """Keep the first width share of heads and neurons in every layer (after reordering, the most important)."""
-        heads, neurons = kept_units(width, self.num_heads), kept_units(width, self.intermediate)
-        self.head_mask = paddle.to_tensor([[1.0] * heads + [0.0] * (self.num_heads - heads)] * len(self.layers))
-        self.neuron_mask = paddle.to_tensor([[1.0] * neurons + [0.0] * (self.intermediate - neurons)] * len(self.layers))
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
-def width_importance(model, masks: WidthMasks, batches) -> Tuple[np.ndarray, np.ndarray]:
-    """Head and neuron importance: the summed |gradient of the task loss| with respect to each unit's mask
-    (DynaBERT; Michel et al. 2019 for heads), over batches that carry labels."""
-    masks.set_width(1.0)
-    masks.head_mask.stop_gradient = False
-    masks.neuron_mask.stop_gradient = False
-    head_importance = np.zeros([len(masks.layers), masks.num_heads])
-    neuron_importance = np.zeros([len(masks.layers), masks.intermediate])
-    model.eval()  # no dropout, gradients still flow
-    for batch in batches:
-        loss = model(**batch)[0]
-        loss.backward()
-        head_importance += np.abs(masks.head_mask.grad.numpy())
-        neuron_importance += np.abs(masks.neuron_mask.grad.numpy())
-        masks.head_mask.clear_grad()
-        masks.neuron_mask.clear_grad()
-        model.clear_gradients()
-    masks.set_width(1.0)
-    return head_importance, neuron_importance
-
-
-def reorder_by_importance(masks: WidthMasks, head_importance: np.ndarray, neuron_importance: np.ndarray) -> None:
-    """Permute every layer's heads and neurons, most important first; the model computes the same function."""
-    dim = masks.head_dim
-    for layer, heads, neurons in zip(masks.layers, head_importance, neuron_importance):
-        head_order = np.argsort(-heads, kind="stable")
-        columns = (head_order[:, None] * dim + np.arange(dim)).reshape(-1)
-        attention = layer.self_attn
-        for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
-            projection.weight.set_value(projection.weight.numpy()[:, columns])
-            projection.bias.set_value(projection.bias.numpy()[columns])
-        attention.out_proj.weight.set_value(attention.out_proj.weight.numpy()[columns, :])
-        neuron_order = np.argsort(-neurons, kind="stable")
-        layer.linear1.weight.set_value(layer.linear1.weight.numpy()[:, neuron_order])
-        layer.linear1.bias.set_value(layer.linear1.bias.numpy()[neuron_order])
-        layer.linear2.weight.set_value(layer.linear2.weight.numpy()[neuron_order, :])
-
-
-def sliced_linear(linear, inputs: Optional[int] = None, outputs: Optional[int] = None):
-    """A new Linear holding the first inputs rows and outputs columns of linear's weight."""
-    weight = linear.weight.numpy()
-    inputs, outputs = inputs or weight.shape[0], outputs or weight.shape[1]
-    sliced = paddle.nn.Linear(inputs, outputs)
-    sliced.weight.set_value(weight[:inputs, :outputs])
-    sliced.bias.set_value(linear.bias.numpy()[:outputs])
-    return sliced
-
-
-def slice_to_width(model, width: float):
-    """Cut every layer down to its first width share of heads and neurons: the pruned model really is smaller."""
-    for layer in encoder_layers(model):
-        attention = layer.self_attn
-        heads = kept_units(width, attention.num_heads)
-        kept = heads * attention.head_dim
-        attention.q_proj = sliced_linear(attention.q_proj, outputs=kept)
-        attention.k_proj = sliced_linear(attention.k_proj, outputs=kept)
-        attention.v_proj = sliced_linear(attention.v_proj, outputs=kept)
-        attention.out_proj = sliced_linear(attention.out_proj, inputs=kept)
-        attention.num_heads = heads
-        neurons = kept_units(width, layer.linear1.weight.shape[1])
-        layer.linear1 = sliced_linear(layer.linear1, outputs=neurons)
-        layer.linear2 = sliced_linear(layer.linear2, inputs=neurons)
-    return model
-
-
-def parameter_count(model) -> int:
-    return int(sum(int(np.prod(p.shape)) for p in model.parameters()))
-
-
-def soft_cross_entropy(student, teacher, axis: int = -1):
-    return -(paddle.nn.functional.softmax(teacher, axis=axis) * paddle.nn.functional.log_softmax(student, axis=axis)).sum(axis=axis)
-
-
-def distillation_loss(family: str, student_outputs, teacher_outputs, input_ids, pad_token_id: int):
-    """Soft cross-entropy from the teacher's distribution: over classes (per sequence, or per real token for
-    NER), or over positions for QA's start and end (padding excluded)."""
-    real = (input_ids != pad_token_id).astype("float32")
-    if family == "seq_cls":
-        return soft_cross_entropy(student_outputs[0], teacher_outputs[0]).mean()
-    if family == "token_cls":
-        return (soft_cross_entropy(student_outputs[0], teacher_outputs[0]) * real).sum() / real.sum()
-    padding = (1.0 - real) * -1e4
-    losses = [soft_cross_entropy(s + padding, t + padding).mean() for s, t in zip(student_outputs, teacher_outputs)]
-    return sum(losses) / len(losses)
-
-
-def model_outputs(model, batch: dict) -> list:
-    outputs = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"])
-    return list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
-
-
-def export_legacy_static_model(model, directory: str) -> Tuple[str, str]:
-    """model.pdmodel + model.pdiparams in the legacy program format, which Paddle's post-training
-    quantization reads (paddle 3.0.0: inside OldIrGuard; later releases can no longer export ERNIE this way)."""
-    duplicate = static_copy(model)  # parameters can only be built outside OldIrGuard
-    with paddle.pir_utils.OldIrGuard():
-        paddle.jit.save(paddle.jit.to_static(duplicate, input_spec=export_input_spec(), full_graph=True),
-                        os.path.join(directory, "model"))
-    return os.path.join(directory, "model.pdmodel"), os.path.join(directory, "model.pdiparams")
-
-
-def quantize_post_training(legacy_dir: str, output_dir: str, calibration: Sequence[dict], algo: str, batch_size: int,
-                           batch_nums: int) -> None:
-    """int8.pdmodel + int8.pdiparams: the transformer matmuls quantized (weights per channel, activations per
-    tensor) from calibration batches; embeddings, layer norms and softmax stay fp32."""
-    from paddle.static.quantization import PostTrainingQuantization
-
-    def calibration_batches():
-        for start in range(0, min(len(calibration), batch_size * batch_nums), batch_size):
-            yield pad_features(calibration[start: start + batch_size])
-
-    with paddle.pir_utils.OldIrGuard():
-        paddle.enable_static()
-        try:
-            quantizer = PostTrainingQuantization(
-                executor=paddle.static.Executor(paddle.CPUPlace()), model_dir=legacy_dir, model_filename="model.pdmodel",
-                params_filename="model.pdiparams", data_loader=calibration_batches, batch_size=batch_size,
-                batch_nums=batch_nums, algo=algo, hist_percent=0.9999, quantizable_op_type=["matmul", "matmul_v2"],
-                is_full_quantize=False, weight_bits=8, activation_bits=8, weight_quantize_type="channel_wise_abs_max",
-                onnx_format=True, optimize_model=False,
-            )
-            quantizer.quantize()
-            quantizer.save_quantized_model(output_dir, model_filename="int8.pdmodel", params_filename="int8.pdiparams")
-        finally:
-            paddle.disable_static()
-
-
-@dataclass
-class CompressArguments:
-    model_name_or_path: str = field(metadata={"help": "A fine-tuned output directory of run_*.py (the float parent)."})
-    output_dir: Optional[str] = field(default=None, metadata={"help": "Where candidates and compress_report.json go; default <model_name_or_path>/compress."})
-    strategy: str = field(default="dynabert+ptq", metadata={"help": "dynabert+ptq, dynabert, ptq, qat or dynabert+qat."})
-    width_mult_list: List[str] = field(default_factory=lambda: ["3/4"], metadata={"help": "Widths to prune to, as fractions (3/4) or decimals."})
-    algo_list: List[str] = field(default_factory=lambda: ["hist", "mse"], metadata={"help": "PTQ activation calibration: hist, mse, avg, abs_max, emd, KL (KL is very slow)."})
-    batch_size_list: List[int] = field(default_factory=lambda: [4, 8, 16], metadata={"help": "Calibration batch sizes."})
-    batch_num_list: List[int] = field(default_factory=lambda: [1], metadata={"help": "Calibration batch counts."})
-    max_metric_drop: float = field(default=1.0, metadata={"help": "Largest drop below the float parent, in points of the task's main metric, that a candidate may have to be chosen."})
-    learning_rate: float = field(default=2e-5, metadata={"help": "DynaBERT distillation learning rate."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "DynaBERT distillation epochs over the training data."})
-    max_steps: int = field(default=-1, metadata={"help": "If > 0: distillation steps, overriding --num_train_epochs."})
-    per_device_train_batch_size: int = field(default=32, metadata={"help": "Distillation batch size."})
-    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Evaluation and latency batch size."})
-    importance_batches: int = field(default=32, metadata={"help": "Training batches used to rank heads and neurons."})
-    logging_steps: int = field(default=50, metadata={"help": "Log the distillation loss every N steps."})
-    seed: int = field(default=42, metadata={"help": "Random seed."})
-    device: str = field(default="cpu", metadata={"help": "cpu or gpu, for distillation."})
-    num_threads: int = field(default=os.cpu_count() or 1, metadata={"help": "CPU threads for evaluation and latency."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an earlier compression output."})
-
-
-STRATEGIES = ("dynabert+ptq", "dynabert", "ptq", "qat", "dynabert+qat")
-COMPRESSION_HELP = """
-DynaBERT width pruning with distillation, then int8 post-training quantization over a grid of calibration
-settings; every candidate is measured on the dev set and the best one within --max_metric_drop points of the
-float parent is chosen.
-
-Strategies: dynabert+ptq (default), dynabert, ptq, qat (quantization-aware training by distillation from the
-float parent; dynabert+qat on the pruned model). PTQ algorithms (--algo_list): hist (activation range
-from a histogram's 99.99th percentile), mse (the range that minimises quantization mean squared error),
-avg (mean of per-batch maxima), abs_max (the largest value seen), KL (the range minimising KL divergence;
-very slow), emd. Calibration batches come from the training data, never from the dev set.
-
-Writes into --output_dir (default <model_name_or_path>/compress): parent/ (the float parent, exported for
-comparison), width_mult_0.75/ (the pruned float model), [width_mult_0.75/]<algo><batch size>_<batches>/ (each
-PTQ candidate), [width_mult_0.75/]qat/ (the QAT model), and compress_report.json. Every candidate directory is servable by infer.py.
-"""
-
-
-def parse_width(text: str) -> float:
-    try:
-        numerator, _, denominator = str(text).partition("/")
-        width = float(numerator) / float(denominator or 1)
-    except (ValueError, ZeroDivisionError):
-        raise UserError(f"--width_mult_list: {text!r} is not a width such as 3/4 or 0.75") from None
-    if not 0 < width < 1:
-        raise UserError(f"--width_mult_list: {text!r} must be between 0 and 1")
-    return width
-
-
-def check_compress_arguments(args: CompressArguments) -> List[float]:
-    if args.strategy not in STRATEGIES:
-        raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, not {args.strategy!r}")
-    unknown = [algo for algo in args.algo_list if algo not in PTQ_ALGORITHMS]
-    if unknown:
-        raise UserError(f"--algo_list: unknown algorithm {unknown[0]!r}; choose from {', '.join(PTQ_ALGORITHMS)}")
-    if any(size < 1 for size in args.batch_size_list + args.batch_num_list):
-        raise UserError("--batch_size_list and --batch_num_list take positive numbers")
-    return [parse_width(width) for width in args.width_mult_list]
-
-
-def metric_points(task: TaskSpec, value: float) -> float:
-    """The main metric in points: accuracy and NER F1 are fractions, CMRC2018 F1 is already in percent."""
-    return value if task.family == "qa" else 100.0 * value
-
-
-def choose_best(parent_points: float, candidates: List[dict], max_drop: float) -> Optional[dict]:
-    """The candidate with the best metric among those at most max_drop points below the parent; among
-    equals, the smaller file, then the faster one. None when no candidate qualifies."""
-    qualifying = [c for c in candidates if parent_points - c["metric_points"] <= max_drop + 1e-9]
-    if not qualifying:
-        return None
-    return max(qualifying, key=lambda c: (c["metric_points"], -c["size_bytes"], -c["latency_ms_p50"]))
-
-
-def directory_model_bytes(model_dir: str) -> int:
-    return sum(os.path.getsize(path) for path in static_model_files(model_dir))
-
-
-def family_collator(family: str, tokenizer):
-    """Pads a batch of features: labels of NER with the ignore index, everything else with the pad id."""
-    if family == "token_cls":
-        return DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE_INDEX)
-    return DataCollatorWithPadding(tokenizer)
-
-
-def measure_candidate(model_dir: str, task: TaskSpec, dev_examples, dev_encoded, window_args, args: CompressArguments,
-                      max_seq_length: int) -> dict:
-    """A compressed (or parent) static model's dev metric through Paddle Inference, its size and latency."""
-    options = PredictorOptions(num_threads=args.num_threads, batch_size=args.per_device_eval_batch_size, max_seq_length=max_seq_length)
-    features = list(dev_encoded.dataset)
-    result = run_predictor(PaddlePredictor(model_dir, options), features, options.batch_size,
-                           per_token=task.per_token_outputs, warmup_batches=2)
-    metrics = deployed_metrics(task, dev_examples, dev_encoded, result.outputs, window_args)
-    return {
-        "metrics": metrics,
-        "metric_points": metric_points(task, metrics[task.metric]),
-        "size_bytes": directory_model_bytes(model_dir),
-        "latency_ms_p50": float(np.median(result.batch_seconds) * 1000.0),
-        "sequences_per_second": len(features) / float(np.sum(result.batch_seconds)),
-    }
-
-
-def training_batches(features: Sequence[dict], collator, batch_size: int, shuffle: bool, seed: int = 0):
-    """Collated batches of features (labels included), shuffled with a seed or in order."""
-    order = list(range(len(features)))
-    if shuffle:
-        np.random.default_rng(seed).shuffle(order)
-    for start in range(0, len(order), batch_size):
-        yield collator([features[i] for i in order[start: start + batch_size]])
-
-
-def width_points(student, masks: WidthMasks, width: float, task: TaskSpec, dev_examples, dev_encoded, window_args,
-                 batch_size: int) -> float:
-    masks.set_width(width)
-    result = run_predictor(DygraphPredictor(student), list(dev_encoded.dataset), batch_size, per_token=task.per_token_outputs)
-    return metric_points(task, deployed_metrics(task, dev_examples, dev_encoded, result.outputs, window_args)[task.metric])
-
-
-def distillation_training(student, teacher, task: TaskSpec, features: Sequence[dict], tokenizer, args: "CompressArguments",
-                          variants: Sequence[Callable[[], None]], on_epoch_end: Callable[[], None], description: str) -> None:
-    """Train student to match teacher's outputs (distillation_loss) on the training features. Each batch runs
-    once per variant (DynaBERT: one per width, set by the variant), gradients summed, then one optimizer step."""
-    import math
-
-    from paddlenlp.transformers import LinearDecayWithWarmup
-    from tqdm import tqdm
-
-    collator = family_collator(task.family, tokenizer)
-    batches_per_epoch = math.ceil(len(features) / args.per_device_train_batch_size)
-    total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(args.num_train_epochs * batches_per_epoch))
-    scheduler = LinearDecayWithWarmup(args.learning_rate, total_steps, 0.1)
-    no_decay = {p.name for n, p in student.named_parameters() if "bias" in n or "norm" in n}
-    optimizer = paddle.optimizer.AdamW(learning_rate=scheduler, parameters=student.parameters(), weight_decay=0.01,
-                                       apply_decay_param_fun=lambda name: name not in no_decay,
-                                       grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
-    teacher.eval()
-    step, epoch = 0, 0
-    progress = tqdm(total=total_steps, desc=description)
-    while step < total_steps:
-        for batch in training_batches(features, collator, args.per_device_train_batch_size, shuffle=True, seed=args.seed + epoch):
-            with paddle.no_grad():
-                teacher_outputs = model_outputs(teacher, batch)
-            student.train()
-            loss_sum = 0.0
-            for prepare in variants:
-                prepare()
-                loss = distillation_loss(task.family, model_outputs(student, batch), teacher_outputs, batch["input_ids"],
-                                         tokenizer.pad_token_id)
-                loss.backward()
-                loss_sum += float(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.clear_grad()
-            step += 1
-            progress.update(1)
-            if step % args.logging_steps == 0:
-                logger.info("%s step %d/%d: distillation loss %.4f, lr %.2e", description, step, total_steps,
-                            loss_sum / len(variants), scheduler.get_lr())
-            if step >= total_steps:
-                break
-        epoch += 1
-        on_epoch_end()
-    progress.close()
-
-
-def dynabert_width_pruning(parent, tokenizer, task: TaskSpec, widths: List[float], train_encoded, dev_examples,
-                           dev_encoded, window_args, args: "CompressArguments") -> Dict[float, object]:
-    """DynaBERT's width stage: rank heads and neurons by importance, reorder them, then train the narrower
-    networks by distillation from the parent, every width on every batch; keep each width's best dev state
-    and cut it to size."""
-    import copy
-
-    features = list(train_encoded.dataset)
-    student = copy.deepcopy(parent)
-    masks = WidthMasks(student)
-    importance_batches = list(training_batches(features, family_collator(task.family, tokenizer),
-                                               args.per_device_train_batch_size, shuffle=False))
-    reorder_by_importance(masks, *width_importance(student, masks, importance_batches[: args.importance_batches]))
-    best = {width: (-float("inf"), None) for width in widths}
-
-    def keep_best():
-        for width in widths:
-            points = width_points(student, masks, width, task, dev_examples, dev_encoded, window_args, args.per_device_eval_batch_size)
-            logger.info("DynaBERT width %g: dev %s %.4f points", width, task.metric, points)
-            if points > best[width][0]:
-                best[width] = (points, {k: v.numpy().copy() for k, v in student.state_dict().items()})
-
-    variants = [lambda width=width: masks.set_width(width) for width in widths]
-    distillation_training(student, parent, task, features, tokenizer, args, variants, keep_best, "DynaBERT distillation")
-    masks.remove()
-    pruned = {}
-    for width in widths:
-        model = copy.deepcopy(student)
-        model.set_state_dict(best[width][1])
-        pruned[width] = slice_to_width(model, width)
-    return pruned
-
-
-def quantization_aware_training(source_model, teacher, tokenizer, task: TaskSpec, train_encoded, target_dir: str,
-                                args: "CompressArguments") -> None:
-    """Fake-quantize every Linear (weights per channel, activations by moving average), train by distillation
-    from the float parent, and save int8.pdmodel + int8.pdiparams in the legacy format."""
-    import copy
-
-    from paddle.quantization import ImperativeQuantAware
-
-    student = copy.deepcopy(source_model)
-    keep_float_for_quantization(student)
-    quantizer = ImperativeQuantAware(weight_quantize_type="channel_wise_abs_max", activation_quantize_type="moving_average_abs_max",
-                                     quantizable_layer_type=["Linear"], onnx_format=True)
-    quantizer.quantize(student)
-    distillation_training(student, teacher, task, list(train_encoded.dataset), tokenizer, args, [lambda: None], lambda: None,
-                          "QAT distillation")
-    student.eval()
-    with paddle.pir_utils.OldIrGuard():
-        quantizer.save_quantized_model(student, os.path.join(target_dir, "int8"), input_spec=export_input_spec())
-
-
-def quantization_grid(source_model, source_dir: str, relative_prefix: str, staging: str, calibration, tokenizer,
-                      info: dict, args: CompressArguments) -> List[Tuple[str, dict]]:
-    """Every algorithm x batch size x batch count as an int8 candidate of one float model: (relative path, extras)."""
-    candidates = []
-    with tempfile.TemporaryDirectory() as legacy_dir:
-        export_legacy_static_model(source_model, legacy_dir)
-        for algo in args.algo_list:
-            for batch_size in args.batch_size_list:
-                for batch_nums in args.batch_num_list:
-                    if batch_size * batch_nums > len(calibration):
-                        logger.warning("skipping %s%d_%d: the calibration set has only %d examples", algo, batch_size, batch_nums, len(calibration))
-                        continue
-                    relative = os.path.join(relative_prefix, f"{algo}{batch_size}_{batch_nums}")
-                    target = os.path.join(staging, relative)
-                    logger.info("post-training quantization %s", relative)
-                    quantize_post_training(legacy_dir, target, calibration, algo, batch_size, batch_nums)
-                    save_deployable(target, tokenizer, info)
-                    candidates.append((relative, {"kind": "int8", "source": source_dir, "algo": algo,
-                                                  "calibration_batch_size": batch_size, "calibration_batches": batch_nums}))
-    return candidates
-
-
-def compression_table(report: dict) -> str:
-    rows = [("candidate", report["task"]["metric"], "drop", "size MB", "p50 ms/batch", "params")]
-    for entry in [report["parent"]] + report["candidates"]:
-        rows.append((entry["relative_path"], f"{entry['metric_points']:.2f}", f"{entry.get('drop_points', 0.0):.2f}",
-                     f"{entry['size_bytes'] / 2**20:.2f}", f"{entry['latency_ms_p50']:.1f}", str(entry.get("parameters", ""))))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows)
-
-
-def run_compression(family: str, model_class, description: str, argv=None) -> dict:
-    """compress_*.py: DynaBERT width pruning and/or int8 PTQ of a fine-tuned model, every candidate measured on
-    the dev set, the best one within --max_metric_drop of the parent chosen, all in compress_report.json."""
-    extra_classes = (QAWindowArguments,) if family == "qa" else ()
-    args, data_args, *extra = parse_plain_arguments((CompressArguments, DataArguments, *extra_classes),
-                                                    description + COMPRESSION_HELP, argv)
-    window_args = extra[0] if extra else None
-    setup_logging()
-    check_device(args.device)
-    paddle.set_device(args.device)
-    task = get_task(data_args.task_name, family, data_args.label_list)
-    widths = check_compress_arguments(args)
-    config = load_model_config(args.model_name_or_path)
-    if model_head_family(config) is None:
-        raise UserError(f"{args.model_name_or_path} is not a fine-tuned model (its config names no task head): "
-                        f"compress an output directory of {FAMILY_SCRIPTS[family]}")
-    check_model_fits_task(config, args.model_name_or_path, task)
-    data_args.max_seq_length = data_args.max_seq_length or task.max_seq_length
-    output_dir = os.path.abspath(args.output_dir or os.path.join(args.model_name_or_path, "compress"))
-    if os.path.exists(output_dir) and not args.overwrite_output_dir:
-        raise UserError(f"--output_dir {output_dir} already exists; pass --overwrite_output_dir to replace it or choose another")
-
-    set_seed(args.seed)
-    tokenizer = load_tokenizer(args.model_name_or_path)
-    parent = load_task_model(model_class, args.model_name_or_path, task, data_args.max_seq_length)
-    _, train_encoded = load_encoded_split(task, "train", data_args, tokenizer, window_args)
-    dev_examples, dev_encoded = load_encoded_split(task, "dev", data_args, tokenizer, window_args)
-    calibration = [{name: f[name] for name in EXPORT_INPUT_NAMES} for f in train_encoded.dataset]
-    np.random.default_rng(args.seed).shuffle(calibration)
-    info = task_info(task, data_args)
-
-    def measured(relative: str, extras: dict) -> dict:
-        entry = measure_candidate(os.path.join(staging, relative), task, dev_examples, dev_encoded, window_args, args,
-                                  data_args.max_seq_length)
-        return {"path": os.path.join(output_dir, relative), "relative_path": relative, **extras, **entry}
-
-    with atomic_directory(output_dir) as staging:
-        export_static_model(parent, tokenizer, os.path.join(staging, "parent"), info)
-        parent_entry = measured("parent", {"kind": "float parent", "source": args.model_name_or_path,
-                                           "parameters": parameter_count(parent)})
-        candidates, sources = [], [(parent, args.model_name_or_path, "")]
-        if args.strategy.startswith("dynabert"):
-            pruned = dynabert_width_pruning(parent, tokenizer, task, widths, train_encoded, dev_examples, dev_encoded, window_args, args)
-            sources = []
-            for width, model in pruned.items():
-                relative = f"width_mult_{width:g}"
-                export_static_model(model, tokenizer, os.path.join(staging, relative), info)
-                candidates.append(measured(relative, {"kind": "pruned float", "width": width, "parameters": parameter_count(model)}))
-                sources.append((model, os.path.join(output_dir, relative), relative))
-        if args.strategy.endswith("ptq"):
-            for model, source_dir, prefix in sources:
-                for relative, extras in quantization_grid(model, source_dir, prefix, staging, calibration, tokenizer, info, args):
-                    candidates.append(measured(relative, {**extras, "parameters": parameter_count(model)}))
-        if args.strategy.endswith("qat"):
-            for model, source_dir, prefix in sources:
-                relative = os.path.join(prefix, "qat")
-                quantization_aware_training(model, parent, tokenizer, task, train_encoded, os.path.join(staging, relative), args)
-                save_deployable(os.path.join(staging, relative), tokenizer, info)
-                candidates.append(measured(relative, {"kind": "int8", "source": source_dir, "algo": "qat",
-                                                      "parameters": parameter_count(model)}))
-        for candidate in candidates:
-            candidate["drop_points"] = parent_entry["metric_points"] - candidate["metric_points"]
-        best = choose_best(parent_entry["metric_points"], candidates, args.max_metric_drop)
-        report = {
-            "task": {"name": task.name, "metric": task.metric, "points": "percent" if family == "qa" else "fraction x 100"},
-            "strategy": args.strategy, "max_metric_drop": args.max_metric_drop, "calibration_examples": len(calibration),
-            "parent": parent_entry, "candidates": candidates, "best": best["path"] if best else None,
-        }
-        write_json_atomic(os.path.join(staging, "compress_report.json"), report)
-    print(compression_table(report))
-    if best is None:
-        raise UserError(f"no candidate is within --max_metric_drop {args.max_metric_drop} points of the float parent "
-                        f"({parent_entry['metric_points']:.2f}); nothing is chosen (see {output_dir}/compress_report.json)")
-    print(f"best: {best['path']} ({task.metric} {best['metric_points']:.2f} points, drop {best['drop_points']:.2f})")
-    return report

@@ -21,7 +21,6 @@ Writes benchmarks/results/infer[_quick].json (with machine details) and prints a
 import argparse
 import copy
 import dataclasses
-import json
 import os
 import platform
 import tempfile
@@ -31,6 +30,9 @@ import numpy as np
 import paddle
 from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification, ErnieTokenizer
 
+import compression
+import model_io
+import predictors
 import utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,7 +105,7 @@ def read_bandwidth_gbs(threads: int, megabytes: int = 256, repeats: int = 9) -> 
 
 def encoder_weight_bytes(model, bytes_per_weight: int = 4) -> int:
     """Bytes of the encoder's weights, which every forward pass reads whole (embedding rows are only looked up)."""
-    return bytes_per_weight * sum(utils.parameter_count(layer) for layer in utils.encoder_layers(model))
+    return bytes_per_weight * sum(compression.parameter_count(layer) for layer in compression.encoder_layers(model))
 
 
 def timed(function) -> float:
@@ -119,7 +121,7 @@ def layer_flops(length: int, hidden: int, attention: int, intermediate: int) -> 
 def model_flops(model, length: int) -> float:
     """FLOPs of one sequence of this length through the encoder (embeddings, pooler and head are negligible)."""
     total = 0.0
-    for layer in utils.encoder_layers(model):
+    for layer in compression.encoder_layers(model):
         attention = layer.self_attn.num_heads * layer.self_attn.head_dim
         total += layer_flops(length, layer.linear1.weight.shape[0], attention, layer.linear1.weight.shape[1])
     return total
@@ -135,32 +137,32 @@ def build_model(name: str):
 
 def export(model, directory: str) -> str:
     tokenizer = ErnieTokenizer(vocab_file=VOCAB_FILE)
-    utils.export_static_model(model, tokenizer, directory, {"task_name": "tnews", "label_list": list(utils.TNEWS_LABELS),
+    model_io.export_static_model(model, tokenizer, directory, {"task_name": "tnews", "label_list": list(utils.TNEWS_LABELS),
                                                              "max_seq_length": SEQ_LEN})
     return directory
 
 
-def predictors(model, pruned, workdir: str, threads: int, batch_size: int):
+def measured_backends(model, pruned, workdir: str, threads: int, batch_size: int):
     """(backend name, predictor, model) for every backend measured."""
     export_dir = os.path.join(workdir, "export")
     pruned_dir = os.path.join(workdir, "pruned")
     if not os.path.isdir(export_dir):
         export(model, export_dir)
         export(pruned, pruned_dir)
-    options = utils.PredictorOptions(num_threads=threads, batch_size=batch_size, max_seq_length=SEQ_LEN)
-    ort = utils.PredictorOptions(backend="onnxruntime", num_threads=threads, batch_size=batch_size, max_seq_length=SEQ_LEN)
-    ort_int8 = utils.PredictorOptions(backend="onnxruntime", precision="int8", num_threads=threads, batch_size=batch_size,
+    options = predictors.PredictorOptions(num_threads=threads, batch_size=batch_size, max_seq_length=SEQ_LEN)
+    ort = predictors.PredictorOptions(backend="onnxruntime", num_threads=threads, batch_size=batch_size, max_seq_length=SEQ_LEN)
+    ort_int8 = predictors.PredictorOptions(backend="onnxruntime", precision="int8", num_threads=threads, batch_size=batch_size,
                                       max_seq_length=SEQ_LEN)
     paddle.base.core.set_num_threads(threads)
-    bf16 = [("paddle-onednn-bf16", utils.create_predictor(export_dir, dataclasses.replace(options, precision="bf16")), model)] \
-        if utils.native_bfloat16() else []
+    bf16 = [("paddle-onednn-bf16", predictors.create_predictor(export_dir, dataclasses.replace(options, precision="bf16")), model)] \
+        if predictors.native_bfloat16() else []
     return [
-        ("dygraph", utils.DygraphPredictor(model), model),
-        ("paddle-onednn", utils.create_predictor(export_dir, options), model),
+        ("dygraph", predictors.DygraphPredictor(model), model),
+        ("paddle-onednn", predictors.create_predictor(export_dir, options), model),
         *bf16,
-        ("onnxruntime-fp32", utils.create_predictor(export_dir, ort), model),
-        ("onnxruntime-int8", utils.create_predictor(export_dir, ort_int8), model),
-        ("paddle-onednn-pruned-0.75", utils.create_predictor(pruned_dir, options), pruned),
+        ("onnxruntime-fp32", predictors.create_predictor(export_dir, ort), model),
+        ("onnxruntime-int8", predictors.create_predictor(export_dir, ort_int8), model),
+        ("paddle-onednn-pruned-0.75", predictors.create_predictor(pruned_dir, options), pruned),
     ]
 
 
@@ -178,12 +180,12 @@ def fixed_shape_rows(names, thread_counts, runs, peaks) -> list:
     rows = []
     for name in names:
         model = build_model(name)
-        pruned = utils.slice_to_width(copy.deepcopy(model), 0.75)
+        pruned = compression.slice_to_width(copy.deepcopy(model), 0.75)
         with tempfile.TemporaryDirectory() as workdir:
             for threads in thread_counts:
                 for batch_size in (1, 32):
                     batch = random_batch(batch_size, SEQ_LEN)
-                    for backend, predictor, measured_model in predictors(model, pruned, workdir, threads, batch_size):
+                    for backend, predictor, measured_model in measured_backends(model, pruned, workdir, threads, batch_size):
                         seconds = median_latency(predictor, batch, runs if batch_size == 1 else max(2, runs // 2))
                         gflops = batch_size * model_flops(measured_model, SEQ_LEN) / seconds / 1e9
                         row = {"model": name, "backend": backend, "threads": threads, "batch_size": batch_size,
@@ -217,13 +219,13 @@ def end_to_end_rows(names, sentence_limit, threads) -> list:
     for name in names:
         with tempfile.TemporaryDirectory() as workdir:
             export_dir = export(build_model(name), os.path.join(workdir, "export"))
-            options = utils.PredictorOptions(num_threads=threads, batch_size=32, max_seq_length=SEQ_LEN)
-            predictor = utils.create_predictor(export_dir, options)
+            options = predictors.PredictorOptions(num_threads=threads, batch_size=32, max_seq_length=SEQ_LEN)
+            predictor = predictors.create_predictor(export_dir, options)
             results = {}
             for mode, sort, pad_to in (("sorted, padded per batch", True, None), ("fixed 128 padding", False, SEQ_LEN)):
                 started = time.perf_counter()
                 encoded = utils.encode_text_examples(examples, tokenizer, task, SEQ_LEN)
-                utils.run_predictor(predictor, list(encoded.dataset), 32, per_token=False, sort_by_length=sort, pad_to=pad_to)
+                predictors.run_predictor(predictor, list(encoded.dataset), 32, per_token=False, sort_by_length=sort, pad_to=pad_to)
                 results[mode] = len(examples) / (time.perf_counter() - started)
             rows.append({"model": name, "kind": "real TNEWS, end to end", "sentences": len(examples), "threads": threads,
                          "sorted_sequences_per_second": results["sorted, padded per batch"],
@@ -252,13 +254,13 @@ def batch_one_rows(names, sentence_count, thread_counts) -> list:
             export_dir = export(model, os.path.join(workdir, "export"))
             for threads in thread_counts:
                 peak = matmul_peak_gflops(threads)["peak"]
-                predictors = {backend: utils.create_predictor(export_dir, utils.PredictorOptions(
+                by_backend = {backend: predictors.create_predictor(export_dir, predictors.PredictorOptions(
                     num_threads=threads, batch_size=1, max_seq_length=SEQ_LEN, **settings))
-                    for backend, settings in BATCH_ONE_BACKENDS.items() if settings.get("precision") != "bf16" or utils.native_bfloat16()}
-                latencies = {backend: [] for backend in predictors}
+                    for backend, settings in BATCH_ONE_BACKENDS.items() if settings.get("precision") != "bf16" or predictors.native_bfloat16()}
+                latencies = {backend: [] for backend in by_backend}
                 for feature in features:
-                    batch = utils.pad_features([feature])
-                    for backend, predictor in predictors.items():
+                    batch = predictors.pad_features([feature])
+                    for backend, predictor in by_backend.items():
                         latencies[backend].append(median_latency(predictor, batch, 5))
                 bounds = [model_flops(model, len(f["input_ids"])) / (peak * 1e9) for f in features]
                 for backend, seconds in latencies.items():

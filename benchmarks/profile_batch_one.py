@@ -23,6 +23,7 @@ import tempfile
 import numpy as np
 import paddle
 
+import predictors
 import utils
 from benchmarks.bench_infer import (ERNIE_CONFIGS, ROOT, build_model, encoder_weight_bytes, export, machine_details,
                                     matmul_peak_gflops, median_latency, model_flops, read_bandwidth_gbs)
@@ -37,18 +38,18 @@ def sentence_batch(length: int) -> dict:
     return {"input_ids": ids, "token_type_ids": np.zeros_like(ids)}
 
 
-def predictor_options(backend: str, threads: int) -> utils.PredictorOptions:
-    return utils.PredictorOptions(backend=backend, num_threads=threads, batch_size=1)
+def predictor_options(backend: str, threads: int) -> predictors.PredictorOptions:
+    return predictors.PredictorOptions(backend=backend, num_threads=threads, batch_size=1)
 
 
 def onnxruntime_profile(export_dir: str, threads: int, batch: dict, runs: int) -> dict:
     """Kernel time per operator type from ONNX Runtime's own profiler, in ms per run."""
     import onnxruntime
 
-    options = utils.OnnxRuntimePredictor.session_options(predictor_options("onnxruntime", threads))
+    options = predictors.OnnxRuntimePredictor.session_options(predictor_options("onnxruntime", threads))
     options.enable_profiling = True
     options.profile_file_prefix = os.path.join(export_dir, "ort-profile")
-    onnx_file = utils.OnnxRuntimePredictor.converted(export_dir)
+    onnx_file = predictors.OnnxRuntimePredictor.converted(export_dir)
     session = onnxruntime.InferenceSession(onnx_file, options, providers=["CPUExecutionProvider"])
     feed = {node.name: batch[node.name] for node in session.get_inputs()}
     for _ in range(runs):
@@ -85,7 +86,7 @@ def paddle_profile(export_dir: str, threads: int, batch: dict, runs: int) -> dic
     """Time per operator from Paddle Inference's profiler (config.enable_profile), in ms per run."""
     report = os.path.join(export_dir, "paddle-profile.txt")
     with captured_stdout(report):
-        config = utils.PaddlePredictor(export_dir, predictor_options("paddle", threads)).config()  # infer.py's config
+        config = predictors.PaddlePredictor(export_dir, predictor_options("paddle", threads)).config()  # infer.py's config
         config.enable_profile()
         predictor = paddle.inference.create_predictor(config)
         handles = {name: predictor.get_input_handle(name) for name in predictor.get_input_names()}
@@ -149,7 +150,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as workdir:
         export_dir = export(model, os.path.join(workdir, "export"))
         for backend, profile in (("paddle", paddle_profile), ("onnxruntime", onnxruntime_profile)):
-            predictor = utils.create_predictor(export_dir, predictor_options(backend, args.threads))
+            predictor = predictors.create_predictor(export_dir, predictor_options(backend, args.threads))
             latency = median_latency(predictor, batch, args.runs)
             del predictor
             row = summary(profile(export_dir, args.threads, batch, args.runs), latency, bound)

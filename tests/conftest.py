@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+import model_io
 import utils
 from tiny_models import build_tiny_encoder
 
@@ -44,7 +45,7 @@ def tiny_ernie(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tokenizer(tiny_ernie):
-    return utils.load_tokenizer(tiny_ernie)
+    return model_io.load_tokenizer(tiny_ernie)
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +79,7 @@ def static_outputs(export_dir, batch):
     """Outputs of an exported model run in paddle.inference on the CPU, inputs fed by name."""
     from paddle import inference
 
-    config = inference.Config(*utils.static_model_files(export_dir))
+    config = inference.Config(*model_io.static_model_files(export_dir))
     config.disable_gpu()
     predictor = inference.create_predictor(config)
     for name in predictor.get_input_names():

@@ -14,6 +14,9 @@ import compress_qa
 import compress_seq_cls
 import compress_token_cls
 import infer
+import compression
+import model_io
+import predictors
 import utils
 from conftest import QA_SMALL, clue_data_args, clue_file, error_lines, ner_file, qa_file, run_cli
 
@@ -36,38 +39,38 @@ def exported_weight_shapes(model_dir):
 def tnews_model_and_features(tnews_run):
     task = utils.SEQ_CLS_TASKS["tnews"]
     examples = utils.load_examples(task, "train", clue_file("tnews", "train"))
-    features = list(utils.encode_text_examples(examples, utils.load_tokenizer(tnews_run), task, 64).dataset)
+    features = list(utils.encode_text_examples(examples, model_io.load_tokenizer(tnews_run), task, 64).dataset)
     return AutoModelForSequenceClassification.from_pretrained(tnews_run), features
 
 
 def logits(model, features):
-    return np.stack(utils.run_predictor(utils.DygraphPredictor(model), features, 8, per_token=False).outputs[0])
+    return np.stack(predictors.run_predictor(predictors.DygraphPredictor(model), features, 8, per_token=False).outputs[0])
 
 
 def test_reordering_by_importance_keeps_the_function_and_masks_equal_slicing(tnews_model_and_features, tokenizer):
     model, features = tnews_model_and_features
     before = logits(model, features)
-    masks = utils.WidthMasks(model)
+    masks = compression.WidthMasks(model)
     collator = utils.family_collator("seq_cls", tokenizer)
-    heads, neurons = utils.width_importance(model, masks, list(utils.training_batches(features, collator, 8, shuffle=False))[:3])
+    heads, neurons = compression.width_importance(model, masks, list(compression.training_batches(features, collator, 8, shuffle=False))[:3])
     assert heads.shape == (2, 2) and neurons.shape == (2, 64) and heads.sum() > 0 and neurons.sum() > 0
-    utils.reorder_by_importance(masks, heads, neurons)
+    compression.reorder_by_importance(masks, heads, neurons)
     np.testing.assert_allclose(logits(model, features), before, atol=1e-5)
     masks.set_width(0.75)
     masked = logits(model, features)
     assert np.abs(masked - before).max() > 1e-6  # the masks really cut units
     masks.remove()
-    sliced = utils.slice_to_width(copy.deepcopy(model), 0.75)
+    sliced = compression.slice_to_width(copy.deepcopy(model), 0.75)
     np.testing.assert_allclose(logits(sliced, features), masked, atol=1e-5)
-    layer = utils.encoder_layers(sliced)[0]
+    layer = compression.encoder_layers(sliced)[0]
     assert layer.self_attn.num_heads == 1 and layer.linear1.weight.shape == [32, 48] and layer.self_attn.q_proj.weight.shape == [32, 16]
 
 
 def test_widths_parse_as_fractions_or_decimals():
-    assert utils.parse_width("3/4") == 0.75 and utils.parse_width("0.5") == 0.5
+    assert compression.parse_width("3/4") == 0.75 and compression.parse_width("0.5") == 0.5
     for bad in ("1", "5/4", "abc", "3/0"):
         with pytest.raises(utils.UserError, match="--width_mult_list"):
-            utils.parse_width(bad)
+            compression.parse_width(bad)
 
 
 def test_selection_picks_the_best_candidate_within_the_allowed_drop():
@@ -77,10 +80,10 @@ def test_selection_picks_the_best_candidate_within_the_allowed_drop():
         {"path": "c", "metric_points": 57.2, "size_bytes": 20, "latency_ms_p50": 9.0},  # as good, smaller
         {"path": "d", "metric_points": 58.5, "size_bytes": 5, "latency_ms_p50": 1.0},  # above the parent: fine
     ]
-    assert utils.choose_best(57.5, candidates, 1.0)["path"] == "d"
-    assert utils.choose_best(57.5, candidates[:3], 1.0)["path"] == "c"
-    assert utils.choose_best(57.5, candidates[:1], 1.0) is None  # 1.5 points below
-    assert utils.choose_best(57.5, candidates[:1], 1.5)["path"] == "a"
+    assert compression.choose_best(57.5, candidates, 1.0)["path"] == "d"
+    assert compression.choose_best(57.5, candidates[:3], 1.0)["path"] == "c"
+    assert compression.choose_best(57.5, candidates[:1], 1.0) is None  # 1.5 points below
+    assert compression.choose_best(57.5, candidates[:1], 1.5)["path"] == "a"
 
 
 # ---- whole runs ---------------------------------------------------------------------------------------
@@ -113,7 +116,7 @@ def test_report_measures_every_candidate_and_picks_the_best(tnews_compressed):
         assert 0.0 <= entry["metrics"]["accuracy"] <= 1.0 and entry["metric_points"] == pytest.approx(100 * entry["metrics"]["accuracy"])
     for candidate in report["candidates"]:
         assert candidate["drop_points"] == pytest.approx(report["parent"]["metric_points"] - candidate["metric_points"])
-    best = utils.choose_best(report["parent"]["metric_points"], report["candidates"], report["max_metric_drop"])
+    best = compression.choose_best(report["parent"]["metric_points"], report["candidates"], report["max_metric_drop"])
     assert report["best"] == best["path"]
     assert report["parent"]["metrics"]["accuracy"] == read_json(os.path.join(os.path.dirname(report["parent"]["source"] + "/"), "eval_results.json"))["accuracy"]
 
@@ -121,8 +124,8 @@ def test_report_measures_every_candidate_and_picks_the_best(tnews_compressed):
 def test_int8_candidates_hold_quantize_ops_and_serve_through_infer(tnews_compressed):
     report = read_json(os.path.join(tnews_compressed, "compress_report.json"))
     for candidate in (c for c in report["candidates"] if c["kind"] == "int8"):
-        program, _ = utils.static_model_files(candidate["path"])
-        assert os.path.basename(program) == "int8.pdmodel" and utils.is_quantized(program)
+        program, _ = model_io.static_model_files(candidate["path"])
+        assert os.path.basename(program) == "int8.pdmodel" and model_io.is_quantized(program)
         served = infer.main(["--task_name", "tnews", "--model_path", candidate["path"], "--dev_file", clue_file("tnews", "dev"),
                              "--batch_size", "8", "--precision", "int8"])
         assert served["metrics"]["accuracy"] == pytest.approx(candidate["metrics"]["accuracy"], abs=1e-6)
@@ -138,7 +141,7 @@ def test_ner_and_qa_compress_end_to_end(script, run_fixture, data, request, tmp_
     report = script.main(data + ["--model_name_or_path", model, "--output_dir", output_dir, "--max_metric_drop", "100"] + FAST)
     assert [c["relative_path"] for c in report["candidates"]] == ["width_mult_0.75", "width_mult_0.75/hist4_1", "width_mult_0.75/mse4_1"]
     assert exported_weight_shapes(os.path.join(output_dir, "width_mult_0.75"))[(32, 48)] == 2
-    assert all(utils.is_quantized(utils.static_model_files(c["path"])[0]) for c in report["candidates"] if c["kind"] == "int8")
+    assert all(model_io.is_quantized(model_io.static_model_files(c["path"])[0]) for c in report["candidates"] if c["kind"] == "int8")
     parent_metric = report["task"]["metric"]
     assert parent_metric == "f1" and report["best"] is not None
     trained = read_json(os.path.join(model, "eval_results.json"))
@@ -151,7 +154,7 @@ def test_quantization_aware_training_gives_a_servable_int8_model(tnews_run, tmp_
                                                               "--strategy", "qat", "--max_metric_drop", "100"] + FAST)
     (candidate,) = report["candidates"]
     assert candidate["relative_path"] == "qat" and candidate["kind"] == "int8" and report["best"] == candidate["path"]
-    assert utils.is_quantized(utils.static_model_files(candidate["path"])[0])
+    assert model_io.is_quantized(model_io.static_model_files(candidate["path"])[0])
     served = infer.main(["--task_name", "tnews", "--model_path", candidate["path"], "--dev_file", clue_file("tnews", "dev"),
                          "--batch_size", "8", "--precision", "int8"])
     assert served["metrics"]["accuracy"] == pytest.approx(candidate["metrics"]["accuracy"], abs=1e-6)

@@ -9,8 +9,10 @@ import pytest
 from paddlenlp.transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
 import infer
+import model_io
+import predictors
 import utils
-from conftest import QA_SMALL, clue_file, dynamic_outputs, error_lines, ner_file, padded_batch, qa_file, run_cli
+from conftest import clue_file, dynamic_outputs, error_lines, ner_file, padded_batch, qa_file, run_cli
 
 BACKENDS = ["paddle", "onnxruntime"]
 
@@ -70,7 +72,7 @@ def test_onnx_conversion_and_quantization_print_no_warnings(tnews_run, tmp_path,
     export_dir = str(tmp_path / "export")
     shutil.copytree(os.path.join(tnews_run, "export"), export_dir)
     capfd.readouterr()
-    utils.OnnxRuntimePredictor.quantized(utils.OnnxRuntimePredictor.converted(export_dir))
+    predictors.OnnxRuntimePredictor.quantized(predictors.OnnxRuntimePredictor.converted(export_dir))
     printed = "".join(capfd.readouterr())
     assert os.path.isfile(os.path.join(export_dir, "model.int8.onnx"))
     assert not re.search(r"WARNING|\[W:onnxruntime|Fail to optimize", printed), printed
@@ -92,14 +94,14 @@ def test_perf_reports_latency_percentiles_and_throughput(backend, runs, tmp_path
 
 def test_length_sorted_batches_give_each_input_its_own_result(runs):
     """Sorting by length and padding per batch must not change any example's logits or their order."""
-    predictor = utils.create_predictor(runs["tnews"], utils.PredictorOptions())
+    predictor = predictors.create_predictor(runs["tnews"], predictors.PredictorOptions())
     task = utils.SEQ_CLS_TASKS["tnews"]
     examples = utils.load_examples(task, "dev", clue_file("tnews", "dev"))
-    features = list(utils.encode_text_examples(examples, utils.load_tokenizer(runs["tnews"]), task, 128).dataset)
-    sorted_run = utils.run_predictor(predictor, features, 5, per_token=False, sort_by_length=True)
-    fixed_run = utils.run_predictor(predictor, features, 5, per_token=False, sort_by_length=False, pad_to=128)
+    features = list(utils.encode_text_examples(examples, model_io.load_tokenizer(runs["tnews"]), task, 128).dataset)
+    sorted_run = predictors.run_predictor(predictor, features, 5, per_token=False, sort_by_length=True)
+    fixed_run = predictors.run_predictor(predictor, features, 5, per_token=False, sort_by_length=False, pad_to=128)
     lengths = [len(f["input_ids"]) for f in features]
-    assert utils.batch_order(features, 5, True)[0] == sorted(range(32), key=lambda i: lengths[i])[:5]
+    assert predictors.batch_order(features, 5, True)[0] == sorted(range(32), key=lambda i: lengths[i])[:5]
     np.testing.assert_allclose(np.stack(sorted_run.outputs[0]), np.stack(fixed_run.outputs[0]), atol=1e-5)
 
 
@@ -108,7 +110,7 @@ def test_raw_text_classification_matches_the_dynamic_model(tnews_run, runs):
     report = infer.main(["--task_name", "tnews", "--model_path", runs["tnews"]] + [t for text in texts for t in ("--text", text)])
     task = utils.SEQ_CLS_TASKS["tnews"]
     examples = [utils.TextExample(i, t, None, None, "") for i, t in enumerate(texts)]
-    batch = padded_batch(list(utils.encode_text_examples(examples, utils.load_tokenizer(tnews_run), task, 128).dataset))
+    batch = padded_batch(list(utils.encode_text_examples(examples, model_io.load_tokenizer(tnews_run), task, 128).dataset))
     logits = dynamic_outputs(AutoModelForSequenceClassification.from_pretrained(tnews_run), batch)
     assert [row["label"] for row in report["predictions"]] == [task.labels[i] for i in logits.argmax(-1)]
     probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
@@ -122,7 +124,7 @@ def test_raw_text_entities_match_the_dynamic_model(ner_run, runs, tmp_path):
     report = infer.main(["--task_name", "msra_ner", "--model_path", runs["msra_ner"], "--input_file", str(input_file)])
     task = utils.MSRA_NER
     examples = [utils.TokenExample(i, list(s), None, "") for i, s in enumerate(sentences)]
-    encoded = utils.encode_token_examples(examples, utils.load_tokenizer(ner_run), task, 128)
+    encoded = utils.encode_token_examples(examples, model_io.load_tokenizer(ner_run), task, 128)
     logits = dynamic_outputs(AutoModelForTokenClassification.from_pretrained(ner_run), padded_batch(list(encoded.dataset)))
     tags = utils.predicted_word_tags(logits, encoded, examples, task.labels)
     assert [row["entities"] for row in report["predictions"]] == [utils.entities_from_tags(e.words, t) for e, t in zip(examples, tags)]
@@ -132,7 +134,7 @@ def test_raw_question_answering_matches_the_dynamic_model(qa_run, runs):
     context, question = "百度在北京发布了文心大模型，它是一个知识增强的大语言模型。", "谁发布了文心大模型？"
     report = infer.main(["--task_name", "cmrc2018", "--model_path", runs["cmrc2018"], "--question", question, "--text", context])
     example = utils.QAExample("0", question, context, [], None, None, "")
-    features = utils.prepare_qa_features([example], utils.load_tokenizer(qa_run), 128, None, 64, with_labels=False)
+    features = utils.prepare_qa_features([example], model_io.load_tokenizer(qa_run), 128, None, 64, with_labels=False)
     start, end = dynamic_outputs(AutoModelForQuestionAnswering.from_pretrained(qa_run), padded_batch(list(features.dataset)))
     answers, nbest = utils.postprocess_qa_predictions([example], features, start, end, 20, 50)
     assert report["predictions"][0]["answer"] == answers["0"] and report["predictions"][0]["answer"] in context
@@ -142,7 +144,7 @@ def test_raw_question_answering_matches_the_dynamic_model(qa_run, runs):
 def test_tensorrt_shape_ranges_are_collected_once_and_cached_beside_the_model(runs):
     """The collection step runs on the CPU build; building the TensorRT engine itself needs a GPU build."""
     model_dir = runs["tnews"]
-    predictor = utils.PaddlePredictor(model_dir, utils.PredictorOptions(batch_size=4, max_seq_length=64))
+    predictor = predictors.PaddlePredictor(model_dir, predictors.PredictorOptions(batch_size=4, max_seq_length=64))
     path = predictor.collect_shape_ranges()
     assert os.path.dirname(path) == model_dir and os.path.basename(path) == "trt_shape_range_b4_s64.pbtxt"
     content = open(path, encoding="utf-8").read()
@@ -189,19 +191,19 @@ def test_bad_input_gets_one_clear_error_line(case, runs, tmp_path, capsys):
 
 
 def test_bf16_without_native_support_is_refused_not_emulated(runs, monkeypatch, capsys):
-    monkeypatch.setattr(utils, "native_bfloat16", lambda: False)
+    monkeypatch.setattr(predictors, "native_bfloat16", lambda: False)
     argv = ["--task_name", "tnews", "--dev_file", clue_file("tnews", "dev"), "--model_path", runs["tnews"], "--precision", "bf16"]
     status, stderr = run_cli(infer.main, argv, capsys)
     assert status == 2 and len(error_lines(stderr)) == 1
     assert "needs a CPU with native bfloat16" in error_lines(stderr)[0]
 
 
-@pytest.mark.skipif(not utils.native_bfloat16(), reason="this CPU has no native bfloat16 (avx512_bf16 or AMX)")
+@pytest.mark.skipif(not predictors.native_bfloat16(), reason="this CPU has no native bfloat16 (avx512_bf16 or AMX)")
 def test_bf16_runs_in_bfloat16_close_to_fp32(runs):
     batch = padded_batch(list(utils.encode_text_examples(
         utils.load_examples(utils.SEQ_CLS_TASKS["tnews"], "dev", clue_file("tnews", "dev"))[:16],
-        utils.load_tokenizer(runs["tnews"]), utils.SEQ_CLS_TASKS["tnews"], 128).dataset))
-    fp32, bf16 = (utils.create_predictor(runs["tnews"], utils.PredictorOptions(precision=precision)).run(batch)[0]
+        model_io.load_tokenizer(runs["tnews"]), utils.SEQ_CLS_TASKS["tnews"], 128).dataset))
+    fp32, bf16 = (predictors.create_predictor(runs["tnews"], predictors.PredictorOptions(precision=precision)).run(batch)[0]
                   for precision in ("fp32", "bf16"))
     difference = np.abs(bf16 - fp32).max()
     assert 0 < difference < 0.05 * np.abs(fp32).max()  # rounded to bfloat16 (8 bits of mantissa), not left in fp32

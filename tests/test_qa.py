@@ -9,6 +9,7 @@ import pytest
 from paddlenlp.transformers import AutoModelForQuestionAnswering
 
 import run_qa
+import model_io
 import utils
 from conftest import QA_SMALL, dynamic_outputs, error_lines, padded_batch, qa_args, qa_file, run_cli, static_outputs
 
@@ -212,7 +213,7 @@ def test_outputs_and_prediction_files(qa_run):
 def test_exported_static_model_gives_the_dynamic_models_logits(qa_run):
     model = AutoModelForQuestionAnswering.from_pretrained(qa_run)
     examples = utils.load_examples(TASK, "dev", qa_file("dev.json"))[:3]
-    features = utils.prepare_qa_features(examples, utils.load_tokenizer(qa_run), 128, 64, 64, with_labels=False)
+    features = utils.prepare_qa_features(examples, model_io.load_tokenizer(qa_run), 128, 64, 64, with_labels=False)
     batch = padded_batch(list(features.dataset))
     dynamic, static = dynamic_outputs(model, batch), static_outputs(os.path.join(qa_run, "export"), batch)
     assert len(static) == len(dynamic) == 2
@@ -269,7 +270,7 @@ def test_a_classification_model_is_refused_by_the_qa_script(tiny_ernie, tmp_path
 
     classifier = str(tmp_path / "classifier")
     AutoModelForSequenceClassification.from_pretrained(tiny_ernie, num_labels=15).save_pretrained(classifier)
-    utils.load_tokenizer(tiny_ernie).save_pretrained(classifier)
+    model_io.load_tokenizer(tiny_ernie).save_pretrained(classifier)
     status, stderr = run_cli(run_qa.main, qa_args(classifier, tmp_path / "out", "--do_train", "--max_steps", "1"), capsys)
     assert status == 2 and len(error_lines(stderr)) == 1
     assert "is a fine-tuned sequence classification model, but task cmrc2018 needs a question answering model" in stderr

@@ -8,6 +8,8 @@ import pytest
 from paddlenlp.transformers import AutoModelForSequenceClassification
 
 import run_seq_cls
+import model_io
+import trainer_suite
 import utils
 from conftest import clue_data_args, clue_file, dynamic_outputs, error_lines, padded_batch, run_cli, static_outputs
 
@@ -63,7 +65,7 @@ def test_outputs_of_a_full_run(tnews_run):
 def test_predictions_follow_the_saved_models_argmax(tnews_run):
     model = AutoModelForSequenceClassification.from_pretrained(tnews_run)
     model.eval()
-    tokenizer = utils.load_tokenizer(tnews_run)
+    tokenizer = model_io.load_tokenizer(tnews_run)
     task = utils.SEQ_CLS_TASKS["tnews"]
     examples = utils.load_examples(task, "test", clue_file("tnews", "test"))
     with paddle.no_grad():
@@ -78,18 +80,18 @@ def test_exported_static_model_gives_the_dynamic_models_logits(tnews_run):
     model = AutoModelForSequenceClassification.from_pretrained(tnews_run)
     task = utils.SEQ_CLS_TASKS["tnews"]
     examples = utils.load_examples(task, "dev", clue_file("tnews", "dev"))[:8]
-    batch = padded_batch(list(utils.encode_text_examples(examples, utils.load_tokenizer(tnews_run), task, 128).dataset))
+    batch = padded_batch(list(utils.encode_text_examples(examples, model_io.load_tokenizer(tnews_run), task, 128).dataset))
     dynamic, static = dynamic_outputs(model, batch), static_outputs(os.path.join(tnews_run, "export"), batch)
     assert static.shape == dynamic.shape == (8, 15)
     np.testing.assert_allclose(static, dynamic, atol=1e-4)
 
 
 def test_export_leaves_dropout_out_of_the_program_but_not_out_of_the_trained_model(tnews_run):
-    program, _ = utils.static_model_files(os.path.join(tnews_run, "export"))
+    program, _ = model_io.static_model_files(os.path.join(tnews_run, "export"))
     with open(program, "rb") as handle:
         assert b"dropout" not in handle.read()
     model = AutoModelForSequenceClassification.from_pretrained(tnews_run)
-    exported = utils.static_copy(model)
+    exported = model_io.static_copy(model)
     rates = [layer.p for layer in model.sublayers() if isinstance(layer, paddle.nn.Dropout)]
     assert max(rates) > 0
     assert [layer.p for layer in exported.sublayers() if isinstance(layer, paddle.nn.Dropout)] == [0.0] * len(rates)
@@ -250,7 +252,7 @@ def tiny_token_classifier(tiny_ernie, tmp_path_factory):
 
     directory = str(tmp_path_factory.mktemp("token-cls"))
     AutoModelForTokenClassification.from_pretrained(tiny_ernie, num_labels=7).save_pretrained(directory)
-    utils.load_tokenizer(tiny_ernie).save_pretrained(directory)
+    model_io.load_tokenizer(tiny_ernie).save_pretrained(directory)
     return directory
 
 
@@ -286,20 +288,20 @@ def test_bad_input_gets_one_clear_error_line_and_writes_nothing(case, tnews_run,
     assert status == 2
     assert len(error_lines(stderr)) == 1 and "Traceback" not in stderr
     assert __import__("re").search(message, error_lines(stderr)[0]), error_lines(stderr)[0]
-    assert not output_dir.exists() or not utils.earlier_results(str(output_dir))
+    assert not output_dir.exists() or not trainer_suite.earlier_results(str(output_dir))
 
 
 def test_length_grouped_batches_cover_every_example_once_with_less_padding():
     task = utils.SEQ_CLS_TASKS["tnews"]
     lengths = [len(e.text_a) + 2 for e in utils.load_examples(task, "train", clue_file("tnews", "train"))]
-    batches = utils.length_grouped_batches(lengths, 8, seed=0)
+    batches = trainer_suite.length_grouped_batches(lengths, 8, seed=0)
     assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
     assert max(lengths[i] for i in batches[0]) == max(lengths)  # the longest batch first
     padded = sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
     random_order = np.random.default_rng(0).permutation(len(lengths))
     random_padded = sum(8 * max(lengths[i] for i in random_order[j: j + 8]) for j in range(0, len(lengths), 8))
     assert padded < random_padded
-    assert utils.length_grouped_batches(lengths, 8, seed=1) != batches  # reshuffled each epoch
+    assert trainer_suite.length_grouped_batches(lengths, 8, seed=1) != batches  # reshuffled each epoch
 
 
 def test_training_with_length_grouped_batches(tiny_ernie, tmp_path):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from paddlenlp.trainer import TrainingArguments
 
+import arguments
 import utils
 from conftest import clue_file
 
@@ -127,7 +128,7 @@ def test_accuracy_is_the_fraction_of_argmax_hits():
 
 
 def parse(argv):
-    return utils.parse_arguments((utils.ModelArguments, utils.DataArguments, TrainingArguments), "seq_cls", "", argv)
+    return arguments.parse_arguments((arguments.ModelArguments, arguments.DataArguments, TrainingArguments), "seq_cls", "", argv)
 
 
 def test_task_defaults_come_from_configs_and_the_command_line_wins(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 from paddlenlp.transformers import AutoModelForTokenClassification
 
 import run_token_cls
+import model_io
 import utils
 from conftest import dynamic_outputs, error_lines, ner_file, padded_batch, run_cli, static_outputs
 
@@ -117,7 +118,7 @@ def test_outputs_and_prediction_file(ner_run):
 def test_predicted_entities_follow_the_saved_models_argmax(ner_run):
     model = AutoModelForTokenClassification.from_pretrained(ner_run)
     sentences = utils.load_examples(TASK, "test", ner_file("test.tsv"))
-    encoded = utils.encode_token_examples(sentences, utils.load_tokenizer(ner_run), TASK, 128)
+    encoded = utils.encode_token_examples(sentences, model_io.load_tokenizer(ner_run), TASK, 128)
     logits = dynamic_outputs(model, padded_batch(list(encoded.dataset)))
     tags = utils.predicted_word_tags(logits, encoded, sentences, TASK.labels)
     with open(os.path.join(ner_run, "msra_ner_predict.json"), encoding="utf-8") as handle:
@@ -128,7 +129,7 @@ def test_predicted_entities_follow_the_saved_models_argmax(ner_run):
 def test_exported_static_model_gives_the_dynamic_models_logits(ner_run):
     model = AutoModelForTokenClassification.from_pretrained(ner_run)
     sentences = utils.load_examples(TASK, "dev", ner_file("dev.tsv"))[:8]
-    batch = padded_batch(list(utils.encode_token_examples(sentences, utils.load_tokenizer(ner_run), TASK, 128).dataset))
+    batch = padded_batch(list(utils.encode_token_examples(sentences, model_io.load_tokenizer(ner_run), TASK, 128).dataset))
     dynamic, static = dynamic_outputs(model, batch), static_outputs(os.path.join(ner_run, "export"), batch)
     assert static.shape == dynamic.shape and static.shape[-1] == 7
     np.testing.assert_allclose(static, dynamic, atol=1e-4)

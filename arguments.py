@@ -1,0 +1,252 @@
+"""Command-line arguments of the fine-tuning and compression scripts: the argument dataclasses, one .json or
+.yml arguments file in place of flags, per-task defaults from configs/ that the command line overrides, and
+the device checks.
+
+Imports utils.py only.
+"""
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import paddle
+import yaml
+from paddlenlp.trainer import PdArgumentParser
+
+from utils import ALL_TASKS, CUSTOM_TASK, CUSTOM_TASK_DEFAULTS, UserError, first_line
+
+
+SUITE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+DEFAULT_CONFIG_FILE = os.path.join(SUITE_DIR, "configs", "default.yml")
+
+
+DEFAULT_MODEL = "ernie-3.0-medium-zh"
+
+
+@dataclass
+class DataArguments:
+    task_name: str = field(
+        metadata={"help": "afqmc, tnews, iflytek, cmnli, ocnli, cluewsc2020, csl or custom (run_seq_cls.py); "
+                          "msra_ner (run_token_cls.py); cmrc2018 (run_qa.py)"}
+    )
+    train_file: Optional[str] = field(default=None, metadata={"help": "Local training file in the task's original format; without it the hub copy is downloaded."})
+    dev_file: Optional[str] = field(default=None, metadata={"help": "Local dev file (evaluation and best-model selection)."})
+    test_file: Optional[str] = field(default=None, metadata={"help": "Local test file for --do_predict."})
+    label_list: Optional[List[str]] = field(default=None, metadata={"help": "Labels of --task_name custom, in id order."})
+    max_seq_length: Optional[int] = field(default=None, metadata={"help": "Tokens per example, special tokens included; default: the task's (table below)."})
+    truncate_long_texts: bool = field(
+        default=True,
+        metadata={"help": "Truncate longer examples to --max_seq_length (the count is logged and written to the results); "
+                          "with false, such an example is an error naming its file and line."},
+    )
+    group_by_length: bool = field(
+        default=False,
+        metadata={"help": "Train on batches of similar lengths (shuffled within groups of 50 batches), so short texts "
+                          "are not padded to long ones: faster on data like TNEWS. Single-process runs."},
+    )
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N training examples."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N dev examples."})
+    max_predict_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N test examples."})
+
+    def split_file(self, split: str) -> Optional[str]:
+        return {"train": self.train_file, "dev": self.dev_file, "test": self.test_file}[split]
+
+    def split_max_samples(self, split: str) -> Optional[int]:
+        return {"train": self.max_train_samples, "dev": self.max_eval_samples, "test": self.max_predict_samples}[split]
+
+
+@dataclass
+class QAWindowArguments:
+    """How run_qa.py and infer.py cut contexts into windows and pick answers."""
+
+    doc_stride: Optional[int] = field(
+        default=None,
+        metadata={"help": "Tokens between the starts of consecutive context windows (BERT's doc_stride: a step, "
+                          "not the overlap that Hugging Face's fast tokenizers call stride); at most the window length. "
+                          "Default: 128, or the window length when that is shorter."},
+    )
+    max_query_length: int = field(default=64, metadata={"help": "Question tokens kept; longer questions are cut (counted)."})
+    n_best_size: int = field(default=20, metadata={"help": "Start and end candidates per window, and answers kept per question."})
+    max_answer_length: int = field(default=50, metadata={"help": "Longest answer in tokens."})
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default=DEFAULT_MODEL,
+        metadata={"help": "A PaddleNLP model name (downloaded) or a local directory (pretrained or fine-tuned)."},
+    )
+    dropout: Optional[float] = field(default=None, metadata={"help": "Hidden and classifier dropout; default: the model's own."})
+    early_stopping_patience: Optional[int] = field(
+        default=None, metadata={"help": "Stop after this many evaluations without improvement of the dev metric."}
+    )
+    config: str = field(default=DEFAULT_CONFIG_FILE, metadata={"help": "YAML file of per-task defaults."})
+
+
+ARGS_FILE_SUFFIXES = (".json", ".yml", ".yaml")
+
+
+def args_file_to_argv(path: str) -> List[str]:
+    """A .json or .yml arguments file as the equivalent command-line tokens."""
+    if not os.path.isfile(path):
+        raise UserError(f"arguments file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = json.load(handle) if path.endswith(".json") else yaml.safe_load(handle)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise UserError(f"{path}: cannot parse arguments file ({first_line(error)})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: an arguments file must hold a mapping of option names to values")
+    return dict_to_argv(values)
+
+
+def dict_to_argv(values: dict) -> List[str]:
+    argv = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        argv.append(f"--{key}")
+        if isinstance(value, bool):
+            argv.append(str(value).lower())
+        elif isinstance(value, (list, tuple)):
+            argv.extend(str(item) for item in value)
+        else:
+            argv.append(str(value))
+    return argv
+
+
+def option_value(argv: Sequence[str], name: str) -> Optional[str]:
+    """The last value given for --name in argv (either '--name value' or '--name=value')."""
+    value = None
+    for index, token in enumerate(argv):
+        if token == f"--{name}" and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif token.startswith(f"--{name}="):
+            value = token.split("=", 1)[1]
+    return value
+
+
+def load_config_defaults(config_file: str) -> dict:
+    if not os.path.isfile(config_file):
+        raise UserError(f"--config: file not found: {config_file}")
+    with open(config_file, encoding="utf-8") as handle:
+        config = yaml.safe_load(handle) or {}
+    return config
+
+
+def task_defaults(config: dict, task_name: Optional[str]) -> dict:
+    """The 'common' defaults overlaid with the task's own block."""
+    defaults = dict(config.get("common") or {})
+    defaults.update((config.get("tasks") or {}).get(task_name) or {})
+    return defaults
+
+
+def defaults_epilog(config: dict, family: str, config_file: str) -> str:
+    lines = [f"Per-task defaults (from {os.path.relpath(config_file)}; anything given on the command line wins):"]
+    for name, task in ALL_TASKS.items():
+        if task.family != family:
+            continue
+        values = {"max_seq_length": task.max_seq_length, **((config.get("tasks") or {}).get(name) or {})}
+        lines.append(f"  {name}: " + ", ".join(f"{key}={value}" for key, value in values.items()))
+    return "\n".join(lines)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults after each option and keeps the per-task table's line breaks."""
+
+
+def user_argv(argv: Optional[Sequence[str]]) -> List[str]:
+    """The command line, or the tokens of a single .json/.yml arguments file given in its place."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0].endswith(ARGS_FILE_SUFFIXES):
+        argv = args_file_to_argv(argv[0])
+    return argv
+
+
+def parse_into_dataclasses(parser, argv: Sequence[str]):
+    try:
+        return parser.parse_args_into_dataclasses(args=list(argv))
+    except ValueError as error:  # dataclass __post_init__ checks (TrainingArguments' among them) raise this
+        raise UserError(first_line(error)) from None
+
+
+def parse_plain_arguments(dataclass_types, description: str, argv: Optional[Sequence[str]] = None):
+    """Parse a script's own dataclasses (flags or one .json/.yml file), with no training defaults."""
+    parser = PdArgumentParser(dataclass_types, description=description, formatter_class=HelpFormatter)
+    return parse_into_dataclasses(parser, user_argv(argv))
+
+
+def parse_arguments(dataclass_types, family: str, description: str, argv: Optional[Sequence[str]] = None):
+    """Parse the command line (or one .json/.yml arguments file) into the dataclasses.
+
+    Defaults come in three layers, the later winning: the dataclass defaults, configs/default.yml
+    ('common', then the task's block, then the task's registry max_seq_length), then what the user gave.
+    """
+    argv = user_argv(argv)
+    config_file = option_value(argv, "config") or DEFAULT_CONFIG_FILE
+    config = load_config_defaults(config_file)
+    task_name = option_value(argv, "task_name")
+    parser = PdArgumentParser(
+        dataclass_types, description=description, epilog=defaults_epilog(config, family, config_file),
+        formatter_class=HelpFormatter,
+    )
+    defaults = {"device": default_device(), **task_defaults(config, task_name)}
+    task = ALL_TASKS.get(task_name)
+    if task is not None:
+        defaults.setdefault("max_seq_length", task.max_seq_length)
+        defaults.setdefault("metric_for_best_model", task.metric)
+    elif task_name == CUSTOM_TASK:
+        defaults = {**CUSTOM_TASK_DEFAULTS, **defaults}
+    if task_name and option_value(argv, "output_dir") is None:
+        argv += ["--output_dir", os.path.join("output", task_name)]
+    parser.set_defaults(**defaults)
+    parsed = parse_into_dataclasses(parser, argv)
+    apply_requested_actions(argv, parsed)
+    return parsed
+
+
+ACTIONS = ("do_train", "do_eval", "do_predict", "do_export")
+
+
+def flag_value(argv: Sequence[str], name: str) -> bool:
+    """Whether a boolean option is on in argv: '--name', '--name true' or '--name=true' (the last one wins)."""
+    value = False
+    for index, token in enumerate(argv):
+        if token == f"--{name}":
+            following = argv[index + 1] if index + 1 < len(argv) else ""
+            value = following.lower() not in ("false", "0", "no") if following and not following.startswith("--") else True
+        elif token.startswith(f"--{name}="):
+            value = token.split("=", 1)[1].lower() not in ("false", "0", "no")
+    return value
+
+
+def apply_requested_actions(argv: Sequence[str], parsed) -> None:
+    """Do exactly the --do_* actions the user asked for.
+
+    paddlenlp's TrainingArguments turns do_eval on whenever an evaluation strategy is set, so a plain
+    --do_predict run would also evaluate (and download the dev split); the user's own flags win here.
+    """
+    requested = {action: flag_value(argv, action) for action in ACTIONS}
+    if not any(requested.values()):
+        raise UserError("nothing to do: pass one or more of --do_train --do_eval --do_predict --do_export")
+    for arguments in parsed:
+        if all(hasattr(arguments, action) for action in ACTIONS):
+            for action, wanted in requested.items():
+                setattr(arguments, action, wanted)
+
+
+def default_device() -> str:
+    return "gpu" if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0 else "cpu"
+
+
+def check_device(device: str) -> None:
+    """Refuse a GPU run on a CPU-only paddle instead of silently training on the CPU."""
+    if device.startswith("gpu") and default_device() != "gpu":
+        raise UserError(
+            "--device gpu needs paddlepaddle-gpu and a visible GPU, but this paddle is CPU-only "
+            "or sees no GPU; use --device cpu or install paddlepaddle-gpu (see README)"
+        )

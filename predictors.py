@@ -1,0 +1,284 @@
+"""Deployment backends behind one interface (predictor.run(batch) -> outputs), chosen from one table
+(BACKENDS): Paddle Inference and ONNX Runtime over an exported folder, and the dynamic-graph model for the
+compression loop. Each backend class owns its checks. Also the length-aware batching that infer.py, the
+compression measurements and the benchmarks share.
+
+Imports arguments.py (the device check), model_io.py (the exported-folder format) and utils.py.
+"""
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import paddle
+
+from arguments import default_device
+from model_io import EXPORT_INPUT_NAMES, is_quantized, static_model_files
+from utils import UserError, logger
+
+
+@dataclass
+class PredictorOptions:
+    backend: str = "paddle"  # "paddle" or "onnxruntime"
+    device: str = "cpu"
+    use_trt: bool = False
+    precision: str = "fp32"  # "fp32", "fp16", "bf16" or "int8"
+    num_threads: int = 2
+    enable_onednn: bool = True
+    batch_size: int = 32
+    max_seq_length: int = 128
+
+
+def public_options(options: PredictorOptions) -> dict:
+    return dict(options.__dict__)
+
+
+def check_predictor_options(options: PredictorOptions, quantized: bool, model_dir: str) -> None:
+    """Refuse combinations this machine or this model cannot run, instead of silently running something else."""
+    if options.backend not in ("paddle", "onnxruntime"):
+        raise UserError(f"--backend must be paddle or onnxruntime, not {options.backend!r}")
+    if options.precision not in ("fp32", "fp16", "bf16", "int8"):
+        raise UserError(f"--precision must be fp32, fp16, bf16 or int8, not {options.precision!r}")
+    if options.device not in ("cpu", "gpu"):
+        raise UserError(f"--device must be cpu or gpu, not {options.device!r}")
+    if options.device == "gpu" and options.backend == "paddle" and default_device() != "gpu":
+        raise UserError("--device gpu needs paddlepaddle-gpu and a visible GPU, but this paddle is CPU-only or sees no GPU "
+                        "(see the README's GPU section)")
+    if options.use_trt and (options.backend != "paddle" or options.device != "gpu"):
+        raise UserError("--use_trt runs TensorRT through Paddle Inference: it needs --backend paddle --device gpu")
+    if options.use_trt and tuple(paddle.inference.get_trt_compile_version()) == (0, 0, 0):
+        raise UserError("--use_trt needs a paddlepaddle-gpu build with TensorRT; this paddle was compiled without it")
+    if options.precision == "fp16" and not options.use_trt:
+        raise UserError("--precision fp16 runs through TensorRT: use --device gpu --use_trt")
+    if options.precision == "bf16":
+        check_bfloat16(options, quantized)
+    if options.precision == "int8" and options.backend == "paddle" and not quantized and not options.use_trt:
+        raise UserError(f"{model_dir} is a float model: int8 on the Paddle backend needs an int8 model from compress_*.py "
+                        "(or use --backend onnxruntime, which quantizes the float model dynamically)")
+    if quantized and options.backend == "onnxruntime":
+        raise UserError(f"{model_dir} is a Paddle int8 model, which paddle2onnx cannot convert faithfully; give the float "
+                        "export to --backend onnxruntime --precision int8 instead")
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere oneDNN would emulate it, slower than fp32."""
+    return bool(paddle.base.core.supports_bfloat16_fast_performance())
+
+
+def check_bfloat16(options: PredictorOptions, quantized: bool) -> None:
+    if options.backend != "paddle" or options.device != "cpu" or not options.enable_onednn:
+        raise UserError("--precision bf16 runs oneDNN's bfloat16 kernels: it needs --backend paddle --device cpu with oneDNN on")
+    if quantized:
+        raise UserError("--precision bf16 needs a float model, not an int8 one")
+    if not native_bfloat16():
+        raise UserError("--precision bf16 needs a CPU with native bfloat16 (avx512_bf16 or AMX); on this one it would be "
+                        "emulated and slower than fp32")
+
+
+class PaddlePredictor:
+    """Paddle Inference: CPU (oneDNN on or off, threads), GPU, or TensorRT with shape ranges cached beside the model."""
+
+    def __init__(self, model_dir: str, options: PredictorOptions):
+        self.program, self.params = static_model_files(model_dir)
+        self.model_dir, self.options = model_dir, options
+        if options.use_trt:
+            self.shape_file = self.collect_shape_ranges()
+        self.predictor = paddle.inference.create_predictor(self.config())
+        self.input_names = self.predictor.get_input_names()
+
+    def config(self, collect_shapes_to: Optional[str] = None):
+        options = self.options
+        config = paddle.inference.Config(self.program, self.params)
+        config.disable_glog_info()
+        if options.device == "gpu":
+            config.enable_use_gpu(256, 0)
+        else:
+            config.disable_gpu()
+            config.set_cpu_math_library_num_threads(options.num_threads)
+            config.enable_mkldnn() if options.enable_onednn else config.disable_mkldnn()
+            if options.precision == "bf16":
+                config.enable_mkldnn_bfloat16()
+        if collect_shapes_to:
+            config.collect_shape_range_info(collect_shapes_to)
+        elif options.use_trt:
+            precision = {"fp32": paddle.inference.PrecisionType.Float32, "fp16": paddle.inference.PrecisionType.Half,
+                         "int8": paddle.inference.PrecisionType.Int8}[options.precision]
+            config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=options.batch_size, min_subgraph_size=5,
+                                          precision_mode=precision, use_static=False, use_calib_mode=False)
+            config.enable_tuned_tensorrt_dynamic_shape(self.shape_file, True)
+        return config
+
+    def collect_shape_ranges(self) -> str:
+        """TensorRT needs each tensor's min/max/opt shape. The first run records them with batches of the
+        smallest, largest and a typical shape, and caches the file beside the model for later runs."""
+        options = self.options
+        path = os.path.join(self.model_dir, f"trt_shape_range_b{options.batch_size}_s{options.max_seq_length}.pbtxt")
+        if os.path.isfile(path):
+            return path
+        temporary = f"{path}.tmp-{os.getpid()}"
+        collector = paddle.inference.create_predictor(self.config(collect_shapes_to=temporary))
+        for batch, length in ((1, 1), (options.batch_size, options.max_seq_length), (options.batch_size, max(1, options.max_seq_length // 4))):
+            for name in collector.get_input_names():
+                collector.get_input_handle(name).copy_from_cpu(np.ones((batch, length), dtype="int64"))
+            collector.run()
+        del collector  # the shape file is written when the predictor goes away
+        os.replace(temporary, path)
+        logger.info("collected TensorRT shape ranges into %s", path)
+        return path
+
+    def run(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        for name in self.input_names:
+            self.predictor.get_input_handle(name).copy_from_cpu(batch[name])
+        self.predictor.run()
+        return [self.predictor.get_output_handle(name).copy_to_cpu() for name in self.predictor.get_output_names()]
+
+
+ORT_ERRORS_ONLY = 3  # ONNX Runtime log severity: errors and fatal only
+
+
+class OnnxRuntimePredictor:
+    """ONNX Runtime on the model converted once by paddle2onnx (cached as model.onnx beside it); int8 is ONNX
+    Runtime's dynamic quantization of that float model (cached as model.int8.onnx). Inputs are fed by name."""
+
+    def __init__(self, model_dir: str, options: PredictorOptions):
+        import onnxruntime
+
+        onnx_file = self.converted(model_dir)
+        if options.precision == "int8":
+            onnx_file = self.quantized(onnx_file)
+        providers = ["CPUExecutionProvider"]
+        if options.device == "gpu":
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                raise UserError("--backend onnxruntime --device gpu needs the onnxruntime-gpu package and a GPU")
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = onnxruntime.InferenceSession(onnx_file, self.session_options(options), providers=providers)
+        self.input_names = [node.name for node in self.session.get_inputs()]
+
+    @staticmethod
+    def session_options(options: PredictorOptions):
+        import onnxruntime
+
+        session_options = onnxruntime.SessionOptions()
+        session_options.intra_op_num_threads = options.num_threads
+        session_options.inter_op_num_threads = 1
+        session_options.log_severity_level = ORT_ERRORS_ONLY
+        return session_options
+
+    @staticmethod
+    def converted(model_dir: str) -> str:
+        program, params = static_model_files(model_dir)
+        target = os.path.join(model_dir, "model.onnx")
+        if os.path.isfile(target) and os.path.getmtime(target) >= os.path.getmtime(params):
+            return target
+        import paddle2onnx
+
+        temporary = f"{target}.tmp-{os.getpid()}"
+        try:
+            # No optimize_tool: the default (polygraphy) pip-installs packages at run time, and 2.1.0's onnxoptimizer
+            # step always fails on a misspelt pass name ("eliminate_nop_cast ") and writes the unoptimized model with
+            # a warning. ONNX Runtime optimizes the graph itself when it loads it (running the intended passes
+            # here measured no faster).
+            paddle2onnx.export(program, params, save_file=temporary, opset_version=14, enable_onnx_checker=True,
+                               optimize_tool="None", verbose=False)
+            os.replace(temporary, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temporary)
+        logger.info("converted %s to %s", program, target)
+        return target
+
+    @staticmethod
+    def quantized(onnx_file: str) -> str:
+        target = onnx_file.replace(".onnx", ".int8.onnx")
+        if os.path.isfile(target) and os.path.getmtime(target) >= os.path.getmtime(onnx_file):
+            return target
+        import onnxruntime
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        # its optimizing session would warn about a leftover paddle2onnx constant it drops
+        onnxruntime.set_default_logger_severity(ORT_ERRORS_ONLY)
+
+        prepared, temporary = f"{target}.pre-{os.getpid()}.onnx", f"{target}.tmp-{os.getpid()}.onnx"
+        try:
+            # paddle2onnx stores every weight as a Constant node; quantize_dynamic only quantizes initializers, so
+            # without this preparation (which folds them into initializers) "int8" would be the float model.
+            quant_pre_process(onnx_file, prepared, skip_symbolic_shape=True)
+            quantize_dynamic(prepared, temporary, weight_type=QuantType.QInt8)
+            os.replace(temporary, target)
+        finally:
+            for leftover in (prepared, temporary):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(leftover)
+        logger.info("quantized %s to int8 weights in %s", onnx_file, target)
+        return target
+
+    def run(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        return self.session.run(None, {name: batch[name] for name in self.input_names})
+
+
+def create_predictor(model_dir: str, options: PredictorOptions):
+    program, _ = static_model_files(model_dir)
+    check_predictor_options(options, is_quantized(program), model_dir)
+    return (PaddlePredictor if options.backend == "paddle" else OnnxRuntimePredictor)(model_dir, options)
+
+
+def pad_features(features: Sequence[dict], length: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """Model inputs of features padded with 0 (the pad id of these vocabularies) to one length."""
+    length = length or max(len(f["input_ids"]) for f in features)
+    return {name: np.array([f[name] + [0] * (length - len(f[name])) for f in features], dtype="int64")
+            for name in EXPORT_INPUT_NAMES}
+
+
+def batch_order(features: Sequence[dict], batch_size: int, sort_by_length: bool) -> List[List[int]]:
+    """Indices of each batch: by length (similar lengths share a batch, so little padding) or in input order."""
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"])) if sort_by_length else list(range(len(features)))
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@dataclass
+class PredictionRun:
+    outputs: List[List[np.ndarray]]  # per model output, one unpadded array per feature, in input order
+    batch_seconds: List[float]
+    batch_sizes: List[int]
+
+
+def run_predictor(predictor, features: Sequence[dict], batch_size: int, per_token: bool, sort_by_length: bool = True,
+                  pad_to: Optional[int] = None, warmup_batches: int = 0) -> PredictionRun:
+    """Run every feature through the predictor in batches; results come back in input order.
+
+    per_token: the outputs have a value per input token (NER logits, QA start/end logits), which are cut back
+    to each feature's own length; otherwise one value per sequence (classification logits).
+    warmup_batches: run (and leave untimed) this many batches first.
+    """
+    import time
+
+    batches = batch_order(features, batch_size, sort_by_length)
+    for indices in batches[:warmup_batches]:
+        predictor.run(pad_features([features[i] for i in indices], pad_to))
+    outputs, seconds = None, []
+    for indices in batches:
+        batch = pad_features([features[i] for i in indices], pad_to)
+        started = time.perf_counter()
+        results = predictor.run(batch)
+        seconds.append(time.perf_counter() - started)
+        if outputs is None:
+            outputs = [[None] * len(features) for _ in results]
+        for output, result in zip(outputs, results):
+            for row, index in enumerate(indices):
+                output[index] = result[row][: len(features[index]["input_ids"])] if per_token else result[row]
+    return PredictionRun(outputs or [], seconds, [len(b) for b in batches])
+
+
+class DygraphPredictor:
+    """A dynamic-graph model behind the predictor interface, so run_predictor and the metrics serve it too."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def run(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        self.model.eval()
+        with paddle.no_grad():
+            outputs = self.model(**{name: paddle.to_tensor(value) for name, value in batch.items()})
+        return [o.numpy() for o in (outputs if isinstance(outputs, (tuple, list)) else [outputs])]
