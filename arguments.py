@@ -15,7 +15,7 @@ import paddle
 import yaml
 from paddlenlp.trainer import PdArgumentParser
 
-from utils import ALL_TASKS, CUSTOM_TASK, CUSTOM_TASK_DEFAULTS, UserError, first_line
+from utils import ALL_TASKS, CUSTOM_TASK, CUSTOM_TASK_DEFAULTS, FAMILIES, UserError, first_line
 
 
 SUITE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -27,12 +27,19 @@ DEFAULT_CONFIG_FILE = os.path.join(SUITE_DIR, "configs", "default.yml")
 DEFAULT_MODEL = "ernie-3.0-medium-zh"
 
 
+def family_task_names(family: str) -> List[str]:
+    """The registry's tasks of one family, in registry order (and custom for classification)."""
+    return [name for name, task in ALL_TASKS.items() if task.family == family] + ([CUSTOM_TASK] if family == "seq_cls" else [])
+
+
+def task_names_help() -> str:
+    """Every task, by the script that fine-tunes it, from the registry."""
+    return "; ".join(f"{', '.join(family_task_names(name))} ({family.script})" for name, family in FAMILIES.items())
+
+
 @dataclass
 class DataArguments:
-    task_name: str = field(
-        metadata={"help": "afqmc, tnews, iflytek, cmnli, ocnli, cluewsc2020, csl or custom (run_seq_cls.py); "
-                          "msra_ner (run_token_cls.py); cmrc2018 (run_qa.py)"}
-    )
+    task_name: str = field(metadata={"help": task_names_help()})
     train_file: Optional[str] = field(default=None, metadata={"help": "Local training file in the task's original format; without it the hub copy is downloaded."})
     dev_file: Optional[str] = field(default=None, metadata={"help": "Local dev file (evaluation and best-model selection)."})
     test_file: Optional[str] = field(default=None, metadata={"help": "Local test file for --do_predict."})

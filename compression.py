@@ -207,7 +207,7 @@ def quantize_post_training(legacy_dir: str, output_dir: str, calibration: Sequen
 class CompressArguments:
     model_name_or_path: str = field(metadata={"help": "A fine-tuned output directory of run_*.py (the float parent)."})
     output_dir: Optional[str] = field(default=None, metadata={"help": "Where candidates and compress_report.json go; default <model_name_or_path>/compress."})
-    strategy: str = field(default="dynabert+ptq", metadata={"help": "dynabert+ptq, dynabert, ptq, qat or dynabert+qat."})
+    strategy: str = field(default="dynabert+ptq", metadata={"help": "What to try (the strategies are listed below)."})
     width_mult_list: List[str] = field(default_factory=lambda: ["3/4"], metadata={"help": "Widths to prune to, as fractions (3/4) or decimals."})
     algo_list: List[str] = field(default_factory=lambda: ["hist", "mse"], metadata={"help": "PTQ activation calibration: hist, mse, avg, abs_max, emd, KL (KL is very slow)."})
     batch_size_list: List[int] = field(default_factory=lambda: [4, 8, 16], metadata={"help": "Calibration batch sizes."})
@@ -226,23 +226,17 @@ class CompressArguments:
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an earlier compression output."})
 
 
-STRATEGIES = ("dynabert+ptq", "dynabert", "ptq", "qat", "dynabert+qat")
-
-
 COMPRESSION_HELP = """
-DynaBERT width pruning with distillation, then int8 post-training quantization over a grid of calibration
-settings; every candidate is measured on the dev set and the best one within --max_metric_drop points of the
-float parent is chosen.
-
-Strategies: dynabert+ptq (default), dynabert, ptq, qat (quantization-aware training by distillation from the
-float parent; dynabert+qat on the pruned model). PTQ algorithms (--algo_list): hist (activation range
+Every candidate is measured on the dev set with the deployed predictor, and the best one within
+--max_metric_drop points of the float parent is chosen. PTQ algorithms (--algo_list): hist (activation range
 from a histogram's 99.99th percentile), mse (the range that minimises quantization mean squared error),
 avg (mean of per-batch maxima), abs_max (the largest value seen), KL (the range minimising KL divergence;
 very slow), emd. Calibration batches come from the training data, never from the dev set.
 
 Writes into --output_dir (default <model_name_or_path>/compress): parent/ (the float parent, exported for
 comparison), width_mult_0.75/ (the pruned float model), [width_mult_0.75/]<algo><batch size>_<batches>/ (each
-PTQ candidate), [width_mult_0.75/]qat/ (the QAT model), and compress_report.json. Every candidate directory is servable by infer.py.
+PTQ candidate), [width_mult_0.75/]qat/ (the QAT model), and compress_report.json. Every candidate directory is
+servable by infer.py.
 """
 
 
@@ -441,12 +435,103 @@ def compression_table(report: dict) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows)
 
 
+@dataclass
+class Source:
+    """A float model that quantization starts from: the parent, or a pruned width."""
+
+    model: object
+    directory: str  # where the float model is (for the report)
+    prefix: str  # candidates made from it go under this relative path
+
+
+@dataclass
+class CompressionRun:
+    """What every strategy step needs: arguments, task, data, the parent, and where candidates are staged."""
+
+    args: CompressArguments
+    task: TaskSpec
+    window_args: object
+    tokenizer: object
+    parent: object
+    info: dict
+    widths: List[float]
+    train_encoded: object
+    dev_examples: list
+    dev_encoded: object
+    calibration: List[dict]
+    staging: str
+    output_dir: str
+
+    def measured(self, relative: str, extras: dict) -> dict:
+        entry = measure_candidate(os.path.join(self.staging, relative), self.task, self.dev_examples, self.dev_encoded,
+                                  self.window_args, self.args, self.info["max_seq_length"])
+        return {"path": os.path.join(self.output_dir, relative), "relative_path": relative, **extras, **entry}
+
+
+def prune_step(run: CompressionRun, sources: List[Source]) -> Tuple[List[dict], List[Source]]:
+    """DynaBERT width pruning of the parent: one pruned float candidate per width, and the pruned models become
+    the sources of any later quantization step."""
+    pruned = dynabert_width_pruning(run.parent, run.tokenizer, run.task, run.widths, run.train_encoded, run.dev_examples,
+                                    run.dev_encoded, run.window_args, run.args)
+    candidates, pruned_sources = [], []
+    for width, model in pruned.items():
+        relative = f"width_mult_{width:g}"
+        export_static_model(model, run.tokenizer, os.path.join(run.staging, relative), run.info)
+        candidates.append(run.measured(relative, {"kind": "pruned float", "width": width, "parameters": parameter_count(model)}))
+        pruned_sources.append(Source(model, os.path.join(run.output_dir, relative), relative))
+    return candidates, pruned_sources
+
+
+def ptq_step(run: CompressionRun, sources: List[Source]) -> Tuple[List[dict], List[Source]]:
+    """The post-training quantization grid over each source."""
+    candidates = []
+    for source in sources:
+        for relative, extras in quantization_grid(source.model, source.directory, source.prefix, run.staging, run.calibration,
+                                                  run.tokenizer, run.info, run.args):
+            candidates.append(run.measured(relative, {**extras, "parameters": parameter_count(source.model)}))
+    return candidates, sources
+
+
+def qat_step(run: CompressionRun, sources: List[Source]) -> Tuple[List[dict], List[Source]]:
+    """Quantization-aware training of each source, distilled from the float parent."""
+    candidates = []
+    for source in sources:
+        relative = os.path.join(source.prefix, "qat")
+        target = os.path.join(run.staging, relative)
+        quantization_aware_training(source.model, run.parent, run.tokenizer, run.task, run.train_encoded, target, run.args)
+        save_deployable(target, run.tokenizer, run.info)
+        candidates.append(run.measured(relative, {"kind": "int8", "source": source.directory, "algo": "qat",
+                                                  "parameters": parameter_count(source.model)}))
+    return candidates, sources
+
+
+@dataclass(frozen=True)
+class Strategy:
+    steps: Tuple[Callable, ...]  # each (run, sources) -> (candidates, sources for the next step)
+    help: str
+
+
+STRATEGIES = {
+    "dynabert+ptq": Strategy((prune_step, ptq_step), "DynaBERT width pruning with distillation, then int8 post-training "
+                             "quantization of each pruned model over the calibration grid"),
+    "dynabert": Strategy((prune_step,), "DynaBERT width pruning with distillation only (float candidates)"),
+    "ptq": Strategy((ptq_step,), "int8 post-training quantization of the parent over the calibration grid"),
+    "qat": Strategy((qat_step,), "int8 quantization-aware training of the parent, by distillation from it"),
+    "dynabert+qat": Strategy((prune_step, qat_step), "DynaBERT width pruning, then quantization-aware training of each "
+                             "pruned model"),
+}
+
+
+def strategies_help() -> str:
+    return "Strategies (--strategy):\n" + "\n".join(f"  {name}: {strategy.help}" for name, strategy in STRATEGIES.items())
+
+
 def run_compression(family: str, model_class, description: str, argv=None) -> dict:
-    """compress_*.py: DynaBERT width pruning and/or int8 PTQ of a fine-tuned model, every candidate measured on
-    the dev set, the best one within --max_metric_drop of the parent chosen, all in compress_report.json."""
+    """compress_*.py: the steps of --strategy over a fine-tuned model, every candidate measured on the dev set, the
+    best one within --max_metric_drop of the parent chosen, all in compress_report.json."""
     extra_classes = (QAWindowArguments,) if family == "qa" else ()
     args, data_args, *extra = parse_plain_arguments((CompressArguments, DataArguments, *extra_classes),
-                                                    description + COMPRESSION_HELP, argv)
+                                                    description + "\n" + strategies_help() + "\n" + COMPRESSION_HELP, argv)
     window_args = extra[0] if extra else None
     setup_logging()
     check_device(args.device)
@@ -472,40 +557,22 @@ def run_compression(family: str, model_class, description: str, argv=None) -> di
     np.random.default_rng(args.seed).shuffle(calibration)
     info = task_info(task, data_args)
 
-    def measured(relative: str, extras: dict) -> dict:
-        entry = measure_candidate(os.path.join(staging, relative), task, dev_examples, dev_encoded, window_args, args,
-                                  data_args.max_seq_length)
-        return {"path": os.path.join(output_dir, relative), "relative_path": relative, **extras, **entry}
-
     with atomic_directory(output_dir) as staging:
+        run = CompressionRun(args, task, window_args, tokenizer, parent, info, widths, train_encoded, dev_examples,
+                             dev_encoded, calibration, staging, output_dir)
         export_static_model(parent, tokenizer, os.path.join(staging, "parent"), info)
-        parent_entry = measured("parent", {"kind": "float parent", "source": args.model_name_or_path,
-                                           "parameters": parameter_count(parent)})
-        candidates, sources = [], [(parent, args.model_name_or_path, "")]
-        if args.strategy.startswith("dynabert"):
-            pruned = dynabert_width_pruning(parent, tokenizer, task, widths, train_encoded, dev_examples, dev_encoded, window_args, args)
-            sources = []
-            for width, model in pruned.items():
-                relative = f"width_mult_{width:g}"
-                export_static_model(model, tokenizer, os.path.join(staging, relative), info)
-                candidates.append(measured(relative, {"kind": "pruned float", "width": width, "parameters": parameter_count(model)}))
-                sources.append((model, os.path.join(output_dir, relative), relative))
-        if args.strategy.endswith("ptq"):
-            for model, source_dir, prefix in sources:
-                for relative, extras in quantization_grid(model, source_dir, prefix, staging, calibration, tokenizer, info, args):
-                    candidates.append(measured(relative, {**extras, "parameters": parameter_count(model)}))
-        if args.strategy.endswith("qat"):
-            for model, source_dir, prefix in sources:
-                relative = os.path.join(prefix, "qat")
-                quantization_aware_training(model, parent, tokenizer, task, train_encoded, os.path.join(staging, relative), args)
-                save_deployable(os.path.join(staging, relative), tokenizer, info)
-                candidates.append(measured(relative, {"kind": "int8", "source": source_dir, "algo": "qat",
-                                                      "parameters": parameter_count(model)}))
+        parent_entry = run.measured("parent", {"kind": "float parent", "source": args.model_name_or_path,
+                                               "parameters": parameter_count(parent)})
+        candidates, sources = [], [Source(parent, args.model_name_or_path, "")]
+        for step in STRATEGIES[args.strategy].steps:
+            made, sources = step(run, sources)
+            candidates.extend(made)
         for candidate in candidates:
             candidate["drop_points"] = parent_entry["metric_points"] - candidate["metric_points"]
         best = choose_best(parent_entry["metric_points"], candidates, args.max_metric_drop)
         report = {
-            "task": {"name": task.name, "metric": task.metric, "points": "percent" if FAMILIES[family].metric_in_percent else "fraction x 100"},
+            "task": {"name": task.name, "metric": task.metric,
+                     "points": "percent" if FAMILIES[family].metric_in_percent else "fraction x 100"},
             "strategy": args.strategy, "max_metric_drop": args.max_metric_drop, "calibration_examples": len(calibration),
             "parent": parent_entry, "candidates": candidates, "best": best["path"] if best else None,
         }

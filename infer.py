@@ -41,7 +41,7 @@ REPEATABLE = {"action": "extend"}
 class InferArguments:
     task_name: str = field(metadata={"help": "The task the model was exported for (see task.json in --model_path)."})
     model_path: str = field(metadata={"help": "An export/ directory from run_*.py --do_export, or a compressed candidate's directory."})
-    backend: str = field(default="paddle", metadata={"help": "paddle (Paddle Inference) or onnxruntime."})
+    backend: str = field(default="paddle", metadata={"help": predictors.backends_help()})
     device: str = field(default=arguments.default_device(), metadata={"help": "cpu or gpu."})
     use_trt: bool = field(default=False, metadata={"help": "TensorRT through Paddle Inference (--device gpu)."})
     precision: str = field(default="fp32", metadata={"help": "fp32, fp16 (TensorRT), bf16 (Paddle on a CPU with native bfloat16) or int8 (an int8 model, TensorRT, or onnxruntime's dynamic quantization)."})

@@ -34,31 +34,27 @@ def public_options(options: PredictorOptions) -> dict:
     return dict(options.__dict__)
 
 
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+DEVICES = ("cpu", "gpu")
+
+
 def check_predictor_options(options: PredictorOptions, quantized: bool, model_dir: str) -> None:
-    """Refuse combinations this machine or this model cannot run, instead of silently running something else."""
-    if options.backend not in ("paddle", "onnxruntime"):
-        raise UserError(f"--backend must be paddle or onnxruntime, not {options.backend!r}")
-    if options.precision not in ("fp32", "fp16", "bf16", "int8"):
-        raise UserError(f"--precision must be fp32, fp16, bf16 or int8, not {options.precision!r}")
-    if options.device not in ("cpu", "gpu"):
+    """Refuse combinations this machine or this model cannot run, instead of silently running something else:
+    the shared checks here, the backend's own in its class."""
+    if options.backend not in BACKENDS:
+        raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, not {options.backend!r}")
+    if options.precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, not {options.precision!r}")
+    if options.device not in DEVICES:
         raise UserError(f"--device must be cpu or gpu, not {options.device!r}")
-    if options.device == "gpu" and options.backend == "paddle" and default_device() != "gpu":
-        raise UserError("--device gpu needs paddlepaddle-gpu and a visible GPU, but this paddle is CPU-only or sees no GPU "
-                        "(see the README's GPU section)")
+    BACKENDS[options.backend].check(options, quantized, model_dir)
+
+
+def refuse_tensorrt_elsewhere(options: PredictorOptions) -> None:
     if options.use_trt and (options.backend != "paddle" or options.device != "gpu"):
         raise UserError("--use_trt runs TensorRT through Paddle Inference: it needs --backend paddle --device gpu")
-    if options.use_trt and tuple(paddle.inference.get_trt_compile_version()) == (0, 0, 0):
-        raise UserError("--use_trt needs a paddlepaddle-gpu build with TensorRT; this paddle was compiled without it")
     if options.precision == "fp16" and not options.use_trt:
         raise UserError("--precision fp16 runs through TensorRT: use --device gpu --use_trt")
-    if options.precision == "bf16":
-        check_bfloat16(options, quantized)
-    if options.precision == "int8" and options.backend == "paddle" and not quantized and not options.use_trt:
-        raise UserError(f"{model_dir} is a float model: int8 on the Paddle backend needs an int8 model from compress_*.py "
-                        "(or use --backend onnxruntime, which quantizes the float model dynamically)")
-    if quantized and options.backend == "onnxruntime":
-        raise UserError(f"{model_dir} is a Paddle int8 model, which paddle2onnx cannot convert faithfully; give the float "
-                        "export to --backend onnxruntime --precision int8 instead")
 
 
 def native_bfloat16() -> bool:
@@ -78,6 +74,23 @@ def check_bfloat16(options: PredictorOptions, quantized: bool) -> None:
 
 class PaddlePredictor:
     """Paddle Inference: CPU (oneDNN on or off, threads), GPU, or TensorRT with shape ranges cached beside the model."""
+
+    name = "paddle"
+    help = "Paddle Inference (CPU with oneDNN fp32, bf16 or an int8 model; GPU; TensorRT)"
+
+    @staticmethod
+    def check(options: PredictorOptions, quantized: bool, model_dir: str) -> None:
+        if options.device == "gpu" and default_device() != "gpu":
+            raise UserError("--device gpu needs paddlepaddle-gpu and a visible GPU, but this paddle is CPU-only or sees no GPU "
+                            "(see the README's GPU section)")
+        refuse_tensorrt_elsewhere(options)
+        if options.use_trt and tuple(paddle.inference.get_trt_compile_version()) == (0, 0, 0):
+            raise UserError("--use_trt needs a paddlepaddle-gpu build with TensorRT; this paddle was compiled without it")
+        if options.precision == "bf16":
+            check_bfloat16(options, quantized)
+        if options.precision == "int8" and not quantized and not options.use_trt:
+            raise UserError(f"{model_dir} is a float model: int8 on the Paddle backend needs an int8 model from compress_*.py "
+                            "(or use --backend onnxruntime, which quantizes the float model dynamically)")
 
     def __init__(self, model_dir: str, options: PredictorOptions):
         self.program, self.params = static_model_files(model_dir)
@@ -140,6 +153,18 @@ ORT_ERRORS_ONLY = 3  # ONNX Runtime log severity: errors and fatal only
 class OnnxRuntimePredictor:
     """ONNX Runtime on the model converted once by paddle2onnx (cached as model.onnx beside it); int8 is ONNX
     Runtime's dynamic quantization of that float model (cached as model.int8.onnx). Inputs are fed by name."""
+
+    name = "onnxruntime"
+    help = "ONNX Runtime on the cached ONNX conversion (fp32, or int8 by dynamic quantization of a float model)"
+
+    @staticmethod
+    def check(options: PredictorOptions, quantized: bool, model_dir: str) -> None:
+        refuse_tensorrt_elsewhere(options)
+        if options.precision == "bf16":
+            check_bfloat16(options, quantized)
+        if quantized:
+            raise UserError(f"{model_dir} is a Paddle int8 model, which paddle2onnx cannot convert faithfully; give the float "
+                            "export to --backend onnxruntime --precision int8 instead")
 
     def __init__(self, model_dir: str, options: PredictorOptions):
         import onnxruntime
@@ -221,7 +246,14 @@ class OnnxRuntimePredictor:
 def create_predictor(model_dir: str, options: PredictorOptions):
     program, _ = static_model_files(model_dir)
     check_predictor_options(options, is_quantized(program), model_dir)
-    return (PaddlePredictor if options.backend == "paddle" else OnnxRuntimePredictor)(model_dir, options)
+    return BACKENDS[options.backend](model_dir, options)
+
+
+BACKENDS = {backend.name: backend for backend in (PaddlePredictor, OnnxRuntimePredictor)}
+
+
+def backends_help() -> str:
+    return "; ".join(f"{name}: {backend.help}" for name, backend in BACKENDS.items())
 
 
 def pad_features(features: Sequence[dict], length: Optional[int] = None) -> Dict[str, np.ndarray]:
