@@ -138,11 +138,32 @@ def option_value(argv: Sequence[str], name: str) -> Optional[str]:
 
 
 def load_config_defaults(config_file: str) -> dict:
+    """The per-task defaults file: a mapping with an optional 'common' mapping and a 'tasks' mapping of task
+    name to mapping. Anything else is one error line naming the file."""
     if not os.path.isfile(config_file):
         raise UserError(f"--config: file not found: {config_file}")
-    with open(config_file, encoding="utf-8") as handle:
-        config = yaml.safe_load(handle) or {}
+    try:
+        with open(config_file, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"--config {config_file}: not valid YAML ({first_line(error)})") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"--config {config_file}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    check_config_shape(config, config_file)
     return config
+
+
+def check_config_shape(config, config_file: str) -> None:
+    if not isinstance(config, dict):
+        raise UserError(f"--config {config_file}: expected a mapping with 'common' and 'tasks', got {type(config).__name__}")
+    for section in ("common", "tasks"):
+        if not isinstance(config.get(section) or {}, dict):
+            raise UserError(f"--config {config_file}: '{section}' must be a mapping of names to values, "
+                            f"got {type(config[section]).__name__}")
+    for name, block in (config.get("tasks") or {}).items():
+        if not isinstance(block or {}, dict):
+            raise UserError(f"--config {config_file}: tasks.{name} must be a mapping of option names to values, "
+                            f"got {type(block).__name__}")
 
 
 def task_defaults(config: dict, task_name: Optional[str]) -> dict:
@@ -183,23 +204,24 @@ def parse_into_dataclasses(parser, argv: Sequence[str]):
 
 def parse_plain_arguments(dataclass_types, description: str, argv: Optional[Sequence[str]] = None):
     """Parse a script's own dataclasses (flags or one .json/.yml file), with no training defaults."""
-    parser = PdArgumentParser(dataclass_types, description=description, formatter_class=HelpFormatter)
+    parser = PdArgumentParser(dataclass_types, description=description, formatter_class=HelpFormatter, allow_abbrev=False)
     return parse_into_dataclasses(parser, user_argv(argv))
 
 
-def parse_arguments(dataclass_types, family: str, description: str, argv: Optional[Sequence[str]] = None):
-    """Parse the command line (or one .json/.yml arguments file) into the dataclasses.
+def parse_arguments(dataclass_types, family: str, description: str, argv: Sequence[str]):
+    """Parse the command line (argv, after user_argv) into the dataclasses.
 
     Defaults come in three layers, the later winning: the dataclass defaults, configs/default.yml
     ('common', then the task's block, then the task's registry max_seq_length), then what the user gave.
+    A family with one task (NER, QA) defaults --task_name to it; --output_dir defaults to output/<task>.
     """
-    argv = user_argv(argv)
+    argv = with_task_name(argv, family)
     config_file = option_value(argv, "config") or DEFAULT_CONFIG_FILE
     config = load_config_defaults(config_file)
     task_name = option_value(argv, "task_name")
     parser = PdArgumentParser(
         dataclass_types, description=description, epilog=defaults_epilog(config, family, config_file),
-        formatter_class=HelpFormatter,
+        formatter_class=HelpFormatter, allow_abbrev=False,
     )
     defaults = {"device": default_device(), **task_defaults(config, task_name)}
     task = ALL_TASKS.get(task_name)
@@ -209,18 +231,51 @@ def parse_arguments(dataclass_types, family: str, description: str, argv: Option
     elif task_name == CUSTOM_TASK:
         defaults = {**CUSTOM_TASK_DEFAULTS, **defaults}
     if task_name and option_value(argv, "output_dir") is None:
-        argv += ["--output_dir", os.path.join("output", task_name)]
+        argv += ["--output_dir", default_output_dir(task_name)]
     parser.set_defaults(**defaults)
     parsed = parse_into_dataclasses(parser, argv)
-    apply_requested_actions(argv, parsed)
+    apply_requested_actions(requested_actions(argv), parsed)
     return parsed
 
 
+def default_task_name(family: str) -> Optional[str]:
+    """The only task of a one-task family (msra_ner, cmrc2018); None where the user must choose."""
+    names = family_task_names(family)
+    return names[0] if len(names) == 1 else None
+
+
+def task_from_dataset(dataset: str) -> str:
+    """Upstream's --dataset: 'clue tnews' (a CLUE task), msra_ner or cmrc2018."""
+    words = dataset.split()
+    return words[1] if len(words) == 2 and words[0].lower() == "clue" else dataset.strip()
+
+
+def with_task_name(argv: Sequence[str], family: str) -> List[str]:
+    """argv with --task_name made explicit: from --dataset (upstream's option), else the family's only task."""
+    argv = list(argv)
+    task_name, dataset = option_value(argv, "task_name"), option_value(argv, "dataset")
+    if dataset is not None:
+        if task_name is not None and task_name != task_from_dataset(dataset):
+            raise UserError(f"--dataset {dataset!r} and --task_name {task_name!r} name different tasks; give one of them")
+        task_name = task_from_dataset(dataset)
+    task_name = task_name or default_task_name(family)
+    if task_name and option_value(argv, "task_name") is None:
+        argv += ["--task_name", task_name]
+    return argv
+
+
+def default_output_dir(task_name: str) -> str:
+    """Where run_*.py writes, compress_*.py reads and infer.py looks by default."""
+    return os.path.join("output", task_name)
+
+
 ACTIONS = ("do_train", "do_eval", "do_predict", "do_export")
+DEFAULT_ACTIONS = ("do_train", "do_eval")  # what a run without any --do_* flag does
 
 
 def flag_value(argv: Sequence[str], name: str) -> bool:
-    """Whether a boolean option is on in argv: '--name', '--name true' or '--name=true' (the last one wins)."""
+    """Whether a boolean option is on in argv: '--name', '--name true' or '--name=true' (the last one wins).
+    The parsers refuse abbreviations, so exact tokens are the whole story."""
     value = False
     for index, token in enumerate(argv):
         if token == f"--{name}":
@@ -231,13 +286,24 @@ def flag_value(argv: Sequence[str], name: str) -> bool:
     return value
 
 
-def apply_requested_actions(argv: Sequence[str], parsed) -> None:
+def actions_given(argv: Sequence[str]) -> bool:
+    """Whether any --do_* option is named on the command line (even as false)."""
+    return any(token == f"--{action}" or token.startswith(f"--{action}=") for token in argv for action in ACTIONS)
+
+
+def requested_actions(argv: Sequence[str]) -> dict:
+    """The --do_* actions of argv; with none named, training and evaluation."""
+    if not actions_given(argv):
+        return {action: action in DEFAULT_ACTIONS for action in ACTIONS}
+    return {action: flag_value(argv, action) for action in ACTIONS}
+
+
+def apply_requested_actions(requested: dict, parsed) -> None:
     """Do exactly the --do_* actions the user asked for.
 
     paddlenlp's TrainingArguments turns do_eval on whenever an evaluation strategy is set, so a plain
     --do_predict run would also evaluate (and download the dev split); the user's own flags win here.
     """
-    requested = {action: flag_value(argv, action) for action in ACTIONS}
     if not any(requested.values()):
         raise UserError("nothing to do: pass one or more of --do_train --do_eval --do_predict --do_export")
     for arguments in parsed:

@@ -5,6 +5,7 @@ text and the checks are generated from it.
 
 Imports arguments.py, model_io.py, predictors.py and utils.py.
 """
+import functools
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -14,7 +15,9 @@ import numpy as np
 import paddle
 from paddlenlp.trainer import set_seed
 
-from arguments import DataArguments, QAWindowArguments, check_device, parse_plain_arguments
+from arguments import (
+    DataArguments, QAWindowArguments, check_device, default_output_dir, parse_plain_arguments, user_argv, with_task_name,
+)
 from model_io import (
     EXPORT_INPUT_NAMES, check_model_fits_task, directory_model_bytes, export_input_spec, export_legacy_static_model,
     export_static_model, load_model_config, load_task_model, load_tokenizer, model_head_family, save_deployable,
@@ -22,8 +25,8 @@ from model_io import (
 )
 from predictors import DygraphPredictor, PaddlePredictor, PredictorOptions, pad_features, run_predictor
 from utils import (
-    FAMILIES, TaskSpec, UserError, atomic_directory, deployed_metrics, family_collator, metric_points, get_task,
-    load_encoded_split, logger, setup_logging, write_json_atomic,
+    FAMILIES, TaskSpec, UserError, atomic_entries, deployed_metrics, encode_examples, family_collator, get_task,
+    load_encoded_split, load_examples, logger, metric_points, setup_logging, write_json_atomic,
 )
 
 
@@ -205,7 +208,9 @@ def quantize_post_training(legacy_dir: str, output_dir: str, calibration: Sequen
 
 @dataclass
 class CompressArguments:
-    model_name_or_path: str = field(metadata={"help": "A fine-tuned output directory of run_*.py (the float parent)."})
+    model_name_or_path: Optional[str] = field(default=None, metadata={"help": "A fine-tuned output directory of run_*.py (the float parent); default output/<task>, where run_*.py writes."})
+    dataset: Optional[str] = field(default=None, metadata={"help": "Upstream's name for the task: 'clue tnews', msra_ner, cmrc2018 (same as --task_name)."})
+    selection_samples: Optional[int] = field(default=None, metadata={"help": "Training examples held out (never trained on) to pick each DynaBERT width's best checkpoint, so the dev set that --max_metric_drop judges stays unseen; default 10%% of the training examples, at most 1000."})
     output_dir: Optional[str] = field(default=None, metadata={"help": "Where candidates and compress_report.json go; default <model_name_or_path>/compress."})
     strategy: str = field(default="dynabert+ptq", metadata={"help": "What to try (the strategies are listed below)."})
     width_mult_list: List[str] = field(default_factory=lambda: ["3/4"], metadata={"help": "Widths to prune to, as fractions (3/4) or decimals."})
@@ -351,11 +356,11 @@ def distillation_training(student, teacher, task: TaskSpec, features: Sequence[d
     progress.close()
 
 
-def dynabert_width_pruning(parent, tokenizer, task: TaskSpec, widths: List[float], train_encoded, dev_examples,
-                           dev_encoded, window_args, args: "CompressArguments") -> Dict[float, object]:
+def dynabert_width_pruning(parent, tokenizer, task: TaskSpec, widths: List[float], train_encoded, selection_examples,
+                           selection_encoded, window_args, args: "CompressArguments") -> Dict[float, object]:
     """DynaBERT's width stage: rank heads and neurons by importance, reorder them, then train the narrower
-    networks by distillation from the parent, every width on every batch; keep each width's best dev state
-    and cut it to size."""
+    networks by distillation from the parent, every width on every batch; keep each width's best state on the
+    selection examples (held out from training, never the dev set) and cut it to size."""
     import copy
 
     features = list(train_encoded.dataset)
@@ -368,8 +373,9 @@ def dynabert_width_pruning(parent, tokenizer, task: TaskSpec, widths: List[float
 
     def keep_best():
         for width in widths:
-            points = width_points(student, masks, width, task, dev_examples, dev_encoded, window_args, args.per_device_eval_batch_size)
-            logger.info("DynaBERT width %g: dev %s %.4f points", width, task.metric, points)
+            points = width_points(student, masks, width, task, selection_examples, selection_encoded, window_args,
+                                  args.per_device_eval_batch_size)
+            logger.info("DynaBERT width %g: held-out selection %s %.4f points", width, task.metric, points)
             if points > best[width][0]:
                 best[width] = (points, {k: v.numpy().copy() for k, v in student.state_dict().items()})
 
@@ -456,6 +462,7 @@ class CompressionRun:
     info: dict
     widths: List[float]
     train_encoded: object
+    selection: Tuple[list, object]  # (examples, encoded) held out from the training data
     dev_examples: list
     dev_encoded: object
     calibration: List[dict]
@@ -471,8 +478,8 @@ class CompressionRun:
 def prune_step(run: CompressionRun, sources: List[Source]) -> Tuple[List[dict], List[Source]]:
     """DynaBERT width pruning of the parent: one pruned float candidate per width, and the pruned models become
     the sources of any later quantization step."""
-    pruned = dynabert_width_pruning(run.parent, run.tokenizer, run.task, run.widths, run.train_encoded, run.dev_examples,
-                                    run.dev_encoded, run.window_args, run.args)
+    pruned = dynabert_width_pruning(run.parent, run.tokenizer, run.task, run.widths, run.train_encoded, *run.selection,
+                                    run.window_args, run.args)
     candidates, pruned_sources = [], []
     for width, model in pruned.items():
         relative = f"width_mult_{width:g}"
@@ -522,17 +529,60 @@ STRATEGIES = {
 }
 
 
+def check_compression_output(output_dir: str, overwrite: bool) -> None:
+    """Never replace an earlier compression by accident; any other folder (upstream writes into ./) is fine."""
+    if os.path.exists(os.path.join(output_dir, "compress_report.json")) and not overwrite:
+        raise UserError(f"--output_dir {output_dir} already holds a compression (compress_report.json); pass "
+                        "--overwrite_output_dir to replace it or choose another --output_dir")
+
+
 def strategies_help() -> str:
     return "Strategies (--strategy):\n" + "\n".join(f"  {name}: {strategy.help}" for name, strategy in STRATEGIES.items())
+
+
+def parse_compress_arguments(family: str, description: str, argv=None):
+    """(args, data_args, window_args or None), with the task from --task_name, upstream's --dataset, or the family's
+    only task, and the parent model defaulting to output/<task>."""
+    extra_classes = (QAWindowArguments,) if family == "qa" else ()
+    argv = with_task_name(user_argv(argv), family)
+    args, data_args, *extra = parse_plain_arguments((CompressArguments, DataArguments, *extra_classes),
+                                                    description + "\n" + strategies_help() + "\n" + COMPRESSION_HELP, argv)
+    if args.model_name_or_path is None:
+        args.model_name_or_path = default_output_dir(data_args.task_name)
+        if not os.path.isdir(args.model_name_or_path):
+            raise UserError(f"no fine-tuned model in {args.model_name_or_path}: make one with `python {FAMILIES[family].script} "
+                            f"--task_name {data_args.task_name}` (it writes there), or pass --model_name_or_path DIR")
+    return args, data_args, extra[0] if extra else None
+
+
+def split_selection(examples: list, requested: Optional[int], seed: int) -> Tuple[list, list]:
+    """(training examples, selection examples): a seeded random slice held out for choosing checkpoints."""
+    if len(examples) < 2:
+        raise UserError("compression needs at least 2 training examples (one is held out to select checkpoints)")
+    count = requested if requested is not None else min(1000, max(1, len(examples) // 10))
+    if not 0 < count < len(examples):
+        raise UserError(f"--selection_samples must be between 1 and {len(examples) - 1} (the training data has "
+                        f"{len(examples)} examples)")
+    order = np.random.default_rng(seed).permutation(len(examples))
+    held_out = set(int(i) for i in order[:count])
+    return ([e for i, e in enumerate(examples) if i not in held_out], [e for i, e in enumerate(examples) if i in held_out])
+
+
+def load_training_and_selection(task: TaskSpec, data_args, tokenizer, window_args, args: CompressArguments):
+    """The encoded training split without the held-out selection examples, and (selection examples, encoded)."""
+    examples = load_examples(task, "train", data_args.train_file, data_args.max_train_samples)
+    training, selection = split_selection(examples, args.selection_samples, args.seed)
+    logger.info("%s: %d training examples for distillation and calibration, %d held out to select checkpoints",
+                task.name, len(training), len(selection))
+    encode = functools.partial(encode_examples, task, tokenizer=tokenizer, max_seq_length=data_args.max_seq_length,
+                               truncate=data_args.truncate_long_texts, window_args=window_args)
+    return encode("train", training, with_labels=True), (selection, encode("selection", selection, with_labels=False))
 
 
 def run_compression(family: str, model_class, description: str, argv=None) -> dict:
     """compress_*.py: the steps of --strategy over a fine-tuned model, every candidate measured on the dev set, the
     best one within --max_metric_drop of the parent chosen, all in compress_report.json."""
-    extra_classes = (QAWindowArguments,) if family == "qa" else ()
-    args, data_args, *extra = parse_plain_arguments((CompressArguments, DataArguments, *extra_classes),
-                                                    description + "\n" + strategies_help() + "\n" + COMPRESSION_HELP, argv)
-    window_args = extra[0] if extra else None
+    args, data_args, window_args = parse_compress_arguments(family, description, argv)
     setup_logging()
     check_device(args.device)
     paddle.set_device(args.device)
@@ -545,21 +595,20 @@ def run_compression(family: str, model_class, description: str, argv=None) -> di
     check_model_fits_task(config, args.model_name_or_path, task)
     data_args.max_seq_length = data_args.max_seq_length or task.max_seq_length
     output_dir = os.path.abspath(args.output_dir or os.path.join(args.model_name_or_path, "compress"))
-    if os.path.exists(output_dir) and not args.overwrite_output_dir:
-        raise UserError(f"--output_dir {output_dir} already exists; pass --overwrite_output_dir to replace it or choose another")
+    check_compression_output(output_dir, args.overwrite_output_dir)
 
     set_seed(args.seed)
     tokenizer = load_tokenizer(args.model_name_or_path)
     parent = load_task_model(model_class, args.model_name_or_path, task, data_args.max_seq_length)
-    _, train_encoded = load_encoded_split(task, "train", data_args, tokenizer, window_args)
+    train_encoded, selection = load_training_and_selection(task, data_args, tokenizer, window_args, args)
     dev_examples, dev_encoded = load_encoded_split(task, "dev", data_args, tokenizer, window_args)
     calibration = [{name: f[name] for name in EXPORT_INPUT_NAMES} for f in train_encoded.dataset]
     np.random.default_rng(args.seed).shuffle(calibration)
     info = task_info(task, data_args)
 
-    with atomic_directory(output_dir) as staging:
-        run = CompressionRun(args, task, window_args, tokenizer, parent, info, widths, train_encoded, dev_examples,
-                             dev_encoded, calibration, staging, output_dir)
+    with atomic_entries(output_dir, args.overwrite_output_dir) as staging:
+        run = CompressionRun(args, task, window_args, tokenizer, parent, info, widths, train_encoded, selection,
+                             dev_examples, dev_encoded, calibration, staging, output_dir)
         export_static_model(parent, tokenizer, os.path.join(staging, "parent"), info)
         parent_entry = run.measured("parent", {"kind": "float parent", "source": args.model_name_or_path,
                                                "parameters": parameter_count(parent)})
@@ -574,6 +623,8 @@ def run_compression(family: str, model_class, description: str, argv=None) -> di
             "task": {"name": task.name, "metric": task.metric,
                      "points": "percent" if FAMILIES[family].metric_in_percent else "fraction x 100"},
             "strategy": args.strategy, "max_metric_drop": args.max_metric_drop, "calibration_examples": len(calibration),
+            "checkpoint_selection": {"examples": len(selection[0]), "data": "held out from the training data (never "
+                                     "trained on); the dev set judges the candidates against --max_metric_drop"},
             "parent": parent_entry, "candidates": candidates, "best": best["path"] if best else None,
         }
         write_json_atomic(os.path.join(staging, "compress_report.json"), report)

@@ -15,7 +15,7 @@ import paddle
 from paddlenlp.trainer import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 from paddlenlp.trainer.trainer_utils import get_last_checkpoint
 
-from arguments import DataArguments, ModelArguments, check_device, parse_arguments
+from arguments import DataArguments, ModelArguments, actions_given, check_device, parse_arguments, user_argv
 from model_io import export_static_model, load_task_model, load_tokenizer, task_info
 from utils import TaskSpec, UserError, get_task, logger, setup_logging, write_json_atomic
 
@@ -155,10 +155,14 @@ class Run:
 
 def start_run(family: str, description: str, argv=None, extra_classes: tuple = ()) -> Run:
     """The opening every run_*.py shares: arguments, logging, device, task, checkpoint, output-dir safety."""
+    argv = user_argv(argv)
     model_args, data_args, *extra, training_args = parse_arguments(
         (ModelArguments, DataArguments, *extra_classes, TrainingArguments), family, description, argv
     )
     setup_logging(training_args.should_log)
+    if not actions_given(argv):
+        logger.info("no --do_* given: training and evaluating %s on %s into %s", model_args.model_name_or_path,
+                    data_args.task_name, training_args.output_dir)
     check_device(training_args.device)
     task = get_task(data_args.task_name, family, data_args.label_list)
     resume_checkpoint = resolve_resume_checkpoint(training_args)

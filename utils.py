@@ -7,10 +7,10 @@ predictors.py, compression.py. Imports run one way (scripts -> those modules -> 
 imports none of them.
 """
 import contextlib
+import functools
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -597,7 +597,11 @@ def read_json_file(path: str, option: str):
 
 def read_squad_file(path: str, option: str):
     """Yield (where, row) for each question of a SQuAD-style json file, rows shaped like paddlenlp's cmrc2018."""
-    document = read_json_file(path, option)
+    return read_squad_rows(read_json_file(path, option), path)
+
+
+def read_squad_rows(document, path: str):
+    """The questions of a SQuAD-style document (path names it in errors)."""
     articles = document.get("data") if isinstance(document, dict) else None
     if not isinstance(articles, list):
         raise UserError(f"{path}: expected a SQuAD-style object with a 'data' list of articles")
@@ -634,44 +638,61 @@ def locate_answer(context: str, text: str, start: int) -> Optional[int]:
     return min(nearby, key=lambda i: abs(i - start)) if nearby else None
 
 
-def training_answer(where: str, context: str, texts: List[str], starts: List[int], strict: bool) -> Tuple[Optional[int], Optional[str]]:
-    """(start, text) of the first answer with a position. answer_start -1 marks a free-form answer (no position).
-
-    strict (training data): an answer whose text is not at (or near) its answer_start is an error.
-    """
+def training_answer(context: str, texts: List[str], starts: List[int]) -> Tuple[Optional[int], Optional[str]]:
+    """(start, text) of the first answer found at (or near) its answer_start; (None, None) when none is (a free-form
+    answer has answer_start -1, or its text is not in the context there)."""
     for text, start in zip(texts, starts):
-        if not isinstance(start, int) or start < 0:
-            continue
-        located = locate_answer(context, text, start)
-        if located is None and strict:
-            found = context[start: start + len(text)]
-            raise UserError(f"{where}: answer {text!r} is not at answer_start {start} (the context there reads {found!r})")
-        return (located, text) if located is not None else (None, None)
-    if strict:
-        raise UserError(f"{where}: no answer with an answer_start to train on")
+        if isinstance(start, int) and start >= 0:
+            located = locate_answer(context, text, start)
+            if located is not None:
+                return located, text
     return None, None
 
 
+def odd_qa_row(row: dict, split: str, answer_start: Optional[int]) -> Optional[str]:
+    """Why a well-formed row cannot be trained on (None when it can): real CMRC2018 files hold empty questions
+    and answers with no position. Evaluation keeps every row, as the official script scores every question."""
+    if split != "train":
+        return None
+    if not row["question"].strip():
+        return "empty question"
+    if not row["context"].strip():
+        return "empty context"
+    if not row["answers"]:
+        return "no answer"
+    if answer_start is None:
+        return "no answer found at its answer_start (free-form)"
+    return None
+
+
 def rows_to_qa_examples(task: TaskSpec, rows, split: str) -> List[QAExample]:
-    examples, seen, repaired = [], set(), 0
+    """Check each question's structure (a malformed one is an error naming it) and build the examples; odd but
+    well-formed training rows are left out and counted (odd_qa_row)."""
+    examples, seen, repaired, left_out = [], set(), 0, {}
     for where, row in rows:
         for name in ("question", "context"):
-            if not isinstance(row.get(name), str) or not row[name].strip():
-                raise UserError(f"{where}: the {name} is missing or empty")
+            if not isinstance(row.get(name), str):
+                raise UserError(f"{where}: the {name} is missing or not a string")
         if row["id"] in seen:
             raise UserError(f"{where}: question id {row['id']!r} appears twice")
         seen.add(row["id"])
         texts, starts = list(row.get("answers") or []), list(row.get("answer_starts") or [])
-        if split != "test" and not texts:
-            raise UserError(f"{where}: no answers (needed in the {split} split)")
-        start, text = training_answer(where, row["context"], texts, starts, strict=split == "train")
+        start, text = training_answer(row["context"], texts, starts)
+        reason = odd_qa_row({**row, "answers": texts}, split, start)
+        if reason:
+            left_out[reason] = left_out.get(reason, 0) + 1
+            continue
         repaired += start is not None and start not in starts
         examples.append(QAExample(row["id"], row["question"], row["context"], texts, start, text, where))
     if repaired:
         logger.warning("%s %s: %d answer_start values were off by a few characters and were moved to the answer text",
                        task.name, split, repaired)
+    reasons = ", ".join(f"{count} with {reason}" for reason, count in sorted(left_out.items()))
+    if left_out:
+        logger.warning("%s %s: left out %d questions that cannot be trained on (%s)", task.name, split,
+                       sum(left_out.values()), reasons)
     if not examples:
-        raise UserError(f"the {task.name} {split} data holds no questions")
+        raise UserError(f"the {task.name} {split} data holds no questions" + (f" to train on ({reasons})" if left_out else ""))
     return examples
 
 
@@ -768,7 +789,8 @@ def postprocess_qa_predictions(examples: Sequence[QAExample], features: QAFeatur
 
     Candidates: the top n_best_size starts and ends of each window, inside the context, end >= start, at most
     max_answer_length tokens; score = start logit + end logit; text sliced from the context by character
-    offsets; probabilities a softmax over the example's n-best scores. No candidate gives an empty answer.
+    offsets; probabilities a softmax over all of the example's candidates, summed over candidates with the same
+    text (merged_by_text). The answer is the best-scoring span's text. No candidate gives an empty answer.
     """
     candidates = [[] for _ in examples]
     for feature_number, example_number in enumerate(features.example_index):
@@ -789,15 +811,25 @@ def postprocess_qa_predictions(examples: Sequence[QAExample], features: QAFeatur
                     })
     predictions, nbest = {}, {}
     for example, found in zip(examples, candidates):
-        top = sorted(found, key=lambda c: -c["score"])[:n_best_size]
-        if top:
-            scores = np.array([c["score"] for c in top])
-            probabilities = np.exp(scores - scores.max())
-            for candidate, probability in zip(top, probabilities / probabilities.sum()):
-                candidate["probability"] = float(probability)
+        top = merged_by_text(sorted(found, key=lambda c: -c["score"]))[:n_best_size]
         predictions[example.id] = top[0]["text"] if top else ""
         nbest[example.id] = top
     return predictions, nbest
+
+
+def merged_by_text(ranked: List[dict]) -> List[dict]:
+    """Candidates (best score first) with probabilities, a softmax over all of them; the same text found in
+    several spans or overlapping windows is one entry (its best span's scores), holding their summed probability."""
+    if not ranked:
+        return []
+    scores = np.array([c["score"] for c in ranked])
+    probabilities = np.exp(scores - scores.max())
+    probabilities /= probabilities.sum()
+    merged = {}
+    for candidate, probability in zip(ranked, probabilities):
+        entry = merged.setdefault(candidate["text"], {**candidate, "probability": 0.0})
+        entry["probability"] += float(probability)
+    return list(merged.values())
 
 
 # The official CMRC2018 evaluation (cmrc2018_evaluate.py, v5) in our own code: punctuation it ignores (its
@@ -805,32 +837,41 @@ def postprocess_qa_predictions(examples: Sequence[QAExample], features: QAFeatur
 CMRC_PUNCTUATION = frozenset("-:_*^/\\~`+=，。：？！“”；’《》·、「」（）－～『』")
 
 
-ENGLISH_TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+|\d+|[^\w\s]|_")
-
-
 def is_cjk(character: str) -> bool:
     return "\u4e00" <= character <= "\u9fa5"
 
 
-def mixed_segmentation(text: str, remove_punctuation: bool) -> List[str]:
-    """Each Chinese character (and listed punctuation mark) is a segment; runs of other characters are
-    split into words. With remove_punctuation the listed marks are dropped without ending the run they are in.
+@functools.lru_cache(maxsize=1)
+def english_word_tokenizer():
+    """NLTK's Treebank-style word tokenizer, the one nltk.word_tokenize applies to each sentence; it needs no
+    downloaded data (word_tokenize's sentence splitter, punkt, does)."""
+    from nltk.tokenize import NLTKWordTokenizer
 
-    The official script splits those runs with NLTK's word_tokenize (which needs a model download); here
-    they are split on whitespace and punctuation, keeping numbers like 3.14 and 1,000 whole: the same on
-    letters, digits and decimals.
+    return NLTKWordTokenizer()
+
+
+def mixed_segmentation(text: str, remove_punctuation: bool) -> List[str]:
+    """Each Chinese character (and listed punctuation mark) is a segment; each run of other characters is split
+    into words as the official script does, with NLTK's word tokenizer (iphone4s, h1n1 and mp3 stay whole;
+    don't -> do n't; 3.5% -> 3.5 %). With remove_punctuation the listed marks are dropped without ending the run
+    they are in.
+
+    The one difference from the official nltk.word_tokenize: no sentence splitting inside a run (punkt needs a
+    download), so a run holding several English sentences keeps the periods that end its inner sentences on
+    their words.
     """
+    tokenize = english_word_tokenizer().tokenize
     segments, run = [], ""
     for character in text.lower().strip():
         if remove_punctuation and character in CMRC_PUNCTUATION:
             continue
         if is_cjk(character) or character in CMRC_PUNCTUATION:
-            segments.extend(ENGLISH_TOKEN.findall(run))
+            segments.extend(tokenize(run) if run else [])
             run = ""
             segments.append(character)
         else:
             run += character
-    segments.extend(ENGLISH_TOKEN.findall(run))
+    segments.extend(tokenize(run) if run else [])
     return segments
 
 
@@ -866,11 +907,12 @@ def cmrc_exact(gold: str, prediction: str) -> float:
 
 def qa_metrics(examples: Sequence[QAExample], predictions: Dict[str, str]) -> Dict[str, float]:
     """exact_match and f1 as the official CMRC2018 script defines them (best over the gold answers, in
-    percent), plus upstream PaddleNLP's simpler character-overlap scores as upstream_exact_match/upstream_f1."""
+    percent), plus upstream PaddleNLP's simpler character-overlap scores as upstream_exact_match/upstream_f1.
+    Every question counts; one without gold answers scores 0 (the official script would stop on it)."""
     from paddlenlp.metrics.squad import get_raw_scores
 
-    exact = [max(cmrc_exact(gold, predictions.get(e.id, "")) for gold in e.answers) for e in examples]
-    f1 = [max(cmrc_f1(gold, predictions.get(e.id, "")) for gold in e.answers) for e in examples]
+    exact = [max((cmrc_exact(gold, predictions.get(e.id, "")) for gold in e.answers), default=0.0) for e in examples]
+    f1 = [max((cmrc_f1(gold, predictions.get(e.id, "")) for gold in e.answers), default=0.0) for e in examples]
     squad_examples = [{"id": e.id, "answers": {"text": e.answers}} for e in examples]
     upstream_exact, upstream_f1 = get_raw_scores(squad_examples, predictions, is_whitespace_splited=False)
     return {
@@ -1078,6 +1120,34 @@ def atomic_directory(path: str):
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_entries(path: str, overwrite: bool):
+    """Like atomic_directory, but into a folder that may already hold other things (upstream compresses into
+    ./): the staged entries move in at the end, never replacing an existing one unless overwrite. A clash is
+    found before anything moves, so the folder gets all of the entries or none."""
+    if not os.path.isdir(path):
+        with atomic_directory(path) as staging:
+            yield staging
+        return
+    staging = tempfile.mkdtemp(dir=path, prefix=".tmp-staging-")
+    try:
+        yield staging
+        entries = sorted(os.listdir(staging))
+        clashes = [name for name in entries if os.path.lexists(os.path.join(path, name))]
+        if clashes and not overwrite:
+            raise UserError(f"{path} already holds {', '.join(clashes[:5])}; pass --overwrite_output_dir to replace "
+                            "them or choose another --output_dir")
+        for name in entries:
+            target = os.path.join(path, name)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            elif os.path.lexists(target):
+                os.remove(target)
+            os.rename(os.path.join(staging, name), target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def setup_logging(verbose: bool = True) -> None:

@@ -205,5 +205,5 @@ def test_an_earlier_compression_output_is_not_replaced(tnews_compressed, tnews_r
     before = os.path.getmtime(os.path.join(tnews_compressed, "compress_report.json"))
     status, stderr = run_cli(compress_seq_cls.main, clue_data_args("tnews") + [
         "--model_name_or_path", tnews_run, "--output_dir", tnews_compressed] + FAST, capsys)
-    assert status == 2 and "already exists; pass --overwrite_output_dir" in error_lines(stderr)[0]
+    assert status == 2 and "already holds a compression (compress_report.json); pass --overwrite_output_dir" in error_lines(stderr)[0]
     assert os.path.getmtime(os.path.join(tnews_compressed, "compress_report.json")) == before

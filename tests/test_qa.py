@@ -101,8 +101,34 @@ def test_postprocessing_slices_the_best_span_from_the_original_context(tokenizer
     start_logits, end_logits = logits_pointing_at(features, last, first_char, first_char + len("ERNIE模型") - 1)
     predictions, nbest = utils.postprocess_qa_predictions([example], features, start_logits, end_logits, 5, 30)
     assert predictions == {"q": "ERNIE模型"}
-    assert nbest["q"][0]["text"] == "ERNIE模型" and abs(sum(c["probability"] for c in nbest["q"]) - 1) < 1e-6
+    assert nbest["q"][0]["text"] == "ERNIE模型" and sum(c["probability"] for c in nbest["q"]) <= 1 + 1e-6
     assert [c["score"] for c in nbest["q"]] == sorted((c["score"] for c in nbest["q"]), reverse=True) and len(nbest["q"]) == 5
+
+
+def test_the_same_answer_text_from_several_spans_is_one_nbest_entry_with_the_summed_probability():
+    candidates = [{"text": "a", "score": 1.0}, {"text": "b", "score": 1.0}, {"text": "a", "score": 0.0}]
+    merged = utils.merged_by_text(candidates)
+    e = np.e
+    assert [c["text"] for c in merged] == ["a", "b"]
+    assert merged[0]["probability"] == pytest.approx((e + 1) / (2 * e + 1))
+    assert merged[1]["probability"] == pytest.approx(e / (2 * e + 1))
+    assert merged[0]["score"] == 1.0  # the best span's scores
+
+
+def test_overlapping_windows_give_each_answer_text_once(tokenizer):
+    context = "早在1992年，ERNIE模型由百度发布。" * 3
+    example, features = hand_features(tokenizer, context)
+    first_char = context.index("ERNIE", 9)  # the second occurrence
+    windows = [n for n, offsets in enumerate(features.offsets) if any(o and o[0] == first_char for o in offsets)]
+    assert len(windows) >= 2  # the span lies in two overlapping windows
+    start_logits, end_logits = np.zeros((len(features.offsets), 32)), np.zeros((len(features.offsets), 32))
+    for window in windows:
+        s, e = logits_pointing_at(features, window, first_char, first_char + len("ERNIE模型") - 1)
+        start_logits, end_logits = start_logits + s[:, :32], end_logits + e[:, :32]
+    _, nbest = utils.postprocess_qa_predictions([example], features, start_logits, end_logits, 1000, 30)
+    texts = [c["text"] for c in nbest["q"]]
+    assert texts[0] == "ERNIE模型" and len(texts) == len(set(texts))
+    assert sum(c["probability"] for c in nbest["q"]) == pytest.approx(1.0)
 
 
 def test_postprocessing_skips_reversed_too_long_and_non_context_spans(tokenizer):
@@ -143,8 +169,27 @@ def test_cmrc_official_exact_match_and_f1(gold, prediction, exact, f1):
 
 
 def test_mixed_segmentation_of_chinese_and_english():
-    assert utils.mixed_segmentation("ERNIE 3.0模型，Baidu's", remove_punctuation=False) == ["ernie", "3.0", "模", "型", "，", "baidu", "'", "s"]
-    assert utils.mixed_segmentation("ERNIE 3.0模型，Baidu's", remove_punctuation=True) == ["ernie", "3.0", "模", "型", "baidu", "'", "s"]
+    assert utils.mixed_segmentation("ERNIE 3.0模型，Baidu's", remove_punctuation=False) == ["ernie", "3.0", "模", "型", "，", "baidu", "'s"]
+    assert utils.mixed_segmentation("ERNIE 3.0模型，Baidu's", remove_punctuation=True) == ["ernie", "3.0", "模", "型", "baidu", "'s"]
+
+
+# What the official script's nltk.word_tokenize makes of each non-Chinese run (Treebank rules, written out by hand).
+@pytest.mark.parametrize("text, segments", [
+    ("iPhone4S", ["iphone4s"]),  # letters and digits stay one word
+    ("H1N1病毒", ["h1n1", "病", "毒"]),
+    ("MP3播放器", ["mp3", "播", "放", "器"]),
+    ("U.S.军队", ["u.s", ".", "军", "队"]),  # the run's final period is split off
+    ("don't", ["do", "n't"]),
+    ("涨了3.5%", ["涨", "了", "3.5", "%"]),
+    ("他说hello, world", ["他", "说", "hello", ",", "world"]),
+])
+def test_mixed_segmentation_splits_english_runs_as_the_official_nltk_tokenizer(text, segments):
+    assert utils.mixed_segmentation(text, remove_punctuation=True) == segments
+
+
+def test_letters_and_digits_are_one_word_in_f1_as_officially():
+    assert utils.cmrc_f1("iPhone4S", "iPhone4") == 0.0  # a letter/digit split would give 0.8
+    assert utils.cmrc_f1("H1N1流感", "H1N1") == pytest.approx(2 * (1 / 1) * (1 / 3) / (1 + 1 / 3))
 
 
 def test_qa_metrics_take_the_best_gold_answer_and_report_both_definitions():
@@ -238,8 +283,11 @@ def write_squad(path, context, question, answers):
 QA_BAD_INPUT = {
     "answer_start far from the answer": (
         lambda p: write_squad(p, "百度在北京发布了文心大模型。" + "天气很好。" * 12, "谁发布的", [{"text": "百度", "answer_start": 40}]),
-        r"question Q1: answer '百度' is not at answer_start 40 \(the context there reads '气很'\)"),
-    "empty question": (lambda p: write_squad(p, "百度在北京", " ", [{"text": "百度", "answer_start": 0}]), r"question Q1: the question is missing or empty"),
+        r"the cmrc2018 train data holds no questions to train on \(1 with no answer found at its answer_start \(free-form\)\)"),
+    "only an empty question": (lambda p: write_squad(p, "百度在北京", " ", [{"text": "百度", "answer_start": 0}]),
+                               r"holds no questions to train on \(1 with empty question\)"),
+    "question not a string": (lambda p: write_squad(p, "百度在北京", 7, [{"text": "百度", "answer_start": 0}]),
+                              r"question Q1: the question is missing or not a string"),
     "malformed json": (lambda p: (p.write_text('{"data": [\n{"paragraphs": ]}', encoding="utf-8"), str(p))[1], r":2: not valid JSON"),
     "not squad": (lambda p: (p.write_text('[1, 2]', encoding="utf-8"), str(p))[1], r"expected a SQuAD-style object"),
     "missing file": (lambda p: str(p.parent / "missing.json"), r"--train_file: file not found: .*missing\.json"),
@@ -257,6 +305,34 @@ def test_bad_qa_input_gets_one_error_line(case, tiny_ernie, tmp_path, capsys):
     assert status == 2 and len(error_lines(stderr)) == 1 and "Traceback" not in stderr
     assert re.search(message, error_lines(stderr)[0]), error_lines(stderr)[0]
     assert not (tmp_path / "out").exists()
+
+
+def squad_rows(*questions):
+    """A SQuAD-style file's data: each question is (id, question, context, answers)."""
+    return {"data": [{"paragraphs": [{"context": context, "qas": [{"id": qid, "question": question, "answers": answers}]}
+                                     for qid, question, context, answers in questions]}]}
+
+
+def test_odd_training_rows_are_left_out_and_counted_while_evaluation_scores_every_question(caplog):
+    good = ("G", "谁发布的", "百度在北京发布了文心大模型。", [{"text": "百度", "answer_start": 0}])
+    rows = list(utils.read_squad_rows(squad_rows(
+        good, ("E", "", "百度在北京", [{"text": "百度", "answer_start": 0}]), ("N", "哪里", "百度在北京", []),
+        ("F", "哪里", "百度在北京", [{"text": "北京市", "answer_start": -1}])), "train.json"))
+    with caplog.at_level("WARNING", logger="ernie_suite"):
+        train = utils.rows_to_qa_examples(TASK, rows, "train")
+    assert [e.id for e in train] == ["G"]
+    assert "left out 3 questions that cannot be trained on (1 with empty question, 1 with no answer, " \
+           "1 with no answer found at its answer_start (free-form))" in caplog.text
+    dev = utils.rows_to_qa_examples(TASK, rows, "dev")
+    assert [e.id for e in dev] == ["G", "E", "N", "F"]
+    scores = utils.qa_metrics(dev, {"G": "百度", "E": "百度", "N": "北京", "F": "北京市"})
+    assert scores["exact_match"] == pytest.approx(75.0)  # N has no gold answer: 0, but it counts
+
+
+def test_a_dev_question_with_an_empty_question_text_is_still_answered(tokenizer):
+    example = utils.QAExample("E", "", "百度在北京发布了文心大模型。", ["百度"], None, None, "hand")
+    features = utils.prepare_qa_features([example], tokenizer, 32, 8, 64, with_labels=False)
+    assert len(features.dataset) >= 1 and any(o is not None for o in features.offsets[0])
 
 
 def test_prediction_without_a_test_file_says_which_option_to_pass(qa_run, tmp_path, capsys):

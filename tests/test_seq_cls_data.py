@@ -128,7 +128,8 @@ def test_accuracy_is_the_fraction_of_argmax_hits():
 
 
 def parse(argv):
-    return arguments.parse_arguments((arguments.ModelArguments, arguments.DataArguments, TrainingArguments), "seq_cls", "", argv)
+    return arguments.parse_arguments((arguments.ModelArguments, arguments.DataArguments, TrainingArguments), "seq_cls", "",
+                                     arguments.user_argv(argv))
 
 
 def test_task_defaults_come_from_configs_and_the_command_line_wins(tmp_path):
