@@ -195,11 +195,20 @@ def user_argv(argv: Optional[Sequence[str]]) -> List[str]:
     return argv
 
 
+UNUSED_ARGUMENTS = "Some specified arguments are not used by the PdArgumentParser: "
+
+
 def parse_into_dataclasses(parser, argv: Sequence[str]):
+    """The parsed dataclasses; an unknown or abbreviated option (the parsers refuse abbreviations, so that no option
+    is half-read) and a dataclass check that fails are one UserError each."""
     try:
         return parser.parse_args_into_dataclasses(args=list(argv))
     except ValueError as error:  # dataclass __post_init__ checks (TrainingArguments' among them) raise this
-        raise UserError(first_line(error)) from None
+        message = first_line(error)
+        if message.startswith(UNUSED_ARGUMENTS):
+            message = (f"unrecognized arguments: {message[len(UNUSED_ARGUMENTS):]} (options are spelt out in full; "
+                       "see --help)")
+        raise UserError(message) from None
 
 
 def parse_plain_arguments(dataclass_types, description: str, argv: Optional[Sequence[str]] = None):

@@ -619,6 +619,8 @@ def run_compression(family: str, model_class, description: str, argv=None) -> di
         for candidate in candidates:
             candidate["drop_points"] = parent_entry["metric_points"] - candidate["metric_points"]
         best = choose_best(parent_entry["metric_points"], candidates, args.max_metric_drop)
+        best_int8 = choose_best(parent_entry["metric_points"], [c for c in candidates if c["kind"] == "int8"],
+                                args.max_metric_drop)
         report = {
             "task": {"name": task.name, "metric": task.metric,
                      "points": "percent" if FAMILIES[family].metric_in_percent else "fraction x 100"},
@@ -626,6 +628,7 @@ def run_compression(family: str, model_class, description: str, argv=None) -> di
             "checkpoint_selection": {"examples": len(selection[0]), "data": "held out from the training data (never "
                                      "trained on); the dev set judges the candidates against --max_metric_drop"},
             "parent": parent_entry, "candidates": candidates, "best": best["path"] if best else None,
+            "best_int8": best_int8["path"] if best_int8 else None,
         }
         write_json_atomic(os.path.join(staging, "compress_report.json"), report)
     print(compression_table(report))

@@ -39,8 +39,8 @@ REPEATABLE = {"action": "extend"}
 
 @dataclass
 class InferArguments:
-    task_name: str = field(metadata={"help": "The task the model was exported for (see task.json in --model_path)."})
-    model_path: str = field(metadata={"help": "An export/ directory from run_*.py --do_export, or a compressed candidate's directory."})
+    task_name: Optional[str] = field(default=None, metadata={"help": "The task; default: the model's task.json (checked when given). Without --model_path it picks the folder output/<task> (default tnews)."})
+    model_path: Optional[str] = field(default=None, metadata={"help": "An export/ directory from run_*.py --do_export, or a compressed candidate's directory. Default: output/<task>/export, or with --precision int8 the best int8 candidate of output/<task>/compress/compress_report.json."})
     backend: str = field(default="paddle", metadata={"help": predictors.backends_help()})
     device: str = field(default=arguments.default_device(), metadata={"help": "cpu or gpu."})
     use_trt: bool = field(default=False, metadata={"help": "TensorRT through Paddle Inference (--device gpu)."})
@@ -176,17 +176,52 @@ def print_report(report: dict) -> None:
         print("perf: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in report["perf"].items()))
 
 
+DEFAULT_TASK = "tnews"
+
+
+def default_model_path(task_name: str, precision: str) -> str:
+    """output/<task>/export, or for int8 the best int8 candidate that compress_*.py chose; a missing one is one
+    line naming the command that makes it."""
+    task = utils.get_task_any_family(task_name) if task_name != utils.CUSTOM_TASK else None
+    folder = arguments.default_output_dir(task_name)
+    family = utils.FAMILIES[task.family] if task else utils.FAMILIES["seq_cls"]
+    if precision == "int8":
+        report_path = os.path.join(folder, "compress", "compress_report.json")
+        if not os.path.isfile(report_path):
+            raise utils.UserError(f"no compressed model in {os.path.dirname(report_path)}: make one with "
+                                  f"`python {family.compress_script} --task_name {task_name}`, or pass --model_path DIR")
+        best = utils.read_json_file(report_path, "--model_path").get("best_int8")
+        if not best:
+            raise utils.UserError(f"{report_path} has no int8 candidate within its --max_metric_drop; compress again "
+                                  "(a larger budget or another strategy) or pass --model_path DIR")
+        return best
+    export_dir = os.path.join(folder, "export")
+    if not os.path.isdir(export_dir):
+        raise utils.UserError(f"no exported model in {export_dir}: make one with `python {family.script} --task_name "
+                              f"{task_name} --do_train --do_eval --do_export`, or pass --model_path DIR")
+    return export_dir
+
+
+def resolve_model_and_task(args):
+    """The model folder (given, or the default products of output/<task>) and its task from task.json."""
+    if args.model_path is None:
+        args.model_path = default_model_path(args.task_name or DEFAULT_TASK, args.precision)
+        utils.logger.info("serving %s", args.model_path)
+    info = model_io.read_task_info(args.model_path)
+    task = utils.get_task_any_family(args.task_name or info.get("task_name"), info)
+    model_io.check_model_task(info, args.model_path, task)
+    return task, info
+
+
 def main(argv=None):
     args, window_args = arguments.parse_plain_arguments((InferArguments, arguments.QAWindowArguments), __doc__, argv)
     utils.setup_logging()
     if args.output_file and os.path.exists(args.output_file):
         raise utils.UserError(f"--output_file {args.output_file} already exists; choose another name or remove it")
-    info = model_io.read_task_info(args.model_path)
-    task = utils.get_task_any_family(args.task_name, info)
-    model_io.check_model_task(info, args.model_path, task)
+    task, info = resolve_model_and_task(args)
     args.max_seq_length = args.max_seq_length or info.get("max_seq_length") or task.max_seq_length
     options = predictors.PredictorOptions(args.backend, args.device, args.use_trt, args.precision, args.num_threads,
-                                     args.enable_onednn, args.batch_size, args.max_seq_length)
+                                          args.enable_onednn, args.batch_size, args.max_seq_length)
     predictor = predictors.create_predictor(args.model_path, options)
     tokenizer = model_io.load_tokenizer(args.model_path)
     raw = bool(args.text or args.input_file)

@@ -12,7 +12,7 @@ import paddle
 from paddlenlp.transformers import AutoConfig, AutoTokenizer
 
 from utils import (
-    FAMILIES, TaskSpec, UserError, atomic_directory, first_line, logger, write_json_atomic,
+    FAMILIES, TaskSpec, UserError, read_json_file, atomic_directory, first_line, logger, write_json_atomic,
 )
 
 
@@ -207,8 +207,10 @@ def read_task_info(model_dir: str) -> dict:
     path = os.path.join(model_dir, "task.json")
     if not os.path.isfile(path):
         raise UserError(f"{model_dir} holds no task.json: pass an export/ directory written by run_*.py --do_export")
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    info = read_json_file(path, "--model_path")
+    if not isinstance(info, dict) or not isinstance(info.get("task_name"), str):
+        raise UserError(f"{path}: expected an object with a 'task_name' string")
+    return info
 
 
 def check_model_task(info: dict, model_dir: str, task: TaskSpec) -> None:

@@ -8,7 +8,7 @@ Imports arguments.py (the device check), model_io.py (the exported-folder format
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -72,8 +72,19 @@ def check_bfloat16(options: PredictorOptions, quantized: bool) -> None:
                         "emulated and slower than fp32")
 
 
+def tensorrt_input_shapes(options: PredictorOptions) -> Tuple[dict, dict, dict]:
+    """TensorRT's (min, max, opt) shape of each model input, by input name: 1x1, batch x --max_seq_length, and
+    batch x a quarter of it (length-sorted batches of real sentences are mostly short). Set from the options,
+    never collected: collected files name intermediate tensors whose names change between processes."""
+    typical = max(1, options.max_seq_length // 4)
+    minimum = {name: [1, 1] for name in EXPORT_INPUT_NAMES}
+    maximum = {name: [options.batch_size, options.max_seq_length] for name in EXPORT_INPUT_NAMES}
+    optimum = {name: [options.batch_size, typical] for name in EXPORT_INPUT_NAMES}
+    return minimum, maximum, optimum
+
+
 class PaddlePredictor:
-    """Paddle Inference: CPU (oneDNN on or off, threads), GPU, or TensorRT with shape ranges cached beside the model."""
+    """Paddle Inference: CPU (oneDNN on or off, threads), GPU, or TensorRT with the input shape ranges set explicitly."""
 
     name = "paddle"
     help = "Paddle Inference (CPU with oneDNN fp32, bf16 or an int8 model; GPU; TensorRT)"
@@ -95,12 +106,10 @@ class PaddlePredictor:
     def __init__(self, model_dir: str, options: PredictorOptions):
         self.program, self.params = static_model_files(model_dir)
         self.model_dir, self.options = model_dir, options
-        if options.use_trt:
-            self.shape_file = self.collect_shape_ranges()
         self.predictor = paddle.inference.create_predictor(self.config())
         self.input_names = self.predictor.get_input_names()
 
-    def config(self, collect_shapes_to: Optional[str] = None):
+    def config(self):
         options = self.options
         config = paddle.inference.Config(self.program, self.params)
         config.disable_glog_info()
@@ -112,33 +121,13 @@ class PaddlePredictor:
             config.enable_mkldnn() if options.enable_onednn else config.disable_mkldnn()
             if options.precision == "bf16":
                 config.enable_mkldnn_bfloat16()
-        if collect_shapes_to:
-            config.collect_shape_range_info(collect_shapes_to)
-        elif options.use_trt:
+        if options.use_trt:
             precision = {"fp32": paddle.inference.PrecisionType.Float32, "fp16": paddle.inference.PrecisionType.Half,
                          "int8": paddle.inference.PrecisionType.Int8}[options.precision]
             config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=options.batch_size, min_subgraph_size=5,
                                           precision_mode=precision, use_static=False, use_calib_mode=False)
-            config.enable_tuned_tensorrt_dynamic_shape(self.shape_file, True)
+            config.set_trt_dynamic_shape_info(*tensorrt_input_shapes(options))
         return config
-
-    def collect_shape_ranges(self) -> str:
-        """TensorRT needs each tensor's min/max/opt shape. The first run records them with batches of the
-        smallest, largest and a typical shape, and caches the file beside the model for later runs."""
-        options = self.options
-        path = os.path.join(self.model_dir, f"trt_shape_range_b{options.batch_size}_s{options.max_seq_length}.pbtxt")
-        if os.path.isfile(path):
-            return path
-        temporary = f"{path}.tmp-{os.getpid()}"
-        collector = paddle.inference.create_predictor(self.config(collect_shapes_to=temporary))
-        for batch, length in ((1, 1), (options.batch_size, options.max_seq_length), (options.batch_size, max(1, options.max_seq_length // 4))):
-            for name in collector.get_input_names():
-                collector.get_input_handle(name).copy_from_cpu(np.ones((batch, length), dtype="int64"))
-            collector.run()
-        del collector  # the shape file is written when the predictor goes away
-        os.replace(temporary, path)
-        logger.info("collected TensorRT shape ranges into %s", path)
-        return path
 
     def run(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
         for name in self.input_names:

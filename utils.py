@@ -1017,6 +1017,7 @@ def ner_collator(tokenizer):
 class Family:
     title: str
     script: str  # the fine-tuning script
+    compress_script: str
     head_suffix: str  # of the PaddleNLP model class that fine-tunes it
     metric_names: Tuple[str, ...]  # what eval_results.json holds
     metric_in_percent: bool  # the metrics are already in percent (CMRC2018), not fractions
@@ -1029,13 +1030,13 @@ class Family:
 
 
 FAMILIES = {
-    "seq_cls": Family("sequence classification", "run_seq_cls.py", "ForSequenceClassification", ("accuracy",), False,
+    "seq_cls": Family("sequence classification", "run_seq_cls.py", "compress_seq_cls.py", "ForSequenceClassification", ("accuracy",), False,
                       read_json_lines, load_hub_rows, rows_to_examples, truncation_reported(encode_text_examples),
                       classification_output_metrics, padding_collator),
-    "token_cls": Family("token classification", "run_token_cls.py", "ForTokenClassification", ("precision", "recall", "f1"),
+    "token_cls": Family("token classification", "run_token_cls.py", "compress_token_cls.py", "ForTokenClassification", ("precision", "recall", "f1"),
                         False, read_ner_file, ner_hub_rows, rows_to_token_examples, truncation_reported(encode_token_examples),
                         ner_output_metrics, ner_collator),
-    "qa": Family("question answering", "run_qa.py", "ForQuestionAnswering",
+    "qa": Family("question answering", "run_qa.py", "compress_qa.py", "ForQuestionAnswering",
                  ("exact_match", "f1", "upstream_exact_match", "upstream_f1"), True, read_squad_file, load_hub_rows,
                  rows_to_qa_examples, encode_qa_split, qa_output_metrics, padding_collator),
 }

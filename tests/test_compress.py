@@ -116,9 +116,20 @@ def test_report_measures_every_candidate_and_picks_the_best(tnews_compressed):
         assert 0.0 <= entry["metrics"]["accuracy"] <= 1.0 and entry["metric_points"] == pytest.approx(100 * entry["metrics"]["accuracy"])
     for candidate in report["candidates"]:
         assert candidate["drop_points"] == pytest.approx(report["parent"]["metric_points"] - candidate["metric_points"])
-    best = compression.choose_best(report["parent"]["metric_points"], report["candidates"], report["max_metric_drop"])
-    assert report["best"] == best["path"]
+    assert_best_follows_the_budget(report)
     assert report["parent"]["metrics"]["accuracy"] == read_json(os.path.join(os.path.dirname(report["parent"]["source"] + "/"), "eval_results.json"))["accuracy"]
+
+
+def assert_best_follows_the_budget(report):
+    """The report's choice against its own numbers: a chosen candidate is within the budget, and no candidate within
+    it has a better metric; nothing chosen means every candidate dropped too far."""
+    within = [c for c in report["candidates"] if c["drop_points"] <= report["max_metric_drop"] + 1e-9]
+    if not within:
+        assert report["best"] is None
+        return
+    best = next(c for c in report["candidates"] if c["path"] == report["best"])
+    assert best["drop_points"] <= report["max_metric_drop"] + 1e-9
+    assert best["metric_points"] == max(c["metric_points"] for c in within)
 
 
 def test_int8_candidates_hold_quantize_ops_and_serve_through_infer(tnews_compressed):
@@ -135,25 +146,31 @@ def test_int8_candidates_hold_quantize_ops_and_serve_through_infer(tnews_compres
     (compress_token_cls, "ner_run", ["--task_name", "msra_ner", "--train_file", ner_file("train.tsv"), "--dev_file", ner_file("dev.tsv")]),
     (compress_qa, "qa_run", ["--task_name", "cmrc2018", "--train_file", qa_file("train.json"), "--dev_file", qa_file("dev.json"), *QA_SMALL]),
 ])
-def test_ner_and_qa_compress_end_to_end(script, run_fixture, data, request, tmp_path):
+def test_ner_and_qa_compress_end_to_end(script, run_fixture, data, request, tmp_path, capsys):
     model = request.getfixturevalue(run_fixture)
     output_dir = str(tmp_path / "out")
-    report = script.main(data + ["--model_name_or_path", model, "--output_dir", output_dir, "--max_metric_drop", "100"] + FAST)
+    status, _ = run_cli(lambda argv: script.main(argv), data + ["--model_name_or_path", model, "--output_dir", output_dir,
+                                                               "--max_metric_drop", "2"] + FAST, capsys)
+    report = read_json(os.path.join(output_dir, "compress_report.json"))
+    assert (status == 0) == (report["best"] is not None)
+    assert_best_follows_the_budget(report)
     assert [c["relative_path"] for c in report["candidates"]] == ["width_mult_0.75", "width_mult_0.75/hist4_1", "width_mult_0.75/mse4_1"]
     assert exported_weight_shapes(os.path.join(output_dir, "width_mult_0.75"))[(32, 48)] == 2
     assert all(model_io.is_quantized(model_io.static_model_files(c["path"])[0]) for c in report["candidates"] if c["kind"] == "int8")
     parent_metric = report["task"]["metric"]
-    assert parent_metric == "f1" and report["best"] is not None
+    assert parent_metric == "f1"
     trained = read_json(os.path.join(model, "eval_results.json"))
     assert report["parent"]["metrics"]["f1"] == pytest.approx(trained["f1"], abs=1e-6)
 
 
 def test_quantization_aware_training_gives_a_servable_int8_model(tnews_run, tmp_path):
     output_dir = str(tmp_path / "out")
-    report = compress_seq_cls.main(clue_data_args("tnews") + ["--model_name_or_path", tnews_run, "--output_dir", output_dir,
-                                                              "--strategy", "qat", "--max_metric_drop", "100"] + FAST)
+    compress_seq_cls.main(clue_data_args("tnews") + ["--model_name_or_path", tnews_run, "--output_dir", output_dir,
+                                                     "--strategy", "qat", "--max_metric_drop", "1"] + FAST)
+    report = read_json(os.path.join(output_dir, "compress_report.json"))
     (candidate,) = report["candidates"]
-    assert candidate["relative_path"] == "qat" and candidate["kind"] == "int8" and report["best"] == candidate["path"]
+    assert candidate["relative_path"] == "qat" and candidate["kind"] == "int8"
+    assert_best_follows_the_budget(report)
     assert model_io.is_quantized(model_io.static_model_files(candidate["path"])[0])
     served = infer.main(["--task_name", "tnews", "--model_path", candidate["path"], "--dev_file", clue_file("tnews", "dev"),
                          "--batch_size", "8", "--precision", "int8"])
@@ -207,3 +224,28 @@ def test_an_earlier_compression_output_is_not_replaced(tnews_compressed, tnews_r
         "--model_name_or_path", tnews_run, "--output_dir", tnews_compressed] + FAST, capsys)
     assert status == 2 and "already holds a compression (compress_report.json); pass --overwrite_output_dir" in error_lines(stderr)[0]
     assert os.path.getmtime(os.path.join(tnews_compressed, "compress_report.json")) == before
+
+
+def predictor_logits(model_dir, features):
+    options = predictors.PredictorOptions(num_threads=1, batch_size=8, max_seq_length=128)
+    predictor = predictors.create_predictor(model_dir, options)
+    return np.stack(predictors.run_predictor(predictor, features, 8, per_token=False).outputs[0])
+
+
+def test_int8_candidates_stay_close_to_their_float_source(tnews_compressed, tokenizer):
+    """int8 logits against the float model they were quantized from, on the 32 dev sentences. Measured here: largest
+    error 0.019 (hist) and 0.009 (mse) of the float logits' range, every argmax equal. 8-bit weights (per channel) and
+    activations (per tensor) carry about 2^-8 of their range each, compounding over the two layers; the bound of 0.1
+    leaves room for other seeds, while a broken scale (a missing dequantize, a wrong channel axis) errs by the order
+    of the range itself."""
+    report = read_json(os.path.join(tnews_compressed, "compress_report.json"))
+    task = utils.SEQ_CLS_TASKS["tnews"]
+    features = list(utils.encode_text_examples(utils.load_examples(task, "dev", clue_file("tnews", "dev")), tokenizer, task,
+                                               128).dataset)
+    for candidate in (c for c in report["candidates"] if c["kind"] == "int8"):
+        source = predictor_logits(candidate["source"], features)
+        quantized = predictor_logits(candidate["path"], features)
+        spread = source.max() - source.min()
+        error = np.abs(quantized - source).max() / spread
+        agreement = (quantized.argmax(-1) == source.argmax(-1)).mean()
+        assert error < 0.1 and agreement >= 0.9, (candidate["relative_path"], error, agreement)

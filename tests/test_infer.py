@@ -141,16 +141,12 @@ def test_raw_question_answering_matches_the_dynamic_model(qa_run, runs):
     assert report["predictions"][0]["probability"] == pytest.approx(nbest["0"][0]["probability"], abs=1e-5)
 
 
-def test_tensorrt_shape_ranges_are_collected_once_and_cached_beside_the_model(runs):
-    """The collection step runs on the CPU build; building the TensorRT engine itself needs a GPU build."""
-    model_dir = runs["tnews"]
-    predictor = predictors.PaddlePredictor(model_dir, predictors.PredictorOptions(batch_size=4, max_seq_length=64))
-    path = predictor.collect_shape_ranges()
-    assert os.path.dirname(path) == model_dir and os.path.basename(path) == "trt_shape_range_b4_s64.pbtxt"
-    content = open(path, encoding="utf-8").read()
-    assert "min_shape: 1" in content and "max_shape: 4" in content and "max_shape: 64" in content
-    stamp = os.path.getmtime(path)
-    assert predictor.collect_shape_ranges() == path and os.path.getmtime(path) == stamp
+def test_tensorrt_shape_ranges_are_set_on_the_models_inputs():
+    options = predictors.PredictorOptions(batch_size=4, max_seq_length=64)
+    minimum, maximum, optimum = predictors.tensorrt_input_shapes(options)
+    for name in ("input_ids", "token_type_ids"):
+        assert (minimum[name], optimum[name], maximum[name]) == ([1, 1], [4, 16], [4, 64])
+    assert set(minimum) == set(maximum) == set(optimum) == {"input_ids", "token_type_ids"}
 
 
 def bad_infer_cases(tmp_path, runs):

@@ -243,6 +243,13 @@ def bad_input_cases(tmp_path, tnews_run):
         "gpu on a cpu build": (["--device", "gpu"], r"--device gpu needs paddlepaddle-gpu"),
         "nothing to do": (["--do_train", "false"], r"nothing to do"),
         "custom task without labels": (["--task_name", "custom"], r"--task_name custom needs --label_list"),
+        "abbreviated option": (["--do_pred"], r"unrecognized arguments: \['--do_pred'\] \(options are spelt out in full"),
+        "broken yaml config": (["--config", write_lines(tmp_path / "broken.yml", ["common: [1, 2"])],
+                               r"--config .*broken\.yml: not valid YAML"),
+        "config tasks as a list": (["--config", write_lines(tmp_path / "list.yml", ["tasks:", "  - tnews"])],
+                                   r"--config .*list\.yml: 'tasks' must be a mapping of names to values, got list"),
+        "config task block not a mapping": (["--config", write_lines(tmp_path / "block.yml", ["tasks:", "  tnews: 3"])],
+                                            r"--config .*block\.yml: tasks\.tnews must be a mapping"),
     }
 
 
@@ -275,7 +282,8 @@ def test_help_shows_the_per_task_defaults(capsys):
 
 CASES = ["missing file", "malformed json line", "unknown label", "empty text", "missing field", "non utf-8 file",
          "too long text, truncation off", "unknown task", "label count does not fit the task",
-         "max_seq_length beyond the model", "gpu on a cpu build", "nothing to do", "custom task without labels"]
+         "max_seq_length beyond the model", "gpu on a cpu build", "nothing to do", "custom task without labels",
+         "abbreviated option", "broken yaml config", "config tasks as a list", "config task block not a mapping"]
 
 
 @pytest.mark.parametrize("case", CASES)
