@@ -41,14 +41,15 @@ REPEATABLE = {"action": "extend"}
 class InferArguments:
     task_name: Optional[str] = field(default=None, metadata={"help": "The task; default: the model's task.json (checked when given). Without --model_path it picks the folder output/<task> (default tnews)."})
     model_path: Optional[str] = field(default=None, metadata={"help": "An export/ directory from run_*.py --do_export, or a compressed candidate's directory. Default: output/<task>/export, or with --precision int8 the best int8 candidate of output/<task>/compress/compress_report.json."})
-    backend: str = field(default="paddle", metadata={"help": predictors.backends_help()})
+    backend: Optional[str] = field(default=None, metadata={"help": "Default: as the model's task.json says it was measured (compressed candidates), else paddle. " + predictors.backends_help()})
     device: str = field(default=arguments.default_device(), metadata={"help": "cpu or gpu."})
     use_trt: bool = field(default=False, metadata={"help": "TensorRT through Paddle Inference (--device gpu)."})
-    precision: str = field(default="fp32", metadata={"help": "fp32, fp16 (TensorRT), bf16 (Paddle on a CPU with native bfloat16) or int8 (an int8 model, TensorRT, or onnxruntime's dynamic quantization)."})
+    precision: Optional[str] = field(default=None, metadata={"help": "fp32, fp16 (GPU), bf16 (Paddle on a CPU with native bfloat16) or int8 (an int8 model from compress_*.py on oneDNN or TensorRT, or onnxruntime's dynamic quantization). Default: as the model's task.json says it was measured, else fp32."})
     batch_size: int = field(default=32, metadata={"help": "Sequences per batch."})
     max_seq_length: Optional[int] = field(default=None, metadata={"help": "Tokens per sequence; default: the model's task.json."})
     num_threads: int = field(default=os.cpu_count() or 1, metadata={"help": "CPU threads."})
     enable_onednn: bool = field(default=True, metadata={"help": "oneDNN kernels on the paddle CPU backend."})
+    length_bucket: Optional[int] = field(default=None, metadata={"help": "Paddle on the CPU: pad each batch to a multiple of this many tokens, so that oneDNN meets few shapes (1: to the batch's longest only). Default: 8 for float models, 16 for int8 ones."})
     dev_file: Optional[str] = field(default=None, metadata={"help": "Dev file in the task's original format; default: the hub dev split."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N dev examples."})
     perf: bool = field(default=False, metadata={"help": "Time the dev set: warm-up, then latency per batch and throughput."})
@@ -84,11 +85,12 @@ def run(predictor, task, encoded, args, warmup_batches=0) -> predictors.Predicti
 def evaluate(predictor, task, tokenizer, args, window_args) -> dict:
     examples = utils.load_examples(task, "dev", args.dev_file, args.max_eval_samples)
     encoded, tokenize_seconds = encode(task, examples, tokenizer, args, window_args, with_labels=True)
+    warmed_shapes = predictors.warm_up_buckets(predictor, args.batch_size, args.max_seq_length) if args.perf else 0
     result = run(predictor, task, encoded, args, warmup_batches=args.warmup_batches if args.perf else 0)
     metrics = utils.deployed_metrics(task, examples, encoded, result.outputs, window_args)
     report = {"metrics": {**metrics, "eval_samples": len(examples)}}
     if args.perf:
-        report["perf"] = perf_summary(result, len(encoded.dataset), tokenize_seconds)
+        report["perf"] = {**perf_summary(result, len(encoded.dataset), tokenize_seconds), "warmed_shapes": warmed_shapes}
     return report
 
 
@@ -106,7 +108,15 @@ def perf_summary(result: predictors.PredictionRun, sequences: int, tokenize_seco
         "tokenize_seconds": tokenize_seconds,
         "sequences_per_second": sequences / model_seconds,
         "end_to_end_sequences_per_second": sequences / (model_seconds + tokenize_seconds),
+        "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports kilobytes)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def raw_examples(task, args):
@@ -210,6 +220,10 @@ def resolve_model_and_task(args):
     info = model_io.read_task_info(args.model_path)
     task = utils.get_task_any_family(args.task_name or info.get("task_name"), info)
     model_io.check_model_task(info, args.model_path, task)
+    serving = info.get("serving") or {}
+    args.backend = args.backend or serving.get("backend") or "paddle"
+    quantized = model_io.is_quantized(model_io.static_model_files(args.model_path)[0])
+    args.precision = args.precision or serving.get("precision") or ("int8" if quantized else "fp32")
     return task, info
 
 
@@ -221,7 +235,7 @@ def main(argv=None):
     task, info = resolve_model_and_task(args)
     args.max_seq_length = args.max_seq_length or info.get("max_seq_length") or task.max_seq_length
     options = predictors.PredictorOptions(args.backend, args.device, args.use_trt, args.precision, args.num_threads,
-                                          args.enable_onednn, args.batch_size, args.max_seq_length)
+                                          args.enable_onednn, args.batch_size, args.max_seq_length, args.length_bucket)
     predictor = predictors.create_predictor(args.model_path, options)
     tokenizer = model_io.load_tokenizer(args.model_path)
     raw = bool(args.text or args.input_file)

@@ -18,7 +18,7 @@ import compression
 import model_io
 import predictors
 import utils
-from conftest import QA_SMALL, clue_data_args, clue_file, error_lines, ner_file, qa_file, run_cli
+from conftest import QA_SMALL, clue_data_args, clue_file, error_lines, ner_file, padded_batch, qa_file, run_cli, static_outputs
 
 FAST = ["--max_steps", "3", "--per_device_train_batch_size", "8", "--algo_list", "hist", "mse", "--batch_size_list", "4",
         "--importance_batches", "2", "--per_device_eval_batch_size", "8"]
@@ -226,26 +226,33 @@ def test_an_earlier_compression_output_is_not_replaced(tnews_compressed, tnews_r
     assert os.path.getmtime(os.path.join(tnews_compressed, "compress_report.json")) == before
 
 
-def predictor_logits(model_dir, features):
-    options = predictors.PredictorOptions(num_threads=1, batch_size=8, max_seq_length=128)
+def predictor_logits(model_dir, features, precision="fp32"):
+    options = predictors.PredictorOptions(num_threads=1, batch_size=8, max_seq_length=128, precision=precision)
     predictor = predictors.create_predictor(model_dir, options)
     return np.stack(predictors.run_predictor(predictor, features, 8, per_token=False).outputs[0])
 
 
-def test_int8_candidates_stay_close_to_their_float_source(tnews_compressed, tokenizer):
-    """int8 logits against the float model they were quantized from, on the 32 dev sentences. Measured here: largest
-    error 0.019 (hist) and 0.009 (mse) of the float logits' range, every argmax equal. 8-bit weights (per channel) and
-    activations (per tensor) carry about 2^-8 of their range each, compounding over the two layers; the bound of 0.1
-    leaves room for other seeds, while a broken scale (a missing dequantize, a wrong channel axis) errs by the order
-    of the range itself."""
+def test_int8_candidates_on_onednn_stay_close_to_the_fake_quantized_program_and_their_float_source(tnews_compressed, tokenizer):
+    """oneDNN's int8 kernels against the same program run with its quantize ops in fp32 (what the calibration
+    meant), and against the float model it was quantized from, on the 32 dev sentences, twice in a row (the
+    second run of a shape once went wrong: predictors.steady_onednn_int8). Measured here: the fake-quantized program
+    is within 0.019 of the float logits' range of the float model; oneDNN's kernels within 0.17 of it (hist and mse
+    alike, every argmax equal). The random tiny model's logits span little, so the relative error is large;
+    ERNIE 3.0-Medium's (random) logits correlate 0.98 across the two. Bound 0.3 and 90% equal argmaxes: a broken
+    scale (a missing dequantize, a wrong channel axis, the unsteady second run) errs by the whole range."""
     report = read_json(os.path.join(tnews_compressed, "compress_report.json"))
     task = utils.SEQ_CLS_TASKS["tnews"]
     features = list(utils.encode_text_examples(utils.load_examples(task, "dev", clue_file("tnews", "dev")), tokenizer, task,
                                                128).dataset)
     for candidate in (c for c in report["candidates"] if c["kind"] == "int8"):
         source = predictor_logits(candidate["source"], features)
-        quantized = predictor_logits(candidate["path"], features)
         spread = source.max() - source.min()
-        error = np.abs(quantized - source).max() / spread
-        agreement = (quantized.argmax(-1) == source.argmax(-1)).mean()
-        assert error < 0.1 and agreement >= 0.9, (candidate["relative_path"], error, agreement)
+        fake = np.concatenate([static_outputs(candidate["path"], padded_batch(features[i: i + 8]))
+                               for i in range(0, len(features), 8)])
+        onednn = predictor_logits(candidate["path"], features, "int8")
+        again = predictor_logits(candidate["path"], features, "int8")
+        for name, reference in (("fake-quantized", fake), ("float source", source)):
+            error = np.abs(onednn - reference).max() / spread
+            agreement = (onednn.argmax(-1) == reference.argmax(-1)).mean()
+            assert error < 0.3 and agreement >= 0.9, (candidate["relative_path"], name, error, agreement)
+        np.testing.assert_allclose(again, onednn, atol=1e-5)
