@@ -7,6 +7,7 @@ Imports arguments.py, model_io.py, predictors.py and utils.py.
 """
 import functools
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -19,14 +20,16 @@ from arguments import (
     DataArguments, QAWindowArguments, check_device, default_output_dir, parse_plain_arguments, user_argv, with_task_name,
 )
 from model_io import (
-    EXPORT_INPUT_NAMES, check_model_fits_task, directory_model_bytes, export_input_spec, export_legacy_static_model,
+    EXPORT_INPUT_NAMES, check_model_fits_task, export_input_spec, export_legacy_static_model,
     export_static_model, load_model_config, load_task_model, load_tokenizer, model_head_family, save_deployable,
     task_info,
 )
-from predictors import DygraphPredictor, PaddlePredictor, PredictorOptions, pad_features, run_predictor
+from predictors import (
+    DygraphPredictor, PredictorOptions, create_predictor, native_bfloat16, pad_features, run_predictor, warm_up_buckets,
+)
 from utils import (
     FAMILIES, TaskSpec, UserError, atomic_entries, deployed_metrics, encode_examples, family_collator, get_task,
-    load_encoded_split, load_examples, logger, metric_points, setup_logging, write_json_atomic,
+    load_encoded_split, load_examples, logger, machine_details, metric_points, read_json_file, setup_logging, write_json_atomic,
 )
 
 
@@ -229,6 +232,8 @@ class CompressArguments:
     device: str = field(default="cpu", metadata={"help": "cpu or gpu, for distillation."})
     num_threads: int = field(default=os.cpu_count() or 1, metadata={"help": "CPU threads for evaluation and latency."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an earlier compression output."})
+    backends: List[str] = field(default_factory=lambda: ["paddle", "onnxruntime"], metadata={"help": "Backends a candidate may be served with (deploying elsewhere: restrict them): paddle, onnxruntime."})
+    precisions: List[str] = field(default_factory=lambda: ["fp32", "bf16", "int8"], metadata={"help": "Precisions a candidate may run in: fp32, bf16 (Paddle, CPUs with native bfloat16 only), int8."})
 
 
 COMPRESSION_HELP = """
@@ -267,27 +272,33 @@ def check_compress_arguments(args: CompressArguments) -> List[float]:
     return [parse_width(width) for width in args.width_mult_list]
 
 
-def choose_best(parent_points: float, candidates: List[dict], max_drop: float) -> Optional[dict]:
-    """The candidate with the best metric among those at most max_drop points below the parent; among
-    equals, the smaller file, then the faster one. None when no candidate qualifies."""
-    qualifying = [c for c in candidates if parent_points - c["metric_points"] <= max_drop + 1e-9]
+def choose_best(parent: dict, candidates: List[dict], max_drop: float) -> Optional[dict]:
+    """The fastest candidate (dev-set sequences per second on this machine) among those at most max_drop points below
+    the parent and faster than it; ties: the smaller, then the better metric. None when no candidate qualifies."""
+    qualifying = [c for c in candidates if parent["metric_points"] - c["metric_points"] <= max_drop + 1e-9
+                  and c["sequences_per_second"] > parent["sequences_per_second"]]
     if not qualifying:
         return None
-    return max(qualifying, key=lambda c: (c["metric_points"], -c["size_bytes"], -c["latency_ms_p50"]))
+    return max(qualifying, key=lambda c: (c["sequences_per_second"], -c["size_bytes"], c["metric_points"]))
 
 
 def measure_candidate(model_dir: str, task: TaskSpec, dev_examples, dev_encoded, window_args, args: CompressArguments,
-                      max_seq_length: int) -> dict:
-    """A compressed (or parent) static model's dev metric through Paddle Inference, its size and latency."""
-    options = PredictorOptions(num_threads=args.num_threads, batch_size=args.per_device_eval_batch_size, max_seq_length=max_seq_length)
+                      max_seq_length: int, backend: str = "paddle", precision: str = "fp32") -> dict:
+    """A compressed (or parent) static model's dev metric through the predictor it is served with, the size of what
+    that predictor loads, and its speed (after one batch of every length bucket, as infer.py --perf)."""
+    options = PredictorOptions(backend=backend, precision=precision, num_threads=args.num_threads,
+                               batch_size=args.per_device_eval_batch_size, max_seq_length=max_seq_length)
     features = list(dev_encoded.dataset)
-    result = run_predictor(PaddlePredictor(model_dir, options), features, options.batch_size,
-                           per_token=task.per_token_outputs, warmup_batches=2)
+    predictor = create_predictor(model_dir, options)
+    warm_up_buckets(predictor, options.batch_size, max_seq_length)
+    result = run_predictor(predictor, features, options.batch_size, per_token=task.per_token_outputs, warmup_batches=2)
     metrics = deployed_metrics(task, dev_examples, dev_encoded, result.outputs, window_args)
     return {
+        "backend": backend,
+        "precision": precision,
         "metrics": metrics,
         "metric_points": metric_points(task, metrics[task.metric]),
-        "size_bytes": directory_model_bytes(model_dir),
+        "size_bytes": sum(os.path.getsize(path) for path in predictor.model_files),
         "latency_ms_p50": float(np.median(result.batch_seconds) * 1000.0),
         "sequences_per_second": len(features) / float(np.sum(result.batch_seconds)),
     }
@@ -433,10 +444,13 @@ def quantization_grid(source_model, source_dir: str, relative_prefix: str, stagi
 
 
 def compression_table(report: dict) -> str:
-    rows = [("candidate", report["task"]["metric"], "drop", "size MB", "p50 ms/batch", "params")]
+    rows = [("candidate", "backend", "precision", report["task"]["metric"], "drop", "size MB", "seq/s", "speed-up", "params")]
+    parent_speed = report["parent"]["sequences_per_second"]
     for entry in [report["parent"]] + report["candidates"]:
-        rows.append((entry["relative_path"], f"{entry['metric_points']:.2f}", f"{entry.get('drop_points', 0.0):.2f}",
-                     f"{entry['size_bytes'] / 2**20:.2f}", f"{entry['latency_ms_p50']:.1f}", str(entry.get("parameters", ""))))
+        rows.append((entry["relative_path"], entry["backend"], entry["precision"], f"{entry['metric_points']:.2f}",
+                     f"{entry.get('drop_points', 0.0):.2f}", f"{entry['size_bytes'] / 2**20:.2f}",
+                     f"{entry['sequences_per_second']:.1f}", f"{entry['sequences_per_second'] / parent_speed:.2f}x",
+                     str(entry.get("parameters", ""))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows)
 
@@ -469,10 +483,20 @@ class CompressionRun:
     staging: str
     output_dir: str
 
-    def measured(self, relative: str, extras: dict) -> dict:
-        entry = measure_candidate(os.path.join(self.staging, relative), self.task, self.dev_examples, self.dev_encoded,
-                                  self.window_args, self.args, self.info["max_seq_length"])
+    float_models: List["Source"] = field(default_factory=list)  # the parent and any pruned widths
+
+    def measured(self, relative: str, extras: dict, backend: str = "paddle", precision: str = "fp32") -> dict:
+        """Measure a staged candidate as it will be served, and record that in its task.json (infer.py's defaults)."""
+        directory = os.path.join(self.staging, relative)
+        info = read_json_file(os.path.join(directory, "task.json"), "task.json")
+        write_json_atomic(os.path.join(directory, "task.json"),
+                          {**info, "serving": {"backend": backend, "precision": precision}})
+        entry = measure_candidate(directory, self.task, self.dev_examples, self.dev_encoded, self.window_args, self.args,
+                                  self.info["max_seq_length"], backend, precision)
         return {"path": os.path.join(self.output_dir, relative), "relative_path": relative, **extras, **entry}
+
+    def allows(self, backend: str, precision: str) -> bool:
+        return backend in self.args.backends and precision in self.args.precisions
 
 
 def prune_step(run: CompressionRun, sources: List[Source]) -> Tuple[List[dict], List[Source]]:
@@ -486,45 +510,85 @@ def prune_step(run: CompressionRun, sources: List[Source]) -> Tuple[List[dict], 
         export_static_model(model, run.tokenizer, os.path.join(run.staging, relative), run.info)
         candidates.append(run.measured(relative, {"kind": "pruned float", "width": width, "parameters": parameter_count(model)}))
         pruned_sources.append(Source(model, os.path.join(run.output_dir, relative), relative))
+    run.float_models.extend(pruned_sources)
     return candidates, pruned_sources
 
 
 def ptq_step(run: CompressionRun, sources: List[Source]) -> Tuple[List[dict], List[Source]]:
-    """The post-training quantization grid over each source."""
+    """The post-training quantization grid over each source, served on Paddle's int8 kernels."""
     candidates = []
+    if not run.allows("paddle", "int8"):
+        return candidates, sources
     for source in sources:
         for relative, extras in quantization_grid(source.model, source.directory, source.prefix, run.staging, run.calibration,
                                                   run.tokenizer, run.info, run.args):
-            candidates.append(run.measured(relative, {**extras, "parameters": parameter_count(source.model)}))
+            candidates.append(run.measured(relative, {**extras, "parameters": parameter_count(source.model)}, "paddle", "int8"))
     return candidates, sources
 
 
 def qat_step(run: CompressionRun, sources: List[Source]) -> Tuple[List[dict], List[Source]]:
     """Quantization-aware training of each source, distilled from the float parent."""
     candidates = []
+    if not run.allows("paddle", "int8"):
+        return candidates, sources
     for source in sources:
         relative = os.path.join(source.prefix, "qat")
         target = os.path.join(run.staging, relative)
         quantization_aware_training(source.model, run.parent, run.tokenizer, run.task, run.train_encoded, target, run.args)
         save_deployable(target, run.tokenizer, run.info)
         candidates.append(run.measured(relative, {"kind": "int8", "source": source.directory, "algo": "qat",
-                                                  "parameters": parameter_count(source.model)}))
+                                                  "parameters": parameter_count(source.model)}, "paddle", "int8"))
     return candidates, sources
+
+
+# Other fast ways to serve each float model (the parent, any pruned width): (directory name, backend, precision, kind)
+FLOAT_DEPLOYMENTS = (
+    ("bf16", "paddle", "bf16", "bf16"),  # oneDNN bfloat16, where the CPU has it natively
+    ("onnxruntime_int8", "onnxruntime", "int8", "int8"),  # ONNX Runtime's dynamic quantization
+)
+
+
+def deployment_step(run: CompressionRun, sources: List[Source]) -> Tuple[List[dict], List[Source]]:
+    """Each float model served the other fast ways this machine and --backends/--precisions allow, each in its own
+    folder (the float files linked, not copied) whose task.json says how to serve it."""
+    candidates = []
+    for source in run.float_models:
+        for name, backend, precision, kind in FLOAT_DEPLOYMENTS:
+            if not run.allows(backend, precision) or (precision == "bf16" and not native_bfloat16()):
+                continue
+            relative = os.path.join(source.prefix, name)
+            link_model_folder(os.path.join(run.staging, source.prefix or "parent"), os.path.join(run.staging, relative))
+            candidates.append(run.measured(relative, {"kind": kind, "source": source.directory,
+                                                      "parameters": parameter_count(source.model)}, backend, precision))
+    return candidates, sources
+
+
+def link_model_folder(source: str, target: str) -> None:
+    """target gets source's files (hard links where the file system allows, else copies), not its sub-folders."""
+    os.makedirs(target)
+    for name in os.listdir(source):
+        path = os.path.join(source, name)
+        if os.path.isfile(path) and not name.endswith(".onnx"):
+            try:
+                os.link(path, os.path.join(target, name))
+            except OSError:
+                shutil.copy2(path, os.path.join(target, name))
 
 
 @dataclass(frozen=True)
 class Strategy:
-    steps: Tuple[Callable, ...]  # each (run, sources) -> (candidates, sources for the next step)
+    steps: Tuple[Callable, ...]  # each (run, sources) -> (candidates, sources for the next step); the last one
+    # (deployment_step) adds the bf16 and ONNX Runtime int8 ways of serving each float model
     help: str
 
 
 STRATEGIES = {
-    "dynabert+ptq": Strategy((prune_step, ptq_step), "DynaBERT width pruning with distillation, then int8 post-training "
+    "dynabert+ptq": Strategy((prune_step, ptq_step, deployment_step), "DynaBERT width pruning with distillation, then int8 post-training "
                              "quantization of each pruned model over the calibration grid"),
-    "dynabert": Strategy((prune_step,), "DynaBERT width pruning with distillation only (float candidates)"),
-    "ptq": Strategy((ptq_step,), "int8 post-training quantization of the parent over the calibration grid"),
-    "qat": Strategy((qat_step,), "int8 quantization-aware training of the parent, by distillation from it"),
-    "dynabert+qat": Strategy((prune_step, qat_step), "DynaBERT width pruning, then quantization-aware training of each "
+    "dynabert": Strategy((prune_step, deployment_step), "DynaBERT width pruning with distillation only (float candidates)"),
+    "ptq": Strategy((ptq_step, deployment_step), "int8 post-training quantization of the parent over the calibration grid"),
+    "qat": Strategy((qat_step, deployment_step), "int8 quantization-aware training of the parent, by distillation from it"),
+    "dynabert+qat": Strategy((prune_step, qat_step, deployment_step), "DynaBERT width pruning, then quantization-aware training of each "
                              "pruned model"),
 }
 
@@ -613,18 +677,21 @@ def run_compression(family: str, model_class, description: str, argv=None) -> di
         parent_entry = run.measured("parent", {"kind": "float parent", "source": args.model_name_or_path,
                                                "parameters": parameter_count(parent)})
         candidates, sources = [], [Source(parent, args.model_name_or_path, "")]
+        run.float_models.append(sources[0])
         for step in STRATEGIES[args.strategy].steps:
             made, sources = step(run, sources)
             candidates.extend(made)
         for candidate in candidates:
             candidate["drop_points"] = parent_entry["metric_points"] - candidate["metric_points"]
-        best = choose_best(parent_entry["metric_points"], candidates, args.max_metric_drop)
-        best_int8 = choose_best(parent_entry["metric_points"], [c for c in candidates if c["kind"] == "int8"],
-                                args.max_metric_drop)
+        best = choose_best(parent_entry, candidates, args.max_metric_drop)
+        best_int8 = choose_best(parent_entry, [c for c in candidates if c["precision"] == "int8"], args.max_metric_drop)
         report = {
             "task": {"name": task.name, "metric": task.metric,
                      "points": "percent" if FAMILIES[family].metric_in_percent else "fraction x 100"},
             "strategy": args.strategy, "max_metric_drop": args.max_metric_drop, "calibration_examples": len(calibration),
+            "measured_on": {**machine_details(), "threads": args.num_threads, "batch_size": args.per_device_eval_batch_size,
+                            "note": "speeds are dev-set sequences per second on this machine; best is the fastest "
+                                    "candidate within --max_metric_drop that is faster than the parent"},
             "checkpoint_selection": {"examples": len(selection[0]), "data": "held out from the training data (never "
                                      "trained on); the dev set judges the candidates against --max_metric_drop"},
             "parent": parent_entry, "candidates": candidates, "best": best["path"] if best else None,
@@ -634,6 +701,9 @@ def run_compression(family: str, model_class, description: str, argv=None) -> di
     print(compression_table(report))
     if best is None:
         raise UserError(f"no candidate is within --max_metric_drop {args.max_metric_drop} points of the float parent "
-                        f"({parent_entry['metric_points']:.2f}); nothing is chosen (see {output_dir}/compress_report.json)")
-    print(f"best: {best['path']} ({task.metric} {best['metric_points']:.2f} points, drop {best['drop_points']:.2f})")
+                        f"({parent_entry['metric_points']:.2f}) and faster than it; nothing is chosen "
+                        f"(see {output_dir}/compress_report.json)")
+    print(f"best: {best['path']} ({best['backend']} {best['precision']}, {task.metric} {best['metric_points']:.2f} points, "
+          f"drop {best['drop_points']:.2f}, {best['sequences_per_second'] / parent_entry['sequences_per_second']:.2f}x the "
+          f"parent's speed)")
     return report

@@ -133,6 +133,7 @@ class PaddlePredictor:
         self.program, self.params = static_model_files(model_dir)
         self.model_dir, self.options = model_dir, options
         self.quantized = is_quantized(self.program)
+        self.model_files = [self.program, self.params]  # what is served
         self.predictor = paddle.inference.create_predictor(self.config())
         self.input_names = self.predictor.get_input_names()
         onednn = options.device == "cpu" and options.enable_onednn
@@ -207,6 +208,7 @@ class OnnxRuntimePredictor:
             if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
                 raise UserError("--backend onnxruntime --device gpu needs the onnxruntime-gpu package and a GPU")
             providers.insert(0, "CUDAExecutionProvider")
+        self.model_files = [onnx_file]  # what is served
         self.session = onnxruntime.InferenceSession(onnx_file, self.session_options(options), providers=providers)
         self.input_names = [node.name for node in self.session.get_inputs()]
 

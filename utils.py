@@ -1157,3 +1157,28 @@ def setup_logging(verbose: bool = True) -> None:
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8")
+
+
+def machine_details() -> dict:
+    """The CPU, its flags that matter to these kernels, and the library versions: recorded with every measurement,
+    since speeds compare only within one machine."""
+    import platform
+
+    flags, model = set(), ""
+    with open("/proc/cpuinfo", encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags.update(line.split(":", 1)[1].split())
+    import onnxruntime
+    import paddle
+    import paddlenlp
+
+    return {
+        "cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+        "flags": [flag for flag in CPU_FLAGS if flag in flags],
+        "paddlepaddle": paddle.__version__, "paddlenlp": paddlenlp.__version__, "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+    }

@@ -22,7 +22,6 @@ import argparse
 import copy
 import dataclasses
 import os
-import platform
 import tempfile
 import time
 
@@ -50,26 +49,6 @@ COMMON = dict(vocab_size=40000, max_position_embeddings=2048, type_vocab_size=4,
 SEQ_LEN = 128
 TNEWS_FULL = os.path.join(ROOT, "..", "shared", "data", "clue", "tnews", "dev.json")
 TNEWS_SLICE = os.path.join(ROOT, "tests", "data", "clue", "tnews", "dev.json")
-
-
-def machine_details() -> dict:
-    flags = set()
-    model = ""
-    with open("/proc/cpuinfo", encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags.update(line.split(":", 1)[1].split())
-    import onnxruntime
-    import paddlenlp
-
-    return {
-        "cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-        "flags": sorted(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8") if f in flags),
-        "paddlepaddle": paddle.__version__, "paddlenlp": paddlenlp.__version__, "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-    }
 
 
 def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 7) -> dict:
@@ -296,7 +275,7 @@ def main(argv=None):
     real_names = args.real_models or (["nano"] if args.quick else ["nano", "medium"])
     thread_counts = args.threads or ([2] if args.quick else [1, 2])
     runs = 4 if args.quick else 8
-    machine = machine_details()
+    machine = utils.machine_details()
     measured_peaks = {threads: matmul_peak_gflops(threads) for threads in sorted(set(thread_counts) | {2})}
     peaks = {threads: measured["peak"] for threads, measured in measured_peaks.items()}
     print(f"machine: {machine}\nfp32 matmul 2048^3, GFLOP/s: " + ", ".join(

@@ -19,7 +19,7 @@ from paddlenlp.transformers import ErnieConfig, ErnieModel, ErnieTokenizer
 
 import run_seq_cls
 import utils
-from benchmarks.bench_infer import COMMON, ERNIE_CONFIGS, ROOT, TNEWS_FULL, TNEWS_SLICE, VOCAB_FILE, machine_details
+from benchmarks.bench_infer import COMMON, ERNIE_CONFIGS, ROOT, TNEWS_FULL, TNEWS_SLICE, VOCAB_FILE
 
 
 def save_encoder(name: str, directory: str) -> str:
@@ -61,7 +61,7 @@ def main(argv=None):
                              "batch_size": 32, **measured})
                 print(f"{name:>6} {rows[-1]['batches']:<15} {measured['train_samples_per_second']:7.1f} seq/s "
                       f"({count} steps, {measured['train_runtime']:.1f} s)", flush=True)
-    results = {"machine": machine_details(), "data": os.path.relpath(data_file, ROOT), "quick": args.quick, "rows": rows,
+    results = {"machine": utils.machine_details(), "data": os.path.relpath(data_file, ROOT), "quick": args.quick, "rows": rows,
                "seconds": time.perf_counter() - started}
     output = args.output or os.path.join(ROOT, "benchmarks", "results", "train_quick.json" if args.quick else "train.json")
     utils.write_json_atomic(output, results)

@@ -25,7 +25,7 @@ import paddle
 
 import predictors
 import utils
-from benchmarks.bench_infer import (ERNIE_CONFIGS, ROOT, build_model, encoder_weight_bytes, export, machine_details,
+from benchmarks.bench_infer import (ERNIE_CONFIGS, ROOT, build_model, encoder_weight_bytes, export,
                                     matmul_peak_gflops, median_latency, model_flops, read_bandwidth_gbs)
 
 GEMM_OPERATORS = {"MatMul", "FusedMatMul", "Gemm", "FusedGemm", "Attention", "MatMulInteger",
@@ -144,7 +144,7 @@ def main(argv=None):
     print(f"{args.model}, {args.length} tokens, {args.threads} threads: {model_flops(model, args.length) / 1e6:.0f} MFLOP, "
           f"peak {peak:.0f} GFLOP/s, bound {1000 * bound:.2f} ms; fp32 encoder weights {weight_bytes / 1e6:.0f} MB at "
           f"{bandwidth:.1f} GB/s read: {weight_read_ms:.2f} ms if they came from memory")
-    results = {"machine": machine_details(), "model": args.model, "length": args.length, "threads": args.threads,
+    results = {"machine": utils.machine_details(), "model": args.model, "length": args.length, "threads": args.threads,
                "matmul_peak_gflops": peak, "bound_ms": 1000 * bound, "read_bandwidth_gbs": bandwidth,
                "encoder_weight_mbytes": weight_bytes / 1e6, "weight_read_ms": weight_read_ms, "backends": {}}
     with tempfile.TemporaryDirectory() as workdir:

@@ -108,12 +108,13 @@ def test_run_qa_and_compress_qa_as_in_upstreams_readme(scratch, tiny_ernie):
     status = 0
     try:
         compress_qa.main(["--dataset", "cmrc2018", *QA_DATA, *COMPRESS_FAST])
-    except utils.UserError as error:  # a random-weight reader may miss the default 1-point budget: the report still says so
+    except utils.UserError as error:  # a random-weight reader may miss the 1-point budget or not be faster: the report says
         status = 2
-        assert "no candidate is within --max_metric_drop 1.0 points" in str(error)
+        assert "no candidate is within --max_metric_drop 1.0 points of the float parent" in str(error)
     report = read_json(scratch / "output" / "cmrc2018" / "compress" / "compress_report.json")
     assert report["strategy"] == "dynabert+ptq" and report["task"]["name"] == "cmrc2018"
-    assert {c["kind"] for c in report["candidates"]} == {"pruned float", "int8"}
+    assert {c["kind"] for c in report["candidates"]} >= {"pruned float", "int8"}
+    assert {(c["backend"], c["precision"]) for c in report["candidates"]} >= {("paddle", "int8"), ("onnxruntime", "int8")}
     assert (report["best"] is None) == (status == 2)
 
 

@@ -73,20 +73,31 @@ def test_widths_parse_as_fractions_or_decimals():
             compression.parse_width(bad)
 
 
-def test_selection_picks_the_best_candidate_within_the_allowed_drop():
+def test_selection_picks_the_fastest_candidate_within_the_allowed_drop_and_never_one_slower_than_the_parent():
+    parent = {"path": "parent", "metric_points": 57.5, "sequences_per_second": 100.0}
     candidates = [
-        {"path": "a", "metric_points": 56.0, "size_bytes": 10, "latency_ms_p50": 5.0},
-        {"path": "b", "metric_points": 57.2, "size_bytes": 30, "latency_ms_p50": 9.0},
-        {"path": "c", "metric_points": 57.2, "size_bytes": 20, "latency_ms_p50": 9.0},  # as good, smaller
-        {"path": "d", "metric_points": 58.5, "size_bytes": 5, "latency_ms_p50": 1.0},  # above the parent: fine
+        {"path": "a", "metric_points": 56.0, "size_bytes": 10, "sequences_per_second": 400.0},  # fastest, 1.5 below
+        {"path": "b", "metric_points": 57.2, "size_bytes": 30, "sequences_per_second": 300.0},
+        {"path": "c", "metric_points": 57.0, "size_bytes": 20, "sequences_per_second": 300.0},  # as fast, smaller
+        {"path": "d", "metric_points": 58.5, "size_bytes": 5, "sequences_per_second": 90.0},  # best metric, slower
     ]
-    assert compression.choose_best(57.5, candidates, 1.0)["path"] == "d"
-    assert compression.choose_best(57.5, candidates[:3], 1.0)["path"] == "c"
-    assert compression.choose_best(57.5, candidates[:1], 1.0) is None  # 1.5 points below
-    assert compression.choose_best(57.5, candidates[:1], 1.5)["path"] == "a"
+    assert compression.choose_best(parent, candidates, 1.0)["path"] == "c"
+    assert compression.choose_best(parent, candidates, 1.5)["path"] == "a"
+    assert compression.choose_best(parent, candidates[1:2], 1.0)["path"] == "b"
+    assert compression.choose_best(parent, candidates[3:], 1.0) is None  # within the budget but slower than the parent
+    assert compression.choose_best(parent, candidates[:1], 1.0) is None  # faster but 1.5 points below
 
 
 # ---- whole runs ---------------------------------------------------------------------------------------
+def is_paddle_int8(candidate):
+    return (candidate["backend"], candidate["precision"]) == ("paddle", "int8")
+
+
+def DEPLOYMENTS(prefix):
+    """The other ways of serving a float model that the default --backends/--precisions measure on this CPU."""
+    return ([f"{prefix}bf16"] if predictors.native_bfloat16() else []) + [f"{prefix}onnxruntime_int8"]
+
+
 @pytest.fixture(scope="module")
 def tnews_compressed(tnews_run, tmp_path_factory):
     output_dir = str(tmp_path_factory.mktemp("tnews-compress") / "out")
@@ -110,7 +121,15 @@ def test_dynabert_prunes_heads_and_neurons_to_the_width(tnews_compressed, tnews_
 def test_report_measures_every_candidate_and_picks_the_best(tnews_compressed):
     report = read_json(os.path.join(tnews_compressed, "compress_report.json"))
     paths = [c["relative_path"] for c in report["candidates"]]
-    assert paths == ["width_mult_0.75", "width_mult_0.75/hist4_1", "width_mult_0.75/mse4_1"]
+    expected = ["width_mult_0.75", "width_mult_0.75/hist4_1", "width_mult_0.75/mse4_1"] + DEPLOYMENTS("") + \
+        DEPLOYMENTS("width_mult_0.75/")
+    assert paths == expected
+    served = {c["relative_path"]: (c["backend"], c["precision"]) for c in report["candidates"]}
+    assert served["width_mult_0.75/hist4_1"] == ("paddle", "int8") and served["width_mult_0.75"] == ("paddle", "fp32")
+    assert served["onnxruntime_int8"] == ("onnxruntime", "int8")
+    for candidate in report["candidates"]:
+        serving = read_json(os.path.join(candidate["path"], "task.json"))["serving"]
+        assert (serving["backend"], serving["precision"]) == (candidate["backend"], candidate["precision"])
     for entry in [report["parent"]] + report["candidates"]:
         assert os.path.isdir(entry["path"]) and entry["size_bytes"] > 0 and entry["latency_ms_p50"] > 0
         assert 0.0 <= entry["metrics"]["accuracy"] <= 1.0 and entry["metric_points"] == pytest.approx(100 * entry["metrics"]["accuracy"])
@@ -121,20 +140,31 @@ def test_report_measures_every_candidate_and_picks_the_best(tnews_compressed):
 
 
 def assert_best_follows_the_budget(report):
-    """The report's choice against its own numbers: a chosen candidate is within the budget, and no candidate within
-    it has a better metric; nothing chosen means every candidate dropped too far."""
-    within = [c for c in report["candidates"] if c["drop_points"] <= report["max_metric_drop"] + 1e-9]
-    if not within:
+    """The report's choice against its own numbers: the chosen candidate is within the budget and faster than the
+    parent, and no such candidate is faster; nothing chosen means no candidate is both."""
+    parent = report["parent"]
+    eligible = [c for c in report["candidates"] if c["drop_points"] <= report["max_metric_drop"] + 1e-9
+                and c["sequences_per_second"] > parent["sequences_per_second"]]
+    if not eligible:
         assert report["best"] is None
         return
     best = next(c for c in report["candidates"] if c["path"] == report["best"])
-    assert best["drop_points"] <= report["max_metric_drop"] + 1e-9
-    assert best["metric_points"] == max(c["metric_points"] for c in within)
+    assert best in eligible and best["sequences_per_second"] == max(c["sequences_per_second"] for c in eligible)
+
+
+def test_every_candidate_is_served_by_infer_as_measured(tnews_compressed):
+    """infer.py with nothing but --model_path: the backend and precision from the candidate's task.json, and the
+    report's metric."""
+    report = read_json(os.path.join(tnews_compressed, "compress_report.json"))
+    for candidate in report["candidates"]:
+        served = infer.main(["--model_path", candidate["path"], "--dev_file", clue_file("tnews", "dev"), "--batch_size", "8"])
+        assert (served["backend"], served["precision"]) == (candidate["backend"], candidate["precision"])
+        assert served["metrics"]["accuracy"] == pytest.approx(candidate["metrics"]["accuracy"], abs=1e-6)
 
 
 def test_int8_candidates_hold_quantize_ops_and_serve_through_infer(tnews_compressed):
     report = read_json(os.path.join(tnews_compressed, "compress_report.json"))
-    for candidate in (c for c in report["candidates"] if c["kind"] == "int8"):
+    for candidate in (c for c in report["candidates"] if is_paddle_int8(c)):
         program, _ = model_io.static_model_files(candidate["path"])
         assert os.path.basename(program) == "int8.pdmodel" and model_io.is_quantized(program)
         served = infer.main(["--task_name", "tnews", "--model_path", candidate["path"], "--dev_file", clue_file("tnews", "dev"),
@@ -154,20 +184,24 @@ def test_ner_and_qa_compress_end_to_end(script, run_fixture, data, request, tmp_
     report = read_json(os.path.join(output_dir, "compress_report.json"))
     assert (status == 0) == (report["best"] is not None)
     assert_best_follows_the_budget(report)
-    assert [c["relative_path"] for c in report["candidates"]] == ["width_mult_0.75", "width_mult_0.75/hist4_1", "width_mult_0.75/mse4_1"]
+    assert [c["relative_path"] for c in report["candidates"]][:3] == ["width_mult_0.75", "width_mult_0.75/hist4_1",
+                                                                    "width_mult_0.75/mse4_1"]
     assert exported_weight_shapes(os.path.join(output_dir, "width_mult_0.75"))[(32, 48)] == 2
-    assert all(model_io.is_quantized(model_io.static_model_files(c["path"])[0]) for c in report["candidates"] if c["kind"] == "int8")
+    assert all(model_io.is_quantized(model_io.static_model_files(c["path"])[0]) for c in report["candidates"] if is_paddle_int8(c))
     parent_metric = report["task"]["metric"]
     assert parent_metric == "f1"
     trained = read_json(os.path.join(model, "eval_results.json"))
     assert report["parent"]["metrics"]["f1"] == pytest.approx(trained["f1"], abs=1e-6)
 
 
-def test_quantization_aware_training_gives_a_servable_int8_model(tnews_run, tmp_path):
+def test_quantization_aware_training_gives_a_servable_int8_model(tnews_run, tmp_path, capsys):
+    """--backends paddle --precisions int8 leaves the QAT model as the only candidate."""
     output_dir = str(tmp_path / "out")
-    compress_seq_cls.main(clue_data_args("tnews") + ["--model_name_or_path", tnews_run, "--output_dir", output_dir,
-                                                     "--strategy", "qat", "--max_metric_drop", "1"] + FAST)
+    status, _ = run_cli(compress_seq_cls.main, clue_data_args("tnews") + [
+        "--model_name_or_path", tnews_run, "--output_dir", output_dir, "--strategy", "qat", "--max_metric_drop", "1",
+        "--backends", "paddle", "--precisions", "int8"] + FAST, capsys)
     report = read_json(os.path.join(output_dir, "compress_report.json"))
+    assert (status == 0) == (report["best"] is not None)
     (candidate,) = report["candidates"]
     assert candidate["relative_path"] == "qat" and candidate["kind"] == "int8"
     assert_best_follows_the_budget(report)
@@ -185,7 +219,8 @@ def test_the_gate_refuses_candidates_that_drop_too_far(tnews_run, tmp_path, caps
     assert status == 2 and len(error_lines(stderr)) == 1
     assert "no candidate is within --max_metric_drop -100.0 points of the float parent" in error_lines(stderr)[0]
     report = read_json(output_dir / "compress_report.json")
-    assert report["best"] is None and len(report["candidates"]) == 2
+    assert report["best"] is None and report["best_int8"] is None
+    assert [c["relative_path"] for c in report["candidates"]] == ["hist4_1", "mse4_1"] + DEPLOYMENTS("")
 
 
 def compress_bad_cases(tmp_path, tnews_run, tiny_ernie):
@@ -244,7 +279,7 @@ def test_int8_candidates_on_onednn_stay_close_to_the_fake_quantized_program_and_
     task = utils.SEQ_CLS_TASKS["tnews"]
     features = list(utils.encode_text_examples(utils.load_examples(task, "dev", clue_file("tnews", "dev")), tokenizer, task,
                                                128).dataset)
-    for candidate in (c for c in report["candidates"] if c["kind"] == "int8"):
+    for candidate in (c for c in report["candidates"] if is_paddle_int8(c)):
         source = predictor_logits(candidate["source"], features)
         spread = source.max() - source.min()
         fake = np.concatenate([static_outputs(candidate["path"], padded_batch(features[i: i + 8]))
