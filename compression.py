@@ -25,7 +25,8 @@ from model_io import (
     task_info,
 )
 from predictors import (
-    DygraphPredictor, PredictorOptions, create_predictor, native_bfloat16, pad_features, run_predictor, warm_up_buckets,
+    BACKENDS, PRECISIONS, DygraphPredictor, OpenVinoPredictor, PredictorOptions, create_predictor, native_bfloat16,
+    onnx_conversion, pad_features, run_predictor, warm_up_buckets,
 )
 from utils import (
     FAMILIES, TaskSpec, UserError, atomic_entries, deployed_metrics, encode_examples, family_collator, get_task,
@@ -232,8 +233,8 @@ class CompressArguments:
     device: str = field(default="cpu", metadata={"help": "cpu or gpu, for distillation."})
     num_threads: int = field(default=os.cpu_count() or 1, metadata={"help": "CPU threads for evaluation and latency."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an earlier compression output."})
-    backends: List[str] = field(default_factory=lambda: ["paddle", "onnxruntime"], metadata={"help": "Backends a candidate may be served with (deploying elsewhere: restrict them): paddle, onnxruntime."})
-    precisions: List[str] = field(default_factory=lambda: ["fp32", "bf16", "int8"], metadata={"help": "Precisions a candidate may run in: fp32, bf16 (Paddle, CPUs with native bfloat16 only), int8."})
+    backends: List[str] = field(default_factory=lambda: ["paddle", "onnxruntime", "openvino"], metadata={"help": "Backends a candidate may be served with (deploying elsewhere: restrict them): paddle, onnxruntime, openvino."})
+    precisions: List[str] = field(default_factory=lambda: ["fp32", "bf16", "int8"], metadata={"help": "Precisions a candidate may run in: fp32, bf16 (CPUs with native bfloat16 only), int8."})
 
 
 COMPRESSION_HELP = """
@@ -269,6 +270,10 @@ def check_compress_arguments(args: CompressArguments) -> List[float]:
         raise UserError(f"--algo_list: unknown algorithm {unknown[0]!r}; choose from {', '.join(PTQ_ALGORITHMS)}")
     if any(size < 1 for size in args.batch_size_list + args.batch_num_list):
         raise UserError("--batch_size_list and --batch_num_list take positive numbers")
+    for option, given, known in (("--backends", args.backends, BACKENDS), ("--precisions", args.precisions, PRECISIONS)):
+        unknown = [value for value in given if value not in known]
+        if unknown:
+            raise UserError(f"{option}: unknown {unknown[0]!r}; choose from {', '.join(known)}")
     return [parse_width(width) for width in args.width_mult_list]
 
 
@@ -541,10 +546,47 @@ def qat_step(run: CompressionRun, sources: List[Source]) -> Tuple[List[dict], Li
     return candidates, sources
 
 
-# Other fast ways to serve each float model (the parent, any pruned width): (directory name, backend, precision, kind)
+# How NNCF calibrates activation ranges for the --algo_list names that have an equivalent there; mse, KL and emd
+# have none (NNCF then uses its default for transformers).
+NNCF_RANGE_ESTIMATORS = {"hist": "HISTOGRAM", "abs_max": "MINMAX", "avg": "MEAN_MINMAX"}
+
+
+def nncf_int8(run: "CompressionRun", folder: str) -> dict:
+    """model.ov_int8.xml: NNCF's post-training quantization of the folder's ONNX conversion for OpenVINO, calibrated
+    on max(--batch_size_list) x max(--batch_num_list) training examples, with the first --algo_list range estimator
+    NNCF has (NNCF_RANGE_ESTIMATORS)."""
+    import nncf
+    import openvino
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    subset = run.calibration[: max(run.args.batch_size_list) * max(run.args.batch_num_list)]
+    algo = next((a for a in run.args.algo_list if a in NNCF_RANGE_ESTIMATORS), None)
+    advanced = AdvancedQuantizationParameters(
+        activations_range_estimator_params=getattr(RangeEstimatorParametersSet, NNCF_RANGE_ESTIMATORS[algo])) if algo else None
+    dataset = nncf.Dataset(subset, lambda feature: {name: np.array([feature[name]], dtype="int64") for name in EXPORT_INPUT_NAMES})
+    model = openvino.Core().read_model(onnx_conversion(folder))
+    quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(subset),
+                              advanced_parameters=advanced)
+    openvino.save_model(quantized, os.path.join(folder, OpenVinoPredictor.INT8_FILE))
+    return {"algo": f"nncf {NNCF_RANGE_ESTIMATORS[algo].lower() if algo else 'default'}", "calibration_examples": len(subset)}
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Another way to serve a float model: its folder name, backend, precision, and what makes its files."""
+
+    name: str
+    backend: str
+    precision: str
+    prepare: Optional[Callable] = None  # (run, folder) -> report extras
+
+
 FLOAT_DEPLOYMENTS = (
-    ("bf16", "paddle", "bf16", "bf16"),  # oneDNN bfloat16, where the CPU has it natively
-    ("onnxruntime_int8", "onnxruntime", "int8", "int8"),  # ONNX Runtime's dynamic quantization
+    Deployment("bf16", "paddle", "bf16"),  # oneDNN bfloat16, where the CPU has it natively
+    Deployment("onnxruntime_int8", "onnxruntime", "int8"),  # ONNX Runtime's dynamic quantization
+    Deployment("openvino_bf16", "openvino", "bf16"),  # OpenVINO's bfloat16, where the CPU has it natively
+    Deployment("openvino_int8", "openvino", "int8", nncf_int8),  # NNCF post-training quantization
 )
 
 
@@ -553,13 +595,18 @@ def deployment_step(run: CompressionRun, sources: List[Source]) -> Tuple[List[di
     folder (the float files linked, not copied) whose task.json says how to serve it."""
     candidates = []
     for source in run.float_models:
-        for name, backend, precision, kind in FLOAT_DEPLOYMENTS:
-            if not run.allows(backend, precision) or (precision == "bf16" and not native_bfloat16()):
+        for deployment in FLOAT_DEPLOYMENTS:
+            if not run.allows(deployment.backend, deployment.precision) or (deployment.precision == "bf16"
+                                                                             and not native_bfloat16()):
                 continue
-            relative = os.path.join(source.prefix, name)
-            link_model_folder(os.path.join(run.staging, source.prefix or "parent"), os.path.join(run.staging, relative))
-            candidates.append(run.measured(relative, {"kind": kind, "source": source.directory,
-                                                      "parameters": parameter_count(source.model)}, backend, precision))
+            relative = os.path.join(source.prefix, deployment.name)
+            folder = os.path.join(run.staging, relative)
+            link_model_folder(os.path.join(run.staging, source.prefix or "parent"), folder)
+            logger.info("candidate %s: %s %s", relative, deployment.backend, deployment.precision)
+            extras = deployment.prepare(run, folder) if deployment.prepare else {}
+            candidates.append(run.measured(relative, {"kind": deployment.precision, "source": source.directory,
+                                                      "parameters": parameter_count(source.model), **extras},
+                                           deployment.backend, deployment.precision))
     return candidates, sources
 
 

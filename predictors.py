@@ -181,6 +181,30 @@ class PaddlePredictor:
 ORT_ERRORS_ONLY = 3  # ONNX Runtime log severity: errors and fatal only
 
 
+def onnx_conversion(model_dir: str) -> str:
+    """model.onnx beside the exported program, converted once by paddle2onnx and shared by every ONNX-reading backend."""
+    program, params = static_model_files(model_dir)
+    target = os.path.join(model_dir, "model.onnx")
+    if os.path.isfile(target) and os.path.getmtime(target) >= os.path.getmtime(params):
+        return target
+    import paddle2onnx
+
+    temporary = f"{target}.tmp-{os.getpid()}"
+    try:
+        # No optimize_tool: the default (polygraphy) pip-installs packages at run time, and 2.1.0's onnxoptimizer
+        # step always fails on a misspelt pass name ("eliminate_nop_cast ") and writes the unoptimized model with
+        # a warning. ONNX Runtime optimizes the graph itself when it loads it (running the intended passes
+        # here measured no faster).
+        paddle2onnx.export(program, params, save_file=temporary, opset_version=14, enable_onnx_checker=True,
+                           optimize_tool="None", verbose=False)
+        os.replace(temporary, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+    logger.info("converted %s to %s", program, target)
+    return target
+
+
 class OnnxRuntimePredictor:
     """ONNX Runtime on the model converted once by paddle2onnx (cached as model.onnx beside it); int8 is ONNX
     Runtime's dynamic quantization of that float model (cached as model.int8.onnx). Inputs are fed by name."""
@@ -200,7 +224,7 @@ class OnnxRuntimePredictor:
     def __init__(self, model_dir: str, options: PredictorOptions):
         import onnxruntime
 
-        onnx_file = self.converted(model_dir)
+        onnx_file = onnx_conversion(model_dir)
         if options.precision == "int8":
             onnx_file = self.quantized(onnx_file)
         providers = ["CPUExecutionProvider"]
@@ -221,29 +245,6 @@ class OnnxRuntimePredictor:
         session_options.inter_op_num_threads = 1
         session_options.log_severity_level = ORT_ERRORS_ONLY
         return session_options
-
-    @staticmethod
-    def converted(model_dir: str) -> str:
-        program, params = static_model_files(model_dir)
-        target = os.path.join(model_dir, "model.onnx")
-        if os.path.isfile(target) and os.path.getmtime(target) >= os.path.getmtime(params):
-            return target
-        import paddle2onnx
-
-        temporary = f"{target}.tmp-{os.getpid()}"
-        try:
-            # No optimize_tool: the default (polygraphy) pip-installs packages at run time, and 2.1.0's onnxoptimizer
-            # step always fails on a misspelt pass name ("eliminate_nop_cast ") and writes the unoptimized model with
-            # a warning. ONNX Runtime optimizes the graph itself when it loads it (running the intended passes
-            # here measured no faster).
-            paddle2onnx.export(program, params, save_file=temporary, opset_version=14, enable_onnx_checker=True,
-                               optimize_tool="None", verbose=False)
-            os.replace(temporary, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(temporary)
-        logger.info("converted %s to %s", program, target)
-        return target
 
     @staticmethod
     def quantized(onnx_file: str) -> str:
@@ -275,13 +276,57 @@ class OnnxRuntimePredictor:
         return self.session.run(None, {name: batch[name] for name in self.input_names})
 
 
+class OpenVinoPredictor:
+    """OpenVINO on the CPU, reading the same cached ONNX conversion as ONNX Runtime (it cannot read Paddle's PIR
+    program, nor the legacy int8 program's dequantize ops). fp32 is forced with the precision hint (on CPUs with
+    native bfloat16 OpenVINO would otherwise run bf16 silently); int8 is a model that NNCF quantized
+    (compress_*.py writes openvino_int8/ with model.ov_int8.xml). Compiled models are cached in .ov_cache/
+    beside the model, so later runs start fast."""
+
+    name = "openvino"
+    help = "OpenVINO on the CPU on the cached ONNX conversion (fp32, bf16 natively, or an NNCF int8 candidate)"
+    INT8_FILE = "model.ov_int8.xml"
+
+    @staticmethod
+    def check(options: PredictorOptions, quantized: bool, model_dir: str) -> None:
+        if options.device != "cpu":
+            raise UserError("--backend openvino runs on the CPU: use --device cpu")
+        refuse_tensorrt_elsewhere(options)
+        if quantized:
+            raise UserError(f"{model_dir} is a Paddle int8 model, which OpenVINO cannot read; serve it with --backend paddle")
+        if options.precision == "bf16" and not native_bfloat16():
+            raise UserError("--precision bf16 needs a CPU with native bfloat16 (avx512_bf16 or AMX); on this one it would be "
+                            "emulated and slower than fp32")
+        if options.precision == "int8" and not os.path.isfile(os.path.join(model_dir, OpenVinoPredictor.INT8_FILE)):
+            raise UserError(f"{model_dir} holds no OpenVINO int8 model ({OpenVinoPredictor.INT8_FILE}): make one with "
+                            "compress_*.py (its openvino_int8/ candidates)")
+
+    def __init__(self, model_dir: str, options: PredictorOptions):
+        import openvino
+
+        source = (os.path.join(model_dir, self.INT8_FILE) if options.precision == "int8" else onnx_conversion(model_dir))
+        core = openvino.Core()
+        core.set_property({"CACHE_DIR": os.path.join(model_dir, ".ov_cache")})
+        hint = {"bf16": "bf16"}.get(options.precision, "f32")  # int8 layers run int8 whatever the hint of the rest
+        self.compiled = core.compile_model(source, "CPU", {"INFERENCE_PRECISION_HINT": hint,
+                                                             "INFERENCE_NUM_THREADS": options.num_threads,
+                                                             "PERFORMANCE_HINT": "LATENCY"})
+        self.request = self.compiled.create_infer_request()
+        self.input_names = [port.get_any_name() for port in self.compiled.inputs]
+        self.model_files = [source] + ([source[:-4] + ".bin"] if source.endswith(".xml") else [])
+
+    def run(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        results = self.request.infer({name: batch[name] for name in self.input_names})
+        return [np.asarray(results[port]) for port in self.compiled.outputs]
+
+
 def create_predictor(model_dir: str, options: PredictorOptions):
     program, _ = static_model_files(model_dir)
     check_predictor_options(options, is_quantized(program), model_dir)
     return BACKENDS[options.backend](model_dir, options)
 
 
-BACKENDS = {backend.name: backend for backend in (PaddlePredictor, OnnxRuntimePredictor)}
+BACKENDS = {backend.name: backend for backend in (PaddlePredictor, OnnxRuntimePredictor, OpenVinoPredictor)}
 
 
 def backends_help() -> str:

@@ -49,7 +49,7 @@ def onnxruntime_profile(export_dir: str, threads: int, batch: dict, runs: int) -
     options = predictors.OnnxRuntimePredictor.session_options(predictor_options("onnxruntime", threads))
     options.enable_profiling = True
     options.profile_file_prefix = os.path.join(export_dir, "ort-profile")
-    onnx_file = predictors.OnnxRuntimePredictor.converted(export_dir)
+    onnx_file = predictors.onnx_conversion(export_dir)
     session = onnxruntime.InferenceSession(onnx_file, options, providers=["CPUExecutionProvider"])
     feed = {node.name: batch[node.name] for node in session.get_inputs()}
     for _ in range(runs):

@@ -1,6 +1,7 @@
 """The benchmarks' own arithmetic: the FLOPs and bytes that results are held against, and the tables the README
 publishes from results files."""
 import copy
+import os
 
 import pytest
 
@@ -78,3 +79,11 @@ def test_plot_refuses_a_results_file_without_fixed_shape_rows(tmp_path):
     with pytest.raises(utils.UserError, match=r"no fixed-shape batch-32 rows to plot"):
         plot_results.main([str(path), str(tmp_path / "plot.png")])
     assert not (tmp_path / "plot.png").exists()
+
+
+def test_the_readmes_headline_numbers_are_the_committed_results():
+    """The README's headline section is generated from benchmarks/results (python -m benchmarks.tables --readme)."""
+    readme = open(os.path.join(tables.ROOT, "README.md"), encoding="utf-8").read()
+    section = readme.split(tables.HEADLINE_BEGIN, 1)[1].split(tables.HEADLINE_END, 1)[0]
+    assert section.strip() == "\n".join(tables.headline()).strip()
+    assert "× Paddle fp32" in section

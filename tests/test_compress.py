@@ -95,7 +95,9 @@ def is_paddle_int8(candidate):
 
 def DEPLOYMENTS(prefix):
     """The other ways of serving a float model that the default --backends/--precisions measure on this CPU."""
-    return ([f"{prefix}bf16"] if predictors.native_bfloat16() else []) + [f"{prefix}onnxruntime_int8"]
+    native = predictors.native_bfloat16()
+    return ([f"{prefix}bf16"] if native else []) + [f"{prefix}onnxruntime_int8"] + \
+        ([f"{prefix}openvino_bf16"] if native else []) + [f"{prefix}openvino_int8"]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import predictors
 import utils
 from conftest import clue_file, dynamic_outputs, error_lines, ner_file, padded_batch, qa_file, run_cli
 
-BACKENDS = ["paddle", "onnxruntime"]
+BACKENDS = ["paddle", "onnxruntime", "openvino"]
 
 
 def read_json(path):
@@ -72,7 +72,7 @@ def test_onnx_conversion_and_quantization_print_no_warnings(tnews_run, tmp_path,
     export_dir = str(tmp_path / "export")
     shutil.copytree(os.path.join(tnews_run, "export"), export_dir)
     capfd.readouterr()
-    predictors.OnnxRuntimePredictor.quantized(predictors.OnnxRuntimePredictor.converted(export_dir))
+    predictors.OnnxRuntimePredictor.quantized(predictors.onnx_conversion(export_dir))
     printed = "".join(capfd.readouterr())
     assert os.path.isfile(os.path.join(export_dir, "model.int8.onnx"))
     assert not re.search(r"WARNING|\[W:onnxruntime|Fail to optimize", printed), printed
@@ -203,3 +203,27 @@ def test_bf16_runs_in_bfloat16_close_to_fp32(runs):
                   for precision in ("fp32", "bf16"))
     difference = np.abs(bf16 - fp32).max()
     assert 0 < difference < 0.05 * np.abs(fp32).max()  # rounded to bfloat16 (8 bits of mantissa), not left in fp32
+
+
+def test_openvino_forces_fp32_honours_threads_and_caches_the_compiled_model(runs):
+    model_dir = runs["tnews"]
+    options = predictors.PredictorOptions(backend="openvino", num_threads=1, batch_size=8)
+    predictor = predictors.create_predictor(model_dir, options)
+    assert "float32" in str(predictor.compiled.get_property("INFERENCE_PRECISION_HINT"))  # never bf16 behind our back
+    assert int(predictor.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+    assert predictor.model_files == [os.path.join(model_dir, "model.onnx")]  # the conversion ONNX Runtime reads too
+    cache = os.path.join(model_dir, ".ov_cache")
+    cached = sorted(os.listdir(cache))
+    assert cached
+    predictors.create_predictor(model_dir, options)
+    assert sorted(os.listdir(cache)) == cached  # the second start loads the compiled model
+
+
+def test_openvino_refusals(runs, monkeypatch, capsys, tmp_path):
+    status, stderr = run_cli(infer.main, ["--model_path", runs["tnews"], "--backend", "openvino", "--precision", "int8",
+                                          "--dev_file", clue_file("tnews", "dev")], capsys)
+    assert status == 2 and "holds no OpenVINO int8 model (model.ov_int8.xml): make one with compress_*.py" in error_lines(stderr)[0]
+    monkeypatch.setattr(predictors, "native_bfloat16", lambda: False)
+    status, stderr = run_cli(infer.main, ["--model_path", runs["tnews"], "--backend", "openvino", "--precision", "bf16",
+                                          "--dev_file", clue_file("tnews", "dev")], capsys)
+    assert status == 2 and "--precision bf16 needs a CPU with native bfloat16" in error_lines(stderr)[0]

@@ -1,0 +1,172 @@
+"""The compressed deployment paths against the float default, on one machine in one run (issue: CPU acceleration).
+
+    python -m benchmarks.bench_deploy                 # medium, 2 threads, 3,000 real TNEWS sentences (about 15 min)
+    python -m benchmarks.bench_deploy --quick         # nano, 512 sentences (about 2 min)
+
+For an ERNIE 3.0 shape (random weights: speed does not depend on them) it writes:
+- fixed shape, batch 32 x 128 tokens: Paddle fp32 (oneDNN), Paddle int8 (a PTQ model on oneDNN's int8 kernels),
+  the 3/4-width pruned model in fp32 and int8, bf16 where the CPU has it natively, ONNX Runtime fp32 and int8;
+- real TNEWS sentences end to end (tokenization included, batch 32, infer.py's path: length-sorted batches padded
+  to length buckets, every bucket warmed first): the same backends;
+- the compressed "best": compress_seq_cls.py (dynabert+ptq, a few distillation steps) on that model, its best
+  candidate served end to end as infer.py serves it, against infer.py's float default on the same sentences.
+Results, with the CPU and its flags, go to benchmarks/results/deploy[_quick].json; `python -m benchmarks.tables
+benchmarks/results/deploy.json` prints the README's tables.
+"""
+import argparse
+import copy
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+import paddle
+from paddlenlp.transformers import ErnieTokenizer
+
+import compress_seq_cls
+import compression
+import model_io
+import predictors
+import utils
+from benchmarks.bench_infer import ROOT, SEQ_LEN, TNEWS_FULL, TNEWS_SLICE, VOCAB_FILE, build_model, export, random_batch, timed
+
+TNEWS = utils.SEQ_CLS_TASKS["tnews"]
+
+
+def quantized_copy(model, directory: str, calibration) -> str:
+    """A PTQ int8 model (hist, 4 batches of 8 real sentences) of model, servable by infer.py."""
+    with tempfile.TemporaryDirectory() as legacy:
+        model_io.export_legacy_static_model(model, legacy)
+        compression.quantize_post_training(legacy, directory, calibration, "hist", 8, 4)
+    model_io.save_deployable(directory, ErnieTokenizer(vocab_file=VOCAB_FILE), task_json())
+    return directory
+
+
+def task_json() -> dict:
+    return {"task_name": "tnews", "label_list": list(TNEWS.labels), "max_seq_length": SEQ_LEN}
+
+
+def deployments(workdir: str, name: str, calibration) -> dict:
+    """{row name: (model folder, backend, precision)} for every deployment path measured."""
+    model = build_model(name)
+    pruned = compression.slice_to_width(copy.deepcopy(model), 0.75)
+    float_dir, pruned_dir = export(model, os.path.join(workdir, "float")), export(pruned, os.path.join(workdir, "pruned"))
+    int8_dir = quantized_copy(model, os.path.join(workdir, "int8"), calibration)
+    pruned_int8_dir = quantized_copy(pruned, os.path.join(workdir, "pruned_int8"), calibration)
+    rows = {
+        "paddle fp32": (float_dir, "paddle", "fp32"),
+        "paddle int8": (int8_dir, "paddle", "int8"),
+        "pruned 3/4 paddle fp32": (pruned_dir, "paddle", "fp32"),
+        "pruned 3/4 paddle int8": (pruned_int8_dir, "paddle", "int8"),
+        "onnxruntime fp32": (float_dir, "onnxruntime", "fp32"),
+        "onnxruntime int8": (float_dir, "onnxruntime", "int8"),
+        "pruned 3/4 onnxruntime int8": (pruned_dir, "onnxruntime", "int8"),
+    }
+    if predictors.native_bfloat16():
+        rows["paddle bf16"] = (float_dir, "paddle", "bf16")
+        rows["pruned 3/4 paddle bf16"] = (pruned_dir, "paddle", "bf16")
+    return rows
+
+
+def options(backend: str, precision: str, threads: int) -> predictors.PredictorOptions:
+    return predictors.PredictorOptions(backend=backend, precision=precision, num_threads=threads, batch_size=32,
+                                       max_seq_length=SEQ_LEN)
+
+
+def fixed_shape_row(label: str, folder: str, backend: str, precision: str, threads: int, runs: int) -> dict:
+    predictor = predictors.create_predictor(folder, options(backend, precision, threads))
+    batch = random_batch(32, SEQ_LEN)
+    predictor.run(batch)
+    seconds = float(np.median([timed(lambda: predictor.run(batch)) for _ in range(runs)]))
+    return {"kind": "fixed 32x128", "path": label, "backend": backend, "precision": precision, "threads": threads,
+            "latency_ms": 1000 * seconds, "sequences_per_second": 32 / seconds}
+
+
+def end_to_end_row(label: str, folder: str, backend: str, precision: str, threads: int, examples) -> dict:
+    """infer.py --perf's path on real sentences: tokenize, warm every bucket, run sorted batches; wall time of the
+    tokenization and the batches (warm-up excluded)."""
+    predictor = predictors.create_predictor(folder, options(backend, precision, threads))
+    predictors.warm_up_buckets(predictor, 32, SEQ_LEN)
+    tokenizer = model_io.load_tokenizer(folder)
+    started = time.perf_counter()
+    encoded = utils.encode_text_examples(examples, tokenizer, TNEWS, SEQ_LEN)
+    result = predictors.run_predictor(predictor, list(encoded.dataset), 32, per_token=False)
+    seconds = time.perf_counter() - started
+    latencies = 1000 * np.array(result.batch_seconds)
+    return {"kind": "real TNEWS, end to end", "path": label, "backend": backend, "precision": precision, "threads": threads,
+            "sentences": len(examples), "sequences_per_second": len(examples) / seconds,
+            "latency_ms_p50": float(np.percentile(latencies, 50)), "latency_ms_p99": float(np.percentile(latencies, 99))}
+
+
+def fine_tuned_folder(name: str, directory: str) -> str:
+    """The random-weight model saved as run_seq_cls.py saves a fine-tuned TNEWS model (the parent to compress)."""
+    model = build_model(name)
+    model_io.configure_for_task(model.config, TNEWS)
+    model.config.architectures = ["ErnieForSequenceClassification"]
+    model.save_pretrained(directory)
+    ErnieTokenizer(vocab_file=VOCAB_FILE).save_pretrained(directory)
+    return directory
+
+
+def compressed_best_rows(name: str, workdir: str, threads: int, examples, dev_file: str) -> list:
+    """compress_seq_cls.py on the model (a few distillation steps: random weights learn nothing anyway), then its
+    best candidate and infer.py's float default, end to end on the same sentences."""
+    parent = fine_tuned_folder(name, os.path.join(workdir, "parent"))
+    train_file = os.path.join(workdir, "train.json")
+    with open(train_file, "w", encoding="utf-8") as out:
+        for example in examples[:400]:
+            out.write(json.dumps({"sentence": example.text_a, "label": example.label}, ensure_ascii=False) + "\n")
+    report = compress_seq_cls.main(["--task_name", "tnews", "--model_name_or_path", parent, "--train_file", train_file,
+                                    "--dev_file", dev_file, "--output_dir", os.path.join(workdir, "compress"),
+                                    "--max_steps", "4", "--importance_batches", "2", "--per_device_train_batch_size", "8",
+                                    "--algo_list", "hist", "mse", "--batch_size_list", "8", "--num_threads", str(threads),
+                                    "--max_eval_samples", "1000", "--max_metric_drop", "100"])
+    best = next(c for c in report["candidates"] if c["path"] == report["best"])
+    rows = [end_to_end_row("infer.py float default (paddle fp32)", os.path.join(workdir, "compress", "parent"), "paddle",
+                           "fp32", threads, examples),
+            end_to_end_row(f"compressed best: {best['relative_path']}", best["path"], best["backend"], best["precision"],
+                           threads, examples)]
+    rows[1]["speedup_over_float_default"] = rows[1]["sequences_per_second"] / rows[0]["sequences_per_second"]
+    rows[1]["report"] = {"candidates": [{k: c[k] for k in ("relative_path", "backend", "precision", "sequences_per_second")}
+                                        for c in report["candidates"]],
+                         "parent_sequences_per_second": report["parent"]["sequences_per_second"]}
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
+    parser.add_argument("--quick", action="store_true", help="nano, 512 sentences, fewer runs")
+    parser.add_argument("--model", default=None, help="ERNIE 3.0 shape (default: medium; nano with --quick)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sentences", type=int, default=None, help="real TNEWS dev sentences (default 3000; 512 quick)")
+    parser.add_argument("--output", default=None, help="results file (default benchmarks/results/deploy[_quick].json)")
+    args = parser.parse_args(argv)
+    name = args.model or ("nano" if args.quick else "medium")
+    dev_file = TNEWS_FULL if os.path.isfile(TNEWS_FULL) else TNEWS_SLICE
+    examples = utils.load_examples(TNEWS, "dev", dev_file)[: args.sentences or (512 if args.quick else 3000)]
+    tokenizer = ErnieTokenizer(vocab_file=VOCAB_FILE)
+    calibration = [{k: f[k] for k in model_io.EXPORT_INPUT_NAMES}
+                   for f in utils.encode_text_examples(examples[-64:], tokenizer, TNEWS, SEQ_LEN).dataset]
+    paddle.base.core.set_num_threads(args.threads)
+    started, rows = time.perf_counter(), []
+    with tempfile.TemporaryDirectory() as workdir:
+        paths = deployments(workdir, name, calibration)
+        for label, (folder, backend, precision) in paths.items():
+            rows.append(fixed_shape_row(label, folder, backend, precision, args.threads, 3 if args.quick else 6))
+            print(f"{name} {label:<28} fixed 32x128: {rows[-1]['latency_ms']:8.1f} ms", flush=True)
+        for label, (folder, backend, precision) in paths.items():
+            rows.append(end_to_end_row(label, folder, backend, precision, args.threads, examples))
+            print(f"{name} {label:<28} real TNEWS x{len(examples)}: {rows[-1]['sequences_per_second']:7.1f} seq/s", flush=True)
+        rows += compressed_best_rows(name, workdir, args.threads, examples, dev_file)
+        print(f"{name} {rows[-1]['path']}: {rows[-1]['speedup_over_float_default']:.2f}x infer.py's float default", flush=True)
+    results = {"machine": utils.machine_details(), "model": name, "threads": args.threads, "sentences": len(examples),
+               "rows": rows, "seconds": time.perf_counter() - started}
+    output = args.output or os.path.join(ROOT, "benchmarks", "results", "deploy" + ("_quick" if args.quick else "") + ".json")
+    utils.write_json_atomic(output, results)
+    print(f"wrote {output} ({results['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    utils.run_cli(main)
