@@ -1,28 +1,27 @@
-"""Serve an exported (or compressed) model: dev-set accuracy, latency and throughput, or predictions on raw text.
+"""Serve an exported (or compressed) model: dev-set metrics, latency and throughput, or predictions on raw text.
 
-    python infer.py --task_name tnews --model_path output/tnews/export                      # dev metrics
-    python infer.py --task_name tnews --model_path output/tnews/export --perf               # speed
-    python infer.py --task_name tnews --model_path output/tnews/export --text "..." --text "..."
-    python infer.py --task_name cmrc2018 --model_path output/cmrc2018/export --question "..." --text "<context>"
-    python infer.py --task_name tnews --model_path output/tnews/export --backend onnxruntime --precision int8
+    python infer.py                                              # output/tnews/export on the TNEWS dev set
+    python infer.py --precision int8                             # output/tnews/compress's best int8 candidate
+    python infer.py --use_trt --precision int8                   # the same with TensorRT (GPU)
+    python infer.py --model_path output/tnews/export --perf      # speed
+    python infer.py --model_path output/tnews/export --text "..." --text "..."
+    python infer.py --task_name cmrc2018 --question "..." --text "<context>"
+    python infer.py --model_path output/tnews/export --backend openvino --precision bf16
 
-Backends: paddle (Paddle Inference: CPU with oneDNN on or off and --num_threads; GPU; TensorRT fp32/fp16/int8
-with --device gpu --use_trt, the dynamic shape ranges collected on the first run and cached beside the model)
-and onnxruntime (the model converted once by paddle2onnx and cached as model.onnx; --precision int8 is ONNX
-Runtime's dynamic quantization of it). int8 models from compress_*.py run on the paddle backend, where on
-the CPUs this suite was tested on (AVX2; AVX-512 VNNI) they were about 3x slower than fp32, measured: the
-quantize/dequantize ops run in fp32. int8 speed comes from TensorRT on GPUs, and on VNNI CPUs from
---backend onnxruntime --precision int8 (2.8x Paddle fp32 for ERNIE 3.0-medium at batch 32, measured).
-At batch 1, onnxruntime's per-call overhead is lower (see the README's Benchmarks). On CPUs with native
-bfloat16 (avx512_bf16 or AMX), --precision bf16 runs Paddle Inference's oneDNN kernels in bfloat16 (for
-ERNIE 3.0-medium at batch 32, measured: 4.8x fp32 with AMX, about 2x with avx512_bf16 alone); check its dev
-metrics as for int8.
+The task comes from the model's task.json (--task_name, when given, is checked against it); without --model_path
+the model is output/<task>/export, or with --precision int8 the best int8 candidate of output/<task>/compress. A
+compressed candidate is served with the backend and precision it was measured with (its task.json).
 
-Inputs are sorted by length and padded per batch (results come back in input order); --pad_to_max_length
-pads every batch to --max_seq_length instead, as fixed-shape deployments do.
+Backends (predictors.BACKENDS): paddle (Paddle Inference: CPU with oneDNN in fp32, bf16 on CPUs with native
+bfloat16, or an int8 model from compress_*.py on oneDNN's int8 kernels; GPU; TensorRT), onnxruntime (the model
+converted once by paddle2onnx and cached as model.onnx; --precision int8 is ONNX Runtime's dynamic quantization of
+it) and openvino (the same model.onnx; fp32, bf16, or an NNCF int8 candidate). Inputs are sorted by length and
+padded per batch to length buckets (results come back in input order); --pad_to_max_length pads every batch to
+--max_seq_length instead, as fixed-shape deployments do.
 """
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -58,7 +57,11 @@ class InferArguments:
     text: Optional[List[str]] = field(default=None, metadata={**REPEATABLE, "help": "Raw input, repeatable: a sentence (classification, NER) or a context (QA, with --question)."})
     text_pair: Optional[List[str]] = field(default=None, metadata={**REPEATABLE, "help": "Second sentences of pair tasks, one per --text."})
     question: Optional[List[str]] = field(default=None, metadata={**REPEATABLE, "help": "QA questions, one per --text context."})
-    input_file: Optional[str] = field(default=None, metadata={"help": "Raw input: one text a line (text<TAB>pair for pair tasks), or SQuAD-style json for QA."})
+    input_file: Optional[str] = field(default=None, metadata={"help": "Raw input: one text a line (text<TAB>pair for pair tasks), streamed in bounded memory to JSON lines (--output_file, else standard output); or SQuAD-style json for QA (read whole)."})
+    stream_window: int = field(default=2048, metadata={"help": "Lines read, length-sorted and predicted together when streaming --input_file."})
+    num_shards: int = field(default=1, metadata={"help": "Split --input_file among N processes or machines: this one takes the lines whose index modulo N is --shard_index."})
+    shard_index: int = field(default=0, metadata={"help": "Which of the --num_shards shares this process takes (0-based)."})
+    resume: bool = field(default=False, metadata={"help": "Continue an interrupted --input_file run: append to its --output_file after its last complete line."})
     truncate_long_texts: bool = field(default=True, metadata={"help": "Truncate inputs longer than --max_seq_length (reported); with false, an error."})
     output_file: Optional[str] = field(default=None, metadata={"help": "Also write the results as JSON here (never over an existing file)."})
 
@@ -120,9 +123,9 @@ def peak_rss_mb() -> float:
 
 
 def raw_examples(task, args):
-    """Examples built from --text/--text_pair/--question or --input_file."""
+    """Examples built from --text/--text_pair/--question, or a QA --input_file (SQuAD-style json)."""
     if args.input_file:
-        return file_examples(task, args.input_file)
+        return utils.rows_to_qa_examples(task, utils.read_squad_file(args.input_file, "--input_file"), "test")
     texts = args.text
     if any(not t.strip() for t in texts):
         raise utils.UserError("--text: an input is empty")
@@ -130,51 +133,140 @@ def raw_examples(task, args):
         if not args.question or len(args.question) != len(texts):
             raise utils.UserError("QA needs one --question per --text context")
         return [utils.QAExample(str(i), q, t, [], None, None, f"--text {i + 1}") for i, (q, t) in enumerate(zip(args.question, texts))]
-    if task.family == "token_cls":
-        return [utils.TokenExample(i, list(t), None, f"--text {i + 1}") for i, t in enumerate(texts)]
     pairs = args.text_pair or [None] * len(texts)
     if len(pairs) != len(texts):
         raise utils.UserError("give one --text_pair per --text")
-    return [utils.TextExample(i, t, p, None, f"--text {i + 1}") for i, (t, p) in enumerate(zip(texts, pairs))]
+    return [line_example(task, t if p is None else f"{t}\t{p}", i, f"--text {i + 1}") for i, (t, p) in enumerate(zip(texts, pairs))]
 
 
-def file_examples(task, path):
-    if task.family == "qa":
-        return utils.rows_to_qa_examples(task, utils.read_squad_file(path, "--input_file"), "test")
-    examples = []
-    for number, line in utils.numbered_text_lines(path, "--input_file"):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        if task.family == "token_cls":
-            examples.append(utils.TokenExample(len(examples), list(line), None, where))
-        else:
-            text, _, pair = line.partition("\t")
-            if not text.strip() or "\t" in line and not pair.strip():
-                raise utils.UserError(f"{where}: empty text")
-            examples.append(utils.TextExample(len(examples), text, pair or None, None, where))
-    if not examples:
-        raise utils.UserError(f"--input_file {path} holds no input")
-    return examples
+def line_example(task, line: str, index: int, where: str):
+    """One input line: a sentence (NER: its characters), or text<TAB>pair for pair tasks."""
+    if task.family == "token_cls":
+        return utils.TokenExample(index, list(line), None, where)
+    text, _, pair = line.partition("\t")
+    if not text.strip() or "\t" in line and not pair.strip():
+        raise utils.UserError(f"{where}: empty text")
+    return utils.TextExample(index, text, pair or None, None, where)
 
 
-def predict_raw(predictor, task, tokenizer, args, window_args) -> dict:
-    examples = raw_examples(task, args)
+def predicted_rows(predictor, task, tokenizer, args, window_args, examples) -> list:
+    """What each example is predicted to be: label and probability, entities with offsets, or the answer."""
     encoded, _ = encode(task, examples, tokenizer, args, window_args, with_labels=False)
     outputs = run(predictor, task, encoded, args).outputs
     if task.family == "seq_cls":
         probabilities = softmax(np.stack(outputs[0]))
-        rows = [{"text": e.text_a, **({"text_pair": e.text_b} if e.text_b else {}), "label": task.labels[int(p.argmax())],
+        return [{"text": e.text_a, **({"text_pair": e.text_b} if e.text_b else {}), "label": task.labels[int(p.argmax())],
                  "probability": float(p.max())} for e, p in zip(examples, probabilities)]
-    elif task.family == "token_cls":
+    if task.family == "token_cls":
         tags = utils.predicted_word_tags(utils.pad_rows(outputs[0], 0.0), encoded, examples, task.labels)
-        rows = [{"text": e.text, "entities": utils.entities_from_tags(e.words, t)} for e, t in zip(examples, tags)]
-    else:
-        _, nbest = utils.postprocess_qa_predictions(examples, encoded, outputs[0], outputs[1], window_args.n_best_size,
-                                                    window_args.max_answer_length)
-        rows = [{"id": e.id, "question": e.question, "answer": (nbest[e.id] or [{"text": ""}])[0]["text"],
-                 "probability": (nbest[e.id] or [{"probability": 0.0}])[0]["probability"]} for e in examples]
-    return {"predictions": rows}
+        return [{"text": e.text, "entities": utils.entities_from_tags(e.words, t)} for e, t in zip(examples, tags)]
+    _, nbest = utils.postprocess_qa_predictions(examples, encoded, outputs[0], outputs[1], window_args.n_best_size,
+                                                window_args.max_answer_length)
+    return [{"id": e.id, "question": e.question, "answer": (nbest[e.id] or [{"text": ""}])[0]["text"],
+             "probability": (nbest[e.id] or [{"probability": 0.0}])[0]["probability"]} for e in examples]
+
+
+def predict_raw(predictor, task, tokenizer, args, window_args) -> dict:
+    return {"predictions": predicted_rows(predictor, task, tokenizer, args, window_args, raw_examples(task, args))}
+
+
+# ---- streaming a file of lines ---------------------------------------------------------------------------------
+def shard_lines(path: str, num_shards: int, shard_index: int, after: int):
+    """(line index, text) of this shard's non-blank lines past index after, read lazily, and the bytes read so far."""
+    if not os.path.isfile(path):
+        raise utils.UserError(f"--input_file: file not found: {path}")
+    with open(path, "rb") as handle:
+        for index, raw in enumerate(handle):
+            if index % num_shards != shard_index or index <= after:
+                yield None, None, handle.tell()
+                continue
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as error:
+                raise utils.UserError(f"{path}: not UTF-8 text (line {index + 1}: {error.reason} at byte {error.start})") from None
+            yield (index, line, handle.tell()) if line.strip() else (None, None, handle.tell())
+
+
+def last_written_line(output_file: str) -> int:
+    """The line index of the last complete JSON line of an interrupted run's output (-1 when none); a half-written
+    last line is cut off so that the resumed run rewrites it."""
+    last, keep = -1, 0
+    with open(output_file, "rb") as handle:
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                last = json.loads(raw)["line"]
+            except (ValueError, KeyError, TypeError):
+                raise utils.UserError(f"--resume: {output_file} is not an output of infer.py --input_file") from None
+            keep += len(raw)
+    with open(output_file, "r+b") as handle:
+        handle.truncate(keep)
+    return last
+
+
+def open_stream_output(args):
+    """The JSON lines output: --output_file (new, or continued with --resume), else standard output."""
+    if not args.output_file:
+        if args.resume:
+            raise utils.UserError("--resume continues an --output_file: give the one the interrupted run wrote")
+        return sys.stdout, -1
+    if args.resume:
+        if not os.path.isfile(args.output_file):
+            raise utils.UserError(f"--resume: {args.output_file} does not exist (nothing to continue)")
+        return open(args.output_file, "a", encoding="utf-8"), last_written_line(args.output_file)
+    return open(args.output_file, "x", encoding="utf-8"), -1
+
+
+def stream_file(predictor, task, tokenizer, args, window_args) -> dict:
+    """Predict --input_file in bounded memory: windows of --stream_window lines (length-sorted inside a window),
+    written in input order as JSON lines {"line": index, ...} and flushed window by window, so an interrupted run
+    continues with --resume; --num_shards/--shard_index take every N-th line."""
+    from tqdm import tqdm
+
+    if not 0 <= args.shard_index < args.num_shards:
+        raise utils.UserError(f"--shard_index must be between 0 and --num_shards - 1 ({args.num_shards - 1})")
+    output, after = open_stream_output(args)
+    written, window = 0, []
+    progress = tqdm(total=os.path.getsize(args.input_file), unit="B", unit_scale=True, desc="predicting",
+                    disable=output is sys.stdout and not sys.stderr.isatty())
+
+    def flush():
+        nonlocal written
+        examples = [line_example(task, line, index, f"{args.input_file}:{index + 1}") for index, line in window]
+        for (index, _), row in zip(window, predicted_rows(predictor, task, tokenizer, args, window_args, examples)):
+            output.write(json.dumps({"line": index, **row}, ensure_ascii=False) + "\n")
+        output.flush()
+        written += len(window)
+        window.clear()
+
+    completed = False
+    try:
+        position = 0
+        for index, line, read in shard_lines(args.input_file, args.num_shards, args.shard_index, after):
+            progress.update(read - position)
+            position = read
+            if index is not None:
+                window.append((index, line))
+                if len(window) >= args.stream_window:
+                    flush()
+        if window:
+            flush()
+        if written == 0 and after < 0:
+            raise utils.UserError(f"--input_file {args.input_file} holds no input" +
+                                  (f" for shard {args.shard_index} of {args.num_shards}" if args.num_shards > 1 else ""))
+        completed = True
+    finally:
+        progress.close()
+        if output is not sys.stdout:
+            output.close()
+            if not completed and not args.resume and written == 0:
+                os.remove(args.output_file)  # a run that stopped before writing anything leaves no file behind
+    peak = peak_rss_mb()
+    utils.logger.info("predicted %d lines%s; peak memory %.0f MB", written, f" into {args.output_file}" if args.output_file else "",
+                      peak)
+    return {"predicted_lines": written, "resumed_after_line": after if args.resume else None,
+            "output_file": args.output_file, "peak_rss_mb": peak}
 
 
 def print_report(report: dict) -> None:
@@ -230,7 +322,7 @@ def resolve_model_and_task(args):
 def main(argv=None):
     args, window_args = arguments.parse_plain_arguments((InferArguments, arguments.QAWindowArguments), __doc__, argv)
     utils.setup_logging()
-    if args.output_file and os.path.exists(args.output_file):
+    if args.output_file and os.path.exists(args.output_file) and not args.resume:
         raise utils.UserError(f"--output_file {args.output_file} already exists; choose another name or remove it")
     task, info = resolve_model_and_task(args)
     args.max_seq_length = args.max_seq_length or info.get("max_seq_length") or task.max_seq_length
@@ -238,6 +330,9 @@ def main(argv=None):
                                           args.enable_onednn, args.batch_size, args.max_seq_length, args.length_bucket)
     predictor = predictors.create_predictor(args.model_path, options)
     tokenizer = model_io.load_tokenizer(args.model_path)
+    if args.input_file and task.family != "qa":
+        return {"task_name": task.name, "model_path": args.model_path, **predictors.public_options(options),
+                **stream_file(predictor, task, tokenizer, args, window_args)}
     raw = bool(args.text or args.input_file)
     report = predict_raw(predictor, task, tokenizer, args, window_args) if raw else evaluate(predictor, task, tokenizer, args, window_args)
     report = {"task_name": task.name, "model_path": args.model_path, **predictors.public_options(options), **report}

@@ -121,13 +121,17 @@ def test_raw_text_entities_match_the_dynamic_model(ner_run, runs, tmp_path):
     sentences = ["洛杉矶市市长理查德·赖尔登为江主席举行了隆重的欢送仪式。", "我们在北京见面"]
     input_file = tmp_path / "sentences.txt"
     input_file.write_text("\n".join(sentences) + "\n", encoding="utf-8")
-    report = infer.main(["--task_name", "msra_ner", "--model_path", runs["msra_ner"], "--input_file", str(input_file)])
+    output_file = tmp_path / "entities.jsonl"
+    infer.main(["--task_name", "msra_ner", "--model_path", runs["msra_ner"], "--input_file", str(input_file),
+                "--output_file", str(output_file)])
+    rows = [json.loads(line) for line in output_file.read_text(encoding="utf-8").splitlines()]
+    assert [row["line"] for row in rows] == [0, 1] and [row["text"] for row in rows] == sentences
     task = utils.MSRA_NER
     examples = [utils.TokenExample(i, list(s), None, "") for i, s in enumerate(sentences)]
     encoded = utils.encode_token_examples(examples, model_io.load_tokenizer(ner_run), task, 128)
     logits = dynamic_outputs(AutoModelForTokenClassification.from_pretrained(ner_run), padded_batch(list(encoded.dataset)))
     tags = utils.predicted_word_tags(logits, encoded, examples, task.labels)
-    assert [row["entities"] for row in report["predictions"]] == [utils.entities_from_tags(e.words, t) for e, t in zip(examples, tags)]
+    assert [row["entities"] for row in rows] == [utils.entities_from_tags(e.words, t) for e, t in zip(examples, tags)]
 
 
 def test_raw_question_answering_matches_the_dynamic_model(qa_run, runs):
