@@ -332,10 +332,11 @@ def main(argv=None):
     tokenizer = model_io.load_tokenizer(args.model_path)
     if args.input_file and task.family != "qa":
         return {"task_name": task.name, "model_path": args.model_path, **predictors.public_options(options),
-                **stream_file(predictor, task, tokenizer, args, window_args)}
+                "engine": predictor.engine, **stream_file(predictor, task, tokenizer, args, window_args)}
     raw = bool(args.text or args.input_file)
     report = predict_raw(predictor, task, tokenizer, args, window_args) if raw else evaluate(predictor, task, tokenizer, args, window_args)
-    report = {"task_name": task.name, "model_path": args.model_path, **predictors.public_options(options), **report}
+    report = {"task_name": task.name, "model_path": args.model_path, **predictors.public_options(options),
+              "engine": predictor.engine, **report}
     print_report(report)
     if args.output_file:
         utils.write_json_atomic(args.output_file, report)

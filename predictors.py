@@ -6,7 +6,10 @@ compression measurements and the benchmarks share.
 Imports arguments.py (the device check), model_io.py (the exported-folder format) and utils.py.
 """
 import contextlib
+import hashlib
+import json
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -54,8 +57,9 @@ def check_predictor_options(options: PredictorOptions, quantized: bool, model_di
 def refuse_tensorrt_elsewhere(options: PredictorOptions) -> None:
     if options.use_trt and (options.backend != "paddle" or options.device != "gpu"):
         raise UserError("--use_trt runs TensorRT through Paddle Inference: it needs --backend paddle --device gpu")
-    if options.precision == "fp16" and not options.use_trt:
-        raise UserError("--precision fp16 runs through TensorRT: use --device gpu --use_trt")
+    if options.precision == "fp16" and (options.backend != "paddle" or options.device != "gpu"):
+        raise UserError("--precision fp16 runs on GPUs (mixed precision, or TensorRT with --use_trt): use --backend paddle "
+                        "--device gpu")
 
 
 def native_bfloat16() -> bool:
@@ -102,6 +106,98 @@ def tensorrt_input_shapes(options: PredictorOptions) -> Tuple[dict, dict, dict]:
     return minimum, maximum, optimum
 
 
+@dataclass
+class TensorRtPlan:
+    """How TensorRT is engaged for one model and options: the route, and where its converted program or serialized
+    engines are cached (a folder per key: GPU, TensorRT version, precision, input shapes and the model file)."""
+
+    route: str  # "pir-trt" (PIR programs, model.json) or "legacy" (.pdmodel programs: the int8 PTQ/QAT candidates)
+    precision: str
+    shapes: Tuple[dict, dict, dict]  # (min, max, opt) per input name
+    key: dict
+    cache_dir: str
+
+
+def gpu_name() -> str:
+    return paddle.device.cuda.get_device_name() if paddle.is_compiled_with_cuda() else "no gpu"
+
+
+def tensorrt_version() -> str:
+    return ".".join(str(part) for part in paddle.inference.get_trt_runtime_version())
+
+
+def tensorrt_plan(program: str, options: PredictorOptions, gpu: str, trt_version: str) -> TensorRtPlan:
+    """PIR programs go through PIR-TRT (paddle.tensorrt.convert: Paddle Inference's enable_tensorrt_engine does not
+    apply to them); legacy programs through enable_tensorrt_engine, int8 ones with the scales they carry."""
+    shapes = tensorrt_input_shapes(options)
+    stat = os.stat(program)
+    key = {"gpu": gpu, "tensorrt": trt_version, "precision": options.precision, "min": shapes[0], "max": shapes[1],
+           "opt": shapes[2], "program": os.path.basename(program), "program_bytes": stat.st_size,
+           "program_mtime": int(stat.st_mtime)}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    route = "pir-trt" if program.endswith(".json") else "legacy"
+    return TensorRtPlan(route, options.precision, shapes, key, os.path.join(os.path.dirname(program), "tensorrt", digest))
+
+
+def cached_plan_matches(plan: TensorRtPlan) -> bool:
+    """Whether plan's cache folder holds what this key built (a stale or foreign cache is rebuilt, never used)."""
+    path = os.path.join(plan.cache_dir, "key.json")
+    if not os.path.isfile(path):
+        return False
+    with open(path, encoding="utf-8") as handle:
+        try:
+            return json.load(handle) == plan.key
+        except ValueError:
+            return False
+
+
+TENSORRT_VOCAB_RANGE = (1, 1000)  # ids the PIR-TRT warm-up feeds (any real token ids); token types: 0
+
+
+def pir_trt_program(plan: TensorRtPlan, program: str) -> Tuple[str, str]:
+    """The PIR program with TensorRT engine ops, converted once per key by paddle.tensorrt.convert and reloaded from
+    the cache after that. paddle.tensorrt exists only in GPU builds, so it is imported here, on this route alone."""
+    prefix = os.path.join(plan.cache_dir, "model")
+    if not cached_plan_matches(plan):
+        from paddle.tensorrt.export import Input, PrecisionMode, TensorRTConfig, convert
+
+        shutil.rmtree(plan.cache_dir, ignore_errors=True)
+        os.makedirs(plan.cache_dir)
+        minimum, maximum, optimum = plan.shapes
+        inputs = []
+        for name in EXPORT_INPUT_NAMES:
+            spec = Input(min_input_shape=tuple(minimum[name]), max_input_shape=tuple(maximum[name]),
+                         optim_input_shape=tuple(optimum[name]), input_data_type="int64",
+                         input_range=TENSORRT_VOCAB_RANGE if name == "input_ids" else (0, 0), name=name)
+            inputs.append(spec)
+        precision = {"fp32": PrecisionMode.FP32, "fp16": PrecisionMode.FP16, "int8": PrecisionMode.INT8}[plan.precision]
+        convert(program[: -len(".json")], TensorRTConfig(inputs=inputs, min_subgraph_size=5, save_model_dir=prefix,
+                                                         precision_mode=precision, workspace_size=1 << 30))
+        write_key(plan)
+        logger.info("converted %s for TensorRT (%s) into %s", program, plan.precision, plan.cache_dir)
+    return prefix + ".json", prefix + ".pdiparams"
+
+
+def configure_legacy_tensorrt(config, plan: TensorRtPlan) -> None:
+    """enable_tensorrt_engine on a legacy program: int8 from the scales the PTQ/QAT program carries (no calibration),
+    the input ranges set explicitly, the serialized engines kept in the plan's cache folder (use_static)."""
+    if not cached_plan_matches(plan):
+        shutil.rmtree(plan.cache_dir, ignore_errors=True)
+        os.makedirs(plan.cache_dir)
+        write_key(plan)
+    precision = {"fp32": paddle.inference.PrecisionType.Float32, "fp16": paddle.inference.PrecisionType.Half,
+                 "int8": paddle.inference.PrecisionType.Int8}[plan.precision]
+    config.set_optim_cache_dir(plan.cache_dir)
+    config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=plan.shapes[1]["input_ids"][0],
+                                  min_subgraph_size=5, precision_mode=precision, use_static=True, use_calib_mode=False)
+    config.set_trt_dynamic_shape_info(*plan.shapes)
+
+
+def write_key(plan: TensorRtPlan) -> None:
+    with open(os.path.join(plan.cache_dir, "key.json"), "w", encoding="utf-8") as out:
+        json.dump(plan.key, out, sort_keys=True)
+
+
 class PaddlePredictor:
     """Paddle Inference: CPU (oneDNN on or off, threads), GPU, or TensorRT with the input shape ranges set explicitly."""
 
@@ -118,9 +214,14 @@ class PaddlePredictor:
             raise UserError("--use_trt needs a paddlepaddle-gpu build with TensorRT; this paddle was compiled without it")
         if options.precision == "bf16":
             check_bfloat16(options, quantized)
-        if options.precision == "int8" and not quantized and not options.use_trt:
+        if options.precision == "int8" and not quantized and options.use_trt:
+            raise UserError(f"{model_dir} is a float model: TensorRT int8 needs an int8 model with its scales; make one with "
+                            "compress_*.py (`python infer.py --use_trt --precision int8` serves its best int8 candidate)")
+        if options.precision == "int8" and not quantized:
             raise UserError(f"{model_dir} is a float model: int8 on the Paddle backend needs an int8 model from compress_*.py "
                             "(or use --backend onnxruntime, which quantizes the float model dynamically)")
+        if quantized and options.use_trt and options.precision != "int8":
+            raise UserError(f"{model_dir} is an int8 model: serve it with --precision int8")
         if quantized and options.precision != "int8":
             raise UserError(f"{model_dir} is an int8 model: serve it with --precision int8 (as {options.precision} its "
                             "quantize ops would run in floating point, slower than the float model)")
@@ -143,16 +244,24 @@ class PaddlePredictor:
 
     def config(self):
         options = self.options
-        config = paddle.inference.Config(self.program, self.params)
+        program, params = self.program, self.params
+        if options.use_trt:
+            self.plan = tensorrt_plan(program, options, gpu_name(), tensorrt_version())
+            if self.plan.route == "pir-trt":
+                program, params = pir_trt_program(self.plan, program)
+        config = paddle.inference.Config(program, params)
         config.disable_glog_info()
         if options.device == "gpu":
-            config.enable_use_gpu(256, 0)
+            mixed = options.precision == "fp16" and not options.use_trt
+            config.enable_use_gpu(256, 0, *([paddle.inference.PrecisionType.Half] if mixed else []))
+            self.engine = f"paddle-inference gpu {'fp16 mixed precision' if mixed else 'fp32'}"
         else:
             config.disable_gpu()
             config.set_cpu_math_library_num_threads(options.num_threads)
             config.enable_mkldnn() if options.enable_onednn else config.disable_mkldnn()
             if options.precision == "bf16":
                 config.enable_mkldnn_bfloat16()
+            self.engine = f"paddle-inference cpu {'onednn ' if options.enable_onednn else ''}{options.precision}"
             if self.quantized:
                 config.enable_mkldnn_int8()
                 steady_onednn_int8(config)
@@ -164,11 +273,9 @@ class PaddlePredictor:
                 # 160 MB a shape for ERNIE 3.0-Medium, measured); length-sorted batches meet each shape in a row
                 config.set_mkldnn_cache_capacity(FLOAT_ONEDNN_CACHED_SHAPES)
         if options.use_trt:
-            precision = {"fp32": paddle.inference.PrecisionType.Float32, "fp16": paddle.inference.PrecisionType.Half,
-                         "int8": paddle.inference.PrecisionType.Int8}[options.precision]
-            config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=options.batch_size, min_subgraph_size=5,
-                                          precision_mode=precision, use_static=False, use_calib_mode=False)
-            config.set_trt_dynamic_shape_info(*tensorrt_input_shapes(options))
+            if self.plan.route == "legacy":
+                configure_legacy_tensorrt(config, self.plan)
+            self.engine = f"tensorrt {options.precision} via {self.plan.route} (cache {self.plan.cache_dir})"
         return config
 
     def run(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
@@ -233,6 +340,7 @@ class OnnxRuntimePredictor:
                 raise UserError("--backend onnxruntime --device gpu needs the onnxruntime-gpu package and a GPU")
             providers.insert(0, "CUDAExecutionProvider")
         self.model_files = [onnx_file]  # what is served
+        self.engine = f"onnxruntime {options.device} {options.precision}"
         self.session = onnxruntime.InferenceSession(onnx_file, self.session_options(options), providers=providers)
         self.input_names = [node.name for node in self.session.get_inputs()]
 
@@ -314,6 +422,7 @@ class OpenVinoPredictor:
         self.request = self.compiled.create_infer_request()
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         self.model_files = [source] + ([source[:-4] + ".bin"] if source.endswith(".xml") else [])
+        self.engine = f"openvino cpu {options.precision}"
 
     def run(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
         results = self.request.infer({name: batch[name] for name in self.input_names})
