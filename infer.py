@@ -38,17 +38,6 @@ REPEATABLE = {"action": "extend"}
 
 @dataclass
 class InferArguments:
-    task_name: Optional[str] = field(default=None, metadata={"help": "The task; default: the model's task.json (checked when given). Without --model_path it picks the folder output/<task> (default tnews)."})
-    model_path: Optional[str] = field(default=None, metadata={"help": "An export/ directory from run_*.py --do_export, or a compressed candidate's directory. Default: output/<task>/export, or with --precision int8 the best int8 candidate of output/<task>/compress/compress_report.json."})
-    backend: Optional[str] = field(default=None, metadata={"help": "Default: as the model's task.json says it was measured (compressed candidates), else paddle. " + predictors.backends_help()})
-    device: str = field(default=arguments.default_device(), metadata={"help": "cpu or gpu."})
-    use_trt: bool = field(default=False, metadata={"help": "TensorRT through Paddle Inference (--device gpu)."})
-    precision: Optional[str] = field(default=None, metadata={"help": "fp32, fp16 (GPU), bf16 (Paddle on a CPU with native bfloat16) or int8 (an int8 model from compress_*.py on oneDNN or TensorRT, or onnxruntime's dynamic quantization). Default: as the model's task.json says it was measured, else fp32."})
-    batch_size: int = field(default=32, metadata={"help": "Sequences per batch."})
-    max_seq_length: Optional[int] = field(default=None, metadata={"help": "Tokens per sequence; default: the model's task.json."})
-    num_threads: int = field(default=os.cpu_count() or 1, metadata={"help": "CPU threads."})
-    enable_onednn: bool = field(default=True, metadata={"help": "oneDNN kernels on the paddle CPU backend."})
-    length_bucket: Optional[int] = field(default=None, metadata={"help": "Paddle on the CPU: pad each batch to a multiple of this many tokens, so that oneDNN meets few shapes (1: to the batch's longest only). Default: 8 for float models, 16 for int8 ones."})
     dev_file: Optional[str] = field(default=None, metadata={"help": "Dev file in the task's original format; default: the hub dev split."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N dev examples."})
     perf: bool = field(default=False, metadata={"help": "Time the dev set: warm-up, then latency per batch and throughput."})
@@ -64,11 +53,6 @@ class InferArguments:
     resume: bool = field(default=False, metadata={"help": "Continue an interrupted --input_file run: append to its --output_file after its last complete line."})
     truncate_long_texts: bool = field(default=True, metadata={"help": "Truncate inputs longer than --max_seq_length (reported); with false, an error."})
     output_file: Optional[str] = field(default=None, metadata={"help": "Also write the results as JSON here (never over an existing file)."})
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def encode(task, examples, tokenizer, args, window_args, with_labels):
@@ -152,18 +136,7 @@ def line_example(task, line: str, index: int, where: str):
 def predicted_rows(predictor, task, tokenizer, args, window_args, examples) -> list:
     """What each example is predicted to be: label and probability, entities with offsets, or the answer."""
     encoded, _ = encode(task, examples, tokenizer, args, window_args, with_labels=False)
-    outputs = run(predictor, task, encoded, args).outputs
-    if task.family == "seq_cls":
-        probabilities = softmax(np.stack(outputs[0]))
-        return [{"text": e.text_a, **({"text_pair": e.text_b} if e.text_b else {}), "label": task.labels[int(p.argmax())],
-                 "probability": float(p.max())} for e, p in zip(examples, probabilities)]
-    if task.family == "token_cls":
-        tags = utils.predicted_word_tags(utils.pad_rows(outputs[0], 0.0), encoded, examples, task.labels)
-        return [{"text": e.text, "entities": utils.entities_from_tags(e.words, t)} for e, t in zip(examples, tags)]
-    _, nbest = utils.postprocess_qa_predictions(examples, encoded, outputs[0], outputs[1], window_args.n_best_size,
-                                                window_args.max_answer_length)
-    return [{"id": e.id, "question": e.question, "answer": (nbest[e.id] or [{"text": ""}])[0]["text"],
-             "probability": (nbest[e.id] or [{"probability": 0.0}])[0]["probability"]} for e in examples]
+    return predictors.prediction_rows(task, examples, encoded, run(predictor, task, encoded, args).outputs, window_args)
 
 
 def predict_raw(predictor, task, tokenizer, args, window_args) -> dict:
@@ -278,56 +251,21 @@ def print_report(report: dict) -> None:
         print("perf: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in report["perf"].items()))
 
 
-DEFAULT_TASK = "tnews"
+def merged(*parts):
+    """One namespace of several argument dataclasses (their field names do not overlap)."""
+    import types
 
-
-def default_model_path(task_name: str, precision: str) -> str:
-    """output/<task>/export, or for int8 the best int8 candidate that compress_*.py chose; a missing one is one
-    line naming the command that makes it."""
-    task = utils.get_task_any_family(task_name) if task_name != utils.CUSTOM_TASK else None
-    folder = arguments.default_output_dir(task_name)
-    family = utils.FAMILIES[task.family] if task else utils.FAMILIES["seq_cls"]
-    if precision == "int8":
-        report_path = os.path.join(folder, "compress", "compress_report.json")
-        if not os.path.isfile(report_path):
-            raise utils.UserError(f"no compressed model in {os.path.dirname(report_path)}: make one with "
-                                  f"`python {family.compress_script} --task_name {task_name}`, or pass --model_path DIR")
-        best = utils.read_json_file(report_path, "--model_path").get("best_int8")
-        if not best:
-            raise utils.UserError(f"{report_path} has no int8 candidate within its --max_metric_drop; compress again "
-                                  "(a larger budget or another strategy) or pass --model_path DIR")
-        return best
-    export_dir = os.path.join(folder, "export")
-    if not os.path.isdir(export_dir):
-        raise utils.UserError(f"no exported model in {export_dir}: make one with `python {family.script} --task_name "
-                              f"{task_name} --do_train --do_eval --do_export`, or pass --model_path DIR")
-    return export_dir
-
-
-def resolve_model_and_task(args):
-    """The model folder (given, or the default products of output/<task>) and its task from task.json."""
-    if args.model_path is None:
-        args.model_path = default_model_path(args.task_name or DEFAULT_TASK, args.precision)
-        utils.logger.info("serving %s", args.model_path)
-    info = model_io.read_task_info(args.model_path)
-    task = utils.get_task_any_family(args.task_name or info.get("task_name"), info)
-    model_io.check_model_task(info, args.model_path, task)
-    serving = info.get("serving") or {}
-    args.backend = args.backend or serving.get("backend") or "paddle"
-    quantized = model_io.is_quantized(model_io.static_model_files(args.model_path)[0])
-    args.precision = args.precision or serving.get("precision") or ("int8" if quantized else "fp32")
-    return task, info
+    return types.SimpleNamespace(**{k: v for part in parts for k, v in vars(part).items()})
 
 
 def main(argv=None):
-    args, window_args = arguments.parse_plain_arguments((InferArguments, arguments.QAWindowArguments), __doc__, argv)
+    deploy_args, args, window_args = arguments.parse_plain_arguments(
+        (predictors.DeployArguments, InferArguments, arguments.QAWindowArguments), __doc__, argv)
+    args = merged(deploy_args, args)
     utils.setup_logging()
     if args.output_file and os.path.exists(args.output_file) and not args.resume:
         raise utils.UserError(f"--output_file {args.output_file} already exists; choose another name or remove it")
-    task, info = resolve_model_and_task(args)
-    args.max_seq_length = args.max_seq_length or info.get("max_seq_length") or task.max_seq_length
-    options = predictors.PredictorOptions(args.backend, args.device, args.use_trt, args.precision, args.num_threads,
-                                          args.enable_onednn, args.batch_size, args.max_seq_length, args.length_bucket)
+    task, options = predictors.resolve_deployment(args)
     predictor = predictors.create_predictor(args.model_path, options)
     tokenizer = model_io.load_tokenizer(args.model_path)
     if args.input_file and task.family != "qa":

@@ -10,15 +10,18 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
 
-from arguments import default_device
-from model_io import EXPORT_INPUT_NAMES, is_quantized, static_model_files
-from utils import UserError, logger
+from arguments import default_device, default_output_dir
+from model_io import EXPORT_INPUT_NAMES, check_model_task, is_quantized, read_task_info, static_model_files
+from utils import (
+    CUSTOM_TASK, FAMILIES, UserError, entities_from_tags, get_task_any_family, logger, pad_rows,
+    postprocess_qa_predictions, predicted_word_tags, read_json_file,
+)
 
 
 @dataclass
@@ -525,3 +528,97 @@ class DygraphPredictor:
         with paddle.no_grad():
             outputs = self.model(**{name: paddle.to_tensor(value) for name, value in batch.items()})
         return [o.numpy() for o in (outputs if isinstance(outputs, (tuple, list)) else [outputs])]
+
+
+# ---- what a prediction looks like (infer.py --text/--input_file, serve.py) ----------------------------------------
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def classification_rows(task, examples, encoded, outputs, window_args) -> List[dict]:
+    probabilities = softmax(np.stack(outputs[0]))
+    return [{"text": e.text_a, **({"text_pair": e.text_b} if e.text_b else {}), "label": task.labels[int(p.argmax())],
+             "probability": float(p.max())} for e, p in zip(examples, probabilities)]
+
+
+def entity_rows(task, examples, encoded, outputs, window_args) -> List[dict]:
+    tags = predicted_word_tags(pad_rows(outputs[0], 0.0), encoded, examples, task.labels)
+    return [{"text": e.text, "entities": entities_from_tags(e.words, t)} for e, t in zip(examples, tags)]
+
+
+def answer_rows(task, examples, encoded, outputs, window_args) -> List[dict]:
+    _, nbest = postprocess_qa_predictions(examples, encoded, outputs[0], outputs[1], window_args.n_best_size,
+                                          window_args.max_answer_length)
+    return [{"id": e.id, "question": e.question, "answer": (nbest[e.id] or [{"text": ""}])[0]["text"],
+             "probability": (nbest[e.id] or [{"probability": 0.0}])[0]["probability"]} for e in examples]
+
+
+PREDICTION_ROWS = {"seq_cls": classification_rows, "token_cls": entity_rows, "qa": answer_rows}
+
+
+def prediction_rows(task, examples, encoded, outputs, window_args) -> List[dict]:
+    """Each example's prediction from the model outputs of its features: label and probability, entities with
+    character offsets, or the answer with its probability."""
+    return PREDICTION_ROWS[task.family](task, examples, encoded, outputs, window_args)
+
+
+# ---- which model to deploy, and how (infer.py, serve.py) ----------------------------------------------------------
+@dataclass
+class DeployArguments:
+    task_name: Optional[str] = field(default=None, metadata={"help": "The task; default: the model's task.json (checked when given). Without --model_path it picks the folder output/<task> (default tnews)."})
+    model_path: Optional[str] = field(default=None, metadata={"help": "An export/ directory from run_*.py --do_export, or a compressed candidate's directory. Default: output/<task>/export, or with --precision int8 the best int8 candidate of output/<task>/compress/compress_report.json."})
+    backend: Optional[str] = field(default=None, metadata={"help": "Default: as the model's task.json says it was measured (compressed candidates), else paddle. " + backends_help()})
+    device: str = field(default=default_device(), metadata={"help": "cpu or gpu."})
+    use_trt: bool = field(default=False, metadata={"help": "TensorRT through Paddle Inference (--device gpu)."})
+    precision: Optional[str] = field(default=None, metadata={"help": "fp32, fp16 (GPU), bf16 (Paddle on a CPU with native bfloat16) or int8 (an int8 model from compress_*.py on oneDNN or TensorRT, or onnxruntime's dynamic quantization). Default: as the model's task.json says it was measured, else fp32."})
+    batch_size: int = field(default=32, metadata={"help": "Sequences per batch."})
+    max_seq_length: Optional[int] = field(default=None, metadata={"help": "Tokens per sequence; default: the model's task.json."})
+    num_threads: int = field(default=os.cpu_count() or 1, metadata={"help": "CPU threads."})
+    enable_onednn: bool = field(default=True, metadata={"help": "oneDNN kernels on the paddle CPU backend."})
+    length_bucket: Optional[int] = field(default=None, metadata={"help": "Paddle on the CPU: pad each batch to a multiple of this many tokens, so that oneDNN meets few shapes (1: to the batch's longest only). Default: 8 for float models, 16 for int8 ones."})
+
+
+DEFAULT_TASK = "tnews"
+
+
+def default_model_path(task_name: str, precision: str) -> str:
+    """output/<task>/export, or for int8 the best int8 candidate that compress_*.py chose; a missing one is one
+    line naming the command that makes it."""
+    task = get_task_any_family(task_name) if task_name != CUSTOM_TASK else None
+    folder = default_output_dir(task_name)
+    family = FAMILIES[task.family] if task else FAMILIES["seq_cls"]
+    if precision == "int8":
+        report_path = os.path.join(folder, "compress", "compress_report.json")
+        if not os.path.isfile(report_path):
+            raise UserError(f"no compressed model in {os.path.dirname(report_path)}: make one with "
+                                  f"`python {family.compress_script} --task_name {task_name}`, or pass --model_path DIR")
+        best = read_json_file(report_path, "--model_path").get("best_int8")
+        if not best:
+            raise UserError(f"{report_path} has no int8 candidate within its --max_metric_drop; compress again "
+                                  "(a larger budget or another strategy) or pass --model_path DIR")
+        return best
+    export_dir = os.path.join(folder, "export")
+    if not os.path.isdir(export_dir):
+        raise UserError(f"no exported model in {export_dir}: make one with `python {family.script} --task_name "
+                              f"{task_name} --do_train --do_eval --do_export`, or pass --model_path DIR")
+    return export_dir
+
+
+def resolve_deployment(args):
+    """(task, PredictorOptions) of DeployArguments: the model folder (given, or the default products of
+    output/<task>), its task from task.json (a given --task_name is checked against it), and the backend, precision
+    and sequence length it is served with (task.json's measured way unless given)."""
+    if args.model_path is None:
+        args.model_path = default_model_path(args.task_name or DEFAULT_TASK, args.precision)
+        logger.info("serving %s", args.model_path)
+    info = read_task_info(args.model_path)
+    task = get_task_any_family(args.task_name or info.get("task_name"), info)
+    check_model_task(info, args.model_path, task)
+    serving = info.get("serving") or {}
+    args.backend = args.backend or serving.get("backend") or "paddle"
+    quantized = is_quantized(static_model_files(args.model_path)[0])
+    args.precision = args.precision or serving.get("precision") or ("int8" if quantized else "fp32")
+    args.max_seq_length = args.max_seq_length or info.get("max_seq_length") or task.max_seq_length
+    return task, PredictorOptions(args.backend, args.device, args.use_trt, args.precision, args.num_threads,
+                                  args.enable_onednn, args.batch_size, args.max_seq_length, args.length_bucket)

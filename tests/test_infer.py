@@ -166,7 +166,7 @@ def bad_infer_cases(tmp_path, runs):
         "model of another task": (["--task_name", "ocnli", "--model_path", model], r"exported for task 'tnews', not 'ocnli'"),
         "tensorrt on a cpu build": (["--model_path", model, "--device", "gpu", "--use_trt"], r"--device gpu needs paddlepaddle-gpu"),
         "tensorrt without gpu": (["--model_path", model, "--use_trt"], r"--use_trt runs TensorRT through Paddle Inference"),
-        "fp16 on cpu": (["--model_path", model, "--precision", "fp16"], r"--precision fp16 runs through TensorRT"),
+        "fp16 on cpu": (["--model_path", model, "--precision", "fp16"], r"--precision fp16 runs on GPUs \(mixed precision, or TensorRT with --use_trt\)"),
         "int8 of a float model on paddle": (["--model_path", model, "--precision", "int8"], r"is a float model: int8 on the Paddle backend"),
         "bf16 on onnxruntime": (["--model_path", model, "--backend", "onnxruntime", "--precision", "bf16"],
                                 r"--precision bf16 runs oneDNN's bfloat16 kernels: it needs --backend paddle"),
