@@ -138,6 +138,13 @@ class TaskSpec:
         return self.family != "seq_cls"
 
     @property
+    def takes_pairs(self) -> Optional[bool]:
+        """Whether a raw input is two texts (AFQMC, CMNLI, OCNLI, CSL), one, or either (a custom task)."""
+        if self.name == CUSTOM_TASK:
+            return None
+        return self.read_texts in (sentence_pair, csl_keywords_and_abstract)
+
+    @property
     def metric_names(self) -> Tuple[str, ...]:
         return FAMILIES[self.family].metric_names
 

@@ -1,0 +1,343 @@
+"""HTTP serving for serve.py: PaddleNLP SimpleServer's request body parsed and checked, a batcher that runs the
+concurrent requests' texts through one predictor together (cross-request dynamic batching), the metrics, and the
+FastAPI app with its try-it page.
+
+One predictor per batcher thread (Paddle predictors are not thread-safe); several processes with serve.py --workers.
+Imports predictors.py, model_io.py and utils.py.
+"""
+import asyncio
+import collections
+import concurrent.futures
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import numpy as np
+
+from model_io import load_tokenizer
+from predictors import create_predictor, prediction_rows, run_predictor, warm_up_buckets
+from utils import QAExample, TextExample, TokenExample, UserError, encode_examples, logger
+
+
+@dataclass
+class ServingLimits:
+    max_batch_size: int = 32  # sequences run together
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
+    max_queue: int = 1024  # sequences waiting; beyond it requests get 503
+    max_texts_per_request: int = 64
+    max_text_chars: int = 2000
+
+
+class RequestError(Exception):
+    """A request the server refuses: its HTTP status and one message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+# ---- the request body ----------------------------------------------------------------------------------------------
+def read_body(raw: bytes) -> dict:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise RequestError(400, f"the body is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise RequestError(400, f"the body is not JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+    if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
+        raise RequestError(422, 'expected {"data": {...}, "parameters": {...}} (PaddleNLP SimpleServer\'s body)')
+    return body
+
+
+def string_list(data: dict, name: str, limits: ServingLimits) -> List[str]:
+    values = data.get(name)
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, list) or not values:
+        raise RequestError(422, f"data.{name} must be a non-empty list of strings")
+    if len(values) > limits.max_texts_per_request:
+        raise RequestError(413, f"data.{name} has {len(values)} texts; at most {limits.max_texts_per_request} a request")
+    for index, value in enumerate(values):
+        if not isinstance(value, str):
+            raise RequestError(422, f"data.{name}[{index}] must be a string, got {type(value).__name__}")
+        if not value.strip():
+            raise RequestError(422, f"data.{name}[{index}] is empty")
+        if len(value) > limits.max_text_chars:
+            raise RequestError(413, f"data.{name}[{index}] has {len(value)} characters; at most {limits.max_text_chars}")
+    return values
+
+
+PAIR_TASKS_FIELD = "text_pair"
+
+
+def request_examples(task, body: dict, limits: ServingLimits, pair_task: Optional[bool]) -> list:
+    """The examples a request asks about: data.text (and data.text_pair for pair tasks), or for QA data.context
+    and data.question lists of the same length."""
+    data = body["data"]
+    parameters = body.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise RequestError(422, "parameters must be an object")
+    if task.family == "qa":
+        contexts, questions = string_list(data, "context", limits), string_list(data, "question", limits)
+        if len(contexts) != len(questions):
+            raise RequestError(422, f"data.context has {len(contexts)} texts but data.question {len(questions)}")
+        return [QAExample(str(i), q, c, [], None, None, f"request {i}") for i, (c, q) in enumerate(zip(contexts, questions))]
+    texts = string_list(data, "text", limits)
+    if task.family == "token_cls":
+        return [TokenExample(i, list(text), None, f"request {i}") for i, text in enumerate(texts)]
+    if pair_task and PAIR_TASKS_FIELD not in data:
+        raise RequestError(422, f"task {task.name} compares two texts: give data.text_pair, one per data.text")
+    if pair_task is False and PAIR_TASKS_FIELD in data:
+        raise RequestError(422, f"task {task.name} takes single texts: data.text_pair is not used")
+    pairs = [None] * len(texts)
+    if PAIR_TASKS_FIELD in data:
+        pairs = string_list(data, PAIR_TASKS_FIELD, limits)
+        if len(pairs) != len(texts):
+            raise RequestError(422, f"data.text has {len(texts)} texts but data.text_pair {len(pairs)}")
+    return [TextExample(i, text, pair, None, f"request {i}") for i, (text, pair) in enumerate(zip(texts, pairs))]
+
+
+# ---- batching across requests --------------------------------------------------------------------------------------
+class Overloaded(Exception):
+    """The queue is full: the client should retry later (503 with Retry-After)."""
+
+
+@dataclass
+class Pending:
+    examples: list
+    future: concurrent.futures.Future
+    queued_at: float
+
+
+class Batcher:
+    """Runs the queued requests' examples together on one predictor in its own thread: up to max_batch_size
+    sequences, or what arrived within max_wait_ms of the first; features sorted by length and padded per batch (the
+    infer.py path); each request gets its own rows back, in order."""
+
+    def __init__(self, make_predictor: Callable, model_path: str, task, window_args, max_seq_length: int,
+                 limits: ServingLimits):
+        self.make_predictor, self.model_path, self.task = make_predictor, model_path, task
+        self.window_args, self.max_seq_length, self.limits = window_args, max_seq_length, limits
+        self.queue = collections.deque()
+        self.queued_sequences = 0
+        self.lock = threading.Condition()
+        self.ready = threading.Event()
+        self.closing = False
+        self.failed: Optional[str] = None
+        self.stats = {"requests": 0, "errors": 0, "rejected_overload": 0, "batches": 0, "sequences": 0,
+                      "batch_sizes": collections.Counter(), "latency_ms": collections.deque(maxlen=2000)}
+        self.thread = threading.Thread(target=self.loop, name="batcher", daemon=True)
+
+    def start(self) -> "Batcher":
+        self.thread.start()
+        return self
+
+    def submit(self, examples: list) -> concurrent.futures.Future:
+        future = concurrent.futures.Future()
+        with self.lock:
+            if self.closing:
+                raise Overloaded("the server is shutting down")
+            if self.queued_sequences + len(examples) > self.limits.max_queue:
+                self.stats["rejected_overload"] += 1
+                raise Overloaded(f"{self.queued_sequences} sequences are waiting (at most {self.limits.max_queue})")
+            self.queue.append(Pending(examples, future, time.perf_counter()))
+            self.queued_sequences += len(examples)
+            self.stats["requests"] += 1
+            self.lock.notify()
+        return future
+
+    def close(self) -> None:
+        """Stop taking requests, finish the queued ones, stop the thread."""
+        with self.lock:
+            self.closing = True
+            self.lock.notify()
+        self.thread.join()
+
+    def next_batch(self) -> List[Pending]:
+        with self.lock:
+            while not self.queue and not self.closing:
+                self.lock.wait()
+            if not self.queue:
+                return []
+            deadline = self.queue[0].queued_at + self.limits.max_wait_ms / 1000.0
+            while self.queued_sequences < self.limits.max_batch_size and not self.closing:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                self.lock.wait(left)
+            batch, size = [], 0
+            while self.queue and (not batch or size + len(self.queue[0].examples) <= self.limits.max_batch_size):
+                pending = self.queue.popleft()
+                batch.append(pending)
+                size += len(pending.examples)
+                self.queued_sequences -= len(pending.examples)
+            return batch
+
+    def loop(self) -> None:
+        try:
+            predictor = self.make_predictor()
+            self.tokenizer = load_tokenizer(self.model_path)
+            warm_up_buckets(predictor, self.limits.max_batch_size, self.max_seq_length)
+        except Exception as error:  # the server reports it on /health instead of dying silently
+            self.failed = f"{type(error).__name__}: {error}"
+            logger.error("the predictor could not start: %s", self.failed)
+            return
+        self.ready.set()
+        while True:
+            batch = self.next_batch()
+            if not batch:
+                return
+            self.run_batch(predictor, batch)
+
+    def run_batch(self, predictor, batch: List[Pending]) -> None:
+        """Encode each request, run all of their features as one set of length-sorted batches, split the outputs
+        back by request and format each request's rows."""
+        try:
+            encoded = [encode_examples(self.task, "request", p.examples, self.tokenizer, self.max_seq_length, True,
+                                       self.window_args, with_labels=False) for p in batch]
+            features = [feature for one in encoded for feature in one.dataset]
+            result = run_predictor(predictor, features, self.limits.max_batch_size, per_token=self.task.per_token_outputs)
+            start = 0
+            for pending, one in zip(batch, encoded):
+                count = len(one.dataset)
+                outputs = [output[start: start + count] for output in result.outputs]
+                start += count
+                pending.future.set_result(prediction_rows(self.task, pending.examples, one, outputs, self.window_args))
+            self.record(batch, len(features))
+        except Exception as error:
+            logger.exception("a batch failed")
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+
+    def record(self, batch: List[Pending], sequences: int) -> None:
+        now = time.perf_counter()
+        with self.lock:
+            self.stats["batches"] += 1
+            self.stats["sequences"] += sequences
+            self.stats["batch_sizes"][sequences] += 1
+            self.stats["latency_ms"].extend(1000.0 * (now - p.queued_at) for p in batch)
+
+    def metrics(self) -> dict:
+        with self.lock:
+            latencies = np.array(self.stats["latency_ms"]) if self.stats["latency_ms"] else np.zeros(1)
+            sizes = self.stats["batch_sizes"]
+            return {
+                "ready": self.ready.is_set(), "requests": self.stats["requests"], "errors": self.stats["errors"],
+                "rejected_overload": self.stats["rejected_overload"], "batches": self.stats["batches"],
+                "sequences": self.stats["sequences"], "queue_depth_sequences": self.queued_sequences,
+                "queue_depth_requests": len(self.queue),
+                "batch_sizes": {str(size): count for size, count in sorted(sizes.items())},
+                "max_batch_size_seen": max(sizes) if sizes else 0,
+                "latency_ms_p50": float(np.percentile(latencies, 50)), "latency_ms_p99": float(np.percentile(latencies, 99)),
+            }
+
+
+def start_batcher(model_path: str, options, task, window_args, limits: ServingLimits) -> Batcher:
+    return Batcher(lambda: create_predictor(model_path, options), model_path, task, window_args, options.max_seq_length,
+                   limits).start()
+
+
+# ---- the app -------------------------------------------------------------------------------------------------------
+def create_app(batcher: Batcher, task, pair_task: bool, limits: ServingLimits):
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.exceptions import HTTPException
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        await asyncio.get_running_loop().run_in_executor(None, batcher.close)  # SIGTERM: drain, then exit
+
+    app = FastAPI(title=f"ERNIE 3.0 {task.name} server", lifespan=lifespan,
+                  description=f"POST /{task.name} with PaddleNLP SimpleServer's body; GET /health, /metrics, /.")
+
+    def error(status: int, message: str, headers: Optional[dict] = None):
+        batcher.stats["errors"] += 1
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc):
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, exc):
+        return error(422, "the request does not match this endpoint")
+
+    @app.get("/health")
+    async def health():
+        if batcher.failed:
+            return error(500, f"the model could not be loaded: {batcher.failed}")
+        if not batcher.ready.is_set():
+            return JSONResponse({"status": "warming up"}, status_code=503, headers={"Retry-After": "1"})
+        return {"status": "ready", "task": task.name}
+
+    @app.get("/metrics")
+    async def metrics():
+        return batcher.metrics()
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return try_it_page(task, pair_task)
+
+    @app.post("/{task_name}")
+    async def predict(task_name: str, request: Request):
+        if task_name != task.name:
+            return error(404, f"this server serves {task.name}: POST /{task.name}")
+        try:
+            examples = request_examples(task, read_body(await request.body()), limits, pair_task)
+            future = batcher.submit(examples)
+        except RequestError as refused:
+            return error(refused.status, str(refused))
+        except Overloaded as overloaded:
+            return error(503, f"overloaded: {overloaded}; retry", headers={"Retry-After": "1"})
+        try:
+            return {"result": await asyncio.wrap_future(future)}
+        except UserError as refused:  # e.g. a text longer than the model takes, with truncation off
+            return error(422, str(refused))
+        except Exception as failure:
+            logger.exception("prediction failed")
+            return error(500, f"prediction failed: {type(failure).__name__}")
+
+    return app
+
+
+def try_it_page(task, pair_task: bool) -> str:
+    """A small form: type a sentence (or a context and a question), see the label, entities or answer."""
+    qa = task.family == "qa"
+    fields = (['<textarea id="context" rows="6" placeholder="context"></textarea>',
+               '<input id="question" placeholder="question">'] if qa else
+              ['<input id="text" placeholder="sentence">'] + (['<input id="text_pair" placeholder="second sentence">']
+                                                                if pair_task else []))
+    names = ["context", "question"] if qa else ["text"] + (["text_pair"] if pair_task else [])
+    return f"""<!doctype html>
+<html lang="zh"><head><meta charset="utf-8"><title>{task.name}</title>
+<style>body{{font-family:sans-serif;max-width:40em;margin:2em auto}} input,textarea{{width:100%;margin:.3em 0;font-size:1.1em}}
+pre{{background:#f4f4f4;padding:1em;white-space:pre-wrap}} button{{font-size:1.1em}}</style></head>
+<body><h1>{task.name}</h1>
+{''.join(fields)}
+<button id="send" onclick="send()">Predict</button>
+<pre id="result">—</pre>
+<script>
+async function send() {{
+  const data = {{}};
+  for (const name of {json.dumps(names)}) data[name] = [document.getElementById(name).value];
+  const response = await fetch("/{task.name}", {{method: "POST", headers: {{"Content-Type": "application/json"}},
+                                               body: JSON.stringify({{data: data}})}});
+  const body = await response.json();
+  document.getElementById("result").textContent = JSON.stringify(body.result ? body.result[0] : body, null, 2);
+}}
+// a link can carry the input (/?text=...): the page fills the form and sends it
+const given = new URLSearchParams(location.search);
+if ({json.dumps(names)}.every(name => given.has(name))) {{
+  for (const name of {json.dumps(names)}) document.getElementById(name).value = given.get(name);
+  send();
+}}
+</script></body></html>"""

@@ -1,0 +1,218 @@
+"""serve.py as a real server on 127.0.0.1 (ephemeral ports, loopback only, every loop bounded): results equal
+infer.py's, concurrent single-sentence requests batched together, every bad request a 4xx JSON message, overload a
+503 with Retry-After, SIGTERM drains the queue and exits 0."""
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+import infer
+import serving
+import utils
+from conftest import qa_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SENTENCES = ["以色列大规模空袭开始", "出栏一头猪亏损300元", "洛杉矶市市长理查德·赖尔登为江主席举行了隆重的欢送仪式。",
+             "我们在北京见面", "华为发布新款手机"]
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model_dir, *extra):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), "--model_path", model_dir, "--port",
+                                         str(self.port), "--num_threads", "1", *extra],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def wait_ready(self, timeout=120):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve.py exited: {self.process.stderr.read()[-2000:]}")
+            try:
+                if request(self, "GET", "/health")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("serve.py was not ready in time")
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=60)
+
+
+def request(server, method, path, body=None, raw=None, timeout=60):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(server.url + path, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null"), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null"), dict(error.headers)
+
+
+@pytest.fixture(scope="module")
+def servers(tnews_run, ner_run, qa_run):
+    started = {"tnews": Server(os.path.join(tnews_run, "export")), "msra_ner": Server(os.path.join(ner_run, "export")),
+               "cmrc2018": Server(os.path.join(qa_run, "export"), "--max_seq_length", "128", "--doc_stride", "64")}
+    try:
+        yield {name: server.wait_ready() for name, server in started.items()}
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+def infer_rows(model_dir, *args):
+    return infer.main(["--model_path", model_dir, "--num_threads", "1", *args])["predictions"]
+
+
+def test_classification_results_equal_infer_py(servers, tnews_run):
+    status, body, _ = request(servers["tnews"], "POST", "/tnews", {"data": {"text": SENTENCES}, "parameters": {}})
+    expected = infer_rows(os.path.join(tnews_run, "export"), *sum((["--text", s] for s in SENTENCES), []))
+    assert status == 200 and [r["label"] for r in body["result"]] == [r["label"] for r in expected]
+    assert [r["probability"] for r in body["result"]] == pytest.approx([r["probability"] for r in expected], abs=1e-5)
+
+
+def test_entities_equal_infer_py(servers, ner_run):
+    status, body, _ = request(servers["msra_ner"], "POST", "/msra_ner", {"data": {"text": SENTENCES[2:4]}})
+    assert status == 200
+    assert body["result"] == infer_rows(os.path.join(ner_run, "export"), "--text", SENTENCES[2], "--text", SENTENCES[3])
+
+
+def test_answers_equal_infer_py(servers, qa_run):
+    context = json.load(open(qa_file("dev.json"), encoding="utf-8"))["data"][0]["paragraphs"][0]["context"]
+    status, body, _ = request(servers["cmrc2018"], "POST", "/cmrc2018", {"data": {"context": [context], "question": ["谁？"]}})
+    expected = infer_rows(os.path.join(qa_run, "export"), "--text", context, "--question", "谁？", "--max_seq_length", "128",
+                          "--doc_stride", "64")
+    assert status == 200 and body["result"][0]["answer"] == expected[0]["answer"]
+    assert body["result"][0]["probability"] == pytest.approx(expected[0]["probability"], abs=1e-5)
+
+
+def test_200_concurrent_single_sentence_requests_are_answered_correctly_and_batched(servers, tnews_run):
+    server = servers["tnews"]
+    expected = {row["text"]: row["label"] for row in
+                infer_rows(os.path.join(tnews_run, "export"), *sum((["--text", s] for s in SENTENCES), []))}
+    before = request(server, "GET", "/metrics")[1]
+    texts = [SENTENCES[i % len(SENTENCES)] for i in range(200)]
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(lambda text: request(server, "POST", "/tnews", {"data": {"text": [text]}}), texts))
+    assert all(status == 200 for status, _, _ in answers)
+    assert [body["result"][0]["text"] for _, body, _ in answers] == texts
+    assert all(body["result"][0]["label"] == expected[text] for (_, body, _), text in zip(answers, texts))
+    after = request(server, "GET", "/metrics")[1]
+    assert after["requests"] - before["requests"] == 200
+    assert after["max_batch_size_seen"] > 1 and after["batches"] - before["batches"] < 200  # requests shared batches
+
+
+def bad_requests():
+    long_text = "长" * 2001
+    return {
+        "not json": (None, b"{not json", 400, "the body is not JSON"),
+        "not utf-8": (None, "体育新闻".encode("gbk"), 400, "the body is not UTF-8 text"),
+        "no data": ({"parameters": {}}, None, 422, "expected {\"data\""),
+        "text not a list of strings": ({"data": {"text": [1, 2]}}, None, 422, "data.text[0] must be a string"),
+        "missing text": ({"data": {"sentence": ["x"]}}, None, 422, "data.text must be a non-empty list of strings"),
+        "empty text": ({"data": {"text": [" "]}}, None, 422, "data.text[0] is empty"),
+        "pair on a single-text task": ({"data": {"text": ["a"], "text_pair": ["b"]}}, None, 422, "takes single texts"),
+        "parameters not an object": ({"data": {"text": ["a"]}, "parameters": []}, None, 422, "parameters must be an object"),
+        "too many texts": ({"data": {"text": ["a"] * 65}}, None, 413, "at most 64 a request"),
+        "too long a text": ({"data": {"text": [long_text]}}, None, 413, "has 2001 characters; at most 2000"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(bad_requests()))
+def test_bad_requests_get_one_json_message_and_the_server_keeps_serving(servers, case):
+    body, raw, status, message = bad_requests()[case]
+    got, answer, _ = request(servers["tnews"], "POST", "/tnews", body, raw)
+    assert got == status and set(answer) == {"error"} and message in answer["error"], answer
+    assert request(servers["tnews"], "GET", "/health")[0] == 200
+
+
+def test_unknown_paths_and_methods_are_json_4xx(servers):
+    status, body, _ = request(servers["tnews"], "POST", "/afqmc", {"data": {"text": ["a"]}})
+    assert status == 404 and body == {"error": "this server serves tnews: POST /tnews"}
+    status, body, _ = request(servers["tnews"], "GET", "/tnews")
+    assert status == 405 and set(body) == {"error"}
+    status, body, _ = request(servers["tnews"], "GET", "/nothing/here")
+    assert status == 404 and set(body) == {"error"}
+
+
+def test_the_try_it_page_and_the_openapi_docs(servers):
+    with urllib.request.urlopen(servers["tnews"].url + "/", timeout=30) as response:
+        page = response.read().decode()
+    assert '<input id="text"' in page and 'fetch("/tnews"' in page and "text_pair" not in page
+    with urllib.request.urlopen(servers["tnews"].url + "/openapi.json", timeout=30) as response:
+        assert "/{task_name}" in json.loads(response.read())["paths"]
+
+
+def test_pair_tasks_need_text_pair():
+    task = utils.SEQ_CLS_TASKS["afqmc"]
+    limits = serving.ServingLimits()
+    with pytest.raises(serving.RequestError, match="compares two texts: give data.text_pair"):
+        serving.request_examples(task, {"data": {"text": ["a"]}}, limits, task.takes_pairs)
+    examples = serving.request_examples(task, {"data": {"text": ["a"], "text_pair": ["b"]}}, limits, task.takes_pairs)
+    assert (examples[0].text_a, examples[0].text_b) == ("a", "b")
+
+
+def test_overload_gives_503_with_retry_after(tnews_run):
+    server = Server(os.path.join(tnews_run, "export"), "--max_queue", "1", "--max_wait_ms", "1500").wait_ready()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(request, server, "POST", "/tnews", {"data": {"text": ["a"]}})
+            time.sleep(0.4)  # the first request waits 1.5 s for company, filling the queue
+            second = request(server, "POST", "/tnews", {"data": {"text": ["b"]}})
+            assert first.result()[0] == 200
+        assert second[0] == 503 and second[2].get("retry-after", second[2].get("Retry-After")) == "1"
+        assert "overloaded" in second[1]["error"]
+    finally:
+        server.stop()
+
+
+def test_sigterm_drains_the_queue_and_exits_0(tnews_run):
+    server = Server(os.path.join(tnews_run, "export"), "--max_wait_ms", "1500").wait_ready()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(request, server, "POST", "/tnews", {"data": {"text": ["以色列大规模空袭开始"]}})
+        time.sleep(0.4)
+        server.process.send_signal(signal.SIGTERM)
+        status, body, _ = pending.result()
+    assert status == 200 and body["result"][0]["text"] == "以色列大规模空袭开始"
+    assert server.process.wait(timeout=60) == 0
+
+
+def test_the_page_works_in_a_headless_browser(servers, tmp_path):
+    """The page in headless Chromium (Debian's chromium package; .ci/run installs it where it can): its form renders,
+    and opened with ?text=... it sends the sentence itself and shows the label the server answered."""
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium on this machine (apt-get install chromium): the page's browser check did not run")
+    server = servers["tnews"]
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=8000",
+                          "--run-all-compositor-stages-before-draw", "--dump-dom",
+                          f"{server.url}/"], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0 and '<button id="send"' in dom.stdout, dom.stderr[-2000:]
+    shot = tmp_path / "page.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}", "--window-size=800,600",
+                    "--virtual-time-budget=8000", f"{server.url}/?text=以色列大规模空袭开始"], capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 5000  # a rendered page, not an empty image
+    rendered = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=8000",
+                               "--dump-dom", f"{server.url}/?text=以色列大规模空袭开始"], capture_output=True, text=True,
+                              timeout=120).stdout
+    assert '"label": "' in rendered  # the page sent the sentence and printed the server's label
