@@ -7,8 +7,8 @@ import re
 import utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONCERN_MODULES = ("arguments", "model_io", "trainer_suite", "predictors", "compression")
-SCRIPTS = ("run_seq_cls", "run_token_cls", "run_qa", "compress_seq_cls", "compress_token_cls", "compress_qa", "infer")
+CONCERN_MODULES = ("arguments", "model_io", "trainer_suite", "predictors", "compression", "serving")
+SCRIPTS = ("run_seq_cls", "run_token_cls", "run_qa", "compress_seq_cls", "compress_token_cls", "compress_qa", "infer", "serve")
 # what each concern module may import, as its opening docstring says
 ALLOWED_IMPORTS = {
     "utils": set(),
@@ -17,6 +17,7 @@ ALLOWED_IMPORTS = {
     "trainer_suite": {"arguments", "model_io", "utils"},
     "predictors": {"arguments", "model_io", "utils"},
     "compression": {"arguments", "model_io", "predictors", "utils"},
+    "serving": {"model_io", "predictors", "utils"},
 }
 
 
