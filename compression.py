@@ -552,24 +552,32 @@ NNCF_RANGE_ESTIMATORS = {"hist": "HISTOGRAM", "abs_max": "MINMAX", "avg": "MEAN_
 
 
 def nncf_int8(run: "CompressionRun", folder: str) -> dict:
-    """model.ov_int8.xml: NNCF's post-training quantization of the folder's ONNX conversion for OpenVINO, calibrated
-    on max(--batch_size_list) x max(--batch_num_list) training examples, with the first --algo_list range estimator
-    NNCF has (NNCF_RANGE_ESTIMATORS)."""
+    """model.ov_int8.xml for the folder's float model, calibrated on max(--batch_size_list) x max(--batch_num_list)
+    training examples with the first --algo_list range estimator NNCF has (NNCF_RANGE_ESTIMATORS)."""
+    subset = run.calibration[: max(run.args.batch_size_list) * max(run.args.batch_num_list)]
+    algo = next((a for a in run.args.algo_list if a in NNCF_RANGE_ESTIMATORS), None)
+    nncf_quantize(folder, subset, algo)
+    return {"algo": f"nncf {NNCF_RANGE_ESTIMATORS[algo].lower() if algo else 'default'}", "calibration_examples": len(subset)}
+
+
+def nncf_quantize(folder: str, calibration: Sequence[dict], algo: Optional[str]) -> str:
+    """NNCF's post-training quantization of the folder's ONNX conversion for OpenVINO (one example a calibration
+    sample), saved beside it as model.ov_int8.xml."""
     import nncf
     import openvino
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    subset = run.calibration[: max(run.args.batch_size_list) * max(run.args.batch_num_list)]
-    algo = next((a for a in run.args.algo_list if a in NNCF_RANGE_ESTIMATORS), None)
     advanced = AdvancedQuantizationParameters(
         activations_range_estimator_params=getattr(RangeEstimatorParametersSet, NNCF_RANGE_ESTIMATORS[algo])) if algo else None
-    dataset = nncf.Dataset(subset, lambda feature: {name: np.array([feature[name]], dtype="int64") for name in EXPORT_INPUT_NAMES})
+    dataset = nncf.Dataset(list(calibration),
+                           lambda feature: {name: np.array([feature[name]], dtype="int64") for name in EXPORT_INPUT_NAMES})
     model = openvino.Core().read_model(onnx_conversion(folder))
-    quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(subset),
+    quantized = nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration),
                               advanced_parameters=advanced)
-    openvino.save_model(quantized, os.path.join(folder, OpenVinoPredictor.INT8_FILE))
-    return {"algo": f"nncf {NNCF_RANGE_ESTIMATORS[algo].lower() if algo else 'default'}", "calibration_examples": len(subset)}
+    target = os.path.join(folder, OpenVinoPredictor.INT8_FILE)
+    openvino.save_model(quantized, target)
+    return target
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@
 
 For an ERNIE 3.0 shape (random weights: speed does not depend on them) it writes:
 - fixed shape, batch 32 x 128 tokens: Paddle fp32 (oneDNN), Paddle int8 (a PTQ model on oneDNN's int8 kernels),
-  the 3/4-width pruned model in fp32 and int8, bf16 where the CPU has it natively, ONNX Runtime fp32 and int8;
+  the 3/4-width pruned model in fp32 and int8, bf16 where the CPU has it natively (Paddle and OpenVINO), ONNX
+  Runtime fp32 and int8, OpenVINO fp32 and int8 (NNCF);
 - real TNEWS sentences end to end (tokenization included, batch 32, infer.py's path: length-sorted batches padded
   to length buckets, every bucket warmed first): the same backends;
 - the compressed "best": compress_seq_cls.py (dynabert+ptq, a few distillation steps) on that model, its best
@@ -63,9 +64,15 @@ def deployments(workdir: str, name: str, calibration) -> dict:
         "onnxruntime int8": (float_dir, "onnxruntime", "int8"),
         "pruned 3/4 onnxruntime int8": (pruned_dir, "onnxruntime", "int8"),
     }
+    openvino_int8_dir = os.path.join(workdir, "openvino_int8")
+    compression.link_model_folder(float_dir, openvino_int8_dir)
+    compression.nncf_quantize(openvino_int8_dir, calibration, "hist")
+    rows["openvino fp32"] = (float_dir, "openvino", "fp32")
+    rows["openvino int8 (NNCF)"] = (openvino_int8_dir, "openvino", "int8")
     if predictors.native_bfloat16():
         rows["paddle bf16"] = (float_dir, "paddle", "bf16")
         rows["pruned 3/4 paddle bf16"] = (pruned_dir, "paddle", "bf16")
+        rows["openvino bf16"] = (float_dir, "openvino", "bf16")
     return rows
 
 

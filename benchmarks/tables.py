@@ -99,21 +99,57 @@ def compress_tables(results: dict) -> list:
             f"{results['model']['hidden_size']}); fine-tuned: {tuned}; {machine_line(results)}:", ""] + markdown_table(header, lines)
 
 
+def compress_summary(results: dict) -> list:
+    """bench_compress in a few lines: per task and strategy, the parent, the chosen candidate, and the int8 drops."""
+    header = ["task", "strategy", "parent", "best (served as)", "its drop", "× parent speed", "int8 drops (min–max)"]
+    lines = []
+    for task, entry in results["results"].items():
+        for run in entry["strategies"]:
+            best = next((c for c in run["candidates"] if c["relative_path"] == run["best"]), None)
+            drops = [c["drop_points"] for c in run["candidates"] if c["precision"] == "int8"]
+            lines.append([task, run["strategy"], f"{run['parent']['metric_points']:.2f}",
+                          f"{best['relative_path']} ({best['backend']} {best['precision']})" if best else "none",
+                          f"{best['drop_points']:.2f}" if best else "",
+                          f"{best['sequences_per_second'] / run['parent']['sequences_per_second']:.2f}×" if best else "",
+                          f"{min(drops):.2f} – {max(drops):.2f}" if drops else ""])
+    return [f"Small ERNIE trained from scratch on real rows; points of accuracy (TNEWS) and entity F1 (MSRA_NER); "
+            f"{machine_line(results)}:", ""] + markdown_table(header, lines)
+
+
+def serve_tables(results: dict) -> list:
+    """bench_serve: the server at each concurrency against infer.py offline, same sentences, same run."""
+    offline = results["offline"]
+    header = ["path", "seq/s", "latency p50 (ms)", "latency p99 (ms)"]
+    lines = [["infer.py offline, batch 32", f"{offline['batch_32_sequences_per_second']:.0f}", "", ""],
+             ["infer.py offline, batch 1", "", f"{offline['batch_1_latency_ms_p50']:.1f}", ""]]
+    lines += [[f"serve.py, concurrency {row['concurrency']}", f"{row['sequences_per_second']:.0f}",
+               f"{row['latency_ms_p50']:.1f}", f"{row['latency_ms_p99']:.1f}"] for row in results["server"]]
+    return [f"ERNIE 3.0-{results['model'].capitalize()} shape, {results['sentences']} real TNEWS sentences, one a request; "
+            f"{machine_line(results)}:", ""] + markdown_table(header, lines)
+
+
 def tables(results: dict) -> list:
     if "rows" in results:
         return deploy_tables(results)
     if "results" in results:
         return compress_tables(results)
+    if "server" in results:
+        return serve_tables(results)
     return infer_tables(results)
+
+
+HEADLINES = (("deploy.json", "Speed of the deployment paths", deploy_tables),
+             ("compress.json", "Accuracy cost of compression", compress_summary),
+             ("serve.json", "Serving", serve_tables))
 
 
 def headline() -> list:
     """The README's headline numbers, from the committed results files."""
     lines = []
-    for name, title in (("deploy.json", "Speed of the deployment paths"), ("compress.json", "Accuracy cost of compression")):
+    for name, title, render in HEADLINES:
         path = os.path.join(RESULTS, name)
         if os.path.isfile(path):
-            lines += [f"{title} (`benchmarks/results/{name}`):", ""] + tables(utils.read_json_file(path, "results")) + [""]
+            lines += [f"{title} (`benchmarks/results/{name}`):", ""] + render(utils.read_json_file(path, "results")) + [""]
     return lines
 
 
