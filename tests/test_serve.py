@@ -216,3 +216,20 @@ def test_the_page_works_in_a_headless_browser(servers, tmp_path):
                                "--dump-dom", f"{server.url}/?text=以色列大规模空袭开始"], capture_output=True, text=True,
                               timeout=120).stdout
     assert '"label": "' in rendered  # the page sent the sentence and printed the server's label
+
+
+def test_several_worker_processes_serve_the_same_results(tnews_run):
+    server = Server(os.path.join(tnews_run, "export"), "--workers", "2").wait_ready(timeout=180)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda text: request(server, "POST", "/tnews", {"data": {"text": [text]}}),
+                                    SENTENCES * 4))
+        assert all(status == 200 for status, _, _ in answers)
+        assert [body["result"][0]["text"] for _, body, _ in answers] == SENTENCES * 4
+        labels = {}
+        for _, body, _ in answers:  # every process gives a sentence the same label
+            row = body["result"][0]
+            assert labels.setdefault(row["text"], row["label"]) == row["label"]
+    finally:
+        server.stop()
+        assert server.process.returncode == 0
