@@ -1,6 +1,6 @@
 """The accuracy cost of compression, measured on models that have learned something.
 
-    python -m benchmarks.bench_compress              # TNEWS and MSRA_NER, dynabert+ptq and ptq (about 30 min on 2 cores)
+    python -m benchmarks.bench_compress              # TNEWS and MSRA_NER, dynabert+ptq and ptq (about 70 min on 2 cores)
     python -m benchmarks.bench_compress --quick      # smaller model and data, ptq only (about 5 min)
 
 No pretrained ERNIE 3.0 weights are available offline, and random-weight models say nothing about what int8 costs.
@@ -109,6 +109,13 @@ def main(argv=None):
     utils.setup_logging()
     strategies = args.strategies or (["ptq"] if args.quick else ["dynabert+ptq", "ptq"])
     started, results = time.perf_counter(), {}
+    output = args.output or os.path.join(ROOT, "benchmarks", "results", "compress" + ("_quick" if args.quick else "") + ".json")
+
+    def save():  # after every strategy, so that a run cut short keeps what it measured
+        utils.write_json_atomic(output, {"machine": utils.machine_details(), "threads": args.threads, "quick": args.quick,
+                                         "model": QUICK_ERNIE if args.quick else SMALL_ERNIE, "results": results,
+                                         "seconds": time.perf_counter() - started})
+
     with tempfile.TemporaryDirectory() as workdir:
         encoder = from_scratch_encoder(os.path.join(workdir, "encoder"), QUICK_ERNIE if args.quick else SMALL_ERNIE)
         for task in args.tasks:
@@ -119,10 +126,7 @@ def main(argv=None):
                 results[task]["strategies"].append(compress(task, model_dir, train_file, dev_file, strategy, workdir,
                                                             args.threads))
                 print(f"{task} {strategy}: best {results[task]['strategies'][-1]['best']}", flush=True)
-    output = args.output or os.path.join(ROOT, "benchmarks", "results", "compress" + ("_quick" if args.quick else "") + ".json")
-    utils.write_json_atomic(output, {"machine": utils.machine_details(), "threads": args.threads, "quick": args.quick,
-                                     "model": QUICK_ERNIE if args.quick else SMALL_ERNIE, "results": results,
-                                     "seconds": time.perf_counter() - started})
+                save()
     print(f"wrote {output}")
 
 
