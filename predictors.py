@@ -75,6 +75,10 @@ def check_bfloat16(options: PredictorOptions, quantized: bool) -> None:
         raise UserError("--precision bf16 runs oneDNN's bfloat16 kernels: it needs --backend paddle --device cpu with oneDNN on")
     if quantized:
         raise UserError("--precision bf16 needs a float model, not an int8 one")
+    refuse_emulated_bfloat16()
+
+
+def refuse_emulated_bfloat16() -> None:
     if not native_bfloat16():
         raise UserError("--precision bf16 needs a CPU with native bfloat16 (avx512_bf16 or AMX); on this one it would be "
                         "emulated and slower than fp32")
@@ -412,9 +416,8 @@ class OpenVinoPredictor:
         refuse_tensorrt_elsewhere(options)
         if quantized:
             raise UserError(f"{model_dir} is a Paddle int8 model, which OpenVINO cannot read; serve it with --backend paddle")
-        if options.precision == "bf16" and not native_bfloat16():
-            raise UserError("--precision bf16 needs a CPU with native bfloat16 (avx512_bf16 or AMX); on this one it would be "
-                            "emulated and slower than fp32")
+        if options.precision == "bf16":
+            refuse_emulated_bfloat16()
         if options.precision == "int8" and not os.path.isfile(os.path.join(model_dir, OpenVinoPredictor.INT8_FILE)):
             raise UserError(f"{model_dir} holds no OpenVINO int8 model ({OpenVinoPredictor.INT8_FILE}): make one with "
                             "compress_*.py (its openvino_int8/ candidates)")
@@ -461,8 +464,7 @@ def warm_up_buckets(predictor, batch_size: int, max_seq_length: int) -> int:
     """Run one batch of every bucket length, so that timed (or served) batches meet no new shape; returns how many
     shapes were run."""
     bucket = getattr(predictor, "length_bucket", 1)
-    lengths = sorted({bucket_length(length, bucket, max_seq_length) for length in range(bucket, max_seq_length + 1, bucket)}
-                     | {max_seq_length}) if bucket > 1 else []
+    lengths = sorted(set(range(bucket, max_seq_length + 1, bucket)) | {max_seq_length}) if bucket > 1 else []
     for length in lengths:
         ids = np.ones((batch_size, length), dtype="int64")
         predictor.run({name: ids for name in EXPORT_INPUT_NAMES})

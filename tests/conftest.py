@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random-weight encoders from the real ERNIE 3.0 config and vocab, real data slices,
 and a runner that calls a script's main() exactly as its command line does, in this process."""
 import os
+import socket
 
 import pytest
 
@@ -32,6 +33,13 @@ def run_cli(main, argv, capsys):
     except SystemExit as stop:
         status = stop.code
     return status, capsys.readouterr().err
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def error_lines(stderr):

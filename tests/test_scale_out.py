@@ -4,7 +4,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import time
 import pytest
 
 import infer
-from conftest import clue_data_args, clue_file, error_lines, run_cli
+from conftest import clue_data_args, clue_file, error_lines, free_port, run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,11 +126,6 @@ def test_stream_refusals(model, tmp_path, capsys):
                                           str(tmp_path / "none.jsonl")], capsys)
     assert status == 2 and "holds no input" in error_lines(stderr)[0] and not (tmp_path / "none.jsonl").exists()
 
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_two_machines_on_the_loopback_address_train_once_and_predict_like_one_process(tiny_ernie, tmp_path):

@@ -5,7 +5,6 @@ import concurrent.futures
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,12 @@ import pytest
 import infer
 import serving
 import utils
-from conftest import qa_file
+from conftest import free_port, qa_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SENTENCES = ["以色列大规模空袭开始", "出栏一头猪亏损300元", "洛杉矶市市长理查德·赖尔登为江主席举行了隆重的欢送仪式。",
              "我们在北京见面", "华为发布新款手机"]
 
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Server:
