@@ -227,3 +227,12 @@ def test_several_worker_processes_serve_the_same_results(tnews_run):
     finally:
         server.stop()
         assert server.process.returncode == 0
+
+
+def test_serve_options_out_of_range_are_one_error_line(tnews_run):
+    for option, value, message in (("--workers", "0", "--workers must be at least 1, not 0"),
+                                   ("--max_wait_ms", "-1", "--max_wait_ms must not be negative")):
+        result = subprocess.run([sys.executable, os.path.join(ROOT, "serve.py"), "--model_path",
+                                 os.path.join(tnews_run, "export"), option, value], capture_output=True, text=True, timeout=120)
+        lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr[-1000:]
