@@ -21,8 +21,8 @@ from arguments import (
 )
 from model_io import (
     EXPORT_INPUT_NAMES, check_model_fits_task, export_input_spec, export_legacy_static_model,
-    export_static_model, load_model_config, load_task_model, load_tokenizer, model_head_family, save_deployable,
-    task_info,
+    export_static_model, load_deployed_tokenizer, load_model_config, load_task_model, load_tokenizer, model_head_family,
+    save_deployable, task_info,
 )
 from predictors import (
     BACKENDS, PRECISIONS, DygraphPredictor, OpenVinoPredictor, PredictorOptions, create_predictor, native_bfloat16,
@@ -720,7 +720,9 @@ def run_compression(family: str, model_class, description: str, argv=None) -> di
     tokenizer = load_tokenizer(args.model_name_or_path)
     parent = load_task_model(model_class, args.model_name_or_path, task, data_args.max_seq_length)
     train_encoded, selection = load_training_and_selection(task, data_args, tokenizer, window_args, args)
-    dev_examples, dev_encoded = load_encoded_split(task, "dev", data_args, tokenizer, window_args)
+    # the dev set as infer.py encodes it, so that each candidate's measured metric is the one infer.py reports
+    dev_examples, dev_encoded = load_encoded_split(task, "dev", data_args, load_deployed_tokenizer(args.model_name_or_path),
+                                                   window_args)
     calibration = [{name: f[name] for name in EXPORT_INPUT_NAMES} for f in train_encoded.dataset]
     np.random.default_rng(args.seed).shuffle(calibration)
     info = task_info(task, data_args)

@@ -267,7 +267,7 @@ def main(argv=None):
         raise utils.UserError(f"--output_file {args.output_file} already exists; choose another name or remove it")
     task, options = predictors.resolve_deployment(args)
     predictor = predictors.create_predictor(args.model_path, options)
-    tokenizer = model_io.load_tokenizer(args.model_path)
+    tokenizer = model_io.load_deployed_tokenizer(args.model_path)
     if args.input_file and task.family != "qa":
         return {"task_name": task.name, "model_path": args.model_path, **predictors.public_options(options),
                 "engine": predictor.engine, **stream_file(predictor, task, tokenizer, args, window_args)}

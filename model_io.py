@@ -9,7 +9,6 @@ import os
 from typing import List, Optional, Tuple
 
 import paddle
-from paddlenlp.transformers import AutoConfig, AutoTokenizer
 
 from utils import (
     FAMILIES, TaskSpec, UserError, read_json_file, atomic_directory, first_line, logger, write_json_atomic,
@@ -32,6 +31,8 @@ def load_tokenizer(name_or_path: str):
     paddlenlp 3.0.0b4's AutoTokenizer cannot reload a saved RobertaChineseTokenizer (the tokenizer of
     hfl/roberta-wwm-ext and hfl/rbt6): "Tokenizer class RobertaChineseTokenizer does not exist".
     """
+    from paddlenlp.transformers import AutoTokenizer  # here, not at the top: see load_deployed_tokenizer
+
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
     except ValueError as error:
@@ -53,7 +54,95 @@ def saved_tokenizer_class(directory: str) -> Optional[str]:
         return json.load(handle).get("tokenizer_class")
 
 
+WORDPIECE_TOKENIZER_CLASSES = ("ErnieTokenizer", "BertTokenizer")
+
+
+def load_deployed_tokenizer(model_dir: str):
+    """The tokenizer that infer.py, serve.py and the candidate measurements of compress_*.py encode with.
+
+    A saved ErnieTokenizer or BertTokenizer (vocab.txt, no added tokens) is read into WordPieceTokenizer, which
+    gives the same ids, token types and offsets without importing paddlenlp; any other tokenizer goes through
+    paddlenlp (load_tokenizer)."""
+    config_file, vocab_file = (os.path.join(model_dir, name) for name in ("tokenizer_config.json", "vocab.txt"))
+    if os.path.isfile(config_file) and os.path.isfile(vocab_file):
+        config = read_json_file(config_file, "tokenizer_config.json")
+        if config.get("tokenizer_class") in WORDPIECE_TOKENIZER_CLASSES and not config.get("added_tokens_decoder"):
+            return WordPieceTokenizer(vocab_file, bool(config.get("do_lower_case", True)))
+    return load_tokenizer(model_dir)
+
+
+class WordPieceTokenizer:
+    """BERT-style tokenization ([CLS] a [SEP] b [SEP]; text cleaned, CJK characters split, lower-cased and
+    accents stripped with do_lower_case, then greedy WordPiece with [UNK]) on the Rust `tokenizers` library.
+    It has the methods of paddlenlp's ErnieTokenizer that utils.py's encoders call, and gives their results
+    (tests/test_deployed_tokenizer.py compares both on real rows of every family)."""
+
+    SPECIAL_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]")
+    # paddlenlp's BasicTokenizer makes a word of each CJK character (its ranges: `tokenizers` starts Extension E
+    # at U+2B920, not U+2B820), each punctuation mark and each symbol (40℃ -> 40 ℃; Unicode categories P and S,
+    # and the code points its _is_symbol adds)
+    SPLIT_CHARACTERS = (r"[\x{4E00}-\x{9FFF}\x{3400}-\x{4DBF}\x{20000}-\x{2A6DF}\x{2A700}-\x{2B73F}\x{2B740}-\x{2B81F}"
+                        r"\x{2B820}-\x{2CEAF}\x{F900}-\x{FAFF}\x{2F800}-\x{2FA1F}"
+                        r"\p{P}\p{S}\x{00AD}\x{00B2}\x{00BA}\x{3007}\x{00B5}\x{00D8}\x{014B}\x{01B1}]")
+
+    def __init__(self, vocab_file: str, do_lower_case: bool = True):
+        from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+
+        with open(vocab_file, encoding="utf-8") as handle:
+            self.vocab = {line.rstrip("\n"): index for index, line in enumerate(handle)}  # a repeated token: its last line
+        missing = [token for token in self.SPECIAL_TOKENS if token not in self.vocab]
+        if missing:
+            raise UserError(f"{vocab_file} lacks the special tokens {', '.join(missing)}")
+        self.unk_token_id, self.pad_token_id = self.vocab["[UNK]"], self.vocab["[PAD]"]
+        self.cls_token_id, self.sep_token_id = self.vocab["[CLS]"], self.vocab["[SEP]"]
+        self.backend = Tokenizer(models.WordPiece(self.vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+        self.backend.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=False, strip_accents=do_lower_case, lowercase=do_lower_case)
+        self.backend.pre_tokenizer = pre_tokenizers.Sequence([  # BertPreTokenizer splits off punctuation only
+            pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(self.SPLIT_CHARACTERS), behavior="isolated")])
+        self.backend.add_special_tokens(list(self.SPECIAL_TOKENS))  # kept whole in raw text, as paddlenlp does
+
+    def tokenize(self, text: str) -> List[str]:
+        return self.backend.encode(text, add_special_tokens=False).tokens
+
+    def convert_tokens_to_ids(self, tokens: List[str]) -> List[int]:
+        return [self.vocab.get(token, self.unk_token_id) for token in tokens]
+
+    def __call__(self, text: str, add_special_tokens: bool = False, return_offsets_mapping: bool = False) -> dict:
+        if add_special_tokens:
+            raise ValueError("WordPieceTokenizer encodes single texts without special tokens only")
+        encoding = self.backend.encode(text, add_special_tokens=False)
+        return {"input_ids": encoding.ids, **({"offset_mapping": encoding.offsets} if return_offsets_mapping else {})}
+
+    @staticmethod
+    def num_special_tokens_to_add(pair: bool = False) -> int:
+        return 3 if pair else 2
+
+    def build_inputs_with_special_tokens(self, ids: List[int], pair_ids: Optional[List[int]] = None) -> List[int]:
+        first = [self.cls_token_id, *ids, self.sep_token_id]
+        return first if pair_ids is None else first + [*pair_ids, self.sep_token_id]
+
+    @staticmethod
+    def create_token_type_ids_from_sequences(ids: List[int], pair_ids: Optional[List[int]] = None) -> List[int]:
+        return [0] * (len(ids) + 2) + ([] if pair_ids is None else [1] * (len(pair_ids) + 1))
+
+    def prepare_for_model(self, ids: List[int], pair_ids: Optional[List[int]] = None, max_length: Optional[int] = None,
+                          truncation: bool = False) -> dict:
+        """Special tokens and token types, truncated longest first (a tie shortens the second text) to max_length."""
+        ids, pair_ids = list(ids), None if pair_ids is None else list(pair_ids)
+        excess = len(ids) + len(pair_ids or ()) + self.num_special_tokens_to_add(pair_ids is not None) - (max_length or 0)
+        for _ in range(excess if truncation and max_length else 0):
+            if pair_ids is None or len(ids) > len(pair_ids):
+                ids.pop()
+            else:
+                pair_ids.pop()
+        return {"input_ids": self.build_inputs_with_special_tokens(ids, pair_ids),
+                "token_type_ids": self.create_token_type_ids_from_sequences(ids, pair_ids)}
+
+
 def load_model_config(name_or_path: str):
+    from paddlenlp.transformers import AutoConfig
+
     try:
         return AutoConfig.from_pretrained(name_or_path)
     except Exception as error:

@@ -16,7 +16,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from model_io import load_tokenizer
+from model_io import load_deployed_tokenizer
 from predictors import create_predictor, prediction_rows, run_predictor, warm_up_buckets
 from utils import QAExample, TextExample, TokenExample, UserError, encode_examples, logger
 
@@ -180,7 +180,7 @@ class Batcher:
     def loop(self) -> None:
         try:
             predictor = self.make_predictor()
-            self.tokenizer = load_tokenizer(self.model_path)
+            self.tokenizer = load_deployed_tokenizer(self.model_path)
             warm_up_buckets(predictor, self.limits.max_batch_size, self.max_seq_length)
         except Exception as error:  # the server reports it on /health instead of dying silently
             self.failed = f"{type(error).__name__}: {error}"

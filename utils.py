@@ -19,9 +19,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from paddlenlp.data import DataCollatorForTokenClassification, DataCollatorWithPadding
-from paddlenlp.datasets import MapDataset
-
 logger = logging.getLogger("ernie_suite")
 
 
@@ -341,7 +338,7 @@ def rows_to_examples(task: TaskSpec, rows, split: str) -> List[TextExample]:
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class EncodedSplit:
-    dataset: MapDataset
+    dataset: list  # of feature dicts: what paddlenlp's Trainer and the predictors read alike
     ids: list
     truncated: int
 
@@ -368,7 +365,7 @@ def encode_text_examples(examples: Sequence[TextExample], tokenizer, task: TaskS
         if example.label is not None:
             feature["labels"] = label_ids[example.label]
         features.append(feature)
-    return EncodedSplit(MapDataset(features), [example.id for example in examples], truncated)
+    return EncodedSplit(features, [example.id for example in examples], truncated)
 
 
 def report_truncation(task_name: str, split: str, encoded: EncodedSplit, max_seq_length: int) -> None:
@@ -521,7 +518,7 @@ def encode_token_examples(examples: Sequence[TokenExample], tokenizer, task: Tas
             feature["labels"] = labels
         features.append(feature)
         word_positions.append(positions)
-    return EncodedTokens(MapDataset(features), [e.id for e in examples], truncated, word_positions)
+    return EncodedTokens(features, [e.id for e in examples], truncated, word_positions)
 
 
 def entities_from_tags(words: Sequence[str], tags: Sequence[str]) -> List[dict]:
@@ -730,7 +727,7 @@ def windows_with_answer(starts: List[int], span: Optional[Tuple[int, int]], wind
 
 @dataclass
 class QAFeatures:
-    dataset: MapDataset
+    dataset: list  # of feature dicts: what paddlenlp's Trainer and the predictors read alike
     example_index: List[int]  # the example each window belongs to
     offsets: List[List[Optional[Tuple[int, int]]]]  # character span of each context token, None elsewhere
     truncated_questions: int
@@ -773,7 +770,7 @@ def prepare_qa_features(examples: Sequence[QAExample], tokenizer, max_seq_length
             features.append(feature)
             example_index.append(index)
             all_offsets.append(token_offsets)
-    return QAFeatures(MapDataset(features), example_index, all_offsets, truncated_questions)
+    return QAFeatures(features, example_index, all_offsets, truncated_questions)
 
 
 def qa_window_feature(tokenizer, question_ids, piece, start, span, with_labels) -> Tuple[dict, int]:
@@ -1012,11 +1009,15 @@ def encode_qa_split(task, split, examples, tokenizer, max_seq_length, truncate, 
 
 
 def padding_collator(tokenizer):
+    from paddlenlp.data import DataCollatorWithPadding  # training only: the deployment scripts never import paddlenlp
+
     return DataCollatorWithPadding(tokenizer)
 
 
 def ner_collator(tokenizer):
     """Pads labels with the ignore index, inputs with the pad id."""
+    from paddlenlp.data import DataCollatorForTokenClassification
+
     return DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE_INDEX)
 
 
@@ -1179,13 +1180,14 @@ def machine_details() -> dict:
                 model = line.split(":", 1)[1].strip()
             if line.startswith("flags"):
                 flags.update(line.split(":", 1)[1].split())
+    import importlib.metadata
+
     import onnxruntime
     import paddle
-    import paddlenlp
 
     return {
         "cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
         "flags": [flag for flag in CPU_FLAGS if flag in flags],
-        "paddlepaddle": paddle.__version__, "paddlenlp": paddlenlp.__version__, "onnxruntime": onnxruntime.__version__,
+        "paddlepaddle": paddle.__version__, "paddlenlp": importlib.metadata.version("paddlenlp"), "onnxruntime": onnxruntime.__version__,
         "numpy": np.__version__,
     }

@@ -95,7 +95,7 @@ def end_to_end_row(label: str, folder: str, backend: str, precision: str, thread
     tokenization and the batches (warm-up excluded)."""
     predictor = predictors.create_predictor(folder, options(backend, precision, threads))
     predictors.warm_up_buckets(predictor, 32, SEQ_LEN)
-    tokenizer = model_io.load_tokenizer(folder)
+    tokenizer = model_io.load_deployed_tokenizer(folder)
     started = time.perf_counter()
     encoded = utils.encode_text_examples(examples, tokenizer, TNEWS, SEQ_LEN)
     result = predictors.run_predictor(predictor, list(encoded.dataset), 32, per_token=False)

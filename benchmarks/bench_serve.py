@@ -36,7 +36,7 @@ def offline(model_dir: str, examples, threads: int) -> dict:
     predictor = predictors.create_predictor(model_dir, options)
     predictors.warm_up_buckets(predictor, 32, SEQ_LEN)
     predictors.warm_up_buckets(predictor, 1, SEQ_LEN)
-    tokenizer = model_io.load_tokenizer(model_dir)
+    tokenizer = model_io.load_deployed_tokenizer(model_dir)
     started = time.perf_counter()
     encoded = utils.encode_text_examples(examples, tokenizer, TNEWS, SEQ_LEN)
     predictors.run_predictor(predictor, list(encoded.dataset), 32, per_token=False)

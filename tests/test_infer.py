@@ -231,3 +231,28 @@ def test_openvino_refusals(runs, monkeypatch, capsys, tmp_path):
     status, stderr = run_cli(infer.main, ["--model_path", runs["tnews"], "--backend", "openvino", "--precision", "bf16",
                                           "--dev_file", clue_file("tnews", "dev")], capsys)
     assert status == 2 and "--precision bf16 needs a CPU with native bfloat16" in error_lines(stderr)[0]
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["--perf", "--enable_onednn", "false", "--text", "a", "--text", "b", "c", "--max_seq_length", "64"],
+    ["--no_enable_onednn", "--perf", "no", "--truncate_long_texts", "0", "--doc_stride", "32", "--backend", "openvino"],
+    ["--resume", "yes", "--precision", "int8", "--question", "q1", "q2", "--n_best_size", "5"],
+])
+def test_the_command_line_reads_as_with_pdargumentparser(argv):
+    """infer.py and serve.py parse with arguments.DataclassParser (no paddlenlp import); it must read every
+    form of option the training scripts' PdArgumentParser reads, to the same values."""
+    from paddlenlp.trainer import PdArgumentParser
+
+    import arguments
+
+    types = (predictors.DeployArguments, infer.InferArguments, arguments.QAWindowArguments)
+    expected = PdArgumentParser(types).parse_args_into_dataclasses(args=list(argv))
+    assert arguments.parse_plain_arguments(types, "", argv) == expected
+
+
+def test_an_abbreviated_or_unknown_option_is_one_error():
+    import arguments
+
+    types = (predictors.DeployArguments, infer.InferArguments)
+    with pytest.raises(utils.UserError, match=r"unrecognized arguments: \['--max_seq', '64'\] \(options are spelt out in full"):
+        arguments.parse_plain_arguments(types, "", ["--max_seq", "64"])
