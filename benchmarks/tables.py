@@ -103,7 +103,8 @@ def compress_tables(results: dict) -> list:
                 lines.append([task, run["strategy"], c["relative_path"], f"{c['backend']} {c['precision']}",
                               f"{c['metric_points']:.2f}", f"{c['drop_points']:.2f}", f"{c['sequences_per_second']:.0f}",
                               f"{c['sequences_per_second'] / parent['sequences_per_second']:.2f}×", chosen])
-    tuned = ", ".join(f"{task} {entry['fine_tuned']}" for task, entry in results["results"].items())
+    tuned = ", ".join(f"{task} {utils.ALL_TASKS[task].metric} {entry['fine_tuned'][utils.ALL_TASKS[task].metric]:.4f} "
+                      f"({entry['fine_tuned']['progress_or_epoch']:.0f} epochs)" for task, entry in results["results"].items())
     return [f"Small ERNIE trained from scratch ({results['model']['num_hidden_layers']} layers, hidden "
             f"{results['model']['hidden_size']}); fine-tuned: {tuned}; {machine_line(results)}:", ""] + markdown_table(header, lines)
 
