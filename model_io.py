@@ -132,6 +132,8 @@ class WordPieceTokenizer:
         ids, pair_ids = list(ids), None if pair_ids is None else list(pair_ids)
         excess = len(ids) + len(pair_ids or ()) + self.num_special_tokens_to_add(pair_ids is not None) - (max_length or 0)
         for _ in range(excess if truncation and max_length else 0):
+            if not ids and not pair_ids:  # max_length below the special tokens: they stay
+                break
             if pair_ids is None or len(ids) > len(pair_ids):
                 ids.pop()
             else:
