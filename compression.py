@@ -633,7 +633,7 @@ def link_model_folder(source: str, target: str) -> None:
 @dataclass(frozen=True)
 class Strategy:
     steps: Tuple[Callable, ...]  # each (run, sources) -> (candidates, sources for the next step); the last one
-    # (deployment_step) adds the bf16 and ONNX Runtime int8 ways of serving each float model
+    # (deployment_step) adds the other ways of serving each float model (FLOAT_DEPLOYMENTS)
     help: str
 
 

@@ -4,7 +4,6 @@ reads), and the exported-folder format (program files, task.json, tokenizer file
 
 Imports utils.py only.
 """
-import json
 import os
 from typing import List, Optional, Tuple
 
@@ -36,7 +35,7 @@ def load_tokenizer(name_or_path: str):
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
     except ValueError as error:
-        class_name = saved_tokenizer_class(name_or_path)
+        class_name = saved_tokenizer_config(name_or_path).get("tokenizer_class")
         import paddlenlp.transformers as transformers
 
         if class_name and hasattr(transformers, class_name):
@@ -46,12 +45,10 @@ def load_tokenizer(name_or_path: str):
         raise could_not_load("tokenizer", name_or_path, error) from None
 
 
-def saved_tokenizer_class(directory: str) -> Optional[str]:
+def saved_tokenizer_config(directory: str) -> dict:
+    """A saved tokenizer's tokenizer_config.json ({} when the folder has none: a model name, or no saved tokenizer)."""
     path = os.path.join(directory, "tokenizer_config.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle).get("tokenizer_class")
+    return read_json_file(path, "tokenizer_config.json") if os.path.isfile(path) else {}
 
 
 WORDPIECE_TOKENIZER_CLASSES = ("ErnieTokenizer", "BertTokenizer")
@@ -63,11 +60,10 @@ def load_deployed_tokenizer(model_dir: str):
     A saved ErnieTokenizer or BertTokenizer (vocab.txt, no added tokens) is read into WordPieceTokenizer, which
     gives the same ids, token types and offsets without importing paddlenlp; any other tokenizer goes through
     paddlenlp (load_tokenizer)."""
-    config_file, vocab_file = (os.path.join(model_dir, name) for name in ("tokenizer_config.json", "vocab.txt"))
-    if os.path.isfile(config_file) and os.path.isfile(vocab_file):
-        config = read_json_file(config_file, "tokenizer_config.json")
-        if config.get("tokenizer_class") in WORDPIECE_TOKENIZER_CLASSES and not config.get("added_tokens_decoder"):
-            return WordPieceTokenizer(vocab_file, bool(config.get("do_lower_case", True)))
+    config, vocab_file = saved_tokenizer_config(model_dir), os.path.join(model_dir, "vocab.txt")
+    if (config.get("tokenizer_class") in WORDPIECE_TOKENIZER_CLASSES and not config.get("added_tokens_decoder")
+            and os.path.isfile(vocab_file)):
+        return WordPieceTokenizer(vocab_file, bool(config.get("do_lower_case", True)))
     return load_tokenizer(model_dir)
 
 
