@@ -122,7 +122,7 @@ def raw_examples(task, args):
     if task.family == "qa":
         if not args.question or len(args.question) != len(texts):
             raise utils.UserError("QA needs one --question per --text context")
-        return [utils.QAExample(str(i), q, t, [], None, None, f"--text {i + 1}") for i, (q, t) in enumerate(zip(args.question, texts))]
+        return [utils.raw_example(task, i, t, f"--text {i + 1}", question=q) for i, (q, t) in enumerate(zip(args.question, texts))]
     pairs = args.text_pair or [None] * len(texts)
     if len(pairs) != len(texts):
         raise utils.UserError("give one --text_pair per --text")
@@ -132,11 +132,11 @@ def raw_examples(task, args):
 def line_example(task, line: str, index: int, where: str):
     """One input line: a sentence (NER: its characters), or text<TAB>pair for pair tasks."""
     if task.family == "token_cls":
-        return utils.TokenExample(index, list(line), None, where)
+        return utils.raw_example(task, index, line, where)
     text, _, pair = line.partition("\t")
     if not text.strip() or "\t" in line and not pair.strip():
         raise utils.UserError(f"{where}: empty text")
-    return utils.TextExample(index, text, pair or None, None, where)
+    return utils.raw_example(task, index, text, where, pair=pair or None)
 
 
 def predicted_rows(predictor, task, tokenizer, args, window_args, examples) -> list:

@@ -18,7 +18,7 @@ import numpy as np
 
 from model_io import load_deployed_tokenizer
 from predictors import create_predictor, prediction_rows, run_predictor, warm_up_buckets
-from utils import QAExample, TextExample, TokenExample, UserError, encode_examples, logger
+from utils import UserError, encode_examples, logger, raw_example
 
 
 @dataclass
@@ -85,10 +85,10 @@ def request_examples(task, body: dict, limits: ServingLimits, pair_task: Optiona
         contexts, questions = string_list(data, "context", limits), string_list(data, "question", limits)
         if len(contexts) != len(questions):
             raise RequestError(422, f"data.context has {len(contexts)} texts but data.question {len(questions)}")
-        return [QAExample(str(i), q, c, [], None, None, f"request {i}") for i, (c, q) in enumerate(zip(contexts, questions))]
+        return [raw_example(task, i, c, f"request {i}", question=q) for i, (c, q) in enumerate(zip(contexts, questions))]
     texts = string_list(data, "text", limits)
     if task.family == "token_cls":
-        return [TokenExample(i, list(text), None, f"request {i}") for i, text in enumerate(texts)]
+        return [raw_example(task, i, text, f"request {i}") for i, text in enumerate(texts)]
     if pair_task and PAIR_TASKS_FIELD not in data:
         raise RequestError(422, f"task {task.name} compares two texts: give data.text_pair, one per data.text")
     if pair_task is False and PAIR_TASKS_FIELD in data:
@@ -98,7 +98,7 @@ def request_examples(task, body: dict, limits: ServingLimits, pair_task: Optiona
         pairs = string_list(data, PAIR_TASKS_FIELD, limits)
         if len(pairs) != len(texts):
             raise RequestError(422, f"data.text has {len(texts)} texts but data.text_pair {len(pairs)}")
-    return [TextExample(i, text, pair, None, f"request {i}") for i, (text, pair) in enumerate(zip(texts, pairs))]
+    return [raw_example(task, i, text, f"request {i}", pair=pair) for i, (text, pair) in enumerate(zip(texts, pairs))]
 
 
 # ---- batching across requests --------------------------------------------------------------------------------------

@@ -1050,6 +1050,18 @@ FAMILIES = {
 }
 
 
+def raw_example(task: TaskSpec, index: int, text: str, where: str, pair: Optional[str] = None,
+                question: Optional[str] = None):
+    """An unlabelled example of the task's family from raw input (infer.py --text and --input_file, serve.py
+    requests): a text and its pair (classification), a text whose characters are tagged (NER), or a context with
+    its question (QA)."""
+    if task.family == "qa":
+        return QAExample(str(index), question, text, [], None, None, where)
+    if task.family == "token_cls":
+        return TokenExample(index, list(text), None, where)
+    return TextExample(index, text, pair, None, where)
+
+
 def load_examples(task: TaskSpec, split: str, path: Optional[str], max_samples: Optional[int] = None) -> list:
     """Examples of one split from a local file in the task's original format (used as it is) or, without
     one, the hub copy; the first max_samples of them when given."""
