@@ -2,7 +2,7 @@
 
     python infer.py                                              # output/tnews/export on the TNEWS dev set
     python infer.py --precision int8                             # output/tnews/compress's best int8 candidate
-    python infer.py --use_trt --precision int8                   # the same with TensorRT (GPU)
+    python infer.py --use_trt --precision int8                   # its Paddle int8 candidate with TensorRT (GPU)
     python infer.py --model_path output/tnews/export --perf      # speed
     python infer.py --model_path output/tnews/export --text "..." --text "..."
     python infer.py --task_name cmrc2018 --question "..." --text "<context>"

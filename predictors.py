@@ -576,7 +576,7 @@ def prediction_rows(task, examples, encoded, outputs, window_args) -> List[dict]
 @dataclass
 class DeployArguments:
     task_name: Optional[str] = field(default=None, metadata={"help": "The task; default: the model's task.json (checked when given). Without --model_path it picks the folder output/<task> (default tnews)."})
-    model_path: Optional[str] = field(default=None, metadata={"help": "An export/ directory from run_*.py --do_export, or a compressed candidate's directory. Default: output/<task>/export, or with --precision int8 the best int8 candidate of output/<task>/compress/compress_report.json."})
+    model_path: Optional[str] = field(default=None, metadata={"help": "An export/ directory from run_*.py --do_export, or a compressed candidate's directory. Default: output/<task>/export, or with --precision int8 the best int8 candidate of output/<task>/compress/compress_report.json (with --use_trt: its tensorrt_int8, a Paddle int8 program)."})
     backend: Optional[str] = field(default=None, metadata={"help": "Default: as the model's task.json says it was measured (compressed candidates), else paddle. " + backends_help()})
     device: str = field(default=default_device(), metadata={"help": "cpu or gpu."})
     use_trt: bool = field(default=False, metadata={"help": "TensorRT through Paddle Inference (--device gpu)."})
@@ -591,9 +591,10 @@ class DeployArguments:
 DEFAULT_TASK = "tnews"
 
 
-def default_model_path(task_name: str, precision: str) -> str:
-    """output/<task>/export, or for int8 the best int8 candidate that compress_*.py chose; a missing one is one
-    line naming the command that makes it."""
+def default_model_path(task_name: str, precision: str, use_trt: bool = False) -> str:
+    """output/<task>/export, or for int8 the best int8 candidate that compress_*.py chose (with TensorRT its
+    "tensorrt_int8": a Paddle int8 program, the only int8 TensorRT runs); a missing one is one line naming the
+    command that makes it."""
     task = get_task_any_family(task_name) if task_name != CUSTOM_TASK else None
     folder = default_output_dir(task_name)
     family = FAMILIES[task.family] if task else FAMILIES["seq_cls"]
@@ -601,16 +602,17 @@ def default_model_path(task_name: str, precision: str) -> str:
         report_path = os.path.join(folder, "compress", "compress_report.json")
         if not os.path.isfile(report_path):
             raise UserError(f"no compressed model in {os.path.dirname(report_path)}: make one with "
-                                  f"`python {family.compress_script} --task_name {task_name}`, or pass --model_path DIR")
-        best = read_json_file(report_path, "--model_path").get("best_int8")
+                            f"`python {family.compress_script} --task_name {task_name}`, or pass --model_path DIR")
+        best = read_json_file(report_path, "--model_path").get("tensorrt_int8" if use_trt else "best_int8")
         if not best:
-            raise UserError(f"{report_path} has no int8 candidate within its --max_metric_drop; compress again "
-                                  "(a larger budget or another strategy) or pass --model_path DIR")
+            kind = "Paddle int8 candidate (what TensorRT runs)" if use_trt else "int8 candidate"
+            raise UserError(f"{report_path} has no {kind} within its --max_metric_drop; compress again (a larger "
+                            "budget or another strategy) or pass --model_path DIR")
         return best
     export_dir = os.path.join(folder, "export")
     if not os.path.isdir(export_dir):
         raise UserError(f"no exported model in {export_dir}: make one with `python {family.script} --task_name "
-                              f"{task_name} --do_train --do_eval --do_export`, or pass --model_path DIR")
+                        f"{task_name} --do_train --do_eval --do_export`, or pass --model_path DIR")
     return export_dir
 
 
@@ -619,7 +621,7 @@ def resolve_deployment(args):
     output/<task>), its task from task.json (a given --task_name is checked against it), and the backend, precision
     and sequence length it is served with (task.json's measured way unless given)."""
     if args.model_path is None:
-        args.model_path = default_model_path(args.task_name or DEFAULT_TASK, args.precision)
+        args.model_path = default_model_path(args.task_name or DEFAULT_TASK, args.precision, args.use_trt)
         logger.info("serving %s", args.model_path)
     info = read_task_info(args.model_path)
     task = get_task_any_family(args.task_name or info.get("task_name"), info)

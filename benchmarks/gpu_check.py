@@ -3,7 +3,7 @@
     bash benchmarks/gpu_check.sh                    # builds, fine-tunes and compresses a tiny model, then the matrix
     bash benchmarks/gpu_check.sh output/tnews       # your own fine-tuned, exported and compressed TNEWS folder
 
-For the float export, the pruned model and the best int8 candidate: fp32 and fp16 without TensorRT (GPU mixed
+For the float export, the pruned model and the int8 candidate TensorRT serves (tensorrt_int8): fp32 and fp16 without TensorRT (GPU mixed
 precision), and fp32/fp16 (float models) or int8 (int8 models) with TensorRT (PIR-TRT for PIR programs, the legacy
 TensorRT subgraph with the model's own scales for int8 programs). Each row: the dev metric against the same model on
 the CPU, the engine that ran, latency and throughput, and a second start (the cached engine). Results go to
@@ -43,10 +43,11 @@ def tiny_tnews(workdir: str) -> str:
 
 
 def matrix(folder: str):
-    """(label, model folder, precision, use_trt) rows: the float export, the pruned model, the best int8 candidate."""
+    """(label, model folder, precision, use_trt) rows: the float export, the pruned model, the report's tensorrt_int8."""
     report = utils.read_json_file(os.path.join(folder, "compress", "compress_report.json"), "compress_report.json")
     pruned = next((c["path"] for c in report["candidates"] if c["kind"] == "pruned float"), None)
-    models = [("export", os.path.join(folder, "export"), False), ("pruned", pruned, False), ("best int8", report["best_int8"], True)]
+    models = [("export", os.path.join(folder, "export"), False), ("pruned", pruned, False),
+              ("tensorrt int8", report.get("tensorrt_int8"), True)]
     for label, path, quantized in models:
         if not path:
             continue

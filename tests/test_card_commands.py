@@ -75,6 +75,18 @@ def test_infer_precision_int8_serves_the_best_int8_candidate_with_the_reported_m
     assert result["metrics"]["accuracy"] == pytest.approx(candidate["metrics"]["accuracy"])
 
 
+def test_the_report_names_the_paddle_int8_candidate_tensorrt_serves(tnews_chain):
+    """tensorrt_int8: among the Paddle int8 candidates within the budget, the best metric (CPU speed says nothing of
+    a GPU's), checked from the report's own numbers."""
+    report = read_json(tnews_chain / "compress" / "compress_report.json")
+    paddle_int8 = [c for c in report["candidates"] if c["backend"] == "paddle" and c["precision"] == "int8"
+                   and c["drop_points"] <= report["max_metric_drop"]]
+    assert paddle_int8, "the ptq chain within a 5-point budget has Paddle int8 candidates"
+    chosen = next(c for c in report["candidates"] if c["path"] == report["tensorrt_int8"])
+    assert chosen["backend"] == "paddle" and chosen["precision"] == "int8"
+    assert chosen["metric_points"] == max(c["metric_points"] for c in paddle_int8)
+
+
 def test_infer_names_the_command_that_makes_a_missing_model(scratch, tnews_chain, capsys):
     status, stderr = run_cli(infer.main, ["--task_name", "tnews"], capsys)  # no --do_export was run
     assert status == 2 and "make one with `python run_seq_cls.py --task_name tnews --do_train --do_eval --do_export`" \

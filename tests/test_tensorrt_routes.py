@@ -159,9 +159,25 @@ def test_the_gpu_check_covers_every_model_precision_and_route(tmp_path):
 
     (tmp_path / "compress").mkdir()
     (tmp_path / "compress" / "compress_report.json").write_text(json.dumps({
-        "candidates": [{"kind": "pruned float", "path": "P"}, {"kind": "int8", "path": "Q"}], "best_int8": "Q"}))
+        "candidates": [{"kind": "pruned float", "path": "P"}, {"kind": "int8", "path": "Q"}], "best_int8": "R", "tensorrt_int8": "Q"}))
     rows = list(gpu_check.matrix(str(tmp_path)))
     export = str(tmp_path / "export")
     assert rows == [("export", export, "fp32", False), ("export", export, "fp16", False), ("export", export, "fp32", True),
                     ("export", export, "fp16", True), ("pruned", "P", "fp32", False), ("pruned", "P", "fp16", False),
-                    ("pruned", "P", "fp32", True), ("pruned", "P", "fp16", True), ("best int8", "Q", "int8", True)]
+                    ("pruned", "P", "fp32", True), ("pruned", "P", "fp16", True), ("tensorrt int8", "Q", "int8", True)]
+
+
+def test_use_trt_int8_serves_the_reports_paddle_int8_candidate_not_the_fastest_int8(tmp_path, monkeypatch):
+    """The fastest int8 candidate on a CPU may be ONNX Runtime's or NNCF's, which TensorRT cannot run: with --use_trt
+    the default model is the report's tensorrt_int8 (a Paddle int8 program), and a report without one is one line."""
+    monkeypatch.chdir(tmp_path)
+    compress_dir = tmp_path / "output" / "tnews" / "compress"
+    compress_dir.mkdir(parents=True)
+    report = compress_dir / "compress_report.json"
+    report.write_text(json.dumps({"best_int8": "W/onnxruntime_int8", "tensorrt_int8": "W/hist8_1"}))
+    assert predictors.default_model_path("tnews", "int8") == "W/onnxruntime_int8"
+    assert predictors.default_model_path("tnews", "int8", use_trt=True) == "W/hist8_1"
+    report.write_text(json.dumps({"best_int8": "W/onnxruntime_int8", "tensorrt_int8": None}))
+    with pytest.raises(predictors.UserError, match=r"has no Paddle int8 candidate \(what TensorRT runs\) within its "
+                                                   r"--max_metric_drop"):
+        predictors.default_model_path("tnews", "int8", use_trt=True)
