@@ -258,6 +258,15 @@ class DataclassParser(argparse.ArgumentParser):
                      for dtype in self.dataclass_types)
 
 
+def check_minimums(values, minimums: dict) -> None:
+    """One error line for the first numeric option below its minimum (an option left unset, None, is skipped)."""
+    for option, minimum in minimums.items():
+        value = getattr(values, option)
+        if value is not None and value < minimum:
+            bound = "must not be negative" if minimum == 0 else f"must be at least {minimum}"
+            raise UserError(f"--{option} {bound}, not {value}")
+
+
 def parse_into_dataclasses(parser, argv: Sequence[str]):
     """The parsed dataclasses; an unknown or abbreviated option (the parsers refuse abbreviations, so that no option
     is half-read) and a dataclass check that fails are one UserError each."""

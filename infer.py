@@ -269,6 +269,7 @@ def main(argv=None):
         (predictors.DeployArguments, InferArguments, arguments.QAWindowArguments), __doc__, argv)
     args = merged(deploy_args, args)
     utils.setup_logging()
+    arguments.check_minimums(args, {"max_eval_samples": 1, "warmup_batches": 0, "stream_window": 1, "num_shards": 1})
     if args.output_file and os.path.exists(args.output_file) and not args.resume:
         raise utils.UserError(f"--output_file {args.output_file} already exists; choose another name or remove it")
     task, options = predictors.resolve_deployment(args)

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import paddle
 
-from arguments import default_device, default_output_dir
+from arguments import check_minimums, default_device, default_output_dir
 from model_io import EXPORT_INPUT_NAMES, check_model_task, is_quantized, read_task_info, static_model_files
 from utils import (
     CUSTOM_TASK, FAMILIES, UserError, entities_from_tags, get_task_any_family, logger, pad_rows,
@@ -620,6 +620,7 @@ def resolve_deployment(args):
     """(task, PredictorOptions) of DeployArguments: the model folder (given, or the default products of
     output/<task>), its task from task.json (a given --task_name is checked against it), and the backend, precision
     and sequence length it is served with (task.json's measured way unless given)."""
+    check_minimums(args, {"batch_size": 1, "num_threads": 1, "max_seq_length": 1, "length_bucket": 1})
     if args.model_path is None:
         args.model_path = default_model_path(args.task_name or DEFAULT_TASK, args.precision, args.use_trt)
         logger.info("serving %s", args.model_path)

@@ -67,11 +67,8 @@ def main(argv=None):
     deploy, serve, window_args = arguments.parse_plain_arguments(
         (predictors.DeployArguments, ServeArguments, arguments.QAWindowArguments), __doc__, argv)
     utils.setup_logging()
-    for option in ("workers", "max_batch_size", "max_queue", "max_texts_per_request", "max_text_chars"):
-        if getattr(serve, option) < 1:
-            raise utils.UserError(f"--{option} must be at least 1, not {getattr(serve, option)}")
-    if serve.max_wait_ms < 0:
-        raise utils.UserError(f"--max_wait_ms must not be negative, not {serve.max_wait_ms}")
+    arguments.check_minimums(serve, {"workers": 1, "max_batch_size": 1, "max_queue": 1, "max_texts_per_request": 1,
+                                     "max_text_chars": 1, "max_wait_ms": 0})
     limits = serving.ServingLimits(serve.max_batch_size, serve.max_wait_ms, serve.max_queue, serve.max_texts_per_request,
                                    serve.max_text_chars)
     task, options = predictors.resolve_deployment(deploy)  # refuse a missing model or bad options before listening

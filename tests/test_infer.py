@@ -191,12 +191,17 @@ def bad_infer_cases(tmp_path, runs):
         "existing output file": (["--model_path", model, "--text", "体育", "--output_file", str(tmp_path / "taken.json")],
                                  r"--output_file .*taken\.json already exists"),
         "unknown task": (["--task_name", "tnewz", "--model_path", model], r"unknown --task_name 'tnewz'"),
+        "batch size zero": (["--model_path", model, "--batch_size", "0"], r"--batch_size must be at least 1, not 0"),
+        "negative length bucket": (["--model_path", model, "--length_bucket", "-3"], r"--length_bucket must be at least 1, not -3"),
+        "stream window zero": (["--model_path", model, "--input_file", clue_file("tnews", "dev"), "--stream_window", "0"],
+                               r"--stream_window must be at least 1, not 0"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing model files", "no such directory", "model of another task", "tensorrt on a cpu build",
                                   "tensorrt without gpu", "fp16 on cpu", "int8 of a float model on paddle", "bf16 on onnxruntime", "empty input file",
-                                  "non utf-8 input file", "empty text", "existing output file", "unknown task"])
+                                  "non utf-8 input file", "empty text", "existing output file", "unknown task",
+                                  "batch size zero", "negative length bucket", "stream window zero"])
 def test_bad_input_gets_one_clear_error_line(case, runs, tmp_path, capsys):
     extra, message = bad_infer_cases(tmp_path, runs)[case]
     argv = ["--task_name", "tnews", "--dev_file", clue_file("tnews", "dev")] + extra
