@@ -95,7 +95,7 @@ def test_a_vocab_without_special_tokens_is_one_error(tiny_encoders, tmp_path):
 
 def test_infer_and_serve_never_import_paddlenlp(tnews_run):
     """infer.py predicts with an exported model, and serve.py's modules load, in a process without paddlenlp
-    (importing it costs ~3 s and ~290 MB of resident memory)."""
+    (importing it costs ~2.6 s and ~290 MB of resident memory)."""
     code = ("import sys, infer, serve\n"
             f"print(infer.main(['--model_path', {os.path.join(tnews_run, 'export')!r}, '--text', '今天天气很好']))\n"
             "print('paddlenlp modules:', sorted(m for m in sys.modules if m.split('.')[0] in ('paddlenlp', 'datasets')))\n")
