@@ -123,20 +123,30 @@ def raw_examples(task, args):
         if not args.question or len(args.question) != len(texts):
             raise utils.UserError("QA needs one --question per --text context")
         return [utils.raw_example(task, i, t, f"--text {i + 1}", question=q) for i, (q, t) in enumerate(zip(args.question, texts))]
+    if args.text_pair and task.takes_pairs is False:
+        raise utils.UserError(f"task {task.name} takes single texts: --text_pair is not used")
+    if task.takes_pairs and not args.text_pair:
+        raise utils.UserError(f"task {task.name} compares two texts: give one --text_pair per --text")
     pairs = args.text_pair or [None] * len(texts)
     if len(pairs) != len(texts):
         raise utils.UserError("give one --text_pair per --text")
-    return [line_example(task, t if p is None else f"{t}\t{p}", i, f"--text {i + 1}") for i, (t, p) in enumerate(zip(texts, pairs))]
+    if any(p is not None and not p.strip() for p in pairs):
+        raise utils.UserError("--text_pair: an input is empty")
+    # each --text is one text as given (a tab in it is text, not a pair separator as in --input_file lines)
+    return [utils.raw_example(task, i, t, f"--text {i + 1}", pair=p) for i, (t, p) in enumerate(zip(texts, pairs))]
 
 
 def line_example(task, line: str, index: int, where: str):
-    """One input line: a sentence (NER: its characters), or text<TAB>pair for pair tasks."""
-    if task.family == "token_cls":
+    """One input line: a sentence (NER: its characters; a tab in it is text), or text<TAB>pair for pair tasks
+    (a custom task: either)."""
+    if task.family == "token_cls" or task.takes_pairs is False:
         return utils.raw_example(task, index, line, where)
-    text, _, pair = line.partition("\t")
-    if not text.strip() or "\t" in line and not pair.strip():
+    text, tab, pair = line.partition("\t")
+    if task.takes_pairs and not tab:
+        raise utils.UserError(f"{where}: task {task.name} compares two texts: give text<TAB>pair")
+    if not text.strip() or tab and not pair.strip():
         raise utils.UserError(f"{where}: empty text")
-    return utils.raw_example(task, index, text, where, pair=pair or None)
+    return utils.raw_example(task, index, text, where, pair=pair if tab else None)
 
 
 def predicted_rows(predictor, task, tokenizer, args, window_args, examples) -> list:

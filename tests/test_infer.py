@@ -188,6 +188,8 @@ def bad_infer_cases(tmp_path, runs):
         "empty input file": (["--model_path", model, "--input_file", str(tmp_path / "empty.txt")], r"holds no input"),
         "non utf-8 input file": (["--model_path", model, "--input_file", str(tmp_path / "gbk.txt")], r"gbk\.txt: not UTF-8 text"),
         "empty text": (["--model_path", model, "--text", " "], r"--text: an input is empty"),
+        "pair on a single-text task": (["--model_path", model, "--text", "a", "--text_pair", "b"],
+                                       r"task tnews takes single texts: --text_pair is not used"),
         "existing output file": (["--model_path", model, "--text", "体育", "--output_file", str(tmp_path / "taken.json")],
                                  r"--output_file .*taken\.json already exists"),
         "unknown task": (["--task_name", "tnewz", "--model_path", model], r"unknown --task_name 'tnewz'"),
@@ -201,7 +203,7 @@ def bad_infer_cases(tmp_path, runs):
 @pytest.mark.parametrize("case", ["missing model files", "no such directory", "model of another task", "tensorrt on a cpu build",
                                   "tensorrt without gpu", "fp16 on cpu", "int8 of a float model on paddle", "bf16 on onnxruntime", "empty input file",
                                   "non utf-8 input file", "empty text", "existing output file", "unknown task",
-                                  "batch size zero", "negative length bucket", "stream window zero"])
+                                  "batch size zero", "negative length bucket", "stream window zero", "pair on a single-text task"])
 def test_bad_input_gets_one_clear_error_line(case, runs, tmp_path, capsys):
     extra, message = bad_infer_cases(tmp_path, runs)[case]
     argv = ["--task_name", "tnews", "--dev_file", clue_file("tnews", "dev")] + extra
