@@ -6,6 +6,7 @@ scripts never import paddlenlp.
 
 Imports utils.py only.
 """
+
 import argparse
 import dataclasses
 import json
@@ -20,7 +21,6 @@ import yaml
 
 from utils import ALL_TASKS, CUSTOM_TASK, CUSTOM_TASK_DEFAULTS, FAMILIES, UserError, first_line
 
-
 SUITE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -32,7 +32,9 @@ DEFAULT_MODEL = "ernie-3.0-medium-zh"
 
 def family_task_names(family: str) -> List[str]:
     """The registry's tasks of one family, in registry order (and custom for classification)."""
-    return [name for name, task in ALL_TASKS.items() if task.family == family] + ([CUSTOM_TASK] if family == "seq_cls" else [])
+    return [name for name, task in ALL_TASKS.items() if task.family == family] + (
+        [CUSTOM_TASK] if family == "seq_cls" else []
+    )
 
 
 def task_names_help() -> str:
@@ -43,20 +45,34 @@ def task_names_help() -> str:
 @dataclass
 class DataArguments:
     task_name: str = field(metadata={"help": task_names_help()})
-    train_file: Optional[str] = field(default=None, metadata={"help": "Local training file in the task's original format; without it the hub copy is downloaded."})
-    dev_file: Optional[str] = field(default=None, metadata={"help": "Local dev file (evaluation and best-model selection)."})
+    train_file: Optional[str] = field(
+        default=None,
+        metadata={"help": "Local training file in the task's original format; without it the hub copy is downloaded."},
+    )
+    dev_file: Optional[str] = field(
+        default=None, metadata={"help": "Local dev file (evaluation and best-model selection)."}
+    )
     test_file: Optional[str] = field(default=None, metadata={"help": "Local test file for --do_predict."})
-    label_list: Optional[List[str]] = field(default=None, metadata={"help": "Labels of --task_name custom, in id order."})
-    max_seq_length: Optional[int] = field(default=None, metadata={"help": "Tokens per example, special tokens included; default: the task's (table below)."})
+    label_list: Optional[List[str]] = field(
+        default=None, metadata={"help": "Labels of --task_name custom, in id order."}
+    )
+    max_seq_length: Optional[int] = field(
+        default=None,
+        metadata={"help": "Tokens per example, special tokens included; default: the task's (table below)."},
+    )
     truncate_long_texts: bool = field(
         default=True,
-        metadata={"help": "Truncate longer examples to --max_seq_length (the count is logged and written to the results); "
-                          "with false, such an example is an error naming its file and line."},
+        metadata={
+            "help": "Truncate longer examples to --max_seq_length (the count is logged and written to the results); "
+            "with false, such an example is an error naming its file and line."
+        },
     )
     group_by_length: bool = field(
         default=False,
-        metadata={"help": "Train on batches of similar lengths (shuffled within groups of 50 batches), so short texts "
-                          "are not padded to long ones: faster on data like TNEWS. Single-process runs."},
+        metadata={
+            "help": "Train on batches of similar lengths (shuffled within groups of 50 batches), so short texts "
+            "are not padded to long ones: faster on data like TNEWS. Single-process runs."
+        },
     )
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N training examples."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N dev examples."})
@@ -75,12 +91,18 @@ class QAWindowArguments:
 
     doc_stride: Optional[int] = field(
         default=None,
-        metadata={"help": "Tokens between the starts of consecutive context windows (BERT's doc_stride: a step, "
-                          "not the overlap that Hugging Face's fast tokenizers call stride); at most the window length. "
-                          "Default: 128, or the window length when that is shorter."},
+        metadata={
+            "help": "Tokens between the starts of consecutive context windows (BERT's doc_stride: a step, "
+            "not the overlap that Hugging Face's fast tokenizers call stride); at most the window length. "
+            "Default: 128, or the window length when that is shorter."
+        },
     )
-    max_query_length: int = field(default=64, metadata={"help": "Question tokens kept; longer questions are cut (counted)."})
-    n_best_size: int = field(default=20, metadata={"help": "Start and end candidates per window, and answers kept per question."})
+    max_query_length: int = field(
+        default=64, metadata={"help": "Question tokens kept; longer questions are cut (counted)."}
+    )
+    n_best_size: int = field(
+        default=20, metadata={"help": "Start and end candidates per window, and answers kept per question."}
+    )
     max_answer_length: int = field(default=50, metadata={"help": "Longest answer in tokens."})
 
 
@@ -90,7 +112,9 @@ class ModelArguments:
         default=DEFAULT_MODEL,
         metadata={"help": "A PaddleNLP model name (downloaded) or a local directory (pretrained or fine-tuned)."},
     )
-    dropout: Optional[float] = field(default=None, metadata={"help": "Hidden and classifier dropout; default: the model's own."})
+    dropout: Optional[float] = field(
+        default=None, metadata={"help": "Hidden and classifier dropout; default: the model's own."}
+    )
     early_stopping_patience: Optional[int] = field(
         default=None, metadata={"help": "Stop after this many evaluations without improvement of the dev metric."}
     )
@@ -158,15 +182,21 @@ def load_config_defaults(config_file: str) -> dict:
 
 def check_config_shape(config, config_file: str) -> None:
     if not isinstance(config, dict):
-        raise UserError(f"--config {config_file}: expected a mapping with 'common' and 'tasks', got {type(config).__name__}")
+        raise UserError(
+            f"--config {config_file}: expected a mapping with 'common' and 'tasks', got {type(config).__name__}"
+        )
     for section in ("common", "tasks"):
         if not isinstance(config.get(section) or {}, dict):
-            raise UserError(f"--config {config_file}: '{section}' must be a mapping of names to values, "
-                            f"got {type(config[section]).__name__}")
+            raise UserError(
+                f"--config {config_file}: '{section}' must be a mapping of names to values, "
+                f"got {type(config[section]).__name__}"
+            )
     for name, block in (config.get("tasks") or {}).items():
         if not isinstance(block or {}, dict):
-            raise UserError(f"--config {config_file}: tasks.{name} must be a mapping of option names to values, "
-                            f"got {type(block).__name__}")
+            raise UserError(
+                f"--config {config_file}: tasks.{name} must be a mapping of option names to values, "
+                f"got {type(block).__name__}"
+            )
 
 
 def task_defaults(config: dict, task_name: Optional[str]) -> dict:
@@ -254,8 +284,10 @@ class DataclassParser(argparse.ArgumentParser):
         if remaining:
             raise ValueError(f"{UNUSED_ARGUMENTS}{remaining}")
         values = vars(namespace)
-        return tuple(dtype(**{item.name: values[item.name] for item in dataclasses.fields(dtype) if item.init})
-                     for dtype in self.dataclass_types)
+        return tuple(
+            dtype(**{item.name: values[item.name] for item in dataclasses.fields(dtype) if item.init})
+            for dtype in self.dataclass_types
+        )
 
 
 def check_minimums(values, minimums: dict) -> None:
@@ -275,14 +307,18 @@ def parse_into_dataclasses(parser, argv: Sequence[str]):
     except ValueError as error:  # dataclass __post_init__ checks (TrainingArguments' among them) raise this
         message = first_line(error)
         if message.startswith(UNUSED_ARGUMENTS):
-            message = (f"unrecognized arguments: {message[len(UNUSED_ARGUMENTS):]} (options are spelt out in full; "
-                       "see --help)")
+            message = (
+                f"unrecognized arguments: {message[len(UNUSED_ARGUMENTS) :]} (options are spelt out in full; "
+                "see --help)"
+            )
         raise UserError(message) from None
 
 
 def parse_plain_arguments(dataclass_types, description: str, argv: Optional[Sequence[str]] = None):
     """Parse a script's own dataclasses (flags or one .json/.yml file), with no training defaults."""
-    parser = DataclassParser(dataclass_types, description=description, formatter_class=HelpFormatter, allow_abbrev=False)
+    parser = DataclassParser(
+        dataclass_types, description=description, formatter_class=HelpFormatter, allow_abbrev=False
+    )
     return parse_into_dataclasses(parser, user_argv(argv))
 
 
@@ -300,8 +336,11 @@ def parse_arguments(dataclass_types, family: str, description: str, argv: Sequen
     from paddlenlp.trainer import PdArgumentParser  # here, not at the top: see DataclassParser
 
     parser = PdArgumentParser(
-        dataclass_types, description=description, epilog=defaults_epilog(config, family, config_file),
-        formatter_class=HelpFormatter, allow_abbrev=False,
+        dataclass_types,
+        description=description,
+        epilog=defaults_epilog(config, family, config_file),
+        formatter_class=HelpFormatter,
+        allow_abbrev=False,
     )
     defaults = {"device": default_device(), **task_defaults(config, task_name)}
     task = ALL_TASKS.get(task_name)
@@ -336,7 +375,9 @@ def with_task_name(argv: Sequence[str], family: str) -> List[str]:
     task_name, dataset = option_value(argv, "task_name"), option_value(argv, "dataset")
     if dataset is not None:
         if task_name is not None and task_name != task_from_dataset(dataset):
-            raise UserError(f"--dataset {dataset!r} and --task_name {task_name!r} name different tasks; give one of them")
+            raise UserError(
+                f"--dataset {dataset!r} and --task_name {task_name!r} name different tasks; give one of them"
+            )
         task_name = task_from_dataset(dataset)
     task_name = task_name or default_task_name(family)
     if task_name and option_value(argv, "task_name") is None:
@@ -360,7 +401,9 @@ def flag_value(argv: Sequence[str], name: str) -> bool:
     for index, token in enumerate(argv):
         if token == f"--{name}":
             following = argv[index + 1] if index + 1 < len(argv) else ""
-            value = following.lower() not in ("false", "0", "no") if following and not following.startswith("--") else True
+            value = (
+                following.lower() not in ("false", "0", "no") if following and not following.startswith("--") else True
+            )
         elif token.startswith(f"--{name}="):
             value = token.split("=", 1)[1].lower() not in ("false", "0", "no")
     return value

@@ -1,10 +1,12 @@
 """Compress a CMRC2018 reader fine-tuned by run_qa.py.
 
-    python compress_qa.py --task_name cmrc2018 --model_name_or_path output/cmrc2018
+python compress_qa.py --task_name cmrc2018 --model_name_or_path output/cmrc2018
 """
+
+from paddlenlp.transformers import AutoModelForQuestionAnswering
+
 import compression
 import utils
-from paddlenlp.transformers import AutoModelForQuestionAnswering
 
 
 def main(argv=None):

@@ -1,10 +1,12 @@
 """Compress a CLUE text classifier (or a custom one) fine-tuned by run_seq_cls.py.
 
-    python compress_seq_cls.py --task_name tnews --model_name_or_path output/tnews
+python compress_seq_cls.py --task_name tnews --model_name_or_path output/tnews
 """
+
+from paddlenlp.transformers import AutoModelForSequenceClassification
+
 import compression
 import utils
-from paddlenlp.transformers import AutoModelForSequenceClassification
 
 
 def main(argv=None):

@@ -1,10 +1,12 @@
 """Compress an MSRA_NER tagger fine-tuned by run_token_cls.py.
 
-    python compress_token_cls.py --task_name msra_ner --model_name_or_path output/msra_ner
+python compress_token_cls.py --task_name msra_ner --model_name_or_path output/msra_ner
 """
+
+from paddlenlp.transformers import AutoModelForTokenClassification
+
 import compression
 import utils
-from paddlenlp.transformers import AutoModelForTokenClassification
 
 
 def main(argv=None):

@@ -19,6 +19,7 @@ it) and openvino (the same model.onnx; fp32, bf16, or an NNCF int8 candidate). I
 padded per batch to length buckets (results come back in input order); --pad_to_max_length pads every batch to
 --max_seq_length instead, as fixed-shape deployments do.
 """
+
 import json
 import os
 import sys
@@ -38,35 +39,82 @@ REPEATABLE = {"action": "extend"}
 
 @dataclass
 class InferArguments:
-    dev_file: Optional[str] = field(default=None, metadata={"help": "Dev file in the task's original format; default: the hub dev split."})
+    dev_file: Optional[str] = field(
+        default=None, metadata={"help": "Dev file in the task's original format; default: the hub dev split."}
+    )
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N dev examples."})
-    perf: bool = field(default=False, metadata={"help": "Time the dev set: warm-up, then latency per batch and throughput."})
+    perf: bool = field(
+        default=False, metadata={"help": "Time the dev set: warm-up, then latency per batch and throughput."}
+    )
     warmup_batches: int = field(default=5, metadata={"help": "Batches run before timing with --perf."})
-    pad_to_max_length: bool = field(default=False, metadata={"help": "Pad every batch to --max_seq_length, in input order (fixed shapes)."})
-    text: Optional[List[str]] = field(default=None, metadata={**REPEATABLE, "help": "Raw input, repeatable: a sentence (classification, NER) or a context (QA, with --question)."})
-    text_pair: Optional[List[str]] = field(default=None, metadata={**REPEATABLE, "help": "Second sentences of pair tasks, one per --text."})
-    question: Optional[List[str]] = field(default=None, metadata={**REPEATABLE, "help": "QA questions, one per --text context."})
-    input_file: Optional[str] = field(default=None, metadata={"help": "Raw input: one text a line (text<TAB>pair for pair tasks), streamed in bounded memory to JSON lines (--output_file, else standard output); or SQuAD-style json for QA (read whole)."})
-    stream_window: int = field(default=2048, metadata={"help": "Lines read, length-sorted and predicted together when streaming --input_file."})
-    num_shards: int = field(default=1, metadata={"help": "Split --input_file among N processes or machines: this one takes the lines whose index modulo N is --shard_index."})
-    shard_index: int = field(default=0, metadata={"help": "Which of the --num_shards shares this process takes (0-based)."})
-    resume: bool = field(default=False, metadata={"help": "Continue an interrupted --input_file run: append to its --output_file after its last complete line."})
-    truncate_long_texts: bool = field(default=True, metadata={"help": "Truncate inputs longer than --max_seq_length (reported); with false, an error."})
-    output_file: Optional[str] = field(default=None, metadata={"help": "Also write the results as JSON here (never over an existing file)."})
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "Pad every batch to --max_seq_length, in input order (fixed shapes)."}
+    )
+    text: Optional[List[str]] = field(
+        default=None,
+        metadata={
+            **REPEATABLE,
+            "help": "Raw input, repeatable: a sentence (classification, NER) or a context (QA, with --question).",
+        },
+    )
+    text_pair: Optional[List[str]] = field(
+        default=None, metadata={**REPEATABLE, "help": "Second sentences of pair tasks, one per --text."}
+    )
+    question: Optional[List[str]] = field(
+        default=None, metadata={**REPEATABLE, "help": "QA questions, one per --text context."}
+    )
+    input_file: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Raw input: one text a line (text<TAB>pair for pair tasks), streamed in bounded memory to JSON lines (--output_file, else standard output); or SQuAD-style json for QA (read whole)."
+        },
+    )
+    stream_window: int = field(
+        default=2048, metadata={"help": "Lines read, length-sorted and predicted together when streaming --input_file."}
+    )
+    num_shards: int = field(
+        default=1,
+        metadata={
+            "help": "Split --input_file among N processes or machines: this one takes the lines whose index modulo N is --shard_index."
+        },
+    )
+    shard_index: int = field(
+        default=0, metadata={"help": "Which of the --num_shards shares this process takes (0-based)."}
+    )
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "Continue an interrupted --input_file run: append to its --output_file after its last complete line."
+        },
+    )
+    truncate_long_texts: bool = field(
+        default=True,
+        metadata={"help": "Truncate inputs longer than --max_seq_length (reported); with false, an error."},
+    )
+    output_file: Optional[str] = field(
+        default=None, metadata={"help": "Also write the results as JSON here (never over an existing file)."}
+    )
 
 
 def encode(task, examples, tokenizer, args, window_args, with_labels):
     """Features of the examples, and the seconds tokenization took."""
     started = time.perf_counter()
-    encoded = utils.encode_examples(task, "input", examples, tokenizer, args.max_seq_length, args.truncate_long_texts,
-                                    window_args, with_labels)
+    encoded = utils.encode_examples(
+        task, "input", examples, tokenizer, args.max_seq_length, args.truncate_long_texts, window_args, with_labels
+    )
     return encoded, time.perf_counter() - started
 
 
 def run(predictor, task, encoded, args, warmup_batches=0) -> predictors.PredictionRun:
-    return predictors.run_predictor(predictor, list(encoded.dataset), args.batch_size, per_token=task.per_token_outputs,
-                               sort_by_length=not args.pad_to_max_length,
-                               pad_to=args.max_seq_length if args.pad_to_max_length else None, warmup_batches=warmup_batches)
+    return predictors.run_predictor(
+        predictor,
+        list(encoded.dataset),
+        args.batch_size,
+        per_token=task.per_token_outputs,
+        sort_by_length=not args.pad_to_max_length,
+        pad_to=args.max_seq_length if args.pad_to_max_length else None,
+        warmup_batches=warmup_batches,
+    )
 
 
 def evaluate(predictor, task, tokenizer, args, window_args) -> dict:
@@ -77,7 +125,10 @@ def evaluate(predictor, task, tokenizer, args, window_args) -> dict:
     metrics = utils.deployed_metrics(task, examples, encoded, result.outputs, window_args)
     report = {"metrics": {**metrics, "eval_samples": len(examples)}}
     if args.perf:
-        report["perf"] = {**perf_summary(result, len(encoded.dataset), tokenize_seconds), "warmed_shapes": warmed_shapes}
+        report["perf"] = {
+            **perf_summary(result, len(encoded.dataset), tokenize_seconds),
+            "warmed_shapes": warmed_shapes,
+        }
     return report
 
 
@@ -122,7 +173,10 @@ def raw_examples(task, args):
     if task.family == "qa":
         if not args.question or len(args.question) != len(texts):
             raise utils.UserError("QA needs one --question per --text context")
-        return [utils.raw_example(task, i, t, f"--text {i + 1}", question=q) for i, (q, t) in enumerate(zip(args.question, texts))]
+        return [
+            utils.raw_example(task, i, t, f"--text {i + 1}", question=q)
+            for i, (q, t) in enumerate(zip(args.question, texts))
+        ]
     if args.text_pair and task.takes_pairs is False:
         raise utils.UserError(f"task {task.name} takes single texts: --text_pair is not used")
     if task.takes_pairs and not args.text_pair:
@@ -172,7 +226,9 @@ def shard_lines(path: str, num_shards: int, shard_index: int, after: int):
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as error:
-                raise utils.UserError(f"{path}: not UTF-8 text (line {index + 1}: {error.reason} at byte {error.start})") from None
+                raise utils.UserError(
+                    f"{path}: not UTF-8 text (line {index + 1}: {error.reason} at byte {error.start})"
+                ) from None
             yield (index, line, handle.tell()) if line.strip() else (None, None, handle.tell())
 
 
@@ -217,8 +273,13 @@ def stream_file(predictor, task, tokenizer, args, window_args) -> dict:
         raise utils.UserError(f"--shard_index must be between 0 and --num_shards - 1 ({args.num_shards - 1})")
     output, after = open_stream_output(args)
     written, window = 0, []
-    progress = tqdm(total=os.path.getsize(args.input_file), unit="B", unit_scale=True, desc="predicting",
-                    disable=output is sys.stdout and not sys.stderr.isatty())
+    progress = tqdm(
+        total=os.path.getsize(args.input_file),
+        unit="B",
+        unit_scale=True,
+        desc="predicting",
+        disable=output is sys.stdout and not sys.stderr.isatty(),
+    )
 
     def flush():
         nonlocal written
@@ -242,8 +303,10 @@ def stream_file(predictor, task, tokenizer, args, window_args) -> dict:
         if window:
             flush()
         if written == 0 and after < 0:
-            raise utils.UserError(f"--input_file {args.input_file} holds no input" +
-                                  (f" for shard {args.shard_index} of {args.num_shards}" if args.num_shards > 1 else ""))
+            raise utils.UserError(
+                f"--input_file {args.input_file} holds no input"
+                + (f" for shard {args.shard_index} of {args.num_shards}" if args.num_shards > 1 else "")
+            )
         completed = True
     finally:
         progress.close()
@@ -252,19 +315,33 @@ def stream_file(predictor, task, tokenizer, args, window_args) -> dict:
             if not completed and not args.resume and written == 0:
                 os.remove(args.output_file)  # a run that stopped before writing anything leaves no file behind
     peak = peak_rss_mb()
-    utils.logger.info("predicted %d lines%s; peak memory %.0f MB", written, f" into {args.output_file}" if args.output_file else "",
-                      peak)
-    return {"predicted_lines": written, "resumed_after_line": after if args.resume else None,
-            "output_file": args.output_file, "peak_rss_mb": peak}
+    utils.logger.info(
+        "predicted %d lines%s; peak memory %.0f MB",
+        written,
+        f" into {args.output_file}" if args.output_file else "",
+        peak,
+    )
+    return {
+        "predicted_lines": written,
+        "resumed_after_line": after if args.resume else None,
+        "output_file": args.output_file,
+        "peak_rss_mb": peak,
+    }
 
 
 def print_report(report: dict) -> None:
     for row in report.get("predictions", []):
         print(json.dumps(row, ensure_ascii=False))
     if "metrics" in report:
-        print("metrics: " + ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in report["metrics"].items()))
+        print(
+            "metrics: "
+            + ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in report["metrics"].items())
+        )
     if "perf" in report:
-        print("perf: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in report["perf"].items()))
+        print(
+            "perf: "
+            + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in report["perf"].items())
+        )
 
 
 def merged(*parts):
@@ -276,7 +353,8 @@ def merged(*parts):
 
 def main(argv=None):
     deploy_args, args, window_args = arguments.parse_plain_arguments(
-        (predictors.DeployArguments, InferArguments, arguments.QAWindowArguments), __doc__, argv)
+        (predictors.DeployArguments, InferArguments, arguments.QAWindowArguments), __doc__, argv
+    )
     args = merged(deploy_args, args)
     utils.setup_logging()
     arguments.check_minimums(args, {"max_eval_samples": 1, "warmup_batches": 0, "stream_window": 1, "num_shards": 1})
@@ -286,12 +364,26 @@ def main(argv=None):
     predictor = predictors.create_predictor(args.model_path, options)
     tokenizer = model_io.load_deployed_tokenizer(args.model_path)
     if args.input_file and task.family != "qa":
-        return {"task_name": task.name, "model_path": args.model_path, **predictors.public_options(options),
-                "engine": predictor.engine, **stream_file(predictor, task, tokenizer, args, window_args)}
+        return {
+            "task_name": task.name,
+            "model_path": args.model_path,
+            **predictors.public_options(options),
+            "engine": predictor.engine,
+            **stream_file(predictor, task, tokenizer, args, window_args),
+        }
     raw = bool(args.text or args.input_file)
-    report = predict_raw(predictor, task, tokenizer, args, window_args) if raw else evaluate(predictor, task, tokenizer, args, window_args)
-    report = {"task_name": task.name, "model_path": args.model_path, **predictors.public_options(options),
-              "engine": predictor.engine, **report}
+    report = (
+        predict_raw(predictor, task, tokenizer, args, window_args)
+        if raw
+        else evaluate(predictor, task, tokenizer, args, window_args)
+    )
+    report = {
+        "task_name": task.name,
+        "model_path": args.model_path,
+        **predictors.public_options(options),
+        "engine": predictor.engine,
+        **report,
+    }
     print_report(report)
     if args.output_file:
         utils.write_json_atomic(args.output_file, report)

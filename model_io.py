@@ -4,13 +4,21 @@ reads), and the exported-folder format (program files, task.json, tokenizer file
 
 Imports utils.py only.
 """
+
 import os
 from typing import List, Optional, Tuple
 
 import paddle
 
 from utils import (
-    FAMILIES, TaskSpec, UserError, read_json_file, atomic_directory, first_line, logger, write_json_atomic,
+    FAMILIES,
+    TaskSpec,
+    UserError,
+    atomic_directory,
+    first_line,
+    logger,
+    read_json_file,
+    write_json_atomic,
 )
 
 
@@ -61,8 +69,11 @@ def load_deployed_tokenizer(model_dir: str):
     gives the same ids, token types and offsets without importing paddlenlp; any other tokenizer goes through
     paddlenlp (load_tokenizer)."""
     config, vocab_file = saved_tokenizer_config(model_dir), os.path.join(model_dir, "vocab.txt")
-    if (config.get("tokenizer_class") in WORDPIECE_TOKENIZER_CLASSES and not config.get("added_tokens_decoder")
-            and os.path.isfile(vocab_file)):
+    if (
+        config.get("tokenizer_class") in WORDPIECE_TOKENIZER_CLASSES
+        and not config.get("added_tokens_decoder")
+        and os.path.isfile(vocab_file)
+    ):
         return WordPieceTokenizer(vocab_file, bool(config.get("do_lower_case", True)))
     return load_tokenizer(model_dir)
 
@@ -77,15 +88,19 @@ class WordPieceTokenizer:
     # paddlenlp's BasicTokenizer makes a word of each CJK character (its ranges: `tokenizers` starts Extension E
     # at U+2B920, not U+2B820), each punctuation mark and each symbol (40℃ -> 40 ℃; Unicode categories P and S,
     # and the code points its _is_symbol adds)
-    SPLIT_CHARACTERS = (r"[\x{4E00}-\x{9FFF}\x{3400}-\x{4DBF}\x{20000}-\x{2A6DF}\x{2A700}-\x{2B73F}\x{2B740}-\x{2B81F}"
-                        r"\x{2B820}-\x{2CEAF}\x{F900}-\x{FAFF}\x{2F800}-\x{2FA1F}"
-                        r"\p{P}\p{S}\x{00AD}\x{00B2}\x{00BA}\x{3007}\x{00B5}\x{00D8}\x{014B}\x{01B1}]")
+    SPLIT_CHARACTERS = (
+        r"[\x{4E00}-\x{9FFF}\x{3400}-\x{4DBF}\x{20000}-\x{2A6DF}\x{2A700}-\x{2B73F}\x{2B740}-\x{2B81F}"
+        r"\x{2B820}-\x{2CEAF}\x{F900}-\x{FAFF}\x{2F800}-\x{2FA1F}"
+        r"\p{P}\p{S}\x{00AD}\x{00B2}\x{00BA}\x{3007}\x{00B5}\x{00D8}\x{014B}\x{01B1}]"
+    )
 
     def __init__(self, vocab_file: str, do_lower_case: bool = True):
         from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 
         with open(vocab_file, encoding="utf-8") as handle:
-            self.vocab = {line.rstrip("\n"): index for index, line in enumerate(handle)}  # a repeated token: its last line
+            self.vocab = {
+                line.rstrip("\n"): index for index, line in enumerate(handle)
+            }  # a repeated token: its last line
         missing = [token for token in self.SPECIAL_TOKENS if token not in self.vocab]
         if missing:
             raise UserError(f"{vocab_file} lacks the special tokens {', '.join(missing)}")
@@ -93,9 +108,14 @@ class WordPieceTokenizer:
         self.cls_token_id, self.sep_token_id = self.vocab["[CLS]"], self.vocab["[SEP]"]
         self.backend = Tokenizer(models.WordPiece(self.vocab, unk_token="[UNK]", max_input_chars_per_word=100))
         self.backend.normalizer = normalizers.BertNormalizer(
-            clean_text=True, handle_chinese_chars=False, strip_accents=do_lower_case, lowercase=do_lower_case)
-        self.backend.pre_tokenizer = pre_tokenizers.Sequence([  # BertPreTokenizer splits off punctuation only
-            pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(self.SPLIT_CHARACTERS), behavior="isolated")])
+            clean_text=True, handle_chinese_chars=False, strip_accents=do_lower_case, lowercase=do_lower_case
+        )
+        self.backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [  # BertPreTokenizer splits off punctuation only
+                pre_tokenizers.WhitespaceSplit(),
+                pre_tokenizers.Split(Regex(self.SPLIT_CHARACTERS), behavior="isolated"),
+            ]
+        )
         self.backend.add_special_tokens(list(self.SPECIAL_TOKENS))  # kept whole in raw text, as paddlenlp does
 
     def tokenize(self, text: str) -> List[str]:
@@ -122,11 +142,18 @@ class WordPieceTokenizer:
     def create_token_type_ids_from_sequences(ids: List[int], pair_ids: Optional[List[int]] = None) -> List[int]:
         return [0] * (len(ids) + 2) + ([] if pair_ids is None else [1] * (len(pair_ids) + 1))
 
-    def prepare_for_model(self, ids: List[int], pair_ids: Optional[List[int]] = None, max_length: Optional[int] = None,
-                          truncation: bool = False) -> dict:
+    def prepare_for_model(
+        self,
+        ids: List[int],
+        pair_ids: Optional[List[int]] = None,
+        max_length: Optional[int] = None,
+        truncation: bool = False,
+    ) -> dict:
         """Special tokens and token types, truncated longest first (a tie shortens the second text) to max_length."""
         ids, pair_ids = list(ids), None if pair_ids is None else list(pair_ids)
-        excess = len(ids) + len(pair_ids or ()) + self.num_special_tokens_to_add(pair_ids is not None) - (max_length or 0)
+        excess = (
+            len(ids) + len(pair_ids or ()) + self.num_special_tokens_to_add(pair_ids is not None) - (max_length or 0)
+        )
         for _ in range(excess if truncation and max_length else 0):
             if not ids and not pair_ids:  # max_length below the special tokens: they stay
                 break
@@ -134,8 +161,10 @@ class WordPieceTokenizer:
                 ids.pop()
             else:
                 pair_ids.pop()
-        return {"input_ids": self.build_inputs_with_special_tokens(ids, pair_ids),
-                "token_type_ids": self.create_token_type_ids_from_sequences(ids, pair_ids)}
+        return {
+            "input_ids": self.build_inputs_with_special_tokens(ids, pair_ids),
+            "token_type_ids": self.create_token_type_ids_from_sequences(ids, pair_ids),
+        }
 
 
 def load_model_config(name_or_path: str):
@@ -195,7 +224,9 @@ def configure_for_task(config, task: TaskSpec, dropout: Optional[float] = None):
     return config
 
 
-def load_task_model(model_class, name_or_path: str, task: TaskSpec, max_seq_length: int, dropout: Optional[float] = None):
+def load_task_model(
+    model_class, name_or_path: str, task: TaskSpec, max_seq_length: int, dropout: Optional[float] = None
+):
     """Config, checks, then the model with a head sized for the task."""
     config = load_model_config(name_or_path)
     check_model_fits_task(config, name_or_path, task)
@@ -286,8 +317,10 @@ def static_model_files(model_dir: str) -> Tuple[str, str]:
         params = os.path.join(model_dir, program.rsplit(".", 1)[0] + ".pdiparams")
         if os.path.isfile(os.path.join(model_dir, program)) and os.path.isfile(params):
             return os.path.join(model_dir, program), params
-    raise UserError(f"{model_dir} holds no exported model ({' or '.join(PROGRAM_FILES)} with its .pdiparams); "
-                    "export one with run_*.py --do_export")
+    raise UserError(
+        f"{model_dir} holds no exported model ({' or '.join(PROGRAM_FILES)} with its .pdiparams); "
+        "export one with run_*.py --do_export"
+    )
 
 
 def read_task_info(model_dir: str) -> dict:
@@ -316,8 +349,10 @@ def export_legacy_static_model(model, directory: str) -> Tuple[str, str]:
     quantization reads (paddle 3.0.0: inside OldIrGuard; later releases can no longer export ERNIE this way)."""
     duplicate = static_copy(model)  # parameters can only be built outside OldIrGuard
     with paddle.pir_utils.OldIrGuard():
-        paddle.jit.save(paddle.jit.to_static(duplicate, input_spec=export_input_spec(), full_graph=True),
-                        os.path.join(directory, "model"))
+        paddle.jit.save(
+            paddle.jit.to_static(duplicate, input_spec=export_input_spec(), full_graph=True),
+            os.path.join(directory, "model"),
+        )
     return os.path.join(directory, "model.pdmodel"), os.path.join(directory, "model.pdiparams")
 
 

@@ -5,6 +5,7 @@ compression measurements and the benchmarks share.
 
 Imports arguments.py (the device check), model_io.py (the exported-folder format) and utils.py.
 """
+
 import contextlib
 import hashlib
 import json
@@ -19,8 +20,16 @@ import paddle
 from arguments import check_minimums, default_device, default_output_dir
 from model_io import EXPORT_INPUT_NAMES, check_model_task, is_quantized, read_task_info, static_model_files
 from utils import (
-    CUSTOM_TASK, FAMILIES, UserError, entities_from_tags, get_task_any_family, logger, pad_rows,
-    postprocess_qa_predictions, predicted_word_tags, read_json_file,
+    CUSTOM_TASK,
+    FAMILIES,
+    UserError,
+    entities_from_tags,
+    get_task_any_family,
+    logger,
+    pad_rows,
+    postprocess_qa_predictions,
+    predicted_word_tags,
+    read_json_file,
 )
 
 
@@ -34,7 +43,9 @@ class PredictorOptions:
     enable_onednn: bool = True
     batch_size: int = 32
     max_seq_length: int = 128
-    length_bucket: Optional[int] = None  # Paddle CPU: pad batches to a multiple of this many tokens; None: by model kind
+    length_bucket: Optional[int] = (
+        None  # Paddle CPU: pad batches to a multiple of this many tokens; None: by model kind
+    )
 
 
 def public_options(options: PredictorOptions) -> dict:
@@ -61,8 +72,10 @@ def refuse_tensorrt_elsewhere(options: PredictorOptions) -> None:
     if options.use_trt and (options.backend != "paddle" or options.device != "gpu"):
         raise UserError("--use_trt runs TensorRT through Paddle Inference: it needs --backend paddle --device gpu")
     if options.precision == "fp16" and (options.backend != "paddle" or options.device != "gpu"):
-        raise UserError("--precision fp16 runs on GPUs (mixed precision, or TensorRT with --use_trt): use --backend paddle "
-                        "--device gpu")
+        raise UserError(
+            "--precision fp16 runs on GPUs (mixed precision, or TensorRT with --use_trt): use --backend paddle "
+            "--device gpu"
+        )
 
 
 def native_bfloat16() -> bool:
@@ -72,7 +85,9 @@ def native_bfloat16() -> bool:
 
 def check_bfloat16(options: PredictorOptions, quantized: bool) -> None:
     if options.backend != "paddle" or options.device != "cpu" or not options.enable_onednn:
-        raise UserError("--precision bf16 runs oneDNN's bfloat16 kernels: it needs --backend paddle --device cpu with oneDNN on")
+        raise UserError(
+            "--precision bf16 runs oneDNN's bfloat16 kernels: it needs --backend paddle --device cpu with oneDNN on"
+        )
     if quantized:
         raise UserError("--precision bf16 needs a float model, not an int8 one")
     refuse_emulated_bfloat16()
@@ -80,8 +95,10 @@ def check_bfloat16(options: PredictorOptions, quantized: bool) -> None:
 
 def refuse_emulated_bfloat16() -> None:
     if not native_bfloat16():
-        raise UserError("--precision bf16 needs a CPU with native bfloat16 (avx512_bf16 or AMX); on this one it would be "
-                        "emulated and slower than fp32")
+        raise UserError(
+            "--precision bf16 needs a CPU with native bfloat16 (avx512_bf16 or AMX); on this one it would be "
+            "emulated and slower than fp32"
+        )
 
 
 FLOAT_ONEDNN_CACHED_SHAPES = 2
@@ -145,12 +162,22 @@ def tensorrt_plan(program: str, options: PredictorOptions, gpu: str, trt_version
     apply to them); legacy programs through enable_tensorrt_engine, int8 ones with the scales they carry."""
     shapes = tensorrt_input_shapes(options)
     stat = os.stat(program)
-    key = {"gpu": gpu, "tensorrt": trt_version, "precision": options.precision, "min": shapes[0], "max": shapes[1],
-           "opt": shapes[2], "program": os.path.basename(program), "program_bytes": stat.st_size,
-           "program_mtime": int(stat.st_mtime)}
+    key = {
+        "gpu": gpu,
+        "tensorrt": trt_version,
+        "precision": options.precision,
+        "min": shapes[0],
+        "max": shapes[1],
+        "opt": shapes[2],
+        "program": os.path.basename(program),
+        "program_bytes": stat.st_size,
+        "program_mtime": int(stat.st_mtime),
+    }
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     route = "pir-trt" if program.endswith(".json") else "legacy"
-    return TensorRtPlan(route, options.precision, shapes, key, os.path.join(os.path.dirname(program), "tensorrt", digest))
+    return TensorRtPlan(
+        route, options.precision, shapes, key, os.path.join(os.path.dirname(program), "tensorrt", digest)
+    )
 
 
 def cached_plan_matches(plan: TensorRtPlan) -> bool:
@@ -180,13 +207,26 @@ def pir_trt_program(plan: TensorRtPlan, program: str) -> Tuple[str, str]:
         minimum, maximum, optimum = plan.shapes
         inputs = []
         for name in EXPORT_INPUT_NAMES:
-            spec = Input(min_input_shape=tuple(minimum[name]), max_input_shape=tuple(maximum[name]),
-                         optim_input_shape=tuple(optimum[name]), input_data_type="int64",
-                         input_range=TENSORRT_VOCAB_RANGE if name == "input_ids" else (0, 0), name=name)
+            spec = Input(
+                min_input_shape=tuple(minimum[name]),
+                max_input_shape=tuple(maximum[name]),
+                optim_input_shape=tuple(optimum[name]),
+                input_data_type="int64",
+                input_range=TENSORRT_VOCAB_RANGE if name == "input_ids" else (0, 0),
+                name=name,
+            )
             inputs.append(spec)
         precision = {"fp32": PrecisionMode.FP32, "fp16": PrecisionMode.FP16, "int8": PrecisionMode.INT8}[plan.precision]
-        convert(program[: -len(".json")], TensorRTConfig(inputs=inputs, min_subgraph_size=5, save_model_dir=prefix,
-                                                         precision_mode=precision, workspace_size=1 << 30))
+        convert(
+            program[: -len(".json")],
+            TensorRTConfig(
+                inputs=inputs,
+                min_subgraph_size=5,
+                save_model_dir=prefix,
+                precision_mode=precision,
+                workspace_size=1 << 30,
+            ),
+        )
         write_key(plan)
         logger.info("converted %s for TensorRT (%s) into %s", program, plan.precision, plan.cache_dir)
     return prefix + ".json", prefix + ".pdiparams"
@@ -199,11 +239,20 @@ def configure_legacy_tensorrt(config, plan: TensorRtPlan) -> None:
         shutil.rmtree(plan.cache_dir, ignore_errors=True)
         os.makedirs(plan.cache_dir)
         write_key(plan)
-    precision = {"fp32": paddle.inference.PrecisionType.Float32, "fp16": paddle.inference.PrecisionType.Half,
-                 "int8": paddle.inference.PrecisionType.Int8}[plan.precision]
+    precision = {
+        "fp32": paddle.inference.PrecisionType.Float32,
+        "fp16": paddle.inference.PrecisionType.Half,
+        "int8": paddle.inference.PrecisionType.Int8,
+    }[plan.precision]
     config.set_optim_cache_dir(plan.cache_dir)
-    config.enable_tensorrt_engine(workspace_size=1 << 30, max_batch_size=plan.shapes[1]["input_ids"][0],
-                                  min_subgraph_size=5, precision_mode=precision, use_static=True, use_calib_mode=False)
+    config.enable_tensorrt_engine(
+        workspace_size=1 << 30,
+        max_batch_size=plan.shapes[1]["input_ids"][0],
+        min_subgraph_size=5,
+        precision_mode=precision,
+        use_static=True,
+        use_calib_mode=False,
+    )
     config.set_trt_dynamic_shape_info(*plan.shapes)
 
 
@@ -221,24 +270,34 @@ class PaddlePredictor:
     @staticmethod
     def check(options: PredictorOptions, quantized: bool, model_dir: str) -> None:
         if options.device == "gpu" and default_device() != "gpu":
-            raise UserError("--device gpu needs paddlepaddle-gpu and a visible GPU, but this paddle is CPU-only or sees no GPU "
-                            "(see the README's GPU section)")
+            raise UserError(
+                "--device gpu needs paddlepaddle-gpu and a visible GPU, but this paddle is CPU-only or sees no GPU "
+                "(see the README's GPU section)"
+            )
         refuse_tensorrt_elsewhere(options)
         if options.use_trt and tuple(paddle.inference.get_trt_compile_version()) == (0, 0, 0):
-            raise UserError("--use_trt needs a paddlepaddle-gpu build with TensorRT; this paddle was compiled without it")
+            raise UserError(
+                "--use_trt needs a paddlepaddle-gpu build with TensorRT; this paddle was compiled without it"
+            )
         if options.precision == "bf16":
             check_bfloat16(options, quantized)
         if options.precision == "int8" and not quantized and options.use_trt:
-            raise UserError(f"{model_dir} is a float model: TensorRT int8 needs an int8 model with its scales; make one with "
-                            "compress_*.py (`python infer.py --use_trt --precision int8` serves its best int8 candidate)")
+            raise UserError(
+                f"{model_dir} is a float model: TensorRT int8 needs an int8 model with its scales; make one with "
+                "compress_*.py (`python infer.py --use_trt --precision int8` serves its best int8 candidate)"
+            )
         if options.precision == "int8" and not quantized:
-            raise UserError(f"{model_dir} is a float model: int8 on the Paddle backend needs an int8 model from compress_*.py "
-                            "(or use --backend onnxruntime, which quantizes the float model dynamically)")
+            raise UserError(
+                f"{model_dir} is a float model: int8 on the Paddle backend needs an int8 model from compress_*.py "
+                "(or use --backend onnxruntime, which quantizes the float model dynamically)"
+            )
         if quantized and options.use_trt and options.precision != "int8":
             raise UserError(f"{model_dir} is an int8 model: serve it with --precision int8")
         if quantized and options.precision != "int8":
-            raise UserError(f"{model_dir} is an int8 model: serve it with --precision int8 (as {options.precision} its "
-                            "quantize ops would run in floating point, slower than the float model)")
+            raise UserError(
+                f"{model_dir} is an int8 model: serve it with --precision int8 (as {options.precision} its "
+                "quantize ops would run in floating point, slower than the float model)"
+            )
         if quantized and options.device == "cpu" and not options.enable_onednn:
             raise UserError("int8 models run on oneDNN's int8 kernels: leave --enable_onednn on")
         if quantized and options.device == "gpu" and not options.use_trt:
@@ -316,8 +375,15 @@ def onnx_conversion(model_dir: str) -> str:
         # step always fails on a misspelt pass name ("eliminate_nop_cast ") and writes the unoptimized model with
         # a warning. ONNX Runtime optimizes the graph itself when it loads it (running the intended passes
         # here measured no faster).
-        paddle2onnx.export(program, params, save_file=temporary, opset_version=14, enable_onnx_checker=True,
-                           optimize_tool="None", verbose=False)
+        paddle2onnx.export(
+            program,
+            params,
+            save_file=temporary,
+            opset_version=14,
+            enable_onnx_checker=True,
+            optimize_tool="None",
+            verbose=False,
+        )
         os.replace(temporary, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -339,8 +405,10 @@ class OnnxRuntimePredictor:
         if options.precision == "bf16":
             check_bfloat16(options, quantized)
         if quantized:
-            raise UserError(f"{model_dir} is a Paddle int8 model, which paddle2onnx cannot convert faithfully; give the float "
-                            "export to --backend onnxruntime --precision int8 instead")
+            raise UserError(
+                f"{model_dir} is a Paddle int8 model, which paddle2onnx cannot convert faithfully; give the float "
+                "export to --backend onnxruntime --precision int8 instead"
+            )
 
     def __init__(self, model_dir: str, options: PredictorOptions):
         import onnxruntime
@@ -415,23 +483,33 @@ class OpenVinoPredictor:
             raise UserError("--backend openvino runs on the CPU: use --device cpu")
         refuse_tensorrt_elsewhere(options)
         if quantized:
-            raise UserError(f"{model_dir} is a Paddle int8 model, which OpenVINO cannot read; serve it with --backend paddle")
+            raise UserError(
+                f"{model_dir} is a Paddle int8 model, which OpenVINO cannot read; serve it with --backend paddle"
+            )
         if options.precision == "bf16":
             refuse_emulated_bfloat16()
         if options.precision == "int8" and not os.path.isfile(os.path.join(model_dir, OpenVinoPredictor.INT8_FILE)):
-            raise UserError(f"{model_dir} holds no OpenVINO int8 model ({OpenVinoPredictor.INT8_FILE}): make one with "
-                            "compress_*.py (its openvino_int8/ candidates)")
+            raise UserError(
+                f"{model_dir} holds no OpenVINO int8 model ({OpenVinoPredictor.INT8_FILE}): make one with "
+                "compress_*.py (its openvino_int8/ candidates)"
+            )
 
     def __init__(self, model_dir: str, options: PredictorOptions):
         import openvino
 
-        source = (os.path.join(model_dir, self.INT8_FILE) if options.precision == "int8" else onnx_conversion(model_dir))
+        source = os.path.join(model_dir, self.INT8_FILE) if options.precision == "int8" else onnx_conversion(model_dir)
         core = openvino.Core()
         core.set_property({"CACHE_DIR": os.path.join(model_dir, ".ov_cache")})
         hint = {"bf16": "bf16"}.get(options.precision, "f32")  # int8 layers run int8 whatever the hint of the rest
-        self.compiled = core.compile_model(source, "CPU", {"INFERENCE_PRECISION_HINT": hint,
-                                                             "INFERENCE_NUM_THREADS": options.num_threads,
-                                                             "PERFORMANCE_HINT": "LATENCY"})
+        self.compiled = core.compile_model(
+            source,
+            "CPU",
+            {
+                "INFERENCE_PRECISION_HINT": hint,
+                "INFERENCE_NUM_THREADS": options.num_threads,
+                "PERFORMANCE_HINT": "LATENCY",
+            },
+        )
         self.request = self.compiled.create_infer_request()
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         self.model_files = [source] + ([source[:-4] + ".bin"] if source.endswith(".xml") else [])
@@ -474,14 +552,20 @@ def warm_up_buckets(predictor, batch_size: int, max_seq_length: int) -> int:
 def pad_features(features: Sequence[dict], length: Optional[int] = None) -> Dict[str, np.ndarray]:
     """Model inputs of features padded with 0 (the pad id of these vocabularies) to one length."""
     length = length or max(len(f["input_ids"]) for f in features)
-    return {name: np.array([f[name] + [0] * (length - len(f[name])) for f in features], dtype="int64")
-            for name in EXPORT_INPUT_NAMES}
+    return {
+        name: np.array([f[name] + [0] * (length - len(f[name])) for f in features], dtype="int64")
+        for name in EXPORT_INPUT_NAMES
+    }
 
 
 def batch_order(features: Sequence[dict], batch_size: int, sort_by_length: bool) -> List[List[int]]:
     """Indices of each batch: by length (similar lengths share a batch, so little padding) or in input order."""
-    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"])) if sort_by_length else list(range(len(features)))
-    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    order = (
+        sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+        if sort_by_length
+        else list(range(len(features)))
+    )
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 @dataclass
@@ -491,8 +575,15 @@ class PredictionRun:
     batch_sizes: List[int]
 
 
-def run_predictor(predictor, features: Sequence[dict], batch_size: int, per_token: bool, sort_by_length: bool = True,
-                  pad_to: Optional[int] = None, warmup_batches: int = 0) -> PredictionRun:
+def run_predictor(
+    predictor,
+    features: Sequence[dict],
+    batch_size: int,
+    per_token: bool,
+    sort_by_length: bool = True,
+    pad_to: Optional[int] = None,
+    warmup_batches: int = 0,
+) -> PredictionRun:
     """Run every feature through the predictor in batches; results come back in input order.
 
     per_token: the outputs have a value per input token (NER logits, QA start/end logits), which are cut back
@@ -547,8 +638,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def classification_rows(task, examples, encoded, outputs, window_args) -> List[dict]:
     probabilities = softmax(np.stack(outputs[0]))
-    return [{"text": e.text_a, **({"text_pair": e.text_b} if e.text_b else {}), "label": task.labels[int(p.argmax())],
-             "probability": float(p.max())} for e, p in zip(examples, probabilities)]
+    return [
+        {
+            "text": e.text_a,
+            **({"text_pair": e.text_b} if e.text_b else {}),
+            "label": task.labels[int(p.argmax())],
+            "probability": float(p.max()),
+        }
+        for e, p in zip(examples, probabilities)
+    ]
 
 
 def entity_rows(task, examples, encoded, outputs, window_args) -> List[dict]:
@@ -557,10 +655,18 @@ def entity_rows(task, examples, encoded, outputs, window_args) -> List[dict]:
 
 
 def answer_rows(task, examples, encoded, outputs, window_args) -> List[dict]:
-    _, nbest = postprocess_qa_predictions(examples, encoded, outputs[0], outputs[1], window_args.n_best_size,
-                                          window_args.max_answer_length)
-    return [{"id": e.id, "question": e.question, "answer": (nbest[e.id] or [{"text": ""}])[0]["text"],
-             "probability": (nbest[e.id] or [{"probability": 0.0}])[0]["probability"]} for e in examples]
+    _, nbest = postprocess_qa_predictions(
+        examples, encoded, outputs[0], outputs[1], window_args.n_best_size, window_args.max_answer_length
+    )
+    return [
+        {
+            "id": e.id,
+            "question": e.question,
+            "answer": (nbest[e.id] or [{"text": ""}])[0]["text"],
+            "probability": (nbest[e.id] or [{"probability": 0.0}])[0]["probability"],
+        }
+        for e in examples
+    ]
 
 
 PREDICTION_ROWS = {"seq_cls": classification_rows, "token_cls": entity_rows, "qa": answer_rows}
@@ -575,17 +681,45 @@ def prediction_rows(task, examples, encoded, outputs, window_args) -> List[dict]
 # ---- which model to deploy, and how (infer.py, serve.py) ----------------------------------------------------------
 @dataclass
 class DeployArguments:
-    task_name: Optional[str] = field(default=None, metadata={"help": "The task; default: the model's task.json (checked when given). Without --model_path it picks the folder output/<task> (default tnews)."})
-    model_path: Optional[str] = field(default=None, metadata={"help": "An export/ directory from run_*.py --do_export, or a compressed candidate's directory. Default: output/<task>/export, or with --precision int8 the best int8 candidate of output/<task>/compress/compress_report.json (with --use_trt: its tensorrt_int8, a Paddle int8 program)."})
-    backend: Optional[str] = field(default=None, metadata={"help": "Default: as the model's task.json says it was measured (compressed candidates), else paddle. " + backends_help()})
+    task_name: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "The task; default: the model's task.json (checked when given). Without --model_path it picks the folder output/<task> (default tnews)."
+        },
+    )
+    model_path: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "An export/ directory from run_*.py --do_export, or a compressed candidate's directory. Default: output/<task>/export, or with --precision int8 the best int8 candidate of output/<task>/compress/compress_report.json (with --use_trt: its tensorrt_int8, a Paddle int8 program)."
+        },
+    )
+    backend: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Default: as the model's task.json says it was measured (compressed candidates), else paddle. "
+            + backends_help()
+        },
+    )
     device: str = field(default=default_device(), metadata={"help": "cpu or gpu."})
     use_trt: bool = field(default=False, metadata={"help": "TensorRT through Paddle Inference (--device gpu)."})
-    precision: Optional[str] = field(default=None, metadata={"help": "fp32, fp16 (GPU), bf16 (Paddle on a CPU with native bfloat16) or int8 (an int8 model from compress_*.py on oneDNN or TensorRT, or onnxruntime's dynamic quantization). Default: as the model's task.json says it was measured, else fp32."})
+    precision: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "fp32, fp16 (GPU), bf16 (Paddle on a CPU with native bfloat16) or int8 (an int8 model from compress_*.py on oneDNN or TensorRT, or onnxruntime's dynamic quantization). Default: as the model's task.json says it was measured, else fp32."
+        },
+    )
     batch_size: int = field(default=32, metadata={"help": "Sequences per batch."})
-    max_seq_length: Optional[int] = field(default=None, metadata={"help": "Tokens per sequence; default: the model's task.json."})
+    max_seq_length: Optional[int] = field(
+        default=None, metadata={"help": "Tokens per sequence; default: the model's task.json."}
+    )
     num_threads: int = field(default=os.cpu_count() or 1, metadata={"help": "CPU threads."})
     enable_onednn: bool = field(default=True, metadata={"help": "oneDNN kernels on the paddle CPU backend."})
-    length_bucket: Optional[int] = field(default=None, metadata={"help": "Paddle on the CPU: pad each batch to a multiple of this many tokens, so that oneDNN meets few shapes (1: to the batch's longest only). Default: 8 for float models, 16 for int8 ones."})
+    length_bucket: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Paddle on the CPU: pad each batch to a multiple of this many tokens, so that oneDNN meets few shapes (1: to the batch's longest only). Default: 8 for float models, 16 for int8 ones."
+        },
+    )
 
 
 DEFAULT_TASK = "tnews"
@@ -601,18 +735,24 @@ def default_model_path(task_name: str, precision: str, use_trt: bool = False) ->
     if precision == "int8":
         report_path = os.path.join(folder, "compress", "compress_report.json")
         if not os.path.isfile(report_path):
-            raise UserError(f"no compressed model in {os.path.dirname(report_path)}: make one with "
-                            f"`python {family.compress_script} --task_name {task_name}`, or pass --model_path DIR")
+            raise UserError(
+                f"no compressed model in {os.path.dirname(report_path)}: make one with "
+                f"`python {family.compress_script} --task_name {task_name}`, or pass --model_path DIR"
+            )
         best = read_json_file(report_path, "--model_path").get("tensorrt_int8" if use_trt else "best_int8")
         if not best:
             kind = "Paddle int8 candidate (what TensorRT runs)" if use_trt else "int8 candidate"
-            raise UserError(f"{report_path} has no {kind} within its --max_metric_drop; compress again (a larger "
-                            "budget or another strategy) or pass --model_path DIR")
+            raise UserError(
+                f"{report_path} has no {kind} within its --max_metric_drop; compress again (a larger "
+                "budget or another strategy) or pass --model_path DIR"
+            )
         return best
     export_dir = os.path.join(folder, "export")
     if not os.path.isdir(export_dir):
-        raise UserError(f"no exported model in {export_dir}: make one with `python {family.script} --task_name "
-                        f"{task_name} --do_train --do_eval --do_export`, or pass --model_path DIR")
+        raise UserError(
+            f"no exported model in {export_dir}: make one with `python {family.script} --task_name "
+            f"{task_name} --do_train --do_eval --do_export`, or pass --model_path DIR"
+        )
     return export_dir
 
 
@@ -632,5 +772,14 @@ def resolve_deployment(args):
     quantized = is_quantized(static_model_files(args.model_path)[0])
     args.precision = args.precision or serving.get("precision") or ("int8" if quantized else "fp32")
     args.max_seq_length = args.max_seq_length or info.get("max_seq_length") or task.max_seq_length
-    return task, PredictorOptions(args.backend, args.device, args.use_trt, args.precision, args.num_threads,
-                                  args.enable_onednn, args.batch_size, args.max_seq_length, args.length_bucket)
+    return task, PredictorOptions(
+        args.backend,
+        args.device,
+        args.use_trt,
+        args.precision,
+        args.num_threads,
+        args.enable_onednn,
+        args.batch_size,
+        args.max_seq_length,
+        args.length_bucket,
+    )

@@ -14,13 +14,15 @@ and upstream PaddleNLP's simpler character-overlap scores as upstream_exact_matc
 Writes into --output_dir (default output/cmrc2018): the best model, train_results.json, eval_results.json,
 cmrc2018_predict.json (question id -> answer) and cmrc2018_nbest.json (--do_predict), and export/.
 """
+
 import functools
 import os
+
+from paddlenlp.transformers import AutoModelForQuestionAnswering
 
 import arguments
 import trainer_suite
 import utils
-from paddlenlp.transformers import AutoModelForQuestionAnswering
 
 FAMILY = "qa"
 # paddlenlp 3.0.0b4's Trainer looks for "QusetionAnswering" (sic) in the model's class name to pick these,
@@ -29,11 +31,14 @@ LABEL_NAMES = ["start_positions", "end_positions"]
 
 
 def write_answers(output_dir, examples, features, outputs, task, window_args) -> None:
-    predictions, nbest = utils.postprocess_qa_predictions(examples, features, outputs[0], outputs[1],
-                                                          window_args.n_best_size, window_args.max_answer_length)
+    predictions, nbest = utils.postprocess_qa_predictions(
+        examples, features, outputs[0], outputs[1], window_args.n_best_size, window_args.max_answer_length
+    )
     utils.write_json_atomic(os.path.join(output_dir, task.submission_file), predictions)
     utils.write_json_atomic(os.path.join(output_dir, "cmrc2018_nbest.json"), nbest)
-    utils.logger.info("wrote answers to %d questions to %s", len(predictions), os.path.join(output_dir, task.submission_file))
+    utils.logger.info(
+        "wrote answers to %d questions to %s", len(predictions), os.path.join(output_dir, task.submission_file)
+    )
 
 
 def main(argv=None):
@@ -41,14 +46,21 @@ def main(argv=None):
     (window_args,), data_args, training_args, task = run.extra, run.data_args, run.training_args, run.task
     training_args.label_names = training_args.label_names or LABEL_NAMES
     model, tokenizer = trainer_suite.load_model_and_tokenizer(run, AutoModelForQuestionAnswering)
-    splits = {split: utils.load_encoded_split(task, split, data_args, tokenizer, window_args) for split in trainer_suite.needed_splits(training_args)}
+    splits = {
+        split: utils.load_encoded_split(task, split, data_args, tokenizer, window_args)
+        for split in trainer_suite.needed_splits(training_args)
+    }
     dev_examples, dev_features = splits.get("dev", (None, None))
     metrics = utils.qa_compute_metrics(dev_examples, dev_features, window_args) if dev_features else None
-    trainer = trainer_suite.build_trainer(run, model, tokenizer, splits, utils.family_collator(FAMILY, tokenizer), metrics)
+    trainer = trainer_suite.build_trainer(
+        run, model, tokenizer, splits, utils.family_collator(FAMILY, tokenizer), metrics
+    )
 
     trainer_suite.train_if_asked(run, trainer, splits)
     trainer_suite.evaluate_if_asked(run, trainer, splits)
-    trainer_suite.predict_if_asked(run, trainer, splits, functools.partial(write_answers, task=task, window_args=window_args))
+    trainer_suite.predict_if_asked(
+        run, trainer, splits, functools.partial(write_answers, task=task, window_args=window_args)
+    )
     trainer_suite.export_if_asked(run, trainer, tokenizer)
 
 

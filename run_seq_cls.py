@@ -9,12 +9,14 @@ with --label_list). Any Chinese encoder that PaddleNLP's Auto classes load works
 Writes into --output_dir (default output/<task>): the best model, train_results.json, eval_results.json,
 the CLUE submission file (--do_predict) and export/ (--do_export).
 """
+
 import functools
 import os
 
+from paddlenlp.transformers import AutoModelForSequenceClassification
+
 import trainer_suite
 import utils
-from paddlenlp.transformers import AutoModelForSequenceClassification
 
 FAMILY = "seq_cls"
 
@@ -23,7 +25,9 @@ def write_submission(output_dir, examples, encoded, outputs, task) -> None:
     """One JSON object a line, {"id": <the example's own id>, "label": "<label string>"}, in input order."""
     path = os.path.join(output_dir, task.submission_file)
     labels = [task.labels[index] for index in outputs[0].argmax(axis=-1)]
-    utils.write_json_lines_atomic(path, [{"id": example.id, "label": label} for example, label in zip(examples, labels)])
+    utils.write_json_lines_atomic(
+        path, [{"id": example.id, "label": label} for example, label in zip(examples, labels)]
+    )
     utils.logger.info("wrote %d predictions to %s", len(labels), path)
 
 
@@ -31,8 +35,13 @@ def main(argv=None):
     run = trainer_suite.start_run(FAMILY, __doc__, argv)
     data_args, training_args, task = run.data_args, run.training_args, run.task
     model, tokenizer = trainer_suite.load_model_and_tokenizer(run, AutoModelForSequenceClassification)
-    splits = {split: utils.load_encoded_split(task, split, data_args, tokenizer) for split in trainer_suite.needed_splits(training_args)}
-    trainer = trainer_suite.build_trainer(run, model, tokenizer, splits, utils.family_collator(FAMILY, tokenizer), utils.compute_accuracy_metrics)
+    splits = {
+        split: utils.load_encoded_split(task, split, data_args, tokenizer)
+        for split in trainer_suite.needed_splits(training_args)
+    }
+    trainer = trainer_suite.build_trainer(
+        run, model, tokenizer, splits, utils.family_collator(FAMILY, tokenizer), utils.compute_accuracy_metrics
+    )
 
     trainer_suite.train_if_asked(run, trainer, splits)
     trainer_suite.evaluate_if_asked(run, trainer, splits)

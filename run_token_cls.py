@@ -10,12 +10,14 @@ exact span and type (seqeval), on the part of each sentence the model saw; trunc
 Writes into --output_dir (default output/msra_ner): the best model, train_results.json, eval_results.json,
 msra_ner_predict.json (--do_predict: each sentence's entities with character offsets) and export/.
 """
+
 import functools
 import os
 
+from paddlenlp.transformers import AutoModelForTokenClassification
+
 import trainer_suite
 import utils
-from paddlenlp.transformers import AutoModelForTokenClassification
 
 FAMILY = "token_cls"
 
@@ -36,7 +38,10 @@ def main(argv=None):
     run = trainer_suite.start_run(FAMILY, __doc__, argv)
     data_args, training_args, task = run.data_args, run.training_args, run.task
     model, tokenizer = trainer_suite.load_model_and_tokenizer(run, AutoModelForTokenClassification)
-    splits = {split: utils.load_encoded_split(task, split, data_args, tokenizer) for split in trainer_suite.needed_splits(training_args)}
+    splits = {
+        split: utils.load_encoded_split(task, split, data_args, tokenizer)
+        for split in trainer_suite.needed_splits(training_args)
+    }
     collator = utils.family_collator(FAMILY, tokenizer)
     trainer = trainer_suite.build_trainer(run, model, tokenizer, splits, collator, utils.token_cls_metrics(task.labels))
 

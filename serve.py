@@ -12,6 +12,7 @@ lists) and answers {"result": [...]}, the rows infer.py --text prints. GET /heal
 GET /metrics counts requests, errors, batch sizes, queue depth and latency, GET / is a page to try it, GET /docs the
 OpenAPI docs. The model folder, backend and precision options and their defaults are infer.py's.
 """
+
 import json
 import os
 import signal
@@ -33,8 +34,12 @@ class ServeArguments:
     port: int = field(default=8189, metadata={"help": "Port to listen on."})
     workers: int = field(default=1, metadata={"help": "Processes, each with its own predictor and batcher."})
     max_batch_size: int = field(default=32, metadata={"help": "Sequences run together, across requests."})
-    max_wait_ms: float = field(default=5.0, metadata={"help": "How long a request waits for others to share its batch."})
-    max_queue: int = field(default=1024, metadata={"help": "Sequences that may wait; beyond it requests get 503 with Retry-After."})
+    max_wait_ms: float = field(
+        default=5.0, metadata={"help": "How long a request waits for others to share its batch."}
+    )
+    max_queue: int = field(
+        default=1024, metadata={"help": "Sequences that may wait; beyond it requests get 503 with Retry-After."}
+    )
     max_texts_per_request: int = field(default=64, metadata={"help": "Texts one request may hold (more: 413)."})
     max_text_chars: int = field(default=2000, metadata={"help": "Characters one text may hold (more: 413)."})
 
@@ -65,23 +70,49 @@ def main(argv=None):
     import uvicorn
 
     deploy, serve, window_args = arguments.parse_plain_arguments(
-        (predictors.DeployArguments, ServeArguments, arguments.QAWindowArguments), __doc__, argv)
+        (predictors.DeployArguments, ServeArguments, arguments.QAWindowArguments), __doc__, argv
+    )
     utils.setup_logging()
-    arguments.check_minimums(serve, {"workers": 1, "max_batch_size": 1, "max_queue": 1, "max_texts_per_request": 1,
-                                     "max_text_chars": 1, "max_wait_ms": 0})
-    limits = serving.ServingLimits(serve.max_batch_size, serve.max_wait_ms, serve.max_queue, serve.max_texts_per_request,
-                                   serve.max_text_chars)
+    arguments.check_minimums(
+        serve,
+        {
+            "workers": 1,
+            "max_batch_size": 1,
+            "max_queue": 1,
+            "max_texts_per_request": 1,
+            "max_text_chars": 1,
+            "max_wait_ms": 0,
+        },
+    )
+    limits = serving.ServingLimits(
+        serve.max_batch_size, serve.max_wait_ms, serve.max_queue, serve.max_texts_per_request, serve.max_text_chars
+    )
     task, options = predictors.resolve_deployment(deploy)  # refuse a missing model or bad options before listening
-    predictors.check_predictor_options(options, model_io.is_quantized(model_io.static_model_files(deploy.model_path)[0]),
-                                       deploy.model_path)
+    predictors.check_predictor_options(
+        options, model_io.is_quantized(model_io.static_model_files(deploy.model_path)[0]), deploy.model_path
+    )
     config = {"deploy": vars(deploy), "window": vars(window_args), "limits": vars(limits)}
-    utils.logger.info("serving %s (%s %s) at http://%s:%d/%s with %d worker(s)", deploy.model_path, options.backend,
-                      options.precision, serve.host, serve.port, task.name, serve.workers)
+    utils.logger.info(
+        "serving %s (%s %s) at http://%s:%d/%s with %d worker(s)",
+        deploy.model_path,
+        options.backend,
+        options.precision,
+        serve.host,
+        serve.port,
+        task.name,
+        serve.workers,
+    )
     exit_cleanly_on_sigterm()
     if serve.workers > 1:
         os.environ[APP_CONFIG_VARIABLE] = json.dumps(config)
-        uvicorn.run("serve:app_from_environment", factory=True, host=serve.host, port=serve.port, workers=serve.workers,
-                    log_level="warning")
+        uvicorn.run(
+            "serve:app_from_environment",
+            factory=True,
+            host=serve.host,
+            port=serve.port,
+            workers=serve.workers,
+            log_level="warning",
+        )
     else:
         uvicorn.run(build_app(config), host=serve.host, port=serve.port, log_level="warning")
 

@@ -5,6 +5,7 @@ FastAPI app with its try-it page.
 One predictor per batcher thread (Paddle predictors are not thread-safe); several processes with serve.py --workers.
 Imports predictors.py, model_io.py and utils.py.
 """
+
 import asyncio
 import collections
 import concurrent.futures
@@ -47,7 +48,9 @@ def read_body(raw: bytes) -> dict:
     try:
         body = json.loads(text)
     except json.JSONDecodeError as error:
-        raise RequestError(400, f"the body is not JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+        raise RequestError(
+            400, f"the body is not JSON ({error.msg} at line {error.lineno} column {error.colno})"
+        ) from None
     if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
         raise RequestError(422, 'expected {"data": {...}, "parameters": {...}} (PaddleNLP SimpleServer\'s body)')
     return body
@@ -60,14 +63,18 @@ def string_list(data: dict, name: str, limits: ServingLimits) -> List[str]:
     if not isinstance(values, list) or not values:
         raise RequestError(422, f"data.{name} must be a non-empty list of strings")
     if len(values) > limits.max_texts_per_request:
-        raise RequestError(413, f"data.{name} has {len(values)} texts; at most {limits.max_texts_per_request} a request")
+        raise RequestError(
+            413, f"data.{name} has {len(values)} texts; at most {limits.max_texts_per_request} a request"
+        )
     for index, value in enumerate(values):
         if not isinstance(value, str):
             raise RequestError(422, f"data.{name}[{index}] must be a string, got {type(value).__name__}")
         if not value.strip():
             raise RequestError(422, f"data.{name}[{index}] is empty")
         if len(value) > limits.max_text_chars:
-            raise RequestError(413, f"data.{name}[{index}] has {len(value)} characters; at most {limits.max_text_chars}")
+            raise RequestError(
+                413, f"data.{name}[{index}] has {len(value)} characters; at most {limits.max_text_chars}"
+            )
     return values
 
 
@@ -85,7 +92,9 @@ def request_examples(task, body: dict, limits: ServingLimits, pair_task: Optiona
         contexts, questions = string_list(data, "context", limits), string_list(data, "question", limits)
         if len(contexts) != len(questions):
             raise RequestError(422, f"data.context has {len(contexts)} texts but data.question {len(questions)}")
-        return [raw_example(task, i, c, f"request {i}", question=q) for i, (c, q) in enumerate(zip(contexts, questions))]
+        return [
+            raw_example(task, i, c, f"request {i}", question=q) for i, (c, q) in enumerate(zip(contexts, questions))
+        ]
     texts = string_list(data, "text", limits)
     if task.family == "token_cls":
         return [raw_example(task, i, text, f"request {i}") for i, text in enumerate(texts)]
@@ -118,8 +127,9 @@ class Batcher:
     sequences, or what arrived within max_wait_ms of the first; features sorted by length and padded per batch (the
     infer.py path); each request gets its own rows back, in order."""
 
-    def __init__(self, make_predictor: Callable, model_path: str, task, window_args, max_seq_length: int,
-                 limits: ServingLimits):
+    def __init__(
+        self, make_predictor: Callable, model_path: str, task, window_args, max_seq_length: int, limits: ServingLimits
+    ):
         self.make_predictor, self.model_path, self.task = make_predictor, model_path, task
         self.window_args, self.max_seq_length, self.limits = window_args, max_seq_length, limits
         self.queue = collections.deque()
@@ -128,8 +138,15 @@ class Batcher:
         self.ready = threading.Event()
         self.closing = False
         self.failed: Optional[str] = None
-        self.stats = {"requests": 0, "errors": 0, "rejected_overload": 0, "batches": 0, "sequences": 0,
-                      "batch_sizes": collections.Counter(), "latency_ms": collections.deque(maxlen=2000)}
+        self.stats = {
+            "requests": 0,
+            "errors": 0,
+            "rejected_overload": 0,
+            "batches": 0,
+            "sequences": 0,
+            "batch_sizes": collections.Counter(),
+            "latency_ms": collections.deque(maxlen=2000),
+        }
         self.thread = threading.Thread(target=self.loop, name="batcher", daemon=True)
 
     def start(self) -> "Batcher":
@@ -197,14 +214,27 @@ class Batcher:
         """Encode each request, run all of their features as one set of length-sorted batches, split the outputs
         back by request and format each request's rows."""
         try:
-            encoded = [encode_examples(self.task, "request", p.examples, self.tokenizer, self.max_seq_length, True,
-                                       self.window_args, with_labels=False) for p in batch]
+            encoded = [
+                encode_examples(
+                    self.task,
+                    "request",
+                    p.examples,
+                    self.tokenizer,
+                    self.max_seq_length,
+                    True,
+                    self.window_args,
+                    with_labels=False,
+                )
+                for p in batch
+            ]
             features = [feature for one in encoded for feature in one.dataset]
-            result = run_predictor(predictor, features, self.limits.max_batch_size, per_token=self.task.per_token_outputs)
+            result = run_predictor(
+                predictor, features, self.limits.max_batch_size, per_token=self.task.per_token_outputs
+            )
             start = 0
             for pending, one in zip(batch, encoded):
                 count = len(one.dataset)
-                outputs = [output[start: start + count] for output in result.outputs]
+                outputs = [output[start : start + count] for output in result.outputs]
                 start += count
                 pending.future.set_result(prediction_rows(self.task, pending.examples, one, outputs, self.window_args))
             self.record(batch, len(features))
@@ -227,19 +257,25 @@ class Batcher:
             latencies = np.array(self.stats["latency_ms"]) if self.stats["latency_ms"] else np.zeros(1)
             sizes = self.stats["batch_sizes"]
             return {
-                "ready": self.ready.is_set(), "requests": self.stats["requests"], "errors": self.stats["errors"],
-                "rejected_overload": self.stats["rejected_overload"], "batches": self.stats["batches"],
-                "sequences": self.stats["sequences"], "queue_depth_sequences": self.queued_sequences,
+                "ready": self.ready.is_set(),
+                "requests": self.stats["requests"],
+                "errors": self.stats["errors"],
+                "rejected_overload": self.stats["rejected_overload"],
+                "batches": self.stats["batches"],
+                "sequences": self.stats["sequences"],
+                "queue_depth_sequences": self.queued_sequences,
                 "queue_depth_requests": len(self.queue),
                 "batch_sizes": {str(size): count for size, count in sorted(sizes.items())},
                 "max_batch_size_seen": max(sizes) if sizes else 0,
-                "latency_ms_p50": float(np.percentile(latencies, 50)), "latency_ms_p99": float(np.percentile(latencies, 99)),
+                "latency_ms_p50": float(np.percentile(latencies, 50)),
+                "latency_ms_p99": float(np.percentile(latencies, 99)),
             }
 
 
 def start_batcher(model_path: str, options, task, window_args, limits: ServingLimits) -> Batcher:
-    return Batcher(lambda: create_predictor(model_path, options), model_path, task, window_args, options.max_seq_length,
-                   limits).start()
+    return Batcher(
+        lambda: create_predictor(model_path, options), model_path, task, window_args, options.max_seq_length, limits
+    ).start()
 
 
 # ---- the app -------------------------------------------------------------------------------------------------------
@@ -256,8 +292,11 @@ def create_app(batcher: Batcher, task, pair_task: bool, limits: ServingLimits):
         yield
         await asyncio.get_running_loop().run_in_executor(None, batcher.close)  # SIGTERM: drain, then exit
 
-    app = FastAPI(title=f"ERNIE 3.0 {task.name} server", lifespan=lifespan,
-                  description=f"POST /{task.name} with PaddleNLP SimpleServer's body; GET /health, /metrics, /.")
+    app = FastAPI(
+        title=f"ERNIE 3.0 {task.name} server",
+        lifespan=lifespan,
+        description=f"POST /{task.name} with PaddleNLP SimpleServer's body; GET /health, /metrics, /.",
+    )
 
     def error(status: int, message: str, headers: Optional[dict] = None):
         batcher.stats["errors"] += 1
@@ -312,17 +351,22 @@ def create_app(batcher: Batcher, task, pair_task: bool, limits: ServingLimits):
 def try_it_page(task, pair_task: bool) -> str:
     """A small form: type a sentence (or a context and a question), see the label, entities or answer."""
     qa = task.family == "qa"
-    fields = (['<textarea id="context" rows="6" placeholder="context"></textarea>',
-               '<input id="question" placeholder="question">'] if qa else
-              ['<input id="text" placeholder="sentence">'] + (['<input id="text_pair" placeholder="second sentence">']
-                                                                if pair_task else []))
+    fields = (
+        [
+            '<textarea id="context" rows="6" placeholder="context"></textarea>',
+            '<input id="question" placeholder="question">',
+        ]
+        if qa
+        else ['<input id="text" placeholder="sentence">']
+        + (['<input id="text_pair" placeholder="second sentence">'] if pair_task else [])
+    )
     names = ["context", "question"] if qa else ["text"] + (["text_pair"] if pair_task else [])
     return f"""<!doctype html>
 <html lang="zh"><head><meta charset="utf-8"><title>{task.name}</title>
 <style>body{{font-family:sans-serif;max-width:40em;margin:2em auto}} input,textarea{{width:100%;margin:.3em 0;font-size:1.1em}}
 pre{{background:#f4f4f4;padding:1em;white-space:pre-wrap}} button{{font-size:1.1em}}</style></head>
 <body><h1>{task.name}</h1>
-{''.join(fields)}
+{"".join(fields)}
 <button id="send" onclick="send()">Predict</button>
 <pre id="result">—</pre>
 <script>

@@ -4,6 +4,7 @@ batches), then train / evaluate / predict / export blocks, each writing its resu
 
 Imports arguments.py, model_io.py and utils.py.
 """
+
 import fnmatch
 import json
 import os
@@ -19,10 +20,14 @@ from arguments import DataArguments, ModelArguments, actions_given, check_device
 from model_io import export_static_model, load_task_model, load_tokenizer, task_info
 from utils import TaskSpec, UserError, get_task, logger, setup_logging, write_json_atomic
 
-
 EARLIER_RESULTS = (
-    "config.json", "model_state.pdparams", "model.safetensors", "*_results.json", "*_predict.json",
-    "export", "checkpoint-*",
+    "config.json",
+    "model_state.pdparams",
+    "model.safetensors",
+    "*_results.json",
+    "*_predict.json",
+    "export",
+    "checkpoint-*",
 )
 
 
@@ -68,7 +73,9 @@ def resolve_resume_checkpoint(training_args) -> Optional[str]:
     if str(value).lower() in ("true", "last"):
         checkpoint = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
         if checkpoint is None:
-            raise UserError(f"--resume_from_checkpoint {value}: no checkpoint-* directory in {training_args.output_dir}")
+            raise UserError(
+                f"--resume_from_checkpoint {value}: no checkpoint-* directory in {training_args.output_dir}"
+            )
         return checkpoint
     if not os.path.isdir(value):
         raise UserError(f"--resume_from_checkpoint: no such checkpoint directory: {value}")
@@ -82,8 +89,8 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, g
     order = rng.permutation(len(lengths))
     batches = []
     for start in range(0, len(order), batch_size * group):
-        chunk = sorted(order[start: start + batch_size * group], key=lambda i: -lengths[i])
-        batches.extend([int(i) for i in chunk[j: j + batch_size]] for j in range(0, len(chunk), batch_size))
+        chunk = sorted(order[start : start + batch_size * group], key=lambda i: -lengths[i])
+        batches.extend([int(i) for i in chunk[j : j + batch_size]] for j in range(0, len(chunk), batch_size))
     longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
     first = batches.pop(longest)
     rng.shuffle(batches)
@@ -117,8 +124,10 @@ class SuiteTrainer(Trainer):
         if not self.group_by_length or self.train_dataset is None:
             return super()._get_train_sampler()
         if self.args.world_size > 1:
-            logger.warning("--group_by_length applies to single-process training; %d processes use random batches",
-                           self.args.world_size)
+            logger.warning(
+                "--group_by_length applies to single-process training; %d processes use random batches",
+                self.args.world_size,
+            )
             return super()._get_train_sampler()
         lengths = [len(feature["input_ids"]) for feature in self.train_dataset]
         return LengthGroupedBatchSampler(lengths, self.args.per_device_train_batch_size, self.args.seed)
@@ -161,8 +170,12 @@ def start_run(family: str, description: str, argv=None, extra_classes: tuple = (
     )
     setup_logging(training_args.should_log)
     if not actions_given(argv):
-        logger.info("no --do_* given: training and evaluating %s on %s into %s", model_args.model_name_or_path,
-                    data_args.task_name, training_args.output_dir)
+        logger.info(
+            "no --do_* given: training and evaluating %s on %s into %s",
+            model_args.model_name_or_path,
+            data_args.task_name,
+            training_args.output_dir,
+        )
     check_device(training_args.device)
     task = get_task(data_args.task_name, family, data_args.label_list)
     resume_checkpoint = resolve_resume_checkpoint(training_args)
@@ -175,7 +188,10 @@ def needed_splits(training_args) -> List[str]:
     splits = []
     if training_args.do_train:
         splits.append("train")
-    evaluates_while_training = training_args.do_train and str(training_args.evaluation_strategy) not in ("no", "IntervalStrategy.NO")
+    evaluates_while_training = training_args.do_train and str(training_args.evaluation_strategy) not in (
+        "no",
+        "IntervalStrategy.NO",
+    )
     if training_args.do_eval or evaluates_while_training:
         splits.append("dev")
     if training_args.do_predict:
@@ -262,7 +278,9 @@ def predict_if_asked(run: Run, trainer, splits: dict, write: Callable) -> None:
 def evaluate_and_save(trainer, dataset, metric_names: Sequence[str], extra: dict) -> dict:
     """Evaluate on dataset and write eval_results.json with the task's metric names unprefixed."""
     metrics = trainer.evaluate(eval_dataset=dataset)
-    renamed = {name[len("eval_"):] if name[len("eval_"):] in metric_names else name: value for name, value in metrics.items()}
+    renamed = {
+        name[len("eval_") :] if name[len("eval_") :] in metric_names else name: value for name, value in metrics.items()
+    }
     results = {**renamed, **extra}
     logger.info("eval results: %s", json.dumps(results, ensure_ascii=False))
     if trainer.args.should_save:

@@ -6,6 +6,7 @@ Everything else lives in a module named for its concern: arguments.py, model_io.
 predictors.py, compression.py. Imports run one way (scripts -> those modules -> utils.py): this module
 imports none of them.
 """
+
 import contextlib
 import functools
 import json
@@ -90,7 +91,12 @@ def mark_wsc_spans(text: str, span1_index: int, span1_text: str, span2_index: in
         if not isinstance(index, int) or index < 0 or text[index : index + len(span)] != span:
             found = text[index : index + len(span)] if isinstance(index, int) else None
             raise FieldError(f"target.{name}_text {span!r} does not match the text at {name}_index {index} ({found!r})")
-    insertions = [(span1_index, "_"), (span1_index + len(span1_text), "_"), (span2_index, "["), (span2_index + len(span2_text), "]")]
+    insertions = [
+        (span1_index, "_"),
+        (span1_index + len(span1_text), "_"),
+        (span2_index, "["),
+        (span2_index + len(span2_text), "]"),
+    ]
     marked = text
     for position, marker in sorted(insertions, key=lambda item: item[0], reverse=True):
         marked = marked[:position] + marker + marked[position:]
@@ -152,32 +158,84 @@ TNEWS_LABELS = ("100", "101", "102", "103", "104", "106", "107", "108", "109", "
 SEQ_CLS_TASKS = {
     task.name: task
     for task in [
-        TaskSpec("afqmc", "seq_cls", ("0", "1"), sentence_pair, "accuracy", 128, "afqmc_predict.json", ("clue", "afqmc")),
-        TaskSpec("tnews", "seq_cls", TNEWS_LABELS, single_sentence, "accuracy", 128, "tnews11_predict.json", ("clue", "tnews")),
         TaskSpec(
-            "iflytek", "seq_cls", tuple(str(i) for i in range(119)), single_sentence, "accuracy", 128,
-            "iflytek_predict.json", ("clue", "iflytek"),
+            "afqmc", "seq_cls", ("0", "1"), sentence_pair, "accuracy", 128, "afqmc_predict.json", ("clue", "afqmc")
         ),
         TaskSpec(
-            "cmnli", "seq_cls", ("contradiction", "entailment", "neutral"), sentence_pair, "accuracy", 128,
-            "cmnli_predict.json", ("clue", "cmnli"), skip_labels=("-",),
+            "tnews",
+            "seq_cls",
+            TNEWS_LABELS,
+            single_sentence,
+            "accuracy",
+            128,
+            "tnews11_predict.json",
+            ("clue", "tnews"),
         ),
         TaskSpec(
-            "ocnli", "seq_cls", ("entailment", "contradiction", "neutral"), sentence_pair, "accuracy", 128,
-            "ocnli_50k_predict.json", ("clue", "ocnli"), skip_labels=("-",),
+            "iflytek",
+            "seq_cls",
+            tuple(str(i) for i in range(119)),
+            single_sentence,
+            "accuracy",
+            128,
+            "iflytek_predict.json",
+            ("clue", "iflytek"),
         ),
         TaskSpec(
-            "cluewsc2020", "seq_cls", ("true", "false"), wsc_marked_text, "accuracy", 128,
-            "cluewsc11_predict.json", ("clue", "cluewsc2020"),
+            "cmnli",
+            "seq_cls",
+            ("contradiction", "entailment", "neutral"),
+            sentence_pair,
+            "accuracy",
+            128,
+            "cmnli_predict.json",
+            ("clue", "cmnli"),
+            skip_labels=("-",),
         ),
-        TaskSpec("csl", "seq_cls", ("0", "1"), csl_keywords_and_abstract, "accuracy", 256, "csl_predict.json", ("clue", "csl")),
+        TaskSpec(
+            "ocnli",
+            "seq_cls",
+            ("entailment", "contradiction", "neutral"),
+            sentence_pair,
+            "accuracy",
+            128,
+            "ocnli_50k_predict.json",
+            ("clue", "ocnli"),
+            skip_labels=("-",),
+        ),
+        TaskSpec(
+            "cluewsc2020",
+            "seq_cls",
+            ("true", "false"),
+            wsc_marked_text,
+            "accuracy",
+            128,
+            "cluewsc11_predict.json",
+            ("clue", "cluewsc2020"),
+        ),
+        TaskSpec(
+            "csl",
+            "seq_cls",
+            ("0", "1"),
+            csl_keywords_and_abstract,
+            "accuracy",
+            256,
+            "csl_predict.json",
+            ("clue", "csl"),
+        ),
     ]
 }
 
 
 MSRA_NER = TaskSpec(
-    "msra_ner", "token_cls", ("B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "O"), None, "f1", 128,
-    "msra_ner_predict.json", ("msra_ner",),
+    "msra_ner",
+    "token_cls",
+    ("B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "O"),
+    None,
+    "f1",
+    128,
+    "msra_ner_predict.json",
+    ("msra_ner",),
     # MSRA_NER has no dev split: its test split is the evaluation set, as in every published number.
     hub_splits={"train": "train", "dev": "test", "test": "test"},
     file_format="MSRA_NER tsv (characters and tags joined by \\002, a tab between) or BIO columns (a 'char tag' line each, "
@@ -186,7 +244,14 @@ MSRA_NER = TaskSpec(
 
 
 CMRC2018 = TaskSpec(
-    "cmrc2018", "qa", (), None, "f1", 512, "cmrc2018_predict.json", ("cmrc2018",),
+    "cmrc2018",
+    "qa",
+    (),
+    None,
+    "f1",
+    512,
+    "cmrc2018_predict.json",
+    ("cmrc2018",),
     hub_splits={"train": "train", "dev": "dev"},  # the CMRC2018 test answers are not public
     file_format="SQuAD-style json, the CMRC2018 release format",
 )
@@ -343,15 +408,18 @@ class EncodedSplit:
     truncated: int
 
 
-def encode_text_examples(examples: Sequence[TextExample], tokenizer, task: TaskSpec, max_seq_length: int,
-                         truncate: bool = True) -> EncodedSplit:
+def encode_text_examples(
+    examples: Sequence[TextExample], tokenizer, task: TaskSpec, max_seq_length: int, truncate: bool = True
+) -> EncodedSplit:
     """Tokenize each example once; texts longer than max_seq_length are truncated (longest first) and
     counted, or, with truncate=False, rejected naming the example."""
     label_ids = {label: index for index, label in enumerate(task.labels)}
     features, truncated = [], 0
     for example in examples:
         ids_a = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(example.text_a))
-        ids_b = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(example.text_b)) if example.text_b is not None else None
+        ids_b = (
+            tokenizer.convert_tokens_to_ids(tokenizer.tokenize(example.text_b)) if example.text_b is not None else None
+        )
         length = len(ids_a) + len(ids_b or ()) + tokenizer.num_special_tokens_to_add(pair=ids_b is not None)
         if length > max_seq_length:
             if not truncate:
@@ -372,7 +440,11 @@ def report_truncation(task_name: str, split: str, encoded: EncodedSplit, max_seq
     if encoded.truncated:
         logger.warning(
             "%s %s: %d of %d examples were longer than max_seq_length=%d and were truncated",
-            task_name, split, encoded.truncated, len(encoded.ids), max_seq_length,
+            task_name,
+            split,
+            encoded.truncated,
+            len(encoded.ids),
+            max_seq_length,
         )
 
 
@@ -481,8 +553,9 @@ class EncodedTokens(EncodedSplit):
     word_positions: List[List[int]] = field(default_factory=list)  # input position of each seen word's first piece
 
 
-def encode_token_examples(examples: Sequence[TokenExample], tokenizer, task: TaskSpec, max_seq_length: int,
-                          truncate: bool = True) -> EncodedTokens:
+def encode_token_examples(
+    examples: Sequence[TokenExample], tokenizer, task: TaskSpec, max_seq_length: int, truncate: bool = True
+) -> EncodedTokens:
     """One label per word on its first word piece; special tokens, padding and later pieces get IGNORE_INDEX.
 
     A word the tokenizer drops (a space, a control character) becomes [UNK] so that words and labels
@@ -503,12 +576,16 @@ def encode_token_examples(examples: Sequence[TokenExample], tokenizer, task: Tas
             ids.extend(pieces_of[word])
         if len(first_pieces) < len(example.words):
             if not truncate:
-                raise UserError(f"{example.where}: sentence needs more than --max_seq_length {max_seq_length} tokens "
-                                "(pass --truncate_long_texts true to truncate)")
+                raise UserError(
+                    f"{example.where}: sentence needs more than --max_seq_length {max_seq_length} tokens "
+                    "(pass --truncate_long_texts true to truncate)"
+                )
             truncated += 1
         input_ids = tokenizer.build_inputs_with_special_tokens(ids)
         if input_ids[1 : 1 + len(ids)] != ids:
-            raise UserError(f"{type(tokenizer).__name__} does not lay out [CLS] text [SEP]; token classification needs that layout")
+            raise UserError(
+                f"{type(tokenizer).__name__} does not lay out [CLS] text [SEP]; token classification needs that layout"
+            )
         positions = [1 + piece for piece in first_pieces]
         feature = {"input_ids": input_ids, "token_type_ids": tokenizer.create_token_type_ids_from_sequences(ids)}
         if example.tags is not None:
@@ -528,7 +605,12 @@ def entities_from_tags(words: Sequence[str], tags: Sequence[str]) -> List[dict]:
     starts = np.concatenate([[0], np.cumsum([len(w) for w in words])]).astype(int)
     text = "".join(words)
     return [
-        {"text": text[starts[first]: starts[last + 1]], "type": kind, "start": int(starts[first]), "end": int(starts[last + 1])}
+        {
+            "text": text[starts[first] : starts[last + 1]],
+            "type": kind,
+            "start": int(starts[first]),
+            "end": int(starts[last + 1]),
+        }
         for kind, first, last in get_entities(list(tags))
     ]
 
@@ -563,8 +645,9 @@ def token_cls_metrics(labels: Sequence[str]):
     return compute
 
 
-def predicted_word_tags(logits: np.ndarray, encoded: EncodedTokens, examples: Sequence[TokenExample],
-                        labels: Sequence[str]) -> List[List[str]]:
+def predicted_word_tags(
+    logits: np.ndarray, encoded: EncodedTokens, examples: Sequence[TokenExample], labels: Sequence[str]
+) -> List[List[str]]:
     """The predicted tag of every word of every sentence; words past the truncation point get 'O'."""
     tags = []
     for row, example, positions in zip(np.asarray(logits).argmax(axis=-1), examples, encoded.word_positions):
@@ -618,13 +701,16 @@ def read_squad_rows(document, path: str):
                 answers = qa.get("answers") or []
                 if not all(isinstance(a, dict) and isinstance(a.get("text"), str) for a in answers):
                     raise UserError(f"{path}: question {question_id}: each answer needs a 'text' string")
-                yield f"{path}: question {question_id}", {
-                    "id": question_id,
-                    "context": paragraph.get("context"),
-                    "question": qa.get("question"),
-                    "answers": [a["text"] for a in answers],
-                    "answer_starts": [a.get("answer_start", -1) for a in answers],
-                }
+                yield (
+                    f"{path}: question {question_id}",
+                    {
+                        "id": question_id,
+                        "context": paragraph.get("context"),
+                        "question": qa.get("question"),
+                        "answers": [a["text"] for a in answers],
+                        "answer_starts": [a.get("answer_start", -1) for a in answers],
+                    },
+                )
 
 
 ANSWER_SHIFT_LIMIT = 16  # characters; the CMRC2018 dev set has answer_starts off by 1 or 2
@@ -634,11 +720,14 @@ def locate_answer(context: str, text: str, start: int) -> Optional[int]:
     """The start of text in context: at start, else its nearest occurrence within ANSWER_SHIFT_LIMIT."""
     if not text or start is None or start < 0:
         return None
-    if context[start: start + len(text)] == text:
+    if context[start : start + len(text)] == text:
         return start
     window_start = max(0, start - ANSWER_SHIFT_LIMIT)
-    nearby = [window_start + i for i in range(min(len(context), start + ANSWER_SHIFT_LIMIT + len(text)) - window_start)
-              if context.startswith(text, window_start + i)]
+    nearby = [
+        window_start + i
+        for i in range(min(len(context), start + ANSWER_SHIFT_LIMIT + len(text)) - window_start)
+        if context.startswith(text, window_start + i)
+    ]
     return min(nearby, key=lambda i: abs(i - start)) if nearby else None
 
 
@@ -689,14 +778,25 @@ def rows_to_qa_examples(task: TaskSpec, rows, split: str) -> List[QAExample]:
         repaired += start is not None and start not in starts
         examples.append(QAExample(row["id"], row["question"], row["context"], texts, start, text, where))
     if repaired:
-        logger.warning("%s %s: %d answer_start values were off by a few characters and were moved to the answer text",
-                       task.name, split, repaired)
+        logger.warning(
+            "%s %s: %d answer_start values were off by a few characters and were moved to the answer text",
+            task.name,
+            split,
+            repaired,
+        )
     reasons = ", ".join(f"{count} with {reason}" for reason, count in sorted(left_out.items()))
     if left_out:
-        logger.warning("%s %s: left out %d questions that cannot be trained on (%s)", task.name, split,
-                       sum(left_out.values()), reasons)
+        logger.warning(
+            "%s %s: left out %d questions that cannot be trained on (%s)",
+            task.name,
+            split,
+            sum(left_out.values()),
+            reasons,
+        )
     if not examples:
-        raise UserError(f"the {task.name} {split} data holds no questions" + (f" to train on ({reasons})" if left_out else ""))
+        raise UserError(
+            f"the {task.name} {split} data holds no questions" + (f" to train on ({reasons})" if left_out else "")
+        )
     return examples
 
 
@@ -736,8 +836,14 @@ class QAFeatures:
 DEFAULT_DOC_STRIDE = 128
 
 
-def prepare_qa_features(examples: Sequence[QAExample], tokenizer, max_seq_length: int, doc_stride: Optional[int],
-                        max_query_length: int, with_labels: bool) -> QAFeatures:
+def prepare_qa_features(
+    examples: Sequence[QAExample],
+    tokenizer,
+    max_seq_length: int,
+    doc_stride: Optional[int],
+    max_query_length: int,
+    with_labels: bool,
+) -> QAFeatures:
     """[CLS] question [SEP] context window [SEP] for every window of every example.
 
     Labels (with_labels): the answer's first and last token when the window holds all of it, else [CLS] (0).
@@ -751,8 +857,10 @@ def prepare_qa_features(examples: Sequence[QAExample], tokenizer, max_seq_length
         window = max_seq_length - len(question_ids) - tokenizer.num_special_tokens_to_add(pair=True)
         stride = doc_stride or min(DEFAULT_DOC_STRIDE, window)
         if window < 1 or stride > window:
-            raise UserError(f"--doc_stride {doc_stride} must be between 1 and the context window of {window} tokens "
-                            f"(--max_seq_length {max_seq_length} minus the question and special tokens)")
+            raise UserError(
+                f"--doc_stride {doc_stride} must be between 1 and the context window of {window} tokens "
+                f"(--max_seq_length {max_seq_length} minus the question and special tokens)"
+            )
         if example.context not in context_encodings:
             encoded = tokenizer(example.context, add_special_tokens=False, return_offsets_mapping=True)
             context_encodings[example.context] = (encoded["input_ids"], [tuple(o) for o in encoded["offset_mapping"]])
@@ -764,9 +872,11 @@ def prepare_qa_features(examples: Sequence[QAExample], tokenizer, max_seq_length
         if with_labels:
             starts = windows_with_answer(starts, span, window, len(context_ids))
         for start in starts:
-            feature, first = qa_window_feature(tokenizer, question_ids, context_ids[start: start + window], start, span, with_labels)
+            feature, first = qa_window_feature(
+                tokenizer, question_ids, context_ids[start : start + window], start, span, with_labels
+            )
             token_offsets = [None] * len(feature["input_ids"])
-            token_offsets[first: first + len(context_ids[start: start + window])] = offsets[start: start + window]
+            token_offsets[first : first + len(context_ids[start : start + window])] = offsets[start : start + window]
             features.append(feature)
             example_index.append(index)
             all_offsets.append(token_offsets)
@@ -777,9 +887,12 @@ def qa_window_feature(tokenizer, question_ids, piece, start, span, with_labels) 
     """One window's model inputs (and labels), and the input position of its first context token."""
     input_ids = tokenizer.build_inputs_with_special_tokens(question_ids, piece)
     first = len(input_ids) - 1 - len(piece)  # [CLS] question [SEP] context [SEP]
-    if input_ids[first: first + len(piece)] != piece:
+    if input_ids[first : first + len(piece)] != piece:
         raise UserError(f"{type(tokenizer).__name__} does not lay out [CLS] question [SEP] context [SEP]")
-    feature = {"input_ids": input_ids, "token_type_ids": tokenizer.create_token_type_ids_from_sequences(question_ids, piece)}
+    feature = {
+        "input_ids": input_ids,
+        "token_type_ids": tokenizer.create_token_type_ids_from_sequences(question_ids, piece),
+    }
     if with_labels:
         inside = span is not None and start <= span[0] and span[1] < start + len(piece)
         feature["start_positions"] = first + span[0] - start if inside else 0
@@ -787,8 +900,14 @@ def qa_window_feature(tokenizer, question_ids, piece, start, span, with_labels) 
     return feature, first
 
 
-def postprocess_qa_predictions(examples: Sequence[QAExample], features: QAFeatures, start_logits: np.ndarray,
-                               end_logits: np.ndarray, n_best_size: int, max_answer_length: int):
+def postprocess_qa_predictions(
+    examples: Sequence[QAExample],
+    features: QAFeatures,
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    n_best_size: int,
+    max_answer_length: int,
+):
     """Best answer and n-best list of each example from the start and end logits of all its windows.
 
     Candidates: the top n_best_size starts and ends of each window, inside the context, end >= start, at most
@@ -809,10 +928,14 @@ def postprocess_qa_predictions(examples: Sequence[QAExample], features: QAFeatur
         for s in best_starts:
             for e in best_ends:
                 if s <= e < s + max_answer_length:
-                    candidates[example_number].append({
-                        "text": context[offsets[s][0]: offsets[e][1]], "start_logit": float(starts[s]),
-                        "end_logit": float(ends[e]), "score": float(starts[s] + ends[e]),
-                    })
+                    candidates[example_number].append(
+                        {
+                            "text": context[offsets[s][0] : offsets[e][1]],
+                            "start_logit": float(starts[s]),
+                            "end_logit": float(ends[e]),
+                            "score": float(starts[s] + ends[e]),
+                        }
+                    )
     predictions, nbest = {}, {}
     for example, found in zip(examples, candidates):
         top = merged_by_text(sorted(found, key=lambda c: -c["score"]))[:n_best_size]
@@ -930,10 +1053,12 @@ def qa_metrics(examples: Sequence[QAExample], predictions: Dict[str, str]) -> Di
 def qa_compute_metrics(examples: Sequence[QAExample], features: QAFeatures, window_args):
     """Trainer's compute_metrics for QA: from the start and end logits together, not from the label arrays
     (paddlenlp 3.0.0b4 passes compute_metrics only the first label array, the start positions)."""
+
     def compute(eval_prediction) -> Dict[str, float]:
         start_logits, end_logits = eval_prediction.predictions[:2]
-        predictions, _ = postprocess_qa_predictions(examples, features, start_logits, end_logits,
-                                                    window_args.n_best_size, window_args.max_answer_length)
+        predictions, _ = postprocess_qa_predictions(
+            examples, features, start_logits, end_logits, window_args.n_best_size, window_args.max_answer_length
+        )
         return qa_metrics(examples, predictions)
 
     return compute
@@ -972,12 +1097,15 @@ def ner_output_metrics(task: TaskSpec, examples, encoded, outputs, window_args) 
 
 
 def qa_output_metrics(task: TaskSpec, examples, encoded, outputs, window_args) -> Dict[str, float]:
-    predictions, _ = postprocess_qa_predictions(examples, encoded, outputs[0], outputs[1], window_args.n_best_size,
-                                                window_args.max_answer_length)
+    predictions, _ = postprocess_qa_predictions(
+        examples, encoded, outputs[0], outputs[1], window_args.n_best_size, window_args.max_answer_length
+    )
     return qa_metrics(examples, predictions)
 
 
-def deployed_metrics(task: TaskSpec, examples, encoded, outputs: List[List[np.ndarray]], window_args) -> Dict[str, float]:
+def deployed_metrics(
+    task: TaskSpec, examples, encoded, outputs: List[List[np.ndarray]], window_args
+) -> Dict[str, float]:
     """The fine-tuning scripts' metrics, computed with the same functions from a predictor's outputs."""
     return FAMILIES[task.family].output_metrics(task, examples, encoded, outputs, window_args)
 
@@ -992,6 +1120,7 @@ def metric_points(task: TaskSpec, value: float) -> float:
 # --------------------------------------------------------------------------------------------------
 def truncation_reported(encode: Callable):
     """An encoder of classification or NER examples that logs how many were truncated."""
+
     def encode_split(task, split, examples, tokenizer, max_seq_length, truncate, window_args, with_labels):
         encoded = encode(examples, tokenizer, task, max_seq_length, truncate)
         report_truncation(task.name, split, encoded, max_seq_length)
@@ -1001,10 +1130,22 @@ def truncation_reported(encode: Callable):
 
 
 def encode_qa_split(task, split, examples, tokenizer, max_seq_length, truncate, window_args, with_labels):
-    encoded = prepare_qa_features(examples, tokenizer, max_seq_length, window_args.doc_stride,
-                                  window_args.max_query_length, with_labels=with_labels)
-    logger.info("%s %s: %d windows for %d questions (%d questions cut to --max_query_length)", task.name, split,
-                len(encoded.example_index), len(examples), encoded.truncated_questions)
+    encoded = prepare_qa_features(
+        examples,
+        tokenizer,
+        max_seq_length,
+        window_args.doc_stride,
+        window_args.max_query_length,
+        with_labels=with_labels,
+    )
+    logger.info(
+        "%s %s: %d windows for %d questions (%d questions cut to --max_query_length)",
+        task.name,
+        split,
+        len(encoded.example_index),
+        len(examples),
+        encoded.truncated_questions,
+    )
     return encoded
 
 
@@ -1032,26 +1173,62 @@ class Family:
     read_file: Callable  # (path, option) -> rows
     read_hub: Callable  # (task, split) -> rows
     to_examples: Callable  # (task, rows, split) -> examples
-    encode: Callable  # (task, split, examples, tokenizer, max_seq_length, truncate, window_args, with_labels) -> encoded
+    encode: (
+        Callable  # (task, split, examples, tokenizer, max_seq_length, truncate, window_args, with_labels) -> encoded
+    )
     output_metrics: Callable  # (task, examples, encoded, outputs, window_args) -> metrics
     collator: Callable  # tokenizer -> a collator that pads training batches
 
 
 FAMILIES = {
-    "seq_cls": Family("sequence classification", "run_seq_cls.py", "compress_seq_cls.py", "ForSequenceClassification", ("accuracy",), False,
-                      read_json_lines, load_hub_rows, rows_to_examples, truncation_reported(encode_text_examples),
-                      classification_output_metrics, padding_collator),
-    "token_cls": Family("token classification", "run_token_cls.py", "compress_token_cls.py", "ForTokenClassification", ("precision", "recall", "f1"),
-                        False, read_ner_file, ner_hub_rows, rows_to_token_examples, truncation_reported(encode_token_examples),
-                        ner_output_metrics, ner_collator),
-    "qa": Family("question answering", "run_qa.py", "compress_qa.py", "ForQuestionAnswering",
-                 ("exact_match", "f1", "upstream_exact_match", "upstream_f1"), True, read_squad_file, load_hub_rows,
-                 rows_to_qa_examples, encode_qa_split, qa_output_metrics, padding_collator),
+    "seq_cls": Family(
+        "sequence classification",
+        "run_seq_cls.py",
+        "compress_seq_cls.py",
+        "ForSequenceClassification",
+        ("accuracy",),
+        False,
+        read_json_lines,
+        load_hub_rows,
+        rows_to_examples,
+        truncation_reported(encode_text_examples),
+        classification_output_metrics,
+        padding_collator,
+    ),
+    "token_cls": Family(
+        "token classification",
+        "run_token_cls.py",
+        "compress_token_cls.py",
+        "ForTokenClassification",
+        ("precision", "recall", "f1"),
+        False,
+        read_ner_file,
+        ner_hub_rows,
+        rows_to_token_examples,
+        truncation_reported(encode_token_examples),
+        ner_output_metrics,
+        ner_collator,
+    ),
+    "qa": Family(
+        "question answering",
+        "run_qa.py",
+        "compress_qa.py",
+        "ForQuestionAnswering",
+        ("exact_match", "f1", "upstream_exact_match", "upstream_f1"),
+        True,
+        read_squad_file,
+        load_hub_rows,
+        rows_to_qa_examples,
+        encode_qa_split,
+        qa_output_metrics,
+        padding_collator,
+    ),
 }
 
 
-def raw_example(task: TaskSpec, index: int, text: str, where: str, pair: Optional[str] = None,
-                question: Optional[str] = None):
+def raw_example(
+    task: TaskSpec, index: int, text: str, where: str, pair: Optional[str] = None, question: Optional[str] = None
+):
     """An unlabelled example of the task's family from raw input (infer.py --text and --input_file, serve.py
     requests): a text and its pair (classification), a text whose characters are tagged (NER), or a context with
     its question (QA)."""
@@ -1074,18 +1251,36 @@ def load_examples(task: TaskSpec, split: str, path: Optional[str], max_samples: 
     return examples
 
 
-def encode_examples(task: TaskSpec, split: str, examples, tokenizer, max_seq_length: int, truncate: bool,
-                    window_args=None, with_labels: bool = True):
+def encode_examples(
+    task: TaskSpec,
+    split: str,
+    examples,
+    tokenizer,
+    max_seq_length: int,
+    truncate: bool,
+    window_args=None,
+    with_labels: bool = True,
+):
     """Model features of any task's examples: classification and NER features with truncation reported, or
     QA windows (labelled when with_labels)."""
-    return FAMILIES[task.family].encode(task, split, examples, tokenizer, max_seq_length, truncate, window_args, with_labels)
+    return FAMILIES[task.family].encode(
+        task, split, examples, tokenizer, max_seq_length, truncate, window_args, with_labels
+    )
 
 
 def load_encoded_split(task: TaskSpec, split: str, data_args, tokenizer, window_args=None):
     """(examples, encoded) of one split; QA windows are labelled except in the test split."""
     examples = load_examples(task, split, data_args.split_file(split), data_args.split_max_samples(split))
-    encoded = encode_examples(task, split, examples, tokenizer, data_args.max_seq_length, data_args.truncate_long_texts,
-                              window_args, with_labels=split != "test")
+    encoded = encode_examples(
+        task,
+        split,
+        examples,
+        tokenizer,
+        data_args.max_seq_length,
+        data_args.truncate_long_texts,
+        window_args,
+        with_labels=split != "test",
+    )
     return examples, encoded
 
 
@@ -1158,8 +1353,10 @@ def atomic_entries(path: str, overwrite: bool):
         entries = sorted(os.listdir(staging))
         clashes = [name for name in entries if os.path.lexists(os.path.join(path, name))]
         if clashes and not overwrite:
-            raise UserError(f"{path} already holds {', '.join(clashes[:5])}; pass --overwrite_output_dir to replace "
-                            "them or choose another --output_dir")
+            raise UserError(
+                f"{path} already holds {', '.join(clashes[:5])}; pass --overwrite_output_dir to replace "
+                "them or choose another --output_dir"
+            )
         for name in entries:
             target = os.path.join(path, name)
             if os.path.isdir(target) and not os.path.islink(target):
@@ -1198,8 +1395,12 @@ def machine_details() -> dict:
     import paddle
 
     return {
-        "cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
         "flags": [flag for flag in CPU_FLAGS if flag in flags],
-        "paddlepaddle": paddle.__version__, "paddlenlp": importlib.metadata.version("paddlenlp"), "onnxruntime": onnxruntime.__version__,
+        "paddlepaddle": paddle.__version__,
+        "paddlenlp": importlib.metadata.version("paddlenlp"),
+        "onnxruntime": onnxruntime.__version__,
         "numpy": np.__version__,
     }

@@ -10,6 +10,7 @@ split's sentences to train, 642 to evaluate, 64 tokens). Then every compression 
 (compress_*.py with its defaults), and each candidate's dev metric, drop, served size and speed are recorded in
 benchmarks/results/compress[_quick].json with the machine.
 """
+
 import argparse
 import json
 import os
@@ -28,10 +29,25 @@ from benchmarks.bench_infer import ROOT, VOCAB_FILE
 SHARED = os.path.join(ROOT, "..", "shared", "data")
 TNEWS_ROWS = os.path.join(SHARED, "clue", "tnews", "dev.json")
 MSRA_ROWS = os.path.join(SHARED, "msra_ner", "test.tsv")
-SMALL_ERNIE = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024, hidden_act="gelu",
-                   max_position_embeddings=512, vocab_size=40000, type_vocab_size=4, task_type_vocab_size=16,
-                   use_task_id=True)
-QUICK_ERNIE = {**SMALL_ERNIE, "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512}
+SMALL_ERNIE = dict(
+    hidden_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=1024,
+    hidden_act="gelu",
+    max_position_embeddings=512,
+    vocab_size=40000,
+    type_vocab_size=4,
+    task_type_vocab_size=16,
+    use_task_id=True,
+)
+QUICK_ERNIE = {
+    **SMALL_ERNIE,
+    "hidden_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 512,
+}
 
 
 def from_scratch_encoder(directory: str, config: dict) -> str:
@@ -51,7 +67,7 @@ def split_lines(path: str, workdir: str, name: str, train_count: int, dev_count:
     if len(lines) < train_count + dev_count:
         raise utils.UserError(f"{path} has {len(lines)} rows; this benchmark needs {train_count + dev_count}")
     files = []
-    for split, chunk in (("train", lines[:train_count]), ("dev", lines[train_count: train_count + dev_count])):
+    for split, chunk in (("train", lines[:train_count]), ("dev", lines[train_count : train_count + dev_count])):
         files.append(os.path.join(workdir, f"{name}_{split}{os.path.splitext(path)[1]}"))
         with open(files[-1], "w", encoding="utf-8") as out:
             out.writelines(chunk)
@@ -59,70 +75,147 @@ def split_lines(path: str, workdir: str, name: str, train_count: int, dev_count:
 
 
 class Task(NamedTuple):
-    rows: str                 # the real rows the training and dev files are cut from
-    train: int                # rows to train on, then rows to evaluate on (and the same with --quick)
+    rows: str  # the real rows the training and dev files are cut from
+    train: int  # rows to train on, then rows to evaluate on (and the same with --quick)
     dev: int
     quick_train: int
     quick_dev: int
-    fine_tuning: ModuleType   # run_*.py
-    compression: ModuleType   # compress_*.py
+    fine_tuning: ModuleType  # run_*.py
+    compression: ModuleType  # compress_*.py
     task_args: list
     epochs: int
-    max_seq_length: int       # fine-tuning, evaluation and compression alike
-    max_metric_drop: float    # issue 12's accuracy budget, in points
+    max_seq_length: int  # fine-tuning, evaluation and compression alike
+    max_metric_drop: float  # issue 12's accuracy budget, in points
 
 
 TASKS = {
-    "tnews": Task(TNEWS_ROWS, 8000, 2000, 3000, 500, run_seq_cls, compress_seq_cls, ["--task_name", "tnews"],
-                  epochs=3, max_seq_length=128, max_metric_drop=1.0),
+    "tnews": Task(
+        TNEWS_ROWS,
+        8000,
+        2000,
+        3000,
+        500,
+        run_seq_cls,
+        compress_seq_cls,
+        ["--task_name", "tnews"],
+        epochs=3,
+        max_seq_length=128,
+        max_metric_drop=1.0,
+    ),
     # Half of MSRA_NER's sentences have at most 40 characters and 90% at most 91: 64 tokens halve the cost of a step,
     # which buys the longer training a tagger needs from scratch (4 epochs at 128 tokens reached an F1 of 0.10).
-    "msra_ner": Task(MSRA_ROWS, 2800, 642, 1200, 300, run_token_cls, compress_token_cls, ["--task_name", "msra_ner"],
-                     epochs=12, max_seq_length=64, max_metric_drop=2.0),
+    "msra_ner": Task(
+        MSRA_ROWS,
+        2800,
+        642,
+        1200,
+        300,
+        run_token_cls,
+        compress_token_cls,
+        ["--task_name", "msra_ner"],
+        epochs=12,
+        max_seq_length=64,
+        max_metric_drop=2.0,
+    ),
 }
 
 
 def fine_tune(name: str, encoder: str, workdir: str, quick: bool):
     task = TASKS[name]
-    train_file, dev_file = split_lines(task.rows, workdir, name, task.quick_train if quick else task.train,
-                                       task.quick_dev if quick else task.dev)
+    train_file, dev_file = split_lines(
+        task.rows, workdir, name, task.quick_train if quick else task.train, task.quick_dev if quick else task.dev
+    )
     output_dir = os.path.join(workdir, f"{name}-finetuned")
     started = time.perf_counter()
-    task.fine_tuning.main(task.task_args + [
-        "--model_name_or_path", encoder, "--train_file", train_file, "--dev_file", dev_file, "--output_dir", output_dir,
-        "--do_train", "--do_eval", "--learning_rate", "1e-3", "--num_train_epochs", str(2 if quick else task.epochs),
-        "--per_device_train_batch_size", "32", "--max_seq_length", str(task.max_seq_length), "--warmup_ratio", "0.1",
-        "--logging_steps", "100"])
+    task.fine_tuning.main(
+        task.task_args
+        + [
+            "--model_name_or_path",
+            encoder,
+            "--train_file",
+            train_file,
+            "--dev_file",
+            dev_file,
+            "--output_dir",
+            output_dir,
+            "--do_train",
+            "--do_eval",
+            "--learning_rate",
+            "1e-3",
+            "--num_train_epochs",
+            str(2 if quick else task.epochs),
+            "--per_device_train_batch_size",
+            "32",
+            "--max_seq_length",
+            str(task.max_seq_length),
+            "--warmup_ratio",
+            "0.1",
+            "--logging_steps",
+            "100",
+        ]
+    )
     with open(os.path.join(output_dir, "eval_results.json"), encoding="utf-8") as handle:
         return output_dir, train_file, dev_file, json.load(handle), time.perf_counter() - started
 
 
-def compress(name: str, model_dir: str, train_file: str, dev_file: str, strategy: str, workdir: str, threads: int) -> dict:
+def compress(
+    name: str, model_dir: str, train_file: str, dev_file: str, strategy: str, workdir: str, threads: int
+) -> dict:
     task = TASKS[name]
     output_dir = os.path.join(workdir, f"{name}-{strategy.replace('+', '_')}")
     started = time.perf_counter()
     try:
-        task.compression.main(task.task_args + [
-            "--model_name_or_path", model_dir, "--train_file", train_file, "--dev_file", dev_file,
-            "--output_dir", output_dir, "--strategy", strategy, "--max_metric_drop", str(task.max_metric_drop),
-            "--num_threads", str(threads), "--max_seq_length", str(task.max_seq_length)])
+        task.compression.main(
+            task.task_args
+            + [
+                "--model_name_or_path",
+                model_dir,
+                "--train_file",
+                train_file,
+                "--dev_file",
+                dev_file,
+                "--output_dir",
+                output_dir,
+                "--strategy",
+                strategy,
+                "--max_metric_drop",
+                str(task.max_metric_drop),
+                "--num_threads",
+                str(threads),
+                "--max_seq_length",
+                str(task.max_seq_length),
+            ]
+        )
     except utils.UserError as error:  # nothing within the budget: the report says so, and so does this benchmark
         print(f"{name} {strategy}: {error}")
     with open(os.path.join(output_dir, "compress_report.json"), encoding="utf-8") as handle:
         report = json.load(handle)
-    keep = ("relative_path", "kind", "backend", "precision", "metric_points", "drop_points", "size_bytes",
-            "sequences_per_second")
-    return {"strategy": strategy, "seconds": time.perf_counter() - started, "max_metric_drop": task.max_metric_drop,
-            "max_seq_length": task.max_seq_length,
-            "parent": {k: report["parent"][k] for k in keep if k in report["parent"]},
-            "candidates": [{k: c[k] for k in keep if k in c} for c in report["candidates"]],
-            "best": report["best"] and os.path.relpath(report["best"], output_dir),
-            "best_int8": report["best_int8"] and os.path.relpath(report["best_int8"], output_dir)}
+    keep = (
+        "relative_path",
+        "kind",
+        "backend",
+        "precision",
+        "metric_points",
+        "drop_points",
+        "size_bytes",
+        "sequences_per_second",
+    )
+    return {
+        "strategy": strategy,
+        "seconds": time.perf_counter() - started,
+        "max_metric_drop": task.max_metric_drop,
+        "max_seq_length": task.max_seq_length,
+        "parent": {k: report["parent"][k] for k in keep if k in report["parent"]},
+        "candidates": [{k: c[k] for k in keep if k in c} for c in report["candidates"]],
+        "best": report["best"] and os.path.relpath(report["best"], output_dir),
+        "best_int8": report["best_int8"] and os.path.relpath(report["best_int8"], output_dir),
+    }
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--quick", action="store_true", help="a smaller model, less data, ptq only")
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
     parser.add_argument("--strategies", nargs="+", default=None, help="default: dynabert+ptq ptq (ptq with --quick)")
@@ -132,12 +225,22 @@ def main(argv=None):
     utils.setup_logging()
     strategies = args.strategies or (["ptq"] if args.quick else ["dynabert+ptq", "ptq"])
     started, results = time.perf_counter(), {}
-    output = args.output or os.path.join(ROOT, "benchmarks", "results", "compress" + ("_quick" if args.quick else "") + ".json")
+    output = args.output or os.path.join(
+        ROOT, "benchmarks", "results", "compress" + ("_quick" if args.quick else "") + ".json"
+    )
 
     def save():  # after every strategy, so that a run cut short keeps what it measured
-        utils.write_json_atomic(output, {"machine": utils.machine_details(), "threads": args.threads, "quick": args.quick,
-                                         "model": QUICK_ERNIE if args.quick else SMALL_ERNIE, "results": results,
-                                         "seconds": time.perf_counter() - started})
+        utils.write_json_atomic(
+            output,
+            {
+                "machine": utils.machine_details(),
+                "threads": args.threads,
+                "quick": args.quick,
+                "model": QUICK_ERNIE if args.quick else SMALL_ERNIE,
+                "results": results,
+                "seconds": time.perf_counter() - started,
+            },
+        )
 
     with tempfile.TemporaryDirectory() as workdir:
         encoder = from_scratch_encoder(os.path.join(workdir, "encoder"), QUICK_ERNIE if args.quick else SMALL_ERNIE)
@@ -146,8 +249,9 @@ def main(argv=None):
             print(f"{task}: fine-tuned from scratch in {seconds:.0f} s: {metrics}", flush=True)
             results[task] = {"fine_tuned": metrics, "fine_tuning_seconds": seconds, "strategies": []}
             for strategy in strategies:
-                results[task]["strategies"].append(compress(task, model_dir, train_file, dev_file, strategy, workdir,
-                                                            args.threads))
+                results[task]["strategies"].append(
+                    compress(task, model_dir, train_file, dev_file, strategy, workdir, args.threads)
+                )
                 print(f"{task} {strategy}: best {results[task]['strategies'][-1]['best']}", flush=True)
                 save()
     print(f"wrote {output}")

@@ -15,6 +15,7 @@ For an ERNIE 3.0 shape (random weights: speed does not depend on them) it writes
 Results, with the CPU and its flags, go to benchmarks/results/deploy[_quick].json; `python -m benchmarks.tables
 benchmarks/results/deploy.json` prints the README's tables.
 """
+
 import argparse
 import copy
 import json
@@ -33,7 +34,17 @@ import compression
 import model_io
 import predictors
 import utils
-from benchmarks.bench_infer import ROOT, SEQ_LEN, TNEWS_FULL, TNEWS_SLICE, VOCAB_FILE, build_model, export, random_batch, timed
+from benchmarks.bench_infer import (
+    ROOT,
+    SEQ_LEN,
+    TNEWS_FULL,
+    TNEWS_SLICE,
+    VOCAB_FILE,
+    build_model,
+    export,
+    random_batch,
+    timed,
+)
 
 TNEWS = utils.SEQ_CLS_TASKS["tnews"]
 
@@ -55,7 +66,10 @@ def deployments(workdir: str, name: str, calibration) -> dict:
     """{row name: (model folder, backend, precision)} for every deployment path measured."""
     model = build_model(name)
     pruned = compression.slice_to_width(copy.deepcopy(model), 0.75)
-    float_dir, pruned_dir = export(model, os.path.join(workdir, "float")), export(pruned, os.path.join(workdir, "pruned"))
+    float_dir, pruned_dir = (
+        export(model, os.path.join(workdir, "float")),
+        export(pruned, os.path.join(workdir, "pruned")),
+    )
     int8_dir = quantized_copy(model, os.path.join(workdir, "int8"), calibration)
     pruned_int8_dir = quantized_copy(pruned, os.path.join(workdir, "pruned_int8"), calibration)
     rows = {
@@ -80,8 +94,9 @@ def deployments(workdir: str, name: str, calibration) -> dict:
 
 
 def options(backend: str, precision: str, threads: int) -> predictors.PredictorOptions:
-    return predictors.PredictorOptions(backend=backend, precision=precision, num_threads=threads, batch_size=32,
-                                       max_seq_length=SEQ_LEN)
+    return predictors.PredictorOptions(
+        backend=backend, precision=precision, num_threads=threads, batch_size=32, max_seq_length=SEQ_LEN
+    )
 
 
 def fixed_shape_row(label: str, folder: str, backend: str, precision: str, threads: int, runs: int) -> dict:
@@ -89,8 +104,15 @@ def fixed_shape_row(label: str, folder: str, backend: str, precision: str, threa
     batch = random_batch(32, SEQ_LEN)
     predictor.run(batch)
     seconds = float(np.median([timed(lambda: predictor.run(batch)) for _ in range(runs)]))
-    return {"kind": "fixed 32x128", "path": label, "backend": backend, "precision": precision, "threads": threads,
-            "latency_ms": 1000 * seconds, "sequences_per_second": 32 / seconds}
+    return {
+        "kind": "fixed 32x128",
+        "path": label,
+        "backend": backend,
+        "precision": precision,
+        "threads": threads,
+        "latency_ms": 1000 * seconds,
+        "sequences_per_second": 32 / seconds,
+    }
 
 
 def end_to_end_row(label: str, folder: str, backend: str, precision: str, threads: int, examples) -> dict:
@@ -104,9 +126,17 @@ def end_to_end_row(label: str, folder: str, backend: str, precision: str, thread
     result = predictors.run_predictor(predictor, list(encoded.dataset), 32, per_token=False)
     seconds = time.perf_counter() - started
     latencies = 1000 * np.array(result.batch_seconds)
-    return {"kind": "real TNEWS, end to end", "path": label, "backend": backend, "precision": precision, "threads": threads,
-            "sentences": len(examples), "sequences_per_second": len(examples) / seconds,
-            "latency_ms_p50": float(np.percentile(latencies, 50)), "latency_ms_p99": float(np.percentile(latencies, 99))}
+    return {
+        "kind": "real TNEWS, end to end",
+        "path": label,
+        "backend": backend,
+        "precision": precision,
+        "threads": threads,
+        "sentences": len(examples),
+        "sequences_per_second": len(examples) / seconds,
+        "latency_ms_p50": float(np.percentile(latencies, 50)),
+        "latency_ms_p99": float(np.percentile(latencies, 99)),
+    }
 
 
 def fine_tuned_folder(name: str, directory: str) -> str:
@@ -124,19 +154,42 @@ def infer_process_row(label: str, model_path: str, dev_file: str, sentences: int
     included), batch latencies and peak resident memory (the process's own, as --perf reports it)."""
     with tempfile.TemporaryDirectory() as scratch:
         report_file = os.path.join(scratch, "report.json")
-        arguments = ["--model_path", model_path, "--dev_file", dev_file, "--max_eval_samples", str(sentences), "--perf",
-                     "--num_threads", str(threads), *flags]
-        done = subprocess.run([sys.executable, os.path.join(ROOT, "infer.py"), *arguments, "--output_file", report_file],
-                              cwd=ROOT, capture_output=True, text=True)
+        arguments = [
+            "--model_path",
+            model_path,
+            "--dev_file",
+            dev_file,
+            "--max_eval_samples",
+            str(sentences),
+            "--perf",
+            "--num_threads",
+            str(threads),
+            *flags,
+        ]
+        done = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "infer.py"), *arguments, "--output_file", report_file],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         if done.returncode:
             raise RuntimeError(f"infer.py {' '.join(arguments)} failed: {done.stderr[-2000:]}")
         report = utils.read_json_file(report_file, "infer.py's report")
     perf = report["perf"]
-    return {"kind": "infer.py --perf, real TNEWS", "path": label, "flags": list(flags), "backend": report["backend"],
-            "precision": report["precision"], "threads": threads, "sentences": perf["sequences"],
-            "sequences_per_second": perf["end_to_end_sequences_per_second"], "latency_ms_p50": perf["latency_ms_p50"],
-            "latency_ms_p99": perf["latency_ms_p99"], "peak_rss_mb": perf["peak_rss_mb"],
-            "accuracy": report["metrics"]["accuracy"]}
+    return {
+        "kind": "infer.py --perf, real TNEWS",
+        "path": label,
+        "flags": list(flags),
+        "backend": report["backend"],
+        "precision": report["precision"],
+        "threads": threads,
+        "sentences": perf["sequences"],
+        "sequences_per_second": perf["end_to_end_sequences_per_second"],
+        "latency_ms_p50": perf["latency_ms_p50"],
+        "latency_ms_p99": perf["latency_ms_p99"],
+        "peak_rss_mb": perf["peak_rss_mb"],
+        "accuracy": report["metrics"]["accuracy"],
+    }
 
 
 def compressed_best_rows(name: str, workdir: str, threads: int, examples, dev_file: str) -> list:
@@ -148,43 +201,89 @@ def compressed_best_rows(name: str, workdir: str, threads: int, examples, dev_fi
     with open(train_file, "w", encoding="utf-8") as out:
         for example in examples[:400]:
             out.write(json.dumps({"sentence": example.text_a, "label": example.label}, ensure_ascii=False) + "\n")
-    report = compress_seq_cls.main(["--task_name", "tnews", "--model_name_or_path", parent, "--train_file", train_file,
-                                    "--dev_file", dev_file, "--output_dir", os.path.join(workdir, "compress"),
-                                    "--max_steps", "4", "--importance_batches", "2", "--per_device_train_batch_size", "8",
-                                    "--algo_list", "hist", "mse", "--batch_size_list", "8", "--num_threads", str(threads),
-                                    "--max_eval_samples", "1000", "--max_metric_drop", "100"])
+    report = compress_seq_cls.main(
+        [
+            "--task_name",
+            "tnews",
+            "--model_name_or_path",
+            parent,
+            "--train_file",
+            train_file,
+            "--dev_file",
+            dev_file,
+            "--output_dir",
+            os.path.join(workdir, "compress"),
+            "--max_steps",
+            "4",
+            "--importance_batches",
+            "2",
+            "--per_device_train_batch_size",
+            "8",
+            "--algo_list",
+            "hist",
+            "mse",
+            "--batch_size_list",
+            "8",
+            "--num_threads",
+            str(threads),
+            "--max_eval_samples",
+            "1000",
+            "--max_metric_drop",
+            "100",
+        ]
+    )
     best = next(c for c in report["candidates"] if c["path"] == report["best"])
     exported = os.path.join(workdir, "compress", "parent")
-    rows = [infer_process_row("infer.py float default (paddle fp32)", exported, dev_file, len(examples), threads),
-            infer_process_row("infer.py --backend onnxruntime (fp32)", exported, dev_file, len(examples), threads,
-                              "--backend", "onnxruntime"),
-            infer_process_row("infer.py --backend openvino (fp32)", exported, dev_file, len(examples), threads,
-                              "--backend", "openvino"),
-            infer_process_row(f"infer.py, compressed best: {best['relative_path']}", best["path"], dev_file, len(examples),
-                              threads)]
+    rows = [
+        infer_process_row("infer.py float default (paddle fp32)", exported, dev_file, len(examples), threads),
+        infer_process_row(
+            "infer.py --backend onnxruntime (fp32)",
+            exported,
+            dev_file,
+            len(examples),
+            threads,
+            "--backend",
+            "onnxruntime",
+        ),
+        infer_process_row(
+            "infer.py --backend openvino (fp32)", exported, dev_file, len(examples), threads, "--backend", "openvino"
+        ),
+        infer_process_row(
+            f"infer.py, compressed best: {best['relative_path']}", best["path"], dev_file, len(examples), threads
+        ),
+    ]
     for row in rows:
         row["x_float_default"] = row["sequences_per_second"] / rows[0]["sequences_per_second"]
-    rows[-1]["report"] = {"candidates": [{k: c[k] for k in ("relative_path", "backend", "precision", "sequences_per_second")}
-                                         for c in report["candidates"]],
-                          "parent_sequences_per_second": report["parent"]["sequences_per_second"]}
+    rows[-1]["report"] = {
+        "candidates": [
+            {k: c[k] for k in ("relative_path", "backend", "precision", "sequences_per_second")}
+            for c in report["candidates"]
+        ],
+        "parent_sequences_per_second": report["parent"]["sequences_per_second"],
+    }
     return rows
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--quick", action="store_true", help="nano, 512 sentences, fewer runs")
     parser.add_argument("--model", default=None, help="ERNIE 3.0 shape (default: medium; nano with --quick)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--sentences", type=int, default=None, help="real TNEWS dev sentences (default 3000; 512 quick)")
+    parser.add_argument(
+        "--sentences", type=int, default=None, help="real TNEWS dev sentences (default 3000; 512 quick)"
+    )
     parser.add_argument("--output", default=None, help="results file (default benchmarks/results/deploy[_quick].json)")
     args = parser.parse_args(argv)
     name = args.model or ("nano" if args.quick else "medium")
     dev_file = TNEWS_FULL if os.path.isfile(TNEWS_FULL) else TNEWS_SLICE
     examples = utils.load_examples(TNEWS, "dev", dev_file)[: args.sentences or (512 if args.quick else 3000)]
     tokenizer = ErnieTokenizer(vocab_file=VOCAB_FILE)
-    calibration = [{k: f[k] for k in model_io.EXPORT_INPUT_NAMES}
-                   for f in utils.encode_text_examples(examples[-64:], tokenizer, TNEWS, SEQ_LEN).dataset]
+    calibration = [
+        {k: f[k] for k in model_io.EXPORT_INPUT_NAMES}
+        for f in utils.encode_text_examples(examples[-64:], tokenizer, TNEWS, SEQ_LEN).dataset
+    ]
     paddle.base.core.set_num_threads(args.threads)
     started, rows = time.perf_counter(), []
     with tempfile.TemporaryDirectory() as workdir:
@@ -194,14 +293,28 @@ def main(argv=None):
             print(f"{name} {label:<28} fixed 32x128: {rows[-1]['latency_ms']:8.1f} ms", flush=True)
         for label, (folder, backend, precision) in paths.items():
             rows.append(end_to_end_row(label, folder, backend, precision, args.threads, examples))
-            print(f"{name} {label:<28} real TNEWS x{len(examples)}: {rows[-1]['sequences_per_second']:7.1f} seq/s", flush=True)
+            print(
+                f"{name} {label:<28} real TNEWS x{len(examples)}: {rows[-1]['sequences_per_second']:7.1f} seq/s",
+                flush=True,
+            )
         rows += compressed_best_rows(name, workdir, args.threads, examples, dev_file)
         for row in rows[-4:]:
-            print(f"{name} {row['path']}: {row['sequences_per_second']:.1f} seq/s ({row['x_float_default']:.2f}x the float "
-                  f"default), peak {row['peak_rss_mb']:.0f} MB", flush=True)
-    results = {"machine": utils.machine_details(), "model": name, "threads": args.threads, "sentences": len(examples),
-               "rows": rows, "seconds": time.perf_counter() - started}
-    output = args.output or os.path.join(ROOT, "benchmarks", "results", "deploy" + ("_quick" if args.quick else "") + ".json")
+            print(
+                f"{name} {row['path']}: {row['sequences_per_second']:.1f} seq/s ({row['x_float_default']:.2f}x the float "
+                f"default), peak {row['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
+    results = {
+        "machine": utils.machine_details(),
+        "model": name,
+        "threads": args.threads,
+        "sentences": len(examples),
+        "rows": rows,
+        "seconds": time.perf_counter() - started,
+    }
+    output = args.output or os.path.join(
+        ROOT, "benchmarks", "results", "deploy" + ("_quick" if args.quick else "") + ".json"
+    )
     utils.write_json_atomic(output, results)
     print(f"wrote {output} ({results['seconds']:.0f} s)")
 

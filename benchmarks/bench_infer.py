@@ -18,6 +18,7 @@ int8; 1 and 2 threads) against FLOPs at that length / the fp32 peak.
 
 Writes benchmarks/results/infer[_quick].json (with machine details) and prints a table; plot_results.py draws it.
 """
+
 import argparse
 import copy
 import dataclasses
@@ -44,8 +45,14 @@ ERNIE_CONFIGS = {
     "medium": dict(num_hidden_layers=6, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
     "base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
 }
-COMMON = dict(vocab_size=40000, max_position_embeddings=2048, type_vocab_size=4, task_type_vocab_size=16, use_task_id=True,
-              hidden_act="gelu")
+COMMON = dict(
+    vocab_size=40000,
+    max_position_embeddings=2048,
+    type_vocab_size=4,
+    task_type_vocab_size=16,
+    use_task_id=True,
+    hidden_act="gelu",
+)
 SEQ_LEN = 128
 TNEWS_FULL = os.path.join(ROOT, "..", "shared", "data", "clue", "tnews", "dev.json")
 TNEWS_SLICE = os.path.join(ROOT, "tests", "data", "clue", "tnews", "dev.json")
@@ -65,9 +72,12 @@ def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 7) -> dict
     pa, pb = paddle.to_tensor(a), paddle.to_tensor(b)
     paddle.matmul(pa, pb).numpy()
     paddle_best = min(timed(lambda: paddle.matmul(pa, pb).numpy()) for _ in range(repeats))
-    flops = 2 * size ** 3
-    return {"numpy": flops / numpy_best / 1e9, "paddle": flops / paddle_best / 1e9,
-            "peak": max(flops / numpy_best, flops / paddle_best) / 1e9}
+    flops = 2 * size**3
+    return {
+        "numpy": flops / numpy_best / 1e9,
+        "paddle": flops / paddle_best / 1e9,
+        "peak": max(flops / numpy_best, flops / paddle_best) / 1e9,
+    }
 
 
 def read_bandwidth_gbs(threads: int, megabytes: int = 256, repeats: int = 9) -> float:
@@ -75,7 +85,7 @@ def read_bandwidth_gbs(threads: int, megabytes: int = 256, repeats: int = 9) -> 
     L2 caches (numpy releases the GIL in the sum)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    data = np.ones(megabytes * 2 ** 20 // 4, dtype=np.float32)
+    data = np.ones(megabytes * 2**20 // 4, dtype=np.float32)
     parts = np.array_split(data, threads)
     with ThreadPoolExecutor(threads) as pool:
         best = min(timed(lambda: list(pool.map(np.sum, parts))) for _ in range(repeats))
@@ -94,7 +104,10 @@ def timed(function) -> float:
 
 
 def layer_flops(length: int, hidden: int, attention: int, intermediate: int) -> float:
-    return 2 * length * (3 * hidden * attention + attention * hidden + 2 * hidden * intermediate) + 4 * length ** 2 * attention
+    return (
+        2 * length * (3 * hidden * attention + attention * hidden + 2 * hidden * intermediate)
+        + 4 * length**2 * attention
+    )
 
 
 def model_flops(model, length: int) -> float:
@@ -116,8 +129,12 @@ def build_model(name: str):
 
 def export(model, directory: str) -> str:
     tokenizer = ErnieTokenizer(vocab_file=VOCAB_FILE)
-    model_io.export_static_model(model, tokenizer, directory, {"task_name": "tnews", "label_list": list(utils.TNEWS_LABELS),
-                                                             "max_seq_length": SEQ_LEN})
+    model_io.export_static_model(
+        model,
+        tokenizer,
+        directory,
+        {"task_name": "tnews", "label_list": list(utils.TNEWS_LABELS), "max_seq_length": SEQ_LEN},
+    )
     return directory
 
 
@@ -129,12 +146,24 @@ def measured_backends(model, pruned, workdir: str, threads: int, batch_size: int
         export(model, export_dir)
         export(pruned, pruned_dir)
     options = predictors.PredictorOptions(num_threads=threads, batch_size=batch_size, max_seq_length=SEQ_LEN)
-    ort = predictors.PredictorOptions(backend="onnxruntime", num_threads=threads, batch_size=batch_size, max_seq_length=SEQ_LEN)
-    ort_int8 = predictors.PredictorOptions(backend="onnxruntime", precision="int8", num_threads=threads, batch_size=batch_size,
-                                      max_seq_length=SEQ_LEN)
+    ort = predictors.PredictorOptions(
+        backend="onnxruntime", num_threads=threads, batch_size=batch_size, max_seq_length=SEQ_LEN
+    )
+    ort_int8 = predictors.PredictorOptions(
+        backend="onnxruntime", precision="int8", num_threads=threads, batch_size=batch_size, max_seq_length=SEQ_LEN
+    )
     paddle.base.core.set_num_threads(threads)
-    bf16 = [("paddle-onednn-bf16", predictors.create_predictor(export_dir, dataclasses.replace(options, precision="bf16")), model)] \
-        if predictors.native_bfloat16() else []
+    bf16 = (
+        [
+            (
+                "paddle-onednn-bf16",
+                predictors.create_predictor(export_dir, dataclasses.replace(options, precision="bf16")),
+                model,
+            )
+        ]
+        if predictors.native_bfloat16()
+        else []
+    )
     return [
         ("dygraph", predictors.DygraphPredictor(model), model),
         ("paddle-onednn", predictors.create_predictor(export_dir, options), model),
@@ -146,7 +175,9 @@ def measured_backends(model, pruned, workdir: str, threads: int, batch_size: int
 
 
 def random_batch(batch_size: int, length: int) -> dict:
-    ids = np.random.default_rng(batch_size * 1000 + length).integers(5, 39000, size=(batch_size, length)).astype("int64")
+    ids = (
+        np.random.default_rng(batch_size * 1000 + length).integers(5, 39000, size=(batch_size, length)).astype("int64")
+    )
     return {"input_ids": ids, "token_type_ids": np.zeros_like(ids)}
 
 
@@ -164,22 +195,34 @@ def fixed_shape_rows(names, thread_counts, runs, peaks) -> list:
             for threads in thread_counts:
                 for batch_size in (1, 32):
                     batch = random_batch(batch_size, SEQ_LEN)
-                    for backend, predictor, measured_model in measured_backends(model, pruned, workdir, threads, batch_size):
+                    for backend, predictor, measured_model in measured_backends(
+                        model, pruned, workdir, threads, batch_size
+                    ):
                         seconds = median_latency(predictor, batch, runs if batch_size == 1 else max(2, runs // 2))
                         gflops = batch_size * model_flops(measured_model, SEQ_LEN) / seconds / 1e9
-                        row = {"model": name, "backend": backend, "threads": threads, "batch_size": batch_size,
-                               "seq_len": SEQ_LEN, "latency_ms": seconds * 1000, "sequences_per_second": batch_size / seconds,
-                               "gflops": gflops, "peak_fraction": gflops / peaks[threads],
-                               "gflop_per_sequence": model_flops(measured_model, SEQ_LEN) / 1e9}
+                        row = {
+                            "model": name,
+                            "backend": backend,
+                            "threads": threads,
+                            "batch_size": batch_size,
+                            "seq_len": SEQ_LEN,
+                            "latency_ms": seconds * 1000,
+                            "sequences_per_second": batch_size / seconds,
+                            "gflops": gflops,
+                            "peak_fraction": gflops / peaks[threads],
+                            "gflop_per_sequence": model_flops(measured_model, SEQ_LEN) / 1e9,
+                        }
                         rows.append(row)
                         print_row(row)
     return rows
 
 
 def print_row(row: dict) -> None:
-    print(f"{row['model']:>7} {row['backend']:<26} thr={row['threads']} bs={row['batch_size']:<3} "
-          f"{row['latency_ms']:9.1f} ms  {row['sequences_per_second']:8.1f} seq/s  {100 * row['peak_fraction']:5.1f}% of peak",
-          flush=True)
+    print(
+        f"{row['model']:>7} {row['backend']:<26} thr={row['threads']} bs={row['batch_size']:<3} "
+        f"{row['latency_ms']:9.1f} ms  {row['sequences_per_second']:8.1f} seq/s  {100 * row['peak_fraction']:5.1f}% of peak",
+        flush=True,
+    )
 
 
 def tnews_sentences(limit) -> list:
@@ -204,19 +247,35 @@ def end_to_end_rows(names, sentence_limit, threads) -> list:
             for mode, sort, pad_to in (("sorted, padded per batch", True, None), ("fixed 128 padding", False, SEQ_LEN)):
                 started = time.perf_counter()
                 encoded = utils.encode_text_examples(examples, tokenizer, task, SEQ_LEN)
-                predictors.run_predictor(predictor, list(encoded.dataset), 32, per_token=False, sort_by_length=sort, pad_to=pad_to)
+                predictors.run_predictor(
+                    predictor, list(encoded.dataset), 32, per_token=False, sort_by_length=sort, pad_to=pad_to
+                )
                 results[mode] = len(examples) / (time.perf_counter() - started)
-            rows.append({"model": name, "kind": "real TNEWS, end to end", "sentences": len(examples), "threads": threads,
-                         "sorted_sequences_per_second": results["sorted, padded per batch"],
-                         "fixed_sequences_per_second": results["fixed 128 padding"],
-                         "speedup": results["sorted, padded per batch"] / results["fixed 128 padding"]})
-            print(f"{name:>7} real TNEWS x{len(examples)}: sorted {rows[-1]['sorted_sequences_per_second']:.1f} seq/s, "
-                  f"fixed-128 {rows[-1]['fixed_sequences_per_second']:.1f} seq/s, speedup {rows[-1]['speedup']:.2f}x", flush=True)
+            rows.append(
+                {
+                    "model": name,
+                    "kind": "real TNEWS, end to end",
+                    "sentences": len(examples),
+                    "threads": threads,
+                    "sorted_sequences_per_second": results["sorted, padded per batch"],
+                    "fixed_sequences_per_second": results["fixed 128 padding"],
+                    "speedup": results["sorted, padded per batch"] / results["fixed 128 padding"],
+                }
+            )
+            print(
+                f"{name:>7} real TNEWS x{len(examples)}: sorted {rows[-1]['sorted_sequences_per_second']:.1f} seq/s, "
+                f"fixed-128 {rows[-1]['fixed_sequences_per_second']:.1f} seq/s, speedup {rows[-1]['speedup']:.2f}x",
+                flush=True,
+            )
     return rows
 
 
-BATCH_ONE_BACKENDS = {"paddle": dict(backend="paddle"), "paddle-bf16": dict(backend="paddle", precision="bf16"),
-                      "onnxruntime": dict(backend="onnxruntime"), "onnxruntime-int8": dict(backend="onnxruntime", precision="int8")}
+BATCH_ONE_BACKENDS = {
+    "paddle": dict(backend="paddle"),
+    "paddle-bf16": dict(backend="paddle", precision="bf16"),
+    "onnxruntime": dict(backend="onnxruntime"),
+    "onnxruntime-int8": dict(backend="onnxruntime", precision="int8"),
+}
 
 
 def batch_one_rows(names, sentence_count, thread_counts) -> list:
@@ -225,17 +284,27 @@ def batch_one_rows(names, sentence_count, thread_counts) -> list:
     backends take turns on every sentence (the drift hits them alike)."""
     rows = []
     task = utils.SEQ_CLS_TASKS["tnews"]
-    features = list(utils.encode_text_examples(tnews_sentences(sentence_count), ErnieTokenizer(vocab_file=VOCAB_FILE), task,
-                                               SEQ_LEN).dataset)
+    features = list(
+        utils.encode_text_examples(
+            tnews_sentences(sentence_count), ErnieTokenizer(vocab_file=VOCAB_FILE), task, SEQ_LEN
+        ).dataset
+    )
     for name in names:
         model = build_model(name)
         with tempfile.TemporaryDirectory() as workdir:
             export_dir = export(model, os.path.join(workdir, "export"))
             for threads in thread_counts:
                 peak = matmul_peak_gflops(threads)["peak"]
-                by_backend = {backend: predictors.create_predictor(export_dir, predictors.PredictorOptions(
-                    num_threads=threads, batch_size=1, max_seq_length=SEQ_LEN, **settings))
-                    for backend, settings in BATCH_ONE_BACKENDS.items() if settings.get("precision") != "bf16" or predictors.native_bfloat16()}
+                by_backend = {
+                    backend: predictors.create_predictor(
+                        export_dir,
+                        predictors.PredictorOptions(
+                            num_threads=threads, batch_size=1, max_seq_length=SEQ_LEN, **settings
+                        ),
+                    )
+                    for backend, settings in BATCH_ONE_BACKENDS.items()
+                    if settings.get("precision") != "bf16" or predictors.native_bfloat16()
+                }
                 latencies = {backend: [] for backend in by_backend}
                 for feature in features:
                     batch = predictors.pad_features([feature])
@@ -249,11 +318,22 @@ def batch_one_rows(names, sentence_count, thread_counts) -> list:
 
 def batch_one_row(name, backend, threads, peak, seconds, bounds) -> dict:
     ratios = np.array(seconds) / np.array(bounds)
-    row = {"model": name, "kind": "real TNEWS, batch 1", "backend": backend, "sentences": len(seconds), "threads": threads,
-           "matmul_peak_gflops": peak, "latency_ms_p50": 1000 * float(np.median(seconds)),
-           "flops_bound_ms_p50": 1000 * float(np.median(bounds)), "latency_over_flops_bound_p50": float(np.median(ratios))}
-    print(f"{name:>7} real TNEWS batch 1, {threads} thr, {backend:<16}: p50 {row['latency_ms_p50']:.2f} ms, "
-          f"{row['latency_over_flops_bound_p50']:.2f}x the FLOPs/peak bound (peak {peak:.0f} GFLOP/s)", flush=True)
+    row = {
+        "model": name,
+        "kind": "real TNEWS, batch 1",
+        "backend": backend,
+        "sentences": len(seconds),
+        "threads": threads,
+        "matmul_peak_gflops": peak,
+        "latency_ms_p50": 1000 * float(np.median(seconds)),
+        "flops_bound_ms_p50": 1000 * float(np.median(bounds)),
+        "latency_over_flops_bound_p50": float(np.median(ratios)),
+    }
+    print(
+        f"{name:>7} real TNEWS batch 1, {threads} thr, {backend:<16}: p50 {row['latency_ms_p50']:.2f} ms, "
+        f"{row['latency_over_flops_bound_p50']:.2f}x the FLOPs/peak bound (peak {peak:.0f} GFLOP/s)",
+        flush=True,
+    )
     return row
 
 
@@ -263,13 +343,26 @@ PARTS = ("fixed_shape", "end_to_end", "batch_one")
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="nano and mini, 2 threads, fewer runs and sentences")
-    parser.add_argument("--output", default=None, help="JSON results file (default benchmarks/results/infer[_quick].json)")
+    parser.add_argument(
+        "--output", default=None, help="JSON results file (default benchmarks/results/infer[_quick].json)"
+    )
     parser.add_argument("--models", nargs="+", choices=list(ERNIE_CONFIGS), help="fixed-shape models (default by mode)")
-    parser.add_argument("--real_models", nargs="+", choices=list(ERNIE_CONFIGS), help="real-data models (default by mode)")
-    parser.add_argument("--sentences", type=int, default=None, help="real TNEWS sentences (default: 512 quick, all otherwise)")
-    parser.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts (default: 2 quick, 1 2 otherwise)")
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
-                        help="which measurements to run (default all; a partial run writes infer_<parts>.json)")
+    parser.add_argument(
+        "--real_models", nargs="+", choices=list(ERNIE_CONFIGS), help="real-data models (default by mode)"
+    )
+    parser.add_argument(
+        "--sentences", type=int, default=None, help="real TNEWS sentences (default: 512 quick, all otherwise)"
+    )
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=None, help="thread counts (default: 2 quick, 1 2 otherwise)"
+    )
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="which measurements to run (default all; a partial run writes infer_<parts>.json)",
+    )
     args = parser.parse_args(argv)
     names = args.models or (["nano", "mini"] if args.quick else list(ERNIE_CONFIGS))
     real_names = args.real_models or (["nano"] if args.quick else ["nano", "medium"])
@@ -278,17 +371,29 @@ def main(argv=None):
     machine = utils.machine_details()
     measured_peaks = {threads: matmul_peak_gflops(threads) for threads in sorted(set(thread_counts) | {2})}
     peaks = {threads: measured["peak"] for threads, measured in measured_peaks.items()}
-    print(f"machine: {machine}\nfp32 matmul 2048^3, GFLOP/s: " + ", ".join(
-        f"{t} thr numpy {m['numpy']:.1f} paddle {m['paddle']:.1f}" for t, m in measured_peaks.items()))
+    print(
+        f"machine: {machine}\nfp32 matmul 2048^3, GFLOP/s: "
+        + ", ".join(f"{t} thr numpy {m['numpy']:.1f} paddle {m['paddle']:.1f}" for t, m in measured_peaks.items())
+    )
     started = time.perf_counter()
     rows = fixed_shape_rows(names, thread_counts, runs, peaks) if "fixed_shape" in args.parts else []
-    real = end_to_end_rows(real_names, args.sentences or (512 if args.quick else None), max(thread_counts)) \
-        if "end_to_end" in args.parts else []
+    real = (
+        end_to_end_rows(real_names, args.sentences or (512 if args.quick else None), max(thread_counts))
+        if "end_to_end" in args.parts
+        else []
+    )
     if "batch_one" in args.parts:
         real += batch_one_rows(real_names, 50 if args.quick else 200, thread_counts)
-    results = {"machine": machine, "matmul_peak_gflops": {str(k): v for k, v in peaks.items()},
-               "matmul_gflops": {str(k): v for k, v in measured_peaks.items()}, "quick": args.quick, "parts": args.parts,
-               "fixed_shape": rows, "real_data": real, "seconds": time.perf_counter() - started}
+    results = {
+        "machine": machine,
+        "matmul_peak_gflops": {str(k): v for k, v in peaks.items()},
+        "matmul_gflops": {str(k): v for k, v in measured_peaks.items()},
+        "quick": args.quick,
+        "parts": args.parts,
+        "fixed_shape": rows,
+        "real_data": real,
+        "seconds": time.perf_counter() - started,
+    }
     utils.write_json_atomic(args.output or default_output(args.quick, args.parts), results)
     print(f"wrote {args.output or default_output(args.quick, args.parts)} ({results['seconds']:.0f} s)")
 

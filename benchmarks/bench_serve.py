@@ -7,6 +7,7 @@ First infer.py's offline end-to-end throughput at batch 32 and its batch-1 laten
 server (a real serve.py process on 127.0.0.1) at concurrency 1, 8 and 32 with one sentence per request: throughput
 and p50/p99 latency as the client sees them. Results go to benchmarks/results/serve[_quick].json with the machine.
 """
+
 import argparse
 import concurrent.futures
 import json
@@ -59,8 +60,9 @@ def free_port() -> int:
 def post(url: str, text: str) -> float:
     body = json.dumps({"data": {"text": [text]}}).encode()
     started = time.perf_counter()
-    with urllib.request.urlopen(urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}),
-                                timeout=120) as response:
+    with urllib.request.urlopen(
+        urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}), timeout=120
+    ) as response:
         response.read()
     return time.perf_counter() - started
 
@@ -70,15 +72,31 @@ def load(url: str, texts, concurrency: int) -> dict:
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         latencies = list(pool.map(lambda text: post(url, text), texts))
     seconds = time.perf_counter() - started
-    return {"concurrency": concurrency, "requests": len(texts), "sequences_per_second": len(texts) / seconds,
-            "latency_ms_p50": 1000 * float(np.percentile(latencies, 50)),
-            "latency_ms_p99": 1000 * float(np.percentile(latencies, 99))}
+    return {
+        "concurrency": concurrency,
+        "requests": len(texts),
+        "sequences_per_second": len(texts) / seconds,
+        "latency_ms_p50": 1000 * float(np.percentile(latencies, 50)),
+        "latency_ms_p99": 1000 * float(np.percentile(latencies, 99)),
+    }
 
 
 def serve(model_dir: str, texts, threads: int, concurrencies) -> list:
     port = free_port()
-    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), "--model_path", model_dir, "--port",
-                                str(port), "--num_threads", str(threads)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(ROOT, "serve.py"),
+            "--model_path",
+            model_dir,
+            "--port",
+            str(port),
+            "--num_threads",
+            str(threads),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -100,8 +118,9 @@ def serve(model_dir: str, texts, threads: int, concurrencies) -> list:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sentences", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
@@ -119,14 +138,26 @@ def main(argv=None):
         print(f"infer.py offline: {baseline}", flush=True)
         rows, metrics = serve(model_dir, texts, args.threads, (1, 8, 32))
     for row in rows:
-        print(f"serve.py concurrency {row['concurrency']}: {row['sequences_per_second']:.1f} seq/s, p50 "
-              f"{row['latency_ms_p50']:.1f} ms, p99 {row['latency_ms_p99']:.1f} ms", flush=True)
-    results = {"machine": utils.machine_details(), "model": name, "threads": args.threads, "sentences": len(examples),
-               "offline": baseline, "server": rows, "server_metrics": metrics,
-               "concurrency_32_over_offline": rows[-1]["sequences_per_second"] / baseline["batch_32_sequences_per_second"],
-               "concurrency_1_p50_minus_offline_batch_1_ms": rows[0]["latency_ms_p50"] - baseline["batch_1_latency_ms_p50"],
-               "seconds": time.perf_counter() - started}
-    output = args.output or os.path.join(ROOT, "benchmarks", "results", "serve" + ("_quick" if args.quick else "") + ".json")
+        print(
+            f"serve.py concurrency {row['concurrency']}: {row['sequences_per_second']:.1f} seq/s, p50 "
+            f"{row['latency_ms_p50']:.1f} ms, p99 {row['latency_ms_p99']:.1f} ms",
+            flush=True,
+        )
+    results = {
+        "machine": utils.machine_details(),
+        "model": name,
+        "threads": args.threads,
+        "sentences": len(examples),
+        "offline": baseline,
+        "server": rows,
+        "server_metrics": metrics,
+        "concurrency_32_over_offline": rows[-1]["sequences_per_second"] / baseline["batch_32_sequences_per_second"],
+        "concurrency_1_p50_minus_offline_batch_1_ms": rows[0]["latency_ms_p50"] - baseline["batch_1_latency_ms_p50"],
+        "seconds": time.perf_counter() - started,
+    }
+    output = args.output or os.path.join(
+        ROOT, "benchmarks", "results", "serve" + ("_quick" if args.quick else "") + ".json"
+    )
     utils.write_json_atomic(output, results)
     print(f"wrote {output}")
 

@@ -8,6 +8,7 @@ trains with random batches (padded to their longest sentence, the Trainer's defa
 --group_by_length (batches of similar lengths). Reports training sequences per second (Trainer's
 train_samples_per_second) and writes benchmarks/results/train[_quick].json.
 """
+
 import argparse
 import json
 import os
@@ -32,13 +33,41 @@ def save_encoder(name: str, directory: str) -> str:
 
 def train_throughput(model_dir: str, data_file: str, steps: int, grouped: bool, workdir: str) -> dict:
     output_dir = os.path.join(workdir, f"out-{'grouped' if grouped else 'random'}")
-    run_seq_cls.main([
-        "--task_name", "tnews", "--model_name_or_path", model_dir, "--train_file", data_file, "--output_dir", output_dir,
-        "--do_train", "--max_steps", str(steps), "--per_device_train_batch_size", "32", "--max_seq_length", "128",
-        "--max_train_samples", str(steps * 32 * 4), "--evaluation_strategy", "no", "--save_strategy", "no",
-        "--load_best_model_at_end", "false", "--logging_steps", str(steps), "--group_by_length", str(grouped).lower(),
-        "--device", "cpu", "--disable_tqdm", "true",
-    ])
+    run_seq_cls.main(
+        [
+            "--task_name",
+            "tnews",
+            "--model_name_or_path",
+            model_dir,
+            "--train_file",
+            data_file,
+            "--output_dir",
+            output_dir,
+            "--do_train",
+            "--max_steps",
+            str(steps),
+            "--per_device_train_batch_size",
+            "32",
+            "--max_seq_length",
+            "128",
+            "--max_train_samples",
+            str(steps * 32 * 4),
+            "--evaluation_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--load_best_model_at_end",
+            "false",
+            "--logging_steps",
+            str(steps),
+            "--group_by_length",
+            str(grouped).lower(),
+            "--device",
+            "cpu",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     with open(os.path.join(output_dir, "train_results.json"), encoding="utf-8") as handle:
         results = json.load(handle)
     return {"train_samples_per_second": results["train_samples_per_second"], "train_runtime": results["train_runtime"]}
@@ -47,7 +76,9 @@ def train_throughput(model_dir: str, data_file: str, steps: int, grouped: bool, 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer steps")
-    parser.add_argument("--output", default=None, help="JSON results file (default benchmarks/results/train[_quick].json)")
+    parser.add_argument(
+        "--output", default=None, help="JSON results file (default benchmarks/results/train[_quick].json)"
+    )
     args = parser.parse_args(argv)
     steps = {"mini": 6, "medium": 3} if args.quick else {"mini": 30, "medium": 12}
     data_file = TNEWS_FULL if os.path.isfile(TNEWS_FULL) else TNEWS_SLICE
@@ -57,13 +88,30 @@ def main(argv=None):
             model_dir = save_encoder(name, os.path.join(workdir, name))
             for grouped in (False, True):
                 measured = train_throughput(model_dir, data_file, count, grouped, os.path.join(workdir, name))
-                rows.append({"model": name, "batches": "length-grouped" if grouped else "random", "steps": count,
-                             "batch_size": 32, **measured})
-                print(f"{name:>6} {rows[-1]['batches']:<15} {measured['train_samples_per_second']:7.1f} seq/s "
-                      f"({count} steps, {measured['train_runtime']:.1f} s)", flush=True)
-    results = {"machine": utils.machine_details(), "data": os.path.relpath(data_file, ROOT), "quick": args.quick, "rows": rows,
-               "seconds": time.perf_counter() - started}
-    output = args.output or os.path.join(ROOT, "benchmarks", "results", "train_quick.json" if args.quick else "train.json")
+                rows.append(
+                    {
+                        "model": name,
+                        "batches": "length-grouped" if grouped else "random",
+                        "steps": count,
+                        "batch_size": 32,
+                        **measured,
+                    }
+                )
+                print(
+                    f"{name:>6} {rows[-1]['batches']:<15} {measured['train_samples_per_second']:7.1f} seq/s "
+                    f"({count} steps, {measured['train_runtime']:.1f} s)",
+                    flush=True,
+                )
+    results = {
+        "machine": utils.machine_details(),
+        "data": os.path.relpath(data_file, ROOT),
+        "quick": args.quick,
+        "rows": rows,
+        "seconds": time.perf_counter() - started,
+    }
+    output = args.output or os.path.join(
+        ROOT, "benchmarks", "results", "train_quick.json" if args.quick else "train.json"
+    )
     utils.write_json_atomic(output, results)
     print(f"wrote {output} ({results['seconds']:.0f} s)")
 

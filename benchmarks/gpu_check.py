@@ -10,6 +10,7 @@ the CPU, the engine that ran, latency and throughput, and a second start (the ca
 benchmarks/results/gpu_check.json; the exit status is 1 if any metric differs from the CPU's by more than its
 allowance (fp32: 0 examples; fp16 and int8: 2% of the dev examples).
 """
+
 import argparse
 import os
 import sys
@@ -34,11 +35,47 @@ def tiny_tnews(workdir: str) -> str:
 
     encoder = build_tiny_encoder("ernie", os.path.join(workdir, "encoder"))
     output = os.path.join(workdir, "tnews")
-    run_seq_cls.main(["--task_name", "tnews", "--model_name_or_path", encoder, "--train_file", TRAIN, "--dev_file", DEV,
-                      "--output_dir", output, "--do_train", "--do_eval", "--do_export", "--num_train_epochs", "3",
-                      "--device", "gpu"])
-    compress_seq_cls.main(["--task_name", "tnews", "--model_name_or_path", output, "--train_file", TRAIN, "--dev_file", DEV,
-                           "--max_steps", "10", "--max_metric_drop", "100", "--device", "gpu", "--backends", "paddle"])
+    run_seq_cls.main(
+        [
+            "--task_name",
+            "tnews",
+            "--model_name_or_path",
+            encoder,
+            "--train_file",
+            TRAIN,
+            "--dev_file",
+            DEV,
+            "--output_dir",
+            output,
+            "--do_train",
+            "--do_eval",
+            "--do_export",
+            "--num_train_epochs",
+            "3",
+            "--device",
+            "gpu",
+        ]
+    )
+    compress_seq_cls.main(
+        [
+            "--task_name",
+            "tnews",
+            "--model_name_or_path",
+            output,
+            "--train_file",
+            TRAIN,
+            "--dev_file",
+            DEV,
+            "--max_steps",
+            "10",
+            "--max_metric_drop",
+            "100",
+            "--device",
+            "gpu",
+            "--backends",
+            "paddle",
+        ]
+    )
     return output
 
 
@@ -46,8 +83,11 @@ def matrix(folder: str):
     """(label, model folder, precision, use_trt) rows: the float export, the pruned model, the report's tensorrt_int8."""
     report = utils.read_json_file(os.path.join(folder, "compress", "compress_report.json"), "compress_report.json")
     pruned = next((c["path"] for c in report["candidates"] if c["kind"] == "pruned float"), None)
-    models = [("export", os.path.join(folder, "export"), False), ("pruned", pruned, False),
-              ("tensorrt int8", report.get("tensorrt_int8"), True)]
+    models = [
+        ("export", os.path.join(folder, "export"), False),
+        ("pruned", pruned, False),
+        ("tensorrt int8", report.get("tensorrt_int8"), True),
+    ]
     for label, path, quantized in models:
         if not path:
             continue
@@ -59,19 +99,36 @@ def matrix(folder: str):
 
 
 def measure(path: str, dev_file: str, device: str, precision: str, use_trt: bool) -> dict:
-    argv = ["--model_path", path, "--dev_file", dev_file, "--device", device, "--precision",
-            precision, "--perf", "--batch_size", "32"] + (["--use_trt"] if use_trt else [])
+    argv = [
+        "--model_path",
+        path,
+        "--dev_file",
+        dev_file,
+        "--device",
+        device,
+        "--precision",
+        precision,
+        "--perf",
+        "--batch_size",
+        "32",
+    ] + (["--use_trt"] if use_trt else [])
     started = time.perf_counter()
     report = infer.main(argv)
     return {**report, "start_and_run_seconds": time.perf_counter() - started}
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
-    parser.add_argument("folder", nargs="?", help="a fine-tuned output/tnews folder with export/ and compress/ (default: "
-                                                  "a tiny model made here)")
-    parser.add_argument("--dev_file", default=DEV, help="the TNEWS dev file the metrics come from (default: the test slice)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument(
+        "folder",
+        nargs="?",
+        help="a fine-tuned output/tnews folder with export/ and compress/ (default: a tiny model made here)",
+    )
+    parser.add_argument(
+        "--dev_file", default=DEV, help="the TNEWS dev file the metrics come from (default: the test slice)"
+    )
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results", "gpu_check.json"))
     args = parser.parse_args(argv)
     utils.setup_logging()
@@ -87,13 +144,27 @@ def main(argv=None):
             differing = abs(first["metrics"]["accuracy"] - cpu["metrics"]["accuracy"]) * examples
             ok = differing <= allowed + 1e-9
             failures += not ok
-            rows.append({"model": label, "path": path, "precision": precision, "use_trt": use_trt, "engine": first["engine"],
-                         "cpu_accuracy": cpu["metrics"]["accuracy"], "gpu_accuracy": first["metrics"]["accuracy"],
-                         "ok": ok, "perf": first["perf"], "first_start_seconds": first["start_and_run_seconds"],
-                         "second_start_seconds": again["start_and_run_seconds"]})
-            print(f"{label:10} {precision} trt={use_trt}: {first['engine']}; accuracy gpu {first['metrics']['accuracy']:.4f} "
-                  f"cpu {cpu['metrics']['accuracy']:.4f} {'ok' if ok else 'MISMATCH'}; "
-                  f"{first['perf']['sequences_per_second']:.0f} seq/s", flush=True)
+            rows.append(
+                {
+                    "model": label,
+                    "path": path,
+                    "precision": precision,
+                    "use_trt": use_trt,
+                    "engine": first["engine"],
+                    "cpu_accuracy": cpu["metrics"]["accuracy"],
+                    "gpu_accuracy": first["metrics"]["accuracy"],
+                    "ok": ok,
+                    "perf": first["perf"],
+                    "first_start_seconds": first["start_and_run_seconds"],
+                    "second_start_seconds": again["start_and_run_seconds"],
+                }
+            )
+            print(
+                f"{label:10} {precision} trt={use_trt}: {first['engine']}; accuracy gpu {first['metrics']['accuracy']:.4f} "
+                f"cpu {cpu['metrics']['accuracy']:.4f} {'ok' if ok else 'MISMATCH'}; "
+                f"{first['perf']['sequences_per_second']:.0f} seq/s",
+                flush=True,
+            )
     utils.write_json_atomic(args.output, {"machine": utils.machine_details(), "rows": rows, "failures": failures})
     print(f"wrote {args.output}: {len(rows)} rows, {failures} mismatches")
     return 1 if failures else 0

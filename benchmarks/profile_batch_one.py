@@ -11,6 +11,7 @@ from memory rather than cache), and each backend's own profile summed by operato
 operators and the rest. Writes
 benchmarks/results/profile_batch_one_<model>_<threads>thr.json.
 """
+
 import argparse
 import collections
 import contextlib
@@ -25,11 +26,31 @@ import paddle
 
 import predictors
 import utils
-from benchmarks.bench_infer import (ERNIE_CONFIGS, ROOT, build_model, encoder_weight_bytes, export,
-                                    matmul_peak_gflops, median_latency, model_flops, read_bandwidth_gbs)
+from benchmarks.bench_infer import (
+    ERNIE_CONFIGS,
+    ROOT,
+    build_model,
+    encoder_weight_bytes,
+    export,
+    matmul_peak_gflops,
+    median_latency,
+    model_flops,
+    read_bandwidth_gbs,
+)
 
-GEMM_OPERATORS = {"MatMul", "FusedMatMul", "Gemm", "FusedGemm", "Attention", "MatMulInteger",
-                  "onednn_op.fc", "onednn_op.fused_matmul", "onednn_op.matmul", "pd_op.matmul", "pd_op.fc"}
+GEMM_OPERATORS = {
+    "MatMul",
+    "FusedMatMul",
+    "Gemm",
+    "FusedGemm",
+    "Attention",
+    "MatMulInteger",
+    "onednn_op.fc",
+    "onednn_op.fused_matmul",
+    "onednn_op.matmul",
+    "pd_op.matmul",
+    "pd_op.fc",
+}
 PADDLE_EVENT_ROW = re.compile(r"^(\S+)\s+(\d+)\s+([\d.]+)\s")  # name, calls, total ms (sub-events are indented)
 
 
@@ -86,7 +107,9 @@ def paddle_profile(export_dir: str, threads: int, batch: dict, runs: int) -> dic
     """Time per operator from Paddle Inference's profiler (config.enable_profile), in ms per run."""
     report = os.path.join(export_dir, "paddle-profile.txt")
     with captured_stdout(report):
-        config = predictors.PaddlePredictor(export_dir, predictor_options("paddle", threads)).config()  # infer.py's config
+        config = predictors.PaddlePredictor(
+            export_dir, predictor_options("paddle", threads)
+        ).config()  # infer.py's config
         config.enable_profile()
         predictor = paddle.inference.create_predictor(config)
         handles = {name: predictor.get_input_handle(name) for name in predictor.get_input_names()}
@@ -102,7 +125,7 @@ def paddle_profile(export_dir: str, threads: int, batch: dict, runs: int) -> dic
         raise utils.UserError(f"Paddle's profiler printed no report (see {report})")
     start = next(i for i, line in enumerate(lines) if "Event Summary" in line)
     per_operator = {}
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if "Profiling Report" in line:
             break
         match = PADDLE_EVENT_ROW.match(line)
@@ -114,14 +137,21 @@ def paddle_profile(export_dir: str, threads: int, batch: dict, runs: int) -> dic
 def summary(per_operator: dict, latency: float, bound: float) -> dict:
     gemm = sum(ms for op, ms in per_operator.items() if op in GEMM_OPERATORS)
     profiled = sum(per_operator.values())
-    return {"latency_ms_p50": 1000 * latency, "latency_over_bound": latency / bound, "profiled_ms": profiled,
-            "gemm_ms": gemm, "other_ms": profiled - gemm,
-            "operators_ms": dict(sorted(per_operator.items(), key=lambda item: -item[1]))}
+    return {
+        "latency_ms_p50": 1000 * latency,
+        "latency_over_bound": latency / bound,
+        "profiled_ms": profiled,
+        "gemm_ms": gemm,
+        "other_ms": profiled - gemm,
+        "operators_ms": dict(sorted(per_operator.items(), key=lambda item: -item[1])),
+    }
 
 
 def print_summary(backend: str, row: dict, top: int) -> None:
-    print(f"\n{backend}: p50 {row['latency_ms_p50']:.2f} ms ({row['latency_over_bound']:.2f}x the bound); profiled "
-          f"{row['profiled_ms']:.2f} ms = GEMM {row['gemm_ms']:.2f} + other {row['other_ms']:.2f}")
+    print(
+        f"\n{backend}: p50 {row['latency_ms_p50']:.2f} ms ({row['latency_over_bound']:.2f}x the bound); profiled "
+        f"{row['profiled_ms']:.2f} ms = GEMM {row['gemm_ms']:.2f} + other {row['other_ms']:.2f}"
+    )
     for op, ms in list(row["operators_ms"].items())[:top]:
         print(f"    {op:<32} {ms:7.3f} ms  {100 * ms / row['profiled_ms']:5.1f}%")
 
@@ -141,12 +171,23 @@ def main(argv=None):
     bound = model_flops(model, args.length) / (peak * 1e9)
     bandwidth, weight_bytes = read_bandwidth_gbs(args.threads), encoder_weight_bytes(model)
     weight_read_ms = weight_bytes / bandwidth / 1e6
-    print(f"{args.model}, {args.length} tokens, {args.threads} threads: {model_flops(model, args.length) / 1e6:.0f} MFLOP, "
-          f"peak {peak:.0f} GFLOP/s, bound {1000 * bound:.2f} ms; fp32 encoder weights {weight_bytes / 1e6:.0f} MB at "
-          f"{bandwidth:.1f} GB/s read: {weight_read_ms:.2f} ms if they came from memory")
-    results = {"machine": utils.machine_details(), "model": args.model, "length": args.length, "threads": args.threads,
-               "matmul_peak_gflops": peak, "bound_ms": 1000 * bound, "read_bandwidth_gbs": bandwidth,
-               "encoder_weight_mbytes": weight_bytes / 1e6, "weight_read_ms": weight_read_ms, "backends": {}}
+    print(
+        f"{args.model}, {args.length} tokens, {args.threads} threads: {model_flops(model, args.length) / 1e6:.0f} MFLOP, "
+        f"peak {peak:.0f} GFLOP/s, bound {1000 * bound:.2f} ms; fp32 encoder weights {weight_bytes / 1e6:.0f} MB at "
+        f"{bandwidth:.1f} GB/s read: {weight_read_ms:.2f} ms if they came from memory"
+    )
+    results = {
+        "machine": utils.machine_details(),
+        "model": args.model,
+        "length": args.length,
+        "threads": args.threads,
+        "matmul_peak_gflops": peak,
+        "bound_ms": 1000 * bound,
+        "read_bandwidth_gbs": bandwidth,
+        "encoder_weight_mbytes": weight_bytes / 1e6,
+        "weight_read_ms": weight_read_ms,
+        "backends": {},
+    }
     with tempfile.TemporaryDirectory() as workdir:
         export_dir = export(model, os.path.join(workdir, "export"))
         for backend, profile in (("paddle", paddle_profile), ("onnxruntime", onnxruntime_profile)):
@@ -156,8 +197,9 @@ def main(argv=None):
             row = summary(profile(export_dir, args.threads, batch, args.runs), latency, bound)
             results["backends"][backend] = row
             print_summary(backend, row, top=10)
-    output = args.output or os.path.join(ROOT, "benchmarks", "results",
-                                         f"profile_batch_one_{args.model}_{args.threads}thr.json")
+    output = args.output or os.path.join(
+        ROOT, "benchmarks", "results", f"profile_batch_one_{args.model}_{args.threads}thr.json"
+    )
     utils.write_json_atomic(output, results)
     print(f"\nwrote {output}")
 

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random-weight encoders from the real ERNIE 3.0 config and vocab, real data slices,
 and a runner that calls a script's main() exactly as its command line does, in this process."""
+
 import os
 import socket
 
@@ -70,7 +71,9 @@ def padded_batch(features, names=("input_ids", "token_type_ids")):
     import numpy as np
 
     length = max(len(f["input_ids"]) for f in features)
-    return {name: np.array([f[name] + [0] * (length - len(f[name])) for f in features], dtype="int64") for name in names}
+    return {
+        name: np.array([f[name] + [0] * (length - len(f[name])) for f in features], dtype="int64") for name in names
+    }
 
 
 def dynamic_outputs(model, batch):
@@ -110,8 +113,22 @@ QA_SMALL = ["--max_seq_length", "128", "--doc_stride", "64"]
 
 
 def qa_args(model, output_dir, *extra):
-    return ["--task_name", "cmrc2018", "--model_name_or_path", model, "--train_file", qa_file("train.json"),
-            "--dev_file", qa_file("dev.json"), "--test_file", qa_file("test.json"), "--output_dir", str(output_dir), *QA_SMALL, *extra]
+    return [
+        "--task_name",
+        "cmrc2018",
+        "--model_name_or_path",
+        model,
+        "--train_file",
+        qa_file("train.json"),
+        "--dev_file",
+        qa_file("dev.json"),
+        "--test_file",
+        qa_file("test.json"),
+        "--output_dir",
+        str(output_dir),
+        *QA_SMALL,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -120,9 +137,23 @@ def tnews_run(tiny_ernie, tmp_path_factory):
     import run_seq_cls
 
     output_dir = str(tmp_path_factory.mktemp("tnews-run"))
-    run_seq_cls.main(clue_data_args("tnews") + [
-        "--model_name_or_path", tiny_ernie, "--output_dir", output_dir, "--do_train", "--do_eval", "--do_predict",
-        "--do_export", "--num_train_epochs", "3", "--per_device_train_batch_size", "16"])
+    run_seq_cls.main(
+        clue_data_args("tnews")
+        + [
+            "--model_name_or_path",
+            tiny_ernie,
+            "--output_dir",
+            output_dir,
+            "--do_train",
+            "--do_eval",
+            "--do_predict",
+            "--do_export",
+            "--num_train_epochs",
+            "3",
+            "--per_device_train_batch_size",
+            "16",
+        ]
+    )
     return output_dir
 
 
@@ -132,10 +163,30 @@ def ner_run(tiny_ernie, tmp_path_factory):
     import run_token_cls
 
     output_dir = str(tmp_path_factory.mktemp("ner-run"))
-    run_token_cls.main(["--task_name", "msra_ner", "--model_name_or_path", tiny_ernie, "--train_file", ner_file("train.tsv"),
-                        "--dev_file", ner_file("dev.tsv"), "--test_file", ner_file("test.tsv"), "--output_dir", output_dir,
-                        "--do_train", "--do_eval", "--do_predict", "--do_export", "--num_train_epochs", "2",
-                        "--per_device_train_batch_size", "8"])
+    run_token_cls.main(
+        [
+            "--task_name",
+            "msra_ner",
+            "--model_name_or_path",
+            tiny_ernie,
+            "--train_file",
+            ner_file("train.tsv"),
+            "--dev_file",
+            ner_file("dev.tsv"),
+            "--test_file",
+            ner_file("test.tsv"),
+            "--output_dir",
+            output_dir,
+            "--do_train",
+            "--do_eval",
+            "--do_predict",
+            "--do_export",
+            "--num_train_epochs",
+            "2",
+            "--per_device_train_batch_size",
+            "8",
+        ]
+    )
     return output_dir
 
 
@@ -145,6 +196,18 @@ def qa_run(tiny_ernie, tmp_path_factory):
     import run_qa
 
     output_dir = str(tmp_path_factory.mktemp("qa-run"))
-    run_qa.main(qa_args(tiny_ernie, output_dir, "--do_train", "--do_eval", "--do_predict", "--do_export",
-                        "--max_steps", "4", "--per_device_train_batch_size", "8"))
+    run_qa.main(
+        qa_args(
+            tiny_ernie,
+            output_dir,
+            "--do_train",
+            "--do_eval",
+            "--do_predict",
+            "--do_export",
+            "--max_steps",
+            "4",
+            "--per_device_train_batch_size",
+            "8",
+        )
+    )
     return output_dir

@@ -1,5 +1,6 @@
 """The benchmarks' own arithmetic: the FLOPs and bytes that results are held against, and the tables the README
 publishes from results files."""
+
 import copy
 import os
 
@@ -20,10 +21,12 @@ def nano():
 
 def test_model_flops_are_the_issue_formula_and_follow_the_pruned_widths(nano):
     length, hidden = 128, NANO_HIDDEN
-    assert model_flops(nano, length) == pytest.approx(NANO_LAYERS * (24 * hidden ** 2 * length + 4 * length ** 2 * hidden))
+    assert model_flops(nano, length) == pytest.approx(NANO_LAYERS * (24 * hidden**2 * length + 4 * length**2 * hidden))
     pruned = compression.slice_to_width(copy.deepcopy(nano), 0.75)
     attention, intermediate = 9 * 26, 936  # 9 of 12 heads of 26, 3/4 of 1248 neurons
-    expected = NANO_LAYERS * (2 * length * (4 * hidden * attention + 2 * hidden * intermediate) + 4 * length ** 2 * attention)
+    expected = NANO_LAYERS * (
+        2 * length * (4 * hidden * attention + 2 * hidden * intermediate) + 4 * length**2 * attention
+    )
     assert model_flops(pruned, length) == pytest.approx(expected)
 
 
@@ -35,23 +38,58 @@ def test_encoder_weight_bytes_count_every_encoder_parameter_once(nano):
 
 
 def fixed_row(model, backend, threads, batch_size, latency_ms, peak_fraction):
-    return {"model": model, "backend": backend, "threads": threads, "batch_size": batch_size, "latency_ms": latency_ms,
-            "sequences_per_second": 1000 * batch_size / latency_ms, "peak_fraction": peak_fraction}
+    return {
+        "model": model,
+        "backend": backend,
+        "threads": threads,
+        "batch_size": batch_size,
+        "latency_ms": latency_ms,
+        "sequences_per_second": 1000 * batch_size / latency_ms,
+        "peak_fraction": peak_fraction,
+    }
 
 
 def test_tables_put_each_measurement_in_its_own_cell():
     results = {
-        "machine": {"cpu": "Test CPU", "flags": ["avx2"]}, "matmul_peak_gflops": {"1": 100.0, "2": 200.0},
-        "fixed_shape": [fixed_row("nano", "paddle", 1, 1, 12.34, 0.5), fixed_row("nano", "paddle", 2, 1, 7.0, 0.4),
-                        fixed_row("nano", "paddle", 1, 32, 640.0, 0.7), fixed_row("nano", "paddle", 2, 32, 320.0, 0.81),
-                        fixed_row("nano", "onnxruntime", 1, 1, 9.0, 0.6)],
+        "machine": {"cpu": "Test CPU", "flags": ["avx2"]},
+        "matmul_peak_gflops": {"1": 100.0, "2": 200.0},
+        "fixed_shape": [
+            fixed_row("nano", "paddle", 1, 1, 12.34, 0.5),
+            fixed_row("nano", "paddle", 2, 1, 7.0, 0.4),
+            fixed_row("nano", "paddle", 1, 32, 640.0, 0.7),
+            fixed_row("nano", "paddle", 2, 32, 320.0, 0.81),
+            fixed_row("nano", "onnxruntime", 1, 1, 9.0, 0.6),
+        ],
         "real_data": [
-            {"model": "nano", "kind": "real TNEWS, end to end", "sentences": 10, "threads": 2,
-             "sorted_sequences_per_second": 500.0, "fixed_sequences_per_second": 100.0, "speedup": 5.0},
-            {"model": "nano", "kind": "real TNEWS, batch 1", "backend": "paddle", "threads": 2,  # an older format
-             "latency_ms_p50": 6.6, "latency_over_flops_bound_p50": 6.5},
-            {"model": "nano", "kind": "real TNEWS, batch 1", "backend": "onnxruntime", "threads": 2, "matmul_peak_gflops": 207.0,
-             "flops_bound_ms_p50": 1.1, "latency_ms_p50": 2.36, "latency_over_flops_bound_p50": 2.145}]}
+            {
+                "model": "nano",
+                "kind": "real TNEWS, end to end",
+                "sentences": 10,
+                "threads": 2,
+                "sorted_sequences_per_second": 500.0,
+                "fixed_sequences_per_second": 100.0,
+                "speedup": 5.0,
+            },
+            {
+                "model": "nano",
+                "kind": "real TNEWS, batch 1",
+                "backend": "paddle",
+                "threads": 2,  # an older format
+                "latency_ms_p50": 6.6,
+                "latency_over_flops_bound_p50": 6.5,
+            },
+            {
+                "model": "nano",
+                "kind": "real TNEWS, batch 1",
+                "backend": "onnxruntime",
+                "threads": 2,
+                "matmul_peak_gflops": 207.0,
+                "flops_bound_ms_p50": 1.1,
+                "latency_ms_p50": 2.36,
+                "latency_over_flops_bound_p50": 2.145,
+            },
+        ],
+    }
     lines = tables.tables(results)
     assert lines[0] == "Test CPU (avx2); fp32 matmul peak GFLOP/s by threads: 1: 100, 2: 200"
     assert "| nano | paddle | 12.3 | 7.0 | 640 | 320 | 100.0 | 81% |" in lines
@@ -61,8 +99,14 @@ def test_tables_put_each_measurement_in_its_own_cell():
     assert batch_one == ["| nano | 2 | onnxruntime | 207 | 1.10 | 2.36 | 2.15× |"]
 
 
-@pytest.mark.parametrize("content, message", [(None, r"results: file not found"), ("{", r"not valid JSON"),
-                                              ("[1]", r"not a results file written by benchmarks\.bench_infer")])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, r"results: file not found"),
+        ("{", r"not valid JSON"),
+        ("[1]", r"not a results file written by benchmarks\.bench_infer"),
+    ],
+)
 def test_tables_refuse_what_is_not_a_results_file(content, message, tmp_path):
     path = tmp_path / "results.json"
     if content is not None:

@@ -1,5 +1,6 @@
 """What only a real process shows: exit status and stderr of the command line, downloads that fail,
 and multi-process data-parallel training. Kept few: each process spends ~7 s importing paddlenlp."""
+
 import json
 import os
 import subprocess
@@ -22,11 +23,23 @@ def run_script(args, env_extra=None, timeout=300):
 @pytest.mark.parametrize("what", ["model", "data"])
 def test_a_failed_download_says_what_and_which_local_option_to_use(what, tiny_ernie, tmp_path):
     model, expected = {
-        "model": ("ernie-3.0-medium-zh", ["could not download model 'ernie-3.0-medium-zh'", "--model_name_or_path DIR"]),
+        "model": (
+            "ernie-3.0-medium-zh",
+            ["could not download model 'ernie-3.0-medium-zh'", "--model_name_or_path DIR"],
+        ),
         "data": (tiny_ernie, ["could not download the tnews train split", "--train_file PATH"]),
     }[what]
     result = run_script(
-        ["run_seq_cls.py", "--task_name", "tnews", "--model_name_or_path", model, "--do_train", "--output_dir", str(tmp_path / "out")],
+        [
+            "run_seq_cls.py",
+            "--task_name",
+            "tnews",
+            "--model_name_or_path",
+            model,
+            "--do_train",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
         NO_NETWORK,
     )
     assert result.returncode == 2, result.stderr[-2000:]
@@ -46,9 +59,29 @@ def test_two_process_data_parallel_training_on_cpu(tiny_ernie, tmp_path):
     match a single-process prediction with the same saved model."""
     output_dir = tmp_path / "dp"
     launched = run_script(
-        ["-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(tmp_path / "logs"), "run_seq_cls.py",
-         *clue_data_args("tnews"), "--model_name_or_path", tiny_ernie, "--output_dir", str(output_dir), "--device", "cpu",
-         "--do_train", "--do_eval", "--do_predict", "--max_steps", "3", "--per_device_train_batch_size", "8"],
+        [
+            "-m",
+            "paddle.distributed.launch",
+            "--nproc_per_node",
+            "2",
+            "--log_dir",
+            str(tmp_path / "logs"),
+            "run_seq_cls.py",
+            *clue_data_args("tnews"),
+            "--model_name_or_path",
+            tiny_ernie,
+            "--output_dir",
+            str(output_dir),
+            "--device",
+            "cpu",
+            "--do_train",
+            "--do_eval",
+            "--do_predict",
+            "--max_steps",
+            "3",
+            "--per_device_train_batch_size",
+            "8",
+        ],
     )
     assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
     with open(output_dir / "train_results.json", encoding="utf-8") as handle:
@@ -58,8 +91,20 @@ def test_two_process_data_parallel_training_on_cpu(tiny_ernie, tmp_path):
     two_process = read_predictions(output_dir / "tnews11_predict.json")
 
     single_dir = tmp_path / "single"
-    single = run_script(["run_seq_cls.py", "--task_name", "tnews", "--model_name_or_path", str(output_dir), "--test_file",
-                         clue_file("tnews", "test"), "--output_dir", str(single_dir), "--do_predict"])
+    single = run_script(
+        [
+            "run_seq_cls.py",
+            "--task_name",
+            "tnews",
+            "--model_name_or_path",
+            str(output_dir),
+            "--test_file",
+            clue_file("tnews", "test"),
+            "--output_dir",
+            str(single_dir),
+            "--do_predict",
+        ]
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     assert two_process == read_predictions(single_dir / "tnews11_predict.json")
     assert [row["id"] for row in two_process] == list(range(1000, 1016))

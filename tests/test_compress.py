@@ -1,4 +1,5 @@
 """compress_*.py: DynaBERT width pruning, int8 PTQ, measured candidates, the drop gate, and bad input."""
+
 import copy
 import json
 import os
@@ -13,15 +14,38 @@ from paddlenlp.transformers import AutoModelForSequenceClassification
 import compress_qa
 import compress_seq_cls
 import compress_token_cls
-import infer
 import compression
+import infer
 import model_io
 import predictors
 import utils
-from conftest import QA_SMALL, clue_data_args, clue_file, error_lines, ner_file, padded_batch, qa_file, run_cli, static_outputs
+from conftest import (
+    QA_SMALL,
+    clue_data_args,
+    clue_file,
+    error_lines,
+    ner_file,
+    padded_batch,
+    qa_file,
+    run_cli,
+    static_outputs,
+)
 
-FAST = ["--max_steps", "3", "--per_device_train_batch_size", "8", "--algo_list", "hist", "mse", "--batch_size_list", "4",
-        "--importance_batches", "2", "--per_device_eval_batch_size", "8"]
+FAST = [
+    "--max_steps",
+    "3",
+    "--per_device_train_batch_size",
+    "8",
+    "--algo_list",
+    "hist",
+    "mse",
+    "--batch_size_list",
+    "4",
+    "--importance_batches",
+    "2",
+    "--per_device_eval_batch_size",
+    "8",
+]
 
 
 def read_json(path):
@@ -44,7 +68,9 @@ def tnews_model_and_features(tnews_run):
 
 
 def logits(model, features):
-    return np.stack(predictors.run_predictor(predictors.DygraphPredictor(model), features, 8, per_token=False).outputs[0])
+    return np.stack(
+        predictors.run_predictor(predictors.DygraphPredictor(model), features, 8, per_token=False).outputs[0]
+    )
 
 
 def test_reordering_by_importance_keeps_the_function_and_masks_equal_slicing(tnews_model_and_features, tokenizer):
@@ -52,7 +78,9 @@ def test_reordering_by_importance_keeps_the_function_and_masks_equal_slicing(tne
     before = logits(model, features)
     masks = compression.WidthMasks(model)
     collator = utils.family_collator("seq_cls", tokenizer)
-    heads, neurons = compression.width_importance(model, masks, list(compression.training_batches(features, collator, 8, shuffle=False))[:3])
+    heads, neurons = compression.width_importance(
+        model, masks, list(compression.training_batches(features, collator, 8, shuffle=False))[:3]
+    )
     assert heads.shape == (2, 2) and neurons.shape == (2, 64) and heads.sum() > 0 and neurons.sum() > 0
     compression.reorder_by_importance(masks, heads, neurons)
     np.testing.assert_allclose(logits(model, features), before, atol=1e-5)
@@ -63,7 +91,11 @@ def test_reordering_by_importance_keeps_the_function_and_masks_equal_slicing(tne
     sliced = compression.slice_to_width(copy.deepcopy(model), 0.75)
     np.testing.assert_allclose(logits(sliced, features), masked, atol=1e-5)
     layer = compression.encoder_layers(sliced)[0]
-    assert layer.self_attn.num_heads == 1 and layer.linear1.weight.shape == [32, 48] and layer.self_attn.q_proj.weight.shape == [32, 16]
+    assert (
+        layer.self_attn.num_heads == 1
+        and layer.linear1.weight.shape == [32, 48]
+        and layer.self_attn.q_proj.weight.shape == [32, 16]
+    )
 
 
 def test_widths_parse_as_fractions_or_decimals():
@@ -96,14 +128,20 @@ def is_paddle_int8(candidate):
 def DEPLOYMENTS(prefix):
     """The other ways of serving a float model that the default --backends/--precisions measure on this CPU."""
     native = predictors.native_bfloat16()
-    return ([f"{prefix}bf16"] if native else []) + [f"{prefix}onnxruntime_int8"] + \
-        ([f"{prefix}openvino_bf16"] if native else []) + [f"{prefix}openvino_int8"]
+    return (
+        ([f"{prefix}bf16"] if native else [])
+        + [f"{prefix}onnxruntime_int8"]
+        + ([f"{prefix}openvino_bf16"] if native else [])
+        + [f"{prefix}openvino_int8"]
+    )
 
 
 @pytest.fixture(scope="module")
 def tnews_compressed(tnews_run, tmp_path_factory):
     output_dir = str(tmp_path_factory.mktemp("tnews-compress") / "out")
-    compress_seq_cls.main(clue_data_args("tnews") + ["--model_name_or_path", tnews_run, "--output_dir", output_dir] + FAST)
+    compress_seq_cls.main(
+        clue_data_args("tnews") + ["--model_name_or_path", tnews_run, "--output_dir", output_dir] + FAST
+    )
     return output_dir
 
 
@@ -117,14 +155,19 @@ def test_dynabert_prunes_heads_and_neurons_to_the_width(tnews_compressed, tnews_
     pruned = next(c for c in report["candidates"] if c["kind"] == "pruned float")
     one_head = 3 * (32 * 16 + 16) + 16 * 32  # its q/k/v columns and biases, and its out_proj rows
     sixteen_neurons = (32 * 16 + 16) + 16 * 32  # their linear1 columns and biases, and their linear2 rows
-    assert pruned["width"] == 0.75 and pruned["parameters"] == report["parent"]["parameters"] - 2 * (one_head + sixteen_neurons)
+    assert pruned["width"] == 0.75 and pruned["parameters"] == report["parent"]["parameters"] - 2 * (
+        one_head + sixteen_neurons
+    )
 
 
 def test_report_measures_every_candidate_and_picks_the_best(tnews_compressed):
     report = read_json(os.path.join(tnews_compressed, "compress_report.json"))
     paths = [c["relative_path"] for c in report["candidates"]]
-    expected = ["width_mult_0.75", "width_mult_0.75/hist4_1", "width_mult_0.75/mse4_1"] + DEPLOYMENTS("") + \
-        DEPLOYMENTS("width_mult_0.75/")
+    expected = (
+        ["width_mult_0.75", "width_mult_0.75/hist4_1", "width_mult_0.75/mse4_1"]
+        + DEPLOYMENTS("")
+        + DEPLOYMENTS("width_mult_0.75/")
+    )
     assert paths == expected
     served = {c["relative_path"]: (c["backend"], c["precision"]) for c in report["candidates"]}
     assert served["width_mult_0.75/hist4_1"] == ("paddle", "int8") and served["width_mult_0.75"] == ("paddle", "fp32")
@@ -134,19 +177,28 @@ def test_report_measures_every_candidate_and_picks_the_best(tnews_compressed):
         assert (serving["backend"], serving["precision"]) == (candidate["backend"], candidate["precision"])
     for entry in [report["parent"]] + report["candidates"]:
         assert os.path.isdir(entry["path"]) and entry["size_bytes"] > 0 and entry["latency_ms_p50"] > 0
-        assert 0.0 <= entry["metrics"]["accuracy"] <= 1.0 and entry["metric_points"] == pytest.approx(100 * entry["metrics"]["accuracy"])
+        assert 0.0 <= entry["metrics"]["accuracy"] <= 1.0 and entry["metric_points"] == pytest.approx(
+            100 * entry["metrics"]["accuracy"]
+        )
     for candidate in report["candidates"]:
         assert candidate["drop_points"] == pytest.approx(report["parent"]["metric_points"] - candidate["metric_points"])
     assert_best_follows_the_budget(report)
-    assert report["parent"]["metrics"]["accuracy"] == read_json(os.path.join(os.path.dirname(report["parent"]["source"] + "/"), "eval_results.json"))["accuracy"]
+    assert (
+        report["parent"]["metrics"]["accuracy"]
+        == read_json(os.path.join(os.path.dirname(report["parent"]["source"] + "/"), "eval_results.json"))["accuracy"]
+    )
 
 
 def assert_best_follows_the_budget(report):
     """The report's choice against its own numbers: the chosen candidate is within the budget and faster than the
     parent, and no such candidate is faster; nothing chosen means no candidate is both."""
     parent = report["parent"]
-    eligible = [c for c in report["candidates"] if c["drop_points"] <= report["max_metric_drop"] + 1e-9
-                and c["sequences_per_second"] > parent["sequences_per_second"]]
+    eligible = [
+        c
+        for c in report["candidates"]
+        if c["drop_points"] <= report["max_metric_drop"] + 1e-9
+        and c["sequences_per_second"] > parent["sequences_per_second"]
+    ]
     if not eligible:
         assert report["best"] is None
         return
@@ -159,7 +211,9 @@ def test_every_candidate_is_served_by_infer_as_measured(tnews_compressed):
     report's metric."""
     report = read_json(os.path.join(tnews_compressed, "compress_report.json"))
     for candidate in report["candidates"]:
-        served = infer.main(["--model_path", candidate["path"], "--dev_file", clue_file("tnews", "dev"), "--batch_size", "8"])
+        served = infer.main(
+            ["--model_path", candidate["path"], "--dev_file", clue_file("tnews", "dev"), "--batch_size", "8"]
+        )
         assert (served["backend"], served["precision"]) == (candidate["backend"], candidate["precision"])
         assert served["metrics"]["accuracy"] == pytest.approx(candidate["metrics"]["accuracy"], abs=1e-6)
 
@@ -169,27 +223,68 @@ def test_int8_candidates_hold_quantize_ops_and_serve_through_infer(tnews_compres
     for candidate in (c for c in report["candidates"] if is_paddle_int8(c)):
         program, _ = model_io.static_model_files(candidate["path"])
         assert os.path.basename(program) == "int8.pdmodel" and model_io.is_quantized(program)
-        served = infer.main(["--task_name", "tnews", "--model_path", candidate["path"], "--dev_file", clue_file("tnews", "dev"),
-                             "--batch_size", "8", "--precision", "int8"])
+        served = infer.main(
+            [
+                "--task_name",
+                "tnews",
+                "--model_path",
+                candidate["path"],
+                "--dev_file",
+                clue_file("tnews", "dev"),
+                "--batch_size",
+                "8",
+                "--precision",
+                "int8",
+            ]
+        )
         assert served["metrics"]["accuracy"] == pytest.approx(candidate["metrics"]["accuracy"], abs=1e-6)
 
 
-@pytest.mark.parametrize("script, run_fixture, data", [
-    (compress_token_cls, "ner_run", ["--task_name", "msra_ner", "--train_file", ner_file("train.tsv"), "--dev_file", ner_file("dev.tsv")]),
-    (compress_qa, "qa_run", ["--task_name", "cmrc2018", "--train_file", qa_file("train.json"), "--dev_file", qa_file("dev.json"), *QA_SMALL]),
-])
+@pytest.mark.parametrize(
+    "script, run_fixture, data",
+    [
+        (
+            compress_token_cls,
+            "ner_run",
+            ["--task_name", "msra_ner", "--train_file", ner_file("train.tsv"), "--dev_file", ner_file("dev.tsv")],
+        ),
+        (
+            compress_qa,
+            "qa_run",
+            [
+                "--task_name",
+                "cmrc2018",
+                "--train_file",
+                qa_file("train.json"),
+                "--dev_file",
+                qa_file("dev.json"),
+                *QA_SMALL,
+            ],
+        ),
+    ],
+)
 def test_ner_and_qa_compress_end_to_end(script, run_fixture, data, request, tmp_path, capsys):
     model = request.getfixturevalue(run_fixture)
     output_dir = str(tmp_path / "out")
-    status, _ = run_cli(lambda argv: script.main(argv), data + ["--model_name_or_path", model, "--output_dir", output_dir,
-                                                               "--max_metric_drop", "2"] + FAST, capsys)
+    status, _ = run_cli(
+        lambda argv: script.main(argv),
+        data + ["--model_name_or_path", model, "--output_dir", output_dir, "--max_metric_drop", "2"] + FAST,
+        capsys,
+    )
     report = read_json(os.path.join(output_dir, "compress_report.json"))
     assert (status == 0) == (report["best"] is not None)
     assert_best_follows_the_budget(report)
-    assert [c["relative_path"] for c in report["candidates"]][:3] == ["width_mult_0.75", "width_mult_0.75/hist4_1",
-                                                                    "width_mult_0.75/mse4_1"]
+    assert [c["relative_path"] for c in report["candidates"]][:3] == [
+        "width_mult_0.75",
+        "width_mult_0.75/hist4_1",
+        "width_mult_0.75/mse4_1",
+    ]
     assert exported_weight_shapes(os.path.join(output_dir, "width_mult_0.75"))[(32, 48)] == 2
-    assert all(model_io.is_quantized(model_io.static_model_files(c["path"])[0]) for c in report["candidates"] if is_paddle_int8(c))
+    assert all(
+        model_io.is_quantized(model_io.static_model_files(c["path"])[0])
+        for c in report["candidates"]
+        if is_paddle_int8(c)
+    )
     parent_metric = report["task"]["metric"]
     assert parent_metric == "f1"
     trained = read_json(os.path.join(model, "eval_results.json"))
@@ -199,25 +294,68 @@ def test_ner_and_qa_compress_end_to_end(script, run_fixture, data, request, tmp_
 def test_quantization_aware_training_gives_a_servable_int8_model(tnews_run, tmp_path, capsys):
     """--backends paddle --precisions int8 leaves the QAT model as the only candidate."""
     output_dir = str(tmp_path / "out")
-    status, _ = run_cli(compress_seq_cls.main, clue_data_args("tnews") + [
-        "--model_name_or_path", tnews_run, "--output_dir", output_dir, "--strategy", "qat", "--max_metric_drop", "1",
-        "--backends", "paddle", "--precisions", "int8"] + FAST, capsys)
+    status, _ = run_cli(
+        compress_seq_cls.main,
+        clue_data_args("tnews")
+        + [
+            "--model_name_or_path",
+            tnews_run,
+            "--output_dir",
+            output_dir,
+            "--strategy",
+            "qat",
+            "--max_metric_drop",
+            "1",
+            "--backends",
+            "paddle",
+            "--precisions",
+            "int8",
+        ]
+        + FAST,
+        capsys,
+    )
     report = read_json(os.path.join(output_dir, "compress_report.json"))
     assert (status == 0) == (report["best"] is not None)
     (candidate,) = report["candidates"]
     assert candidate["relative_path"] == "qat" and candidate["kind"] == "int8"
     assert_best_follows_the_budget(report)
     assert model_io.is_quantized(model_io.static_model_files(candidate["path"])[0])
-    served = infer.main(["--task_name", "tnews", "--model_path", candidate["path"], "--dev_file", clue_file("tnews", "dev"),
-                         "--batch_size", "8", "--precision", "int8"])
+    served = infer.main(
+        [
+            "--task_name",
+            "tnews",
+            "--model_path",
+            candidate["path"],
+            "--dev_file",
+            clue_file("tnews", "dev"),
+            "--batch_size",
+            "8",
+            "--precision",
+            "int8",
+        ]
+    )
     assert served["metrics"]["accuracy"] == pytest.approx(candidate["metrics"]["accuracy"], abs=1e-6)
 
 
 def test_the_gate_refuses_candidates_that_drop_too_far(tnews_run, tmp_path, capsys):
     """A negative allowance makes every candidate 'too far below' the parent: nothing may be shipped."""
     output_dir = tmp_path / "out"
-    status, stderr = run_cli(compress_seq_cls.main, clue_data_args("tnews") + [
-        "--model_name_or_path", tnews_run, "--output_dir", str(output_dir), "--strategy", "ptq", "--max_metric_drop", "-100"] + FAST, capsys)
+    status, stderr = run_cli(
+        compress_seq_cls.main,
+        clue_data_args("tnews")
+        + [
+            "--model_name_or_path",
+            tnews_run,
+            "--output_dir",
+            str(output_dir),
+            "--strategy",
+            "ptq",
+            "--max_metric_drop",
+            "-100",
+        ]
+        + FAST,
+        capsys,
+    )
     assert status == 2 and len(error_lines(stderr)) == 1
     assert "no candidate is within --max_metric_drop -100.0 points of the float parent" in error_lines(stderr)[0]
     report = read_json(output_dir / "compress_report.json")
@@ -228,28 +366,59 @@ def test_the_gate_refuses_candidates_that_drop_too_far(tnews_run, tmp_path, caps
 def compress_bad_cases(tmp_path, tnews_run, tiny_ernie):
     (tmp_path / "empty.json").write_text("\n", encoding="utf-8")
     return {
-        "not a fine-tuned model": (compress_seq_cls, ["--task_name", "tnews", "--model_name_or_path", tiny_ernie],
-                                   r"is not a fine-tuned model .*compress an output directory of run_seq_cls\.py"),
-        "task does not match the head": (compress_token_cls, ["--task_name", "msra_ner", "--model_name_or_path", tnews_run],
-                                         r"is a fine-tuned sequence classification model, but task msra_ner needs"),
-        "unknown algorithm": (compress_seq_cls, ["--task_name", "tnews", "--model_name_or_path", tnews_run, "--algo_list", "hist", "fancy"],
-                              r"--algo_list: unknown algorithm 'fancy'"),
-        "empty calibration set": (compress_seq_cls, ["--task_name", "tnews", "--model_name_or_path", tnews_run,
-                                                     "--train_file", str(tmp_path / "empty.json")], r"the tnews train data holds no examples"),
-        "unknown strategy": (compress_seq_cls, ["--task_name", "tnews", "--model_name_or_path", tnews_run, "--strategy", "prune"],
-                             r"--strategy must be one of dynabert\+ptq, dynabert, ptq, qat, dynabert\+qat, not 'prune'"),
-        "missing model": (compress_seq_cls, ["--task_name", "tnews", "--model_name_or_path", str(tmp_path / "nowhere")],
-                          r"could not download model"),
+        "not a fine-tuned model": (
+            compress_seq_cls,
+            ["--task_name", "tnews", "--model_name_or_path", tiny_ernie],
+            r"is not a fine-tuned model .*compress an output directory of run_seq_cls\.py",
+        ),
+        "task does not match the head": (
+            compress_token_cls,
+            ["--task_name", "msra_ner", "--model_name_or_path", tnews_run],
+            r"is a fine-tuned sequence classification model, but task msra_ner needs",
+        ),
+        "unknown algorithm": (
+            compress_seq_cls,
+            ["--task_name", "tnews", "--model_name_or_path", tnews_run, "--algo_list", "hist", "fancy"],
+            r"--algo_list: unknown algorithm 'fancy'",
+        ),
+        "empty calibration set": (
+            compress_seq_cls,
+            ["--task_name", "tnews", "--model_name_or_path", tnews_run, "--train_file", str(tmp_path / "empty.json")],
+            r"the tnews train data holds no examples",
+        ),
+        "unknown strategy": (
+            compress_seq_cls,
+            ["--task_name", "tnews", "--model_name_or_path", tnews_run, "--strategy", "prune"],
+            r"--strategy must be one of dynabert\+ptq, dynabert, ptq, qat, dynabert\+qat, not 'prune'",
+        ),
+        "missing model": (
+            compress_seq_cls,
+            ["--task_name", "tnews", "--model_name_or_path", str(tmp_path / "nowhere")],
+            r"could not download model",
+        ),
     }
 
 
-@pytest.mark.parametrize("case", ["not a fine-tuned model", "task does not match the head", "unknown algorithm",
-                                  "empty calibration set", "unknown strategy", "missing model"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "not a fine-tuned model",
+        "task does not match the head",
+        "unknown algorithm",
+        "empty calibration set",
+        "unknown strategy",
+        "missing model",
+    ],
+)
 def test_bad_input_gets_one_error_line_and_writes_nothing(case, tnews_run, tiny_ernie, tmp_path, capsys):
     script, argv, message = compress_bad_cases(tmp_path, tnews_run, tiny_ernie)[case]
     output_dir = tmp_path / "out"
     data = [] if "--train_file" in argv else ["--train_file", clue_file("tnews", "train")]
-    status, stderr = run_cli(script.main, FAST + argv + data + ["--dev_file", clue_file("tnews", "dev"), "--output_dir", str(output_dir)], capsys)
+    status, stderr = run_cli(
+        script.main,
+        FAST + argv + data + ["--dev_file", clue_file("tnews", "dev"), "--output_dir", str(output_dir)],
+        capsys,
+    )
     assert status == 2 and len(error_lines(stderr)) == 1 and "Traceback" not in stderr
     assert re.search(message, error_lines(stderr)[0]), error_lines(stderr)[0]
     assert not output_dir.exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
@@ -257,9 +426,15 @@ def test_bad_input_gets_one_error_line_and_writes_nothing(case, tnews_run, tiny_
 
 def test_an_earlier_compression_output_is_not_replaced(tnews_compressed, tnews_run, capsys):
     before = os.path.getmtime(os.path.join(tnews_compressed, "compress_report.json"))
-    status, stderr = run_cli(compress_seq_cls.main, clue_data_args("tnews") + [
-        "--model_name_or_path", tnews_run, "--output_dir", tnews_compressed] + FAST, capsys)
-    assert status == 2 and "already holds a compression (compress_report.json); pass --overwrite_output_dir" in error_lines(stderr)[0]
+    status, stderr = run_cli(
+        compress_seq_cls.main,
+        clue_data_args("tnews") + ["--model_name_or_path", tnews_run, "--output_dir", tnews_compressed] + FAST,
+        capsys,
+    )
+    assert (
+        status == 2
+        and "already holds a compression (compress_report.json); pass --overwrite_output_dir" in error_lines(stderr)[0]
+    )
     assert os.path.getmtime(os.path.join(tnews_compressed, "compress_report.json")) == before
 
 
@@ -269,7 +444,9 @@ def predictor_logits(model_dir, features, precision="fp32"):
     return np.stack(predictors.run_predictor(predictor, features, 8, per_token=False).outputs[0])
 
 
-def test_int8_candidates_on_onednn_stay_close_to_the_fake_quantized_program_and_their_float_source(tnews_compressed, tokenizer):
+def test_int8_candidates_on_onednn_stay_close_to_the_fake_quantized_program_and_their_float_source(
+    tnews_compressed, tokenizer
+):
     """oneDNN's int8 kernels against the same program run with its quantize ops in fp32 (what the calibration
     meant), and against the float model it was quantized from, on the 32 dev sentences, twice in a row (the
     second run of a shape once went wrong: predictors.steady_onednn_int8). Measured here: the fake-quantized program
@@ -279,13 +456,17 @@ def test_int8_candidates_on_onednn_stay_close_to_the_fake_quantized_program_and_
     scale (a missing dequantize, a wrong channel axis, the unsteady second run) errs by the whole range."""
     report = read_json(os.path.join(tnews_compressed, "compress_report.json"))
     task = utils.SEQ_CLS_TASKS["tnews"]
-    features = list(utils.encode_text_examples(utils.load_examples(task, "dev", clue_file("tnews", "dev")), tokenizer, task,
-                                               128).dataset)
+    features = list(
+        utils.encode_text_examples(
+            utils.load_examples(task, "dev", clue_file("tnews", "dev")), tokenizer, task, 128
+        ).dataset
+    )
     for candidate in (c for c in report["candidates"] if is_paddle_int8(c)):
         source = predictor_logits(candidate["source"], features)
         spread = source.max() - source.min()
-        fake = np.concatenate([static_outputs(candidate["path"], padded_batch(features[i: i + 8]))
-                               for i in range(0, len(features), 8)])
+        fake = np.concatenate(
+            [static_outputs(candidate["path"], padded_batch(features[i : i + 8])) for i in range(0, len(features), 8)]
+        )
         onednn = predictor_logits(candidate["path"], features, "int8")
         again = predictor_logits(candidate["path"], features, "int8")
         for name, reference in (("fake-quantized", fake), ("float source", source)):

@@ -1,4 +1,5 @@
 """infer.py: the fine-tuning scripts' metrics through both backends, speed reports, raw text, and bad input."""
+
 import json
 import os
 import re
@@ -8,7 +9,11 @@ import sys
 
 import numpy as np
 import pytest
-from paddlenlp.transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoModelForTokenClassification
+from paddlenlp.transformers import (
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
 
 import infer
 import model_io
@@ -38,7 +43,10 @@ def runs(tnews_run, ner_run, qa_run, tmp_path_factory):
 CASES = {
     "tnews": (["--dev_file", clue_file("tnews", "dev")], ["accuracy"]),
     "msra_ner": (["--dev_file", ner_file("dev.tsv")], ["precision", "recall", "f1"]),
-    "cmrc2018": (["--dev_file", qa_file("dev.json"), "--doc_stride", "64"], ["exact_match", "f1", "upstream_exact_match", "upstream_f1"]),
+    "cmrc2018": (
+        ["--dev_file", qa_file("dev.json"), "--doc_stride", "64"],
+        ["exact_match", "f1", "upstream_exact_match", "upstream_f1"],
+    ),
 }
 FIXTURE_RUN = {"tnews": "tnews_run", "msra_ner": "ner_run", "cmrc2018": "qa_run"}
 
@@ -47,7 +55,9 @@ FIXTURE_RUN = {"tnews": "tnews_run", "msra_ner": "ner_run", "cmrc2018": "qa_run"
 @pytest.mark.parametrize("task", sorted(CASES))
 def test_float_metrics_equal_the_fine_tuning_scripts(task, backend, runs, request):
     extra, names = CASES[task]
-    report = infer.main(["--task_name", task, "--model_path", runs[task], "--backend", backend, "--batch_size", "8", *extra])
+    report = infer.main(
+        ["--task_name", task, "--model_path", runs[task], "--backend", backend, "--batch_size", "8", *extra]
+    )
     trained = read_json(os.path.join(request.getfixturevalue(FIXTURE_RUN[task]), "eval_results.json"))
     for name in names:
         assert report["metrics"][name] == pytest.approx(trained[name], abs=1e-6), name
@@ -55,8 +65,20 @@ def test_float_metrics_equal_the_fine_tuning_scripts(task, backend, runs, reques
 
 
 def test_onnxruntime_int8_is_reported_and_cached(runs):
-    report = infer.main(["--task_name", "tnews", "--model_path", runs["tnews"], "--backend", "onnxruntime",
-                         "--precision", "int8", "--dev_file", clue_file("tnews", "dev")])
+    report = infer.main(
+        [
+            "--task_name",
+            "tnews",
+            "--model_path",
+            runs["tnews"],
+            "--backend",
+            "onnxruntime",
+            "--precision",
+            "int8",
+            "--dev_file",
+            clue_file("tnews", "dev"),
+        ]
+    )
     assert 0.0 <= report["metrics"]["accuracy"] <= 1.0 and report["precision"] == "int8"
     int8, fp32 = os.path.join(runs["tnews"], "model.int8.onnx"), os.path.join(runs["tnews"], "model.onnx")
     import onnx
@@ -64,8 +86,20 @@ def test_onnxruntime_int8_is_reported_and_cached(runs):
     assert "MatMulInteger" in {node.op_type for node in onnx.load(int8).graph.node}  # really quantized
     assert os.path.getsize(int8) < 0.5 * os.path.getsize(fp32)
     cached = os.path.getmtime(int8)
-    infer.main(["--task_name", "tnews", "--model_path", runs["tnews"], "--backend", "onnxruntime", "--precision", "int8",
-                "--dev_file", clue_file("tnews", "dev")])
+    infer.main(
+        [
+            "--task_name",
+            "tnews",
+            "--model_path",
+            runs["tnews"],
+            "--backend",
+            "onnxruntime",
+            "--precision",
+            "int8",
+            "--dev_file",
+            clue_file("tnews", "dev"),
+        ]
+    )
     assert os.path.getmtime(int8) == cached  # converted and quantized once
 
 
@@ -84,12 +118,36 @@ def test_onnx_conversion_and_quantization_print_no_warnings(tnews_run, tmp_path,
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_perf_reports_latency_percentiles_and_throughput(backend, runs, tmp_path):
     output_file = tmp_path / "perf.json"
-    infer.main(["--task_name", "tnews", "--model_path", runs["tnews"], "--backend", backend, "--perf", "--batch_size", "4",
-                "--warmup_batches", "2", "--dev_file", clue_file("tnews", "dev"), "--output_file", str(output_file)])
+    infer.main(
+        [
+            "--task_name",
+            "tnews",
+            "--model_path",
+            runs["tnews"],
+            "--backend",
+            backend,
+            "--perf",
+            "--batch_size",
+            "4",
+            "--warmup_batches",
+            "2",
+            "--dev_file",
+            clue_file("tnews", "dev"),
+            "--output_file",
+            str(output_file),
+        ]
+    )
     perf = read_json(output_file)["perf"]
     assert perf["sequences"] == 32 and perf["batches"] == 8
-    for name in ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "model_seconds", "tokenize_seconds",
-                 "sequences_per_second", "end_to_end_sequences_per_second"):
+    for name in (
+        "latency_ms_p50",
+        "latency_ms_p90",
+        "latency_ms_p99",
+        "model_seconds",
+        "tokenize_seconds",
+        "sequences_per_second",
+        "end_to_end_sequences_per_second",
+    ):
         assert perf[name] > 0, name
     assert perf["end_to_end_sequences_per_second"] < perf["sequences_per_second"]
     assert 100 < perf["peak_rss_mb"] < 4096
@@ -99,8 +157,17 @@ def test_peak_memory_is_infers_own_when_a_larger_process_started_it(runs, tmp_pa
     """--perf reports infer.py's own peak: started by a process holding 1.5 GB it reports less (getrusage's
     ru_maxrss, used before, reported the parent's 1.5 GB: Linux carries it across fork and exec)."""
     report = tmp_path / "perf.json"
-    command = [sys.executable, os.path.join(ROOT, "infer.py"), "--model_path", runs["tnews"], "--perf", "--dev_file",
-               clue_file("tnews", "dev"), "--output_file", str(report)]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "infer.py"),
+        "--model_path",
+        runs["tnews"],
+        "--perf",
+        "--dev_file",
+        clue_file("tnews", "dev"),
+        "--output_file",
+        str(report),
+    ]
     parent = f"import subprocess, sys\nheld = b'x' * (1536 << 20)\nsys.exit(subprocess.run({command!r}).returncode)\n"
     done = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -121,11 +188,19 @@ def test_length_sorted_batches_give_each_input_its_own_result(runs):
 
 
 def test_raw_text_classification_matches_the_dynamic_model(tnews_run, runs):
-    texts = ["以色列大规模空袭开始！伊朗多个军事目标遭遇打击", "出栏一头猪亏损300元，究竟谁能笑到最后！", "江疏影甜甜圈自拍"]
-    report = infer.main(["--task_name", "tnews", "--model_path", runs["tnews"]] + [t for text in texts for t in ("--text", text)])
+    texts = [
+        "以色列大规模空袭开始！伊朗多个军事目标遭遇打击",
+        "出栏一头猪亏损300元，究竟谁能笑到最后！",
+        "江疏影甜甜圈自拍",
+    ]
+    report = infer.main(
+        ["--task_name", "tnews", "--model_path", runs["tnews"]] + [t for text in texts for t in ("--text", text)]
+    )
     task = utils.SEQ_CLS_TASKS["tnews"]
     examples = [utils.TextExample(i, t, None, None, "") for i, t in enumerate(texts)]
-    batch = padded_batch(list(utils.encode_text_examples(examples, model_io.load_tokenizer(tnews_run), task, 128).dataset))
+    batch = padded_batch(
+        list(utils.encode_text_examples(examples, model_io.load_tokenizer(tnews_run), task, 128).dataset)
+    )
     logits = dynamic_outputs(AutoModelForSequenceClassification.from_pretrained(tnews_run), batch)
     assert [row["label"] for row in report["predictions"]] == [task.labels[i] for i in logits.argmax(-1)]
     probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
@@ -137,24 +212,40 @@ def test_raw_text_entities_match_the_dynamic_model(ner_run, runs, tmp_path):
     input_file = tmp_path / "sentences.txt"
     input_file.write_text("\n".join(sentences) + "\n", encoding="utf-8")
     output_file = tmp_path / "entities.jsonl"
-    infer.main(["--task_name", "msra_ner", "--model_path", runs["msra_ner"], "--input_file", str(input_file),
-                "--output_file", str(output_file)])
+    infer.main(
+        [
+            "--task_name",
+            "msra_ner",
+            "--model_path",
+            runs["msra_ner"],
+            "--input_file",
+            str(input_file),
+            "--output_file",
+            str(output_file),
+        ]
+    )
     rows = [json.loads(line) for line in output_file.read_text(encoding="utf-8").splitlines()]
     assert [row["line"] for row in rows] == [0, 1] and [row["text"] for row in rows] == sentences
     task = utils.MSRA_NER
     examples = [utils.TokenExample(i, list(s), None, "") for i, s in enumerate(sentences)]
     encoded = utils.encode_token_examples(examples, model_io.load_tokenizer(ner_run), task, 128)
-    logits = dynamic_outputs(AutoModelForTokenClassification.from_pretrained(ner_run), padded_batch(list(encoded.dataset)))
+    logits = dynamic_outputs(
+        AutoModelForTokenClassification.from_pretrained(ner_run), padded_batch(list(encoded.dataset))
+    )
     tags = utils.predicted_word_tags(logits, encoded, examples, task.labels)
     assert [row["entities"] for row in rows] == [utils.entities_from_tags(e.words, t) for e, t in zip(examples, tags)]
 
 
 def test_raw_question_answering_matches_the_dynamic_model(qa_run, runs):
     context, question = "百度在北京发布了文心大模型，它是一个知识增强的大语言模型。", "谁发布了文心大模型？"
-    report = infer.main(["--task_name", "cmrc2018", "--model_path", runs["cmrc2018"], "--question", question, "--text", context])
+    report = infer.main(
+        ["--task_name", "cmrc2018", "--model_path", runs["cmrc2018"], "--question", question, "--text", context]
+    )
     example = utils.QAExample("0", question, context, [], None, None, "")
     features = utils.prepare_qa_features([example], model_io.load_tokenizer(qa_run), 128, None, 64, with_labels=False)
-    start, end = dynamic_outputs(AutoModelForQuestionAnswering.from_pretrained(qa_run), padded_batch(list(features.dataset)))
+    start, end = dynamic_outputs(
+        AutoModelForQuestionAnswering.from_pretrained(qa_run), padded_batch(list(features.dataset))
+    )
     answers, nbest = utils.postprocess_qa_predictions([example], features, start, end, 20, 50)
     assert report["predictions"][0]["answer"] == answers["0"] and report["predictions"][0]["answer"] in context
     assert report["predictions"][0]["probability"] == pytest.approx(nbest["0"][0]["probability"], abs=1e-5)
@@ -178,32 +269,79 @@ def bad_infer_cases(tmp_path, runs):
     return {
         "missing model files": (["--model_path", str(not_a_model)], r"holds no task\.json"),
         "no such directory": (["--model_path", str(tmp_path / "nowhere")], r"holds no task\.json"),
-        "model of another task": (["--task_name", "ocnli", "--model_path", model], r"exported for task 'tnews', not 'ocnli'"),
-        "tensorrt on a cpu build": (["--model_path", model, "--device", "gpu", "--use_trt"], r"--device gpu needs paddlepaddle-gpu"),
-        "tensorrt without gpu": (["--model_path", model, "--use_trt"], r"--use_trt runs TensorRT through Paddle Inference"),
-        "fp16 on cpu": (["--model_path", model, "--precision", "fp16"], r"--precision fp16 runs on GPUs \(mixed precision, or TensorRT with --use_trt\)"),
-        "int8 of a float model on paddle": (["--model_path", model, "--precision", "int8"], r"is a float model: int8 on the Paddle backend"),
-        "bf16 on onnxruntime": (["--model_path", model, "--backend", "onnxruntime", "--precision", "bf16"],
-                                r"--precision bf16 runs oneDNN's bfloat16 kernels: it needs --backend paddle"),
+        "model of another task": (
+            ["--task_name", "ocnli", "--model_path", model],
+            r"exported for task 'tnews', not 'ocnli'",
+        ),
+        "tensorrt on a cpu build": (
+            ["--model_path", model, "--device", "gpu", "--use_trt"],
+            r"--device gpu needs paddlepaddle-gpu",
+        ),
+        "tensorrt without gpu": (
+            ["--model_path", model, "--use_trt"],
+            r"--use_trt runs TensorRT through Paddle Inference",
+        ),
+        "fp16 on cpu": (
+            ["--model_path", model, "--precision", "fp16"],
+            r"--precision fp16 runs on GPUs \(mixed precision, or TensorRT with --use_trt\)",
+        ),
+        "int8 of a float model on paddle": (
+            ["--model_path", model, "--precision", "int8"],
+            r"is a float model: int8 on the Paddle backend",
+        ),
+        "bf16 on onnxruntime": (
+            ["--model_path", model, "--backend", "onnxruntime", "--precision", "bf16"],
+            r"--precision bf16 runs oneDNN's bfloat16 kernels: it needs --backend paddle",
+        ),
         "empty input file": (["--model_path", model, "--input_file", str(tmp_path / "empty.txt")], r"holds no input"),
-        "non utf-8 input file": (["--model_path", model, "--input_file", str(tmp_path / "gbk.txt")], r"gbk\.txt: not UTF-8 text"),
+        "non utf-8 input file": (
+            ["--model_path", model, "--input_file", str(tmp_path / "gbk.txt")],
+            r"gbk\.txt: not UTF-8 text",
+        ),
         "empty text": (["--model_path", model, "--text", " "], r"--text: an input is empty"),
-        "pair on a single-text task": (["--model_path", model, "--text", "a", "--text_pair", "b"],
-                                       r"task tnews takes single texts: --text_pair is not used"),
-        "existing output file": (["--model_path", model, "--text", "体育", "--output_file", str(tmp_path / "taken.json")],
-                                 r"--output_file .*taken\.json already exists"),
+        "pair on a single-text task": (
+            ["--model_path", model, "--text", "a", "--text_pair", "b"],
+            r"task tnews takes single texts: --text_pair is not used",
+        ),
+        "existing output file": (
+            ["--model_path", model, "--text", "体育", "--output_file", str(tmp_path / "taken.json")],
+            r"--output_file .*taken\.json already exists",
+        ),
         "unknown task": (["--task_name", "tnewz", "--model_path", model], r"unknown --task_name 'tnewz'"),
         "batch size zero": (["--model_path", model, "--batch_size", "0"], r"--batch_size must be at least 1, not 0"),
-        "negative length bucket": (["--model_path", model, "--length_bucket", "-3"], r"--length_bucket must be at least 1, not -3"),
-        "stream window zero": (["--model_path", model, "--input_file", clue_file("tnews", "dev"), "--stream_window", "0"],
-                               r"--stream_window must be at least 1, not 0"),
+        "negative length bucket": (
+            ["--model_path", model, "--length_bucket", "-3"],
+            r"--length_bucket must be at least 1, not -3",
+        ),
+        "stream window zero": (
+            ["--model_path", model, "--input_file", clue_file("tnews", "dev"), "--stream_window", "0"],
+            r"--stream_window must be at least 1, not 0",
+        ),
     }
 
 
-@pytest.mark.parametrize("case", ["missing model files", "no such directory", "model of another task", "tensorrt on a cpu build",
-                                  "tensorrt without gpu", "fp16 on cpu", "int8 of a float model on paddle", "bf16 on onnxruntime", "empty input file",
-                                  "non utf-8 input file", "empty text", "existing output file", "unknown task",
-                                  "batch size zero", "negative length bucket", "stream window zero", "pair on a single-text task"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing model files",
+        "no such directory",
+        "model of another task",
+        "tensorrt on a cpu build",
+        "tensorrt without gpu",
+        "fp16 on cpu",
+        "int8 of a float model on paddle",
+        "bf16 on onnxruntime",
+        "empty input file",
+        "non utf-8 input file",
+        "empty text",
+        "existing output file",
+        "unknown task",
+        "batch size zero",
+        "negative length bucket",
+        "stream window zero",
+        "pair on a single-text task",
+    ],
+)
 def test_bad_input_gets_one_clear_error_line(case, runs, tmp_path, capsys):
     extra, message = bad_infer_cases(tmp_path, runs)[case]
     argv = ["--task_name", "tnews", "--dev_file", clue_file("tnews", "dev")] + extra
@@ -214,7 +352,16 @@ def test_bad_input_gets_one_clear_error_line(case, runs, tmp_path, capsys):
 
 def test_bf16_without_native_support_is_refused_not_emulated(runs, monkeypatch, capsys):
     monkeypatch.setattr(predictors, "native_bfloat16", lambda: False)
-    argv = ["--task_name", "tnews", "--dev_file", clue_file("tnews", "dev"), "--model_path", runs["tnews"], "--precision", "bf16"]
+    argv = [
+        "--task_name",
+        "tnews",
+        "--dev_file",
+        clue_file("tnews", "dev"),
+        "--model_path",
+        runs["tnews"],
+        "--precision",
+        "bf16",
+    ]
     status, stderr = run_cli(infer.main, argv, capsys)
     assert status == 2 and len(error_lines(stderr)) == 1
     assert "needs a CPU with native bfloat16" in error_lines(stderr)[0]
@@ -222,11 +369,20 @@ def test_bf16_without_native_support_is_refused_not_emulated(runs, monkeypatch, 
 
 @pytest.mark.skipif(not predictors.native_bfloat16(), reason="this CPU has no native bfloat16 (avx512_bf16 or AMX)")
 def test_bf16_runs_in_bfloat16_close_to_fp32(runs):
-    batch = padded_batch(list(utils.encode_text_examples(
-        utils.load_examples(utils.SEQ_CLS_TASKS["tnews"], "dev", clue_file("tnews", "dev"))[:16],
-        model_io.load_tokenizer(runs["tnews"]), utils.SEQ_CLS_TASKS["tnews"], 128).dataset))
-    fp32, bf16 = (predictors.create_predictor(runs["tnews"], predictors.PredictorOptions(precision=precision)).run(batch)[0]
-                  for precision in ("fp32", "bf16"))
+    batch = padded_batch(
+        list(
+            utils.encode_text_examples(
+                utils.load_examples(utils.SEQ_CLS_TASKS["tnews"], "dev", clue_file("tnews", "dev"))[:16],
+                model_io.load_tokenizer(runs["tnews"]),
+                utils.SEQ_CLS_TASKS["tnews"],
+                128,
+            ).dataset
+        )
+    )
+    fp32, bf16 = (
+        predictors.create_predictor(runs["tnews"], predictors.PredictorOptions(precision=precision)).run(batch)[0]
+        for precision in ("fp32", "bf16")
+    )
     difference = np.abs(bf16 - fp32).max()
     assert 0 < difference < 0.05 * np.abs(fp32).max()  # rounded to bfloat16 (8 bits of mantissa), not left in fp32
 
@@ -246,20 +402,61 @@ def test_openvino_forces_fp32_honours_threads_and_caches_the_compiled_model(runs
 
 
 def test_openvino_refusals(runs, monkeypatch, capsys, tmp_path):
-    status, stderr = run_cli(infer.main, ["--model_path", runs["tnews"], "--backend", "openvino", "--precision", "int8",
-                                          "--dev_file", clue_file("tnews", "dev")], capsys)
-    assert status == 2 and "holds no OpenVINO int8 model (model.ov_int8.xml): make one with compress_*.py" in error_lines(stderr)[0]
+    status, stderr = run_cli(
+        infer.main,
+        [
+            "--model_path",
+            runs["tnews"],
+            "--backend",
+            "openvino",
+            "--precision",
+            "int8",
+            "--dev_file",
+            clue_file("tnews", "dev"),
+        ],
+        capsys,
+    )
+    assert (
+        status == 2
+        and "holds no OpenVINO int8 model (model.ov_int8.xml): make one with compress_*.py" in error_lines(stderr)[0]
+    )
     monkeypatch.setattr(predictors, "native_bfloat16", lambda: False)
-    status, stderr = run_cli(infer.main, ["--model_path", runs["tnews"], "--backend", "openvino", "--precision", "bf16",
-                                          "--dev_file", clue_file("tnews", "dev")], capsys)
+    status, stderr = run_cli(
+        infer.main,
+        [
+            "--model_path",
+            runs["tnews"],
+            "--backend",
+            "openvino",
+            "--precision",
+            "bf16",
+            "--dev_file",
+            clue_file("tnews", "dev"),
+        ],
+        capsys,
+    )
     assert status == 2 and "--precision bf16 needs a CPU with native bfloat16" in error_lines(stderr)[0]
 
 
-@pytest.mark.parametrize("argv", [
-    [], ["--perf", "--enable_onednn", "false", "--text", "a", "--text", "b", "c", "--max_seq_length", "64"],
-    ["--no_enable_onednn", "--perf", "no", "--truncate_long_texts", "0", "--doc_stride", "32", "--backend", "openvino"],
-    ["--resume", "yes", "--precision", "int8", "--question", "q1", "q2", "--n_best_size", "5"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--perf", "--enable_onednn", "false", "--text", "a", "--text", "b", "c", "--max_seq_length", "64"],
+        [
+            "--no_enable_onednn",
+            "--perf",
+            "no",
+            "--truncate_long_texts",
+            "0",
+            "--doc_stride",
+            "32",
+            "--backend",
+            "openvino",
+        ],
+        ["--resume", "yes", "--precision", "int8", "--question", "q1", "q2", "--n_best_size", "5"],
+    ],
+)
 def test_the_command_line_reads_as_with_pdargumentparser(argv):
     """infer.py and serve.py parse with arguments.DataclassParser (no paddlenlp import); it must read every
     form of option the training scripts' PdArgumentParser reads, to the same values."""
@@ -276,5 +473,7 @@ def test_an_abbreviated_or_unknown_option_is_one_error():
     import arguments
 
     types = (predictors.DeployArguments, infer.InferArguments)
-    with pytest.raises(utils.UserError, match=r"unrecognized arguments: \['--max_seq', '64'\] \(options are spelt out in full"):
+    with pytest.raises(
+        utils.UserError, match=r"unrecognized arguments: \['--max_seq', '64'\] \(options are spelt out in full"
+    ):
         arguments.parse_plain_arguments(types, "", ["--max_seq", "64"])

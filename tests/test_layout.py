@@ -1,5 +1,6 @@
 """The module layout the suite promises: imports run one way (scripts -> concern modules -> utils.py), no
 module holds most of the code, and every task list a user reads comes from the task registry."""
+
 import ast
 import os
 import re
@@ -8,7 +9,16 @@ import utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONCERN_MODULES = ("arguments", "model_io", "trainer_suite", "predictors", "compression", "serving")
-SCRIPTS = ("run_seq_cls", "run_token_cls", "run_qa", "compress_seq_cls", "compress_token_cls", "compress_qa", "infer", "serve")
+SCRIPTS = (
+    "run_seq_cls",
+    "run_token_cls",
+    "run_qa",
+    "compress_seq_cls",
+    "compress_token_cls",
+    "compress_qa",
+    "infer",
+    "serve",
+)
 # what each concern module may import, as its opening docstring says
 ALLOWED_IMPORTS = {
     "utils": set(),
@@ -39,10 +49,16 @@ def test_imports_run_one_way_from_scripts_to_concern_modules_to_utils():
 
 def test_no_python_file_holds_more_than_40_percent_of_the_code():
     files = [os.path.join(ROOT, name) for name in os.listdir(ROOT) if name.endswith(".py")]
-    files += [os.path.join(ROOT, "benchmarks", name) for name in os.listdir(os.path.join(ROOT, "benchmarks")) if name.endswith(".py")]
+    files += [
+        os.path.join(ROOT, "benchmarks", name)
+        for name in os.listdir(os.path.join(ROOT, "benchmarks"))
+        if name.endswith(".py")
+    ]
     counts = {path: sum(1 for line in open(path, encoding="utf-8") if line.strip()) for path in files}
     largest = max(counts, key=counts.get)
-    assert counts[largest] <= 0.4 * sum(counts.values()), f"{largest}: {counts[largest]} of {sum(counts.values())} lines"
+    assert counts[largest] <= 0.4 * sum(counts.values()), (
+        f"{largest}: {counts[largest]} of {sum(counts.values())} lines"
+    )
 
 
 def registry_task_names() -> set:

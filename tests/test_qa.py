@@ -1,4 +1,5 @@
 """CMRC2018: reader, sliding windows, post-processing, the official metrics and run_qa.py end to end."""
+
 import json
 import os
 import random
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 from paddlenlp.transformers import AutoModelForQuestionAnswering
 
-import run_qa
 import model_io
+import run_qa
 import utils
 from conftest import QA_SMALL, dynamic_outputs, error_lines, padded_batch, qa_args, qa_file, run_cli, static_outputs
 
@@ -39,7 +40,11 @@ def test_training_windows_hold_every_answer_and_label_it_exactly(tokenizer):
     """Property: over random mixed Chinese/English contexts, answers and strides, some window labels the
     answer's tokens, those tokens slice back to text that contains the answer, and other windows point at [CLS]."""
     rng = random.Random(1)
-    vocabulary = list("的一是了我不人在他有这个上们来到时大地为子中你说生国年着就那和要她出也得里后自以会") + ["ERNIE", "force", "2012"]
+    vocabulary = list("的一是了我不人在他有这个上们来到时大地为子中你说生国年着就那和要她出也得里后自以会") + [
+        "ERNIE",
+        "force",
+        "2012",
+    ]
     for trial in range(150):
         context = random_context(rng, vocabulary)
         start = rng.randrange(len(context))
@@ -53,14 +58,16 @@ def test_training_windows_hold_every_answer_and_label_it_exactly(tokenizer):
         stride = rng.randint(1, window)
         features = utils.prepare_qa_features([example], tokenizer, max_seq_length, stride, 64, with_labels=True)
         labelled = [i for i, f in enumerate(features.dataset) if f["start_positions"] > 0]
-        span = utils.answer_token_span(tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"], start, end)
+        span = utils.answer_token_span(
+            tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"], start, end
+        )
         if span[1] - span[0] + 1 > window:
             continue  # an answer longer than a window cannot be held whole
         assert labelled, (context, text, stride)
         for i in labelled:
             f, offsets = features.dataset[i], features.offsets[i]
             assert f["end_positions"] >= f["start_positions"]
-            sliced = context[offsets[f["start_positions"]][0]: offsets[f["end_positions"]][1]]
+            sliced = context[offsets[f["start_positions"]][0] : offsets[f["end_positions"]][1]]
             assert text.strip() in sliced and len(sliced) <= len(text) + 2 * max(map(len, vocabulary)) + 2
         for i, f in enumerate(features.dataset):
             if i not in labelled:
@@ -69,7 +76,9 @@ def test_training_windows_hold_every_answer_and_label_it_exactly(tokenizer):
 
 def test_a_doc_stride_longer_than_the_window_is_refused(tokenizer):
     example = utils.QAExample("q", "问题", "上下文" * 20, ["上下文"], 0, "上下文", "hand")
-    with pytest.raises(utils.UserError, match=r"--doc_stride 100 must be between 1 and the context window of 27 tokens"):
+    with pytest.raises(
+        utils.UserError, match=r"--doc_stride 100 must be between 1 and the context window of 27 tokens"
+    ):
         utils.prepare_qa_features([example], tokenizer, 32, 100, 64, with_labels=False)
 
 
@@ -102,7 +111,9 @@ def test_postprocessing_slices_the_best_span_from_the_original_context(tokenizer
     predictions, nbest = utils.postprocess_qa_predictions([example], features, start_logits, end_logits, 5, 30)
     assert predictions == {"q": "ERNIE模型"}
     assert nbest["q"][0]["text"] == "ERNIE模型" and sum(c["probability"] for c in nbest["q"]) <= 1 + 1e-6
-    assert [c["score"] for c in nbest["q"]] == sorted((c["score"] for c in nbest["q"]), reverse=True) and len(nbest["q"]) == 5
+    assert [c["score"] for c in nbest["q"]] == sorted((c["score"] for c in nbest["q"]), reverse=True) and len(
+        nbest["q"]
+    ) == 5
 
 
 def test_the_same_answer_text_from_several_spans_is_one_nbest_entry_with_the_summed_probability():
@@ -134,7 +145,9 @@ def test_overlapping_windows_give_each_answer_text_once(tokenizer):
 def test_postprocessing_skips_reversed_too_long_and_non_context_spans(tokenizer):
     context = "百度在北京发布了文心大模型"
     example, features = hand_features(tokenizer, context, max_seq_length=64)
-    start_logits, end_logits = logits_pointing_at(features, 0, context.index("文"), context.index("北"))  # end before start
+    start_logits, end_logits = logits_pointing_at(
+        features, 0, context.index("文"), context.index("北")
+    )  # end before start
     _, second_end = logits_pointing_at(features, 0, context.index("文"), context.index("型"), strength=5.0)
     end_logits = end_logits + second_end
     start_logits[0, 0] = end_logits[0, 0] = 100.0  # [CLS] (the question side) is never an answer
@@ -149,40 +162,68 @@ def test_postprocessing_skips_reversed_too_long_and_non_context_spans(tokenizer)
 def test_no_valid_span_gives_an_empty_answer(tokenizer):
     example, features = hand_features(tokenizer, "北京")
     features.offsets[0] = [None] * len(features.offsets[0])
-    predictions, nbest = utils.postprocess_qa_predictions([example], features, np.zeros((1, 8)), np.zeros((1, 8)), 5, 30)
+    predictions, nbest = utils.postprocess_qa_predictions(
+        [example], features, np.zeros((1, 8)), np.zeros((1, 8)), 5, 30
+    )
     assert predictions == {"q": ""} and nbest == {"q": []}
 
 
 # ---- metrics ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("gold, prediction, exact, f1", [
-    ("1990年", "1990年。", 1.0, 1.0),  # listed punctuation is ignored
-    ("Hawkswell剧院", "hawkswell 剧院", 0.0, 1.0),  # case-folded; English runs are words, Chinese characters segments
-    ("北京大学", "北京", 0.0, 2 / 3),  # longest common run 2: precision 1, recall 1/2
-    ("北京大学", "大学北京", 0.0, 0.5),  # a common *run*, not a bag of characters
-    ("ω-force", "force", 0.0, 0.0),  # '-' is dropped inside the run: one word 'ωforce'
-    ("3.14米", "3.14", 0.0, 2 / 3),  # decimals stay one word
-    ("光荣和ω-force", "光荣和ω－force", 1.0, 1.0),
-])
+@pytest.mark.parametrize(
+    "gold, prediction, exact, f1",
+    [
+        ("1990年", "1990年。", 1.0, 1.0),  # listed punctuation is ignored
+        (
+            "Hawkswell剧院",
+            "hawkswell 剧院",
+            0.0,
+            1.0,
+        ),  # case-folded; English runs are words, Chinese characters segments
+        ("北京大学", "北京", 0.0, 2 / 3),  # longest common run 2: precision 1, recall 1/2
+        ("北京大学", "大学北京", 0.0, 0.5),  # a common *run*, not a bag of characters
+        ("ω-force", "force", 0.0, 0.0),  # '-' is dropped inside the run: one word 'ωforce'
+        ("3.14米", "3.14", 0.0, 2 / 3),  # decimals stay one word
+        ("光荣和ω-force", "光荣和ω－force", 1.0, 1.0),
+    ],
+)
 def test_cmrc_official_exact_match_and_f1(gold, prediction, exact, f1):
     assert utils.cmrc_exact(gold, prediction) == exact
     assert utils.cmrc_f1(gold, prediction) == pytest.approx(f1)
 
 
 def test_mixed_segmentation_of_chinese_and_english():
-    assert utils.mixed_segmentation("ERNIE 3.0模型，Baidu's", remove_punctuation=False) == ["ernie", "3.0", "模", "型", "，", "baidu", "'s"]
-    assert utils.mixed_segmentation("ERNIE 3.0模型，Baidu's", remove_punctuation=True) == ["ernie", "3.0", "模", "型", "baidu", "'s"]
+    assert utils.mixed_segmentation("ERNIE 3.0模型，Baidu's", remove_punctuation=False) == [
+        "ernie",
+        "3.0",
+        "模",
+        "型",
+        "，",
+        "baidu",
+        "'s",
+    ]
+    assert utils.mixed_segmentation("ERNIE 3.0模型，Baidu's", remove_punctuation=True) == [
+        "ernie",
+        "3.0",
+        "模",
+        "型",
+        "baidu",
+        "'s",
+    ]
 
 
 # What the official script's nltk.word_tokenize makes of each non-Chinese run (Treebank rules, written out by hand).
-@pytest.mark.parametrize("text, segments", [
-    ("iPhone4S", ["iphone4s"]),  # letters and digits stay one word
-    ("H1N1病毒", ["h1n1", "病", "毒"]),
-    ("MP3播放器", ["mp3", "播", "放", "器"]),
-    ("U.S.军队", ["u.s", ".", "军", "队"]),  # the run's final period is split off
-    ("don't", ["do", "n't"]),
-    ("涨了3.5%", ["涨", "了", "3.5", "%"]),
-    ("他说hello, world", ["他", "说", "hello", ",", "world"]),
-])
+@pytest.mark.parametrize(
+    "text, segments",
+    [
+        ("iPhone4S", ["iphone4s"]),  # letters and digits stay one word
+        ("H1N1病毒", ["h1n1", "病", "毒"]),
+        ("MP3播放器", ["mp3", "播", "放", "器"]),
+        ("U.S.军队", ["u.s", ".", "军", "队"]),  # the run's final period is split off
+        ("don't", ["do", "n't"]),
+        ("涨了3.5%", ["涨", "了", "3.5", "%"]),
+        ("他说hello, world", ["他", "说", "hello", ",", "world"]),
+    ],
+)
 def test_mixed_segmentation_splits_english_runs_as_the_official_nltk_tokenizer(text, segments):
     assert utils.mixed_segmentation(text, remove_punctuation=True) == segments
 
@@ -193,11 +234,15 @@ def test_letters_and_digits_are_one_word_in_f1_as_officially():
 
 
 def test_qa_metrics_take_the_best_gold_answer_and_report_both_definitions():
-    examples = [utils.QAExample("a", "", "", ["北京大学", "北大"], None, None, ""),
-                utils.QAExample("b", "", "", ["北京大学"], None, None, "")]
+    examples = [
+        utils.QAExample("a", "", "", ["北京大学", "北大"], None, None, ""),
+        utils.QAExample("b", "", "", ["北京大学"], None, None, ""),
+    ]
     metrics = utils.qa_metrics(examples, {"a": "北大", "b": "大学北京"})
     assert metrics["exact_match"] == pytest.approx(50.0) and metrics["f1"] == pytest.approx(75.0)
-    assert metrics["upstream_exact_match"] == pytest.approx(50.0) and metrics["upstream_f1"] == pytest.approx(100.0)  # bag of characters
+    assert metrics["upstream_exact_match"] == pytest.approx(50.0) and metrics["upstream_f1"] == pytest.approx(
+        100.0
+    )  # bag of characters
 
 
 # ---- reading ---------------------------------------------------------------------------------------
@@ -205,7 +250,7 @@ def test_reader_keeps_every_gold_answer_and_the_training_position():
     examples = utils.load_examples(TASK, "dev", qa_file("dev.json"))
     assert len(examples) == 12 and all(len(e.answers) == 3 for e in examples)
     for e in examples:
-        assert e.context[e.answer_start: e.answer_start + len(e.answer_text)] == e.answer_text
+        assert e.context[e.answer_start : e.answer_start + len(e.answer_text)] == e.answer_text
     test = utils.load_examples(TASK, "test", qa_file("test.json"))
     assert len(test) == 9 and all(e.answers == [] for e in test)
 
@@ -224,18 +269,53 @@ def test_hub_reader_rows_match_the_local_reader():
     hub = load_dataset("cmrc2018", data_files=qa_file("dev.json"), splits="dev")
     from_hub = utils.rows_to_qa_examples(TASK, utils.hub_rows(hub, "cmrc2018 dev"), "dev")
     local = utils.load_examples(TASK, "dev", qa_file("dev.json"))
-    assert [(e.id, e.question, e.context, e.answers, e.answer_start) for e in from_hub] == \
-        [(e.id, e.question, e.context, e.answers, e.answer_start) for e in local]
+    assert [(e.id, e.question, e.context, e.answers, e.answer_start) for e in from_hub] == [
+        (e.id, e.question, e.context, e.answers, e.answer_start) for e in local
+    ]
 
 
 # ---- run_qa.py end to end --------------------------------------------------------------------------
 def test_training_overfits_a_small_slice(tiny_ernie, tmp_path):
     train = qa_file("train.json")
-    run_qa.main(["--task_name", "cmrc2018", "--model_name_or_path", tiny_ernie, "--train_file", train, "--dev_file", train,
-                 "--max_train_samples", "8", "--max_eval_samples", "8", "--num_train_epochs", "40", "--learning_rate", "5e-3",
-                 "--per_device_train_batch_size", "8", "--warmup_ratio", "0", "--dropout", "0", "--evaluation_strategy", "no",
-                 "--save_strategy", "no", "--load_best_model_at_end", "false", "--max_answer_length", "64",
-                 "--output_dir", str(tmp_path), "--do_train", "--do_eval", *QA_SMALL])
+    run_qa.main(
+        [
+            "--task_name",
+            "cmrc2018",
+            "--model_name_or_path",
+            tiny_ernie,
+            "--train_file",
+            train,
+            "--dev_file",
+            train,
+            "--max_train_samples",
+            "8",
+            "--max_eval_samples",
+            "8",
+            "--num_train_epochs",
+            "40",
+            "--learning_rate",
+            "5e-3",
+            "--per_device_train_batch_size",
+            "8",
+            "--warmup_ratio",
+            "0",
+            "--dropout",
+            "0",
+            "--evaluation_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--load_best_model_at_end",
+            "false",
+            "--max_answer_length",
+            "64",
+            "--output_dir",
+            str(tmp_path),
+            "--do_train",
+            "--do_eval",
+            *QA_SMALL,
+        ]
+    )
     with open(tmp_path / "eval_results.json", encoding="utf-8") as handle:
         results = json.load(handle)
     assert results["exact_match"] >= 75.0 and results["f1"] >= 75.0, results
@@ -244,7 +324,9 @@ def test_training_overfits_a_small_slice(tiny_ernie, tmp_path):
 def test_outputs_and_prediction_files(qa_run):
     with open(os.path.join(qa_run, "eval_results.json"), encoding="utf-8") as handle:
         results = json.load(handle)
-    assert {"exact_match", "f1", "upstream_exact_match", "upstream_f1"} <= set(results) and results["eval_samples"] == 12
+    assert {"exact_match", "f1", "upstream_exact_match", "upstream_f1"} <= set(results) and results[
+        "eval_samples"
+    ] == 12
     with open(os.path.join(qa_run, "cmrc2018_predict.json"), encoding="utf-8") as handle:
         answers = json.load(handle)
     with open(os.path.join(qa_run, "cmrc2018_nbest.json"), encoding="utf-8") as handle:
@@ -267,31 +349,72 @@ def test_exported_static_model_gives_the_dynamic_models_logits(qa_run):
 
 
 def test_evaluation_alone_reproduces_the_runs_metrics(qa_run, tmp_path):
-    run_qa.main(["--task_name", "cmrc2018", "--model_name_or_path", qa_run, "--dev_file", qa_file("dev.json"),
-                 "--output_dir", str(tmp_path), "--do_eval", *QA_SMALL])
-    with open(tmp_path / "eval_results.json", encoding="utf-8") as a, open(os.path.join(qa_run, "eval_results.json"), encoding="utf-8") as b:
+    run_qa.main(
+        [
+            "--task_name",
+            "cmrc2018",
+            "--model_name_or_path",
+            qa_run,
+            "--dev_file",
+            qa_file("dev.json"),
+            "--output_dir",
+            str(tmp_path),
+            "--do_eval",
+            *QA_SMALL,
+        ]
+    )
+    with (
+        open(tmp_path / "eval_results.json", encoding="utf-8") as a,
+        open(os.path.join(qa_run, "eval_results.json"), encoding="utf-8") as b,
+    ):
         again, first = json.load(a), json.load(b)
     assert again["exact_match"] == first["exact_match"] and again["f1"] == pytest.approx(first["f1"])
 
 
 def write_squad(path, context, question, answers):
-    path.write_text(json.dumps({"data": [{"paragraphs": [{"context": context, "qas": [
-        {"id": "Q1", "question": question, "answers": answers}]}]}]}, ensure_ascii=False), encoding="utf-8")
+    path.write_text(
+        json.dumps(
+            {
+                "data": [
+                    {
+                        "paragraphs": [
+                            {"context": context, "qas": [{"id": "Q1", "question": question, "answers": answers}]}
+                        ]
+                    }
+                ]
+            },
+            ensure_ascii=False,
+        ),
+        encoding="utf-8",
+    )
     return str(path)
 
 
 QA_BAD_INPUT = {
     "answer_start far from the answer": (
-        lambda p: write_squad(p, "百度在北京发布了文心大模型。" + "天气很好。" * 12, "谁发布的", [{"text": "百度", "answer_start": 40}]),
-        r"the cmrc2018 train data holds no questions to train on \(1 with no answer found at its answer_start \(free-form\)\)"),
-    "only an empty question": (lambda p: write_squad(p, "百度在北京", " ", [{"text": "百度", "answer_start": 0}]),
-                               r"holds no questions to train on \(1 with empty question\)"),
-    "question not a string": (lambda p: write_squad(p, "百度在北京", 7, [{"text": "百度", "answer_start": 0}]),
-                              r"question Q1: the question is missing or not a string"),
-    "malformed json": (lambda p: (p.write_text('{"data": [\n{"paragraphs": ]}', encoding="utf-8"), str(p))[1], r":2: not valid JSON"),
-    "not squad": (lambda p: (p.write_text('[1, 2]', encoding="utf-8"), str(p))[1], r"expected a SQuAD-style object"),
+        lambda p: write_squad(
+            p, "百度在北京发布了文心大模型。" + "天气很好。" * 12, "谁发布的", [{"text": "百度", "answer_start": 40}]
+        ),
+        r"the cmrc2018 train data holds no questions to train on \(1 with no answer found at its answer_start \(free-form\)\)",
+    ),
+    "only an empty question": (
+        lambda p: write_squad(p, "百度在北京", " ", [{"text": "百度", "answer_start": 0}]),
+        r"holds no questions to train on \(1 with empty question\)",
+    ),
+    "question not a string": (
+        lambda p: write_squad(p, "百度在北京", 7, [{"text": "百度", "answer_start": 0}]),
+        r"question Q1: the question is missing or not a string",
+    ),
+    "malformed json": (
+        lambda p: (p.write_text('{"data": [\n{"paragraphs": ]}', encoding="utf-8"), str(p))[1],
+        r":2: not valid JSON",
+    ),
+    "not squad": (lambda p: (p.write_text("[1, 2]", encoding="utf-8"), str(p))[1], r"expected a SQuAD-style object"),
     "missing file": (lambda p: str(p.parent / "missing.json"), r"--train_file: file not found: .*missing\.json"),
-    "non utf-8 file": (lambda p: (p.write_bytes('{"data": "百度"}'.encode("gbk")), str(p))[1], r"bad\.json: not UTF-8 text"),
+    "non utf-8 file": (
+        lambda p: (p.write_bytes('{"data": "百度"}'.encode("gbk")), str(p))[1],
+        r"bad\.json: not UTF-8 text",
+    ),
 }
 
 
@@ -299,8 +422,22 @@ QA_BAD_INPUT = {
 def test_bad_qa_input_gets_one_error_line(case, tiny_ernie, tmp_path, capsys):
     make, message = QA_BAD_INPUT[case]
     bad = make(tmp_path / "bad.json")
-    argv = ["--task_name", "cmrc2018", "--model_name_or_path", tiny_ernie, "--train_file", bad, "--dev_file", qa_file("dev.json"),
-            "--output_dir", str(tmp_path / "out"), "--do_train", "--max_steps", "1", *QA_SMALL]
+    argv = [
+        "--task_name",
+        "cmrc2018",
+        "--model_name_or_path",
+        tiny_ernie,
+        "--train_file",
+        bad,
+        "--dev_file",
+        qa_file("dev.json"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--do_train",
+        "--max_steps",
+        "1",
+        *QA_SMALL,
+    ]
     status, stderr = run_cli(run_qa.main, argv, capsys)
     assert status == 2 and len(error_lines(stderr)) == 1 and "Traceback" not in stderr
     assert re.search(message, error_lines(stderr)[0]), error_lines(stderr)[0]
@@ -309,20 +446,38 @@ def test_bad_qa_input_gets_one_error_line(case, tiny_ernie, tmp_path, capsys):
 
 def squad_rows(*questions):
     """A SQuAD-style file's data: each question is (id, question, context, answers)."""
-    return {"data": [{"paragraphs": [{"context": context, "qas": [{"id": qid, "question": question, "answers": answers}]}
-                                     for qid, question, context, answers in questions]}]}
+    return {
+        "data": [
+            {
+                "paragraphs": [
+                    {"context": context, "qas": [{"id": qid, "question": question, "answers": answers}]}
+                    for qid, question, context, answers in questions
+                ]
+            }
+        ]
+    }
 
 
 def test_odd_training_rows_are_left_out_and_counted_while_evaluation_scores_every_question(caplog):
     good = ("G", "谁发布的", "百度在北京发布了文心大模型。", [{"text": "百度", "answer_start": 0}])
-    rows = list(utils.read_squad_rows(squad_rows(
-        good, ("E", "", "百度在北京", [{"text": "百度", "answer_start": 0}]), ("N", "哪里", "百度在北京", []),
-        ("F", "哪里", "百度在北京", [{"text": "北京市", "answer_start": -1}])), "train.json"))
+    rows = list(
+        utils.read_squad_rows(
+            squad_rows(
+                good,
+                ("E", "", "百度在北京", [{"text": "百度", "answer_start": 0}]),
+                ("N", "哪里", "百度在北京", []),
+                ("F", "哪里", "百度在北京", [{"text": "北京市", "answer_start": -1}]),
+            ),
+            "train.json",
+        )
+    )
     with caplog.at_level("WARNING", logger="ernie_suite"):
         train = utils.rows_to_qa_examples(TASK, rows, "train")
     assert [e.id for e in train] == ["G"]
-    assert "left out 3 questions that cannot be trained on (1 with empty question, 1 with no answer, " \
-           "1 with no answer found at its answer_start (free-form))" in caplog.text
+    assert (
+        "left out 3 questions that cannot be trained on (1 with empty question, 1 with no answer, "
+        "1 with no answer found at its answer_start (free-form))" in caplog.text
+    )
     dev = utils.rows_to_qa_examples(TASK, rows, "dev")
     assert [e.id for e in dev] == ["G", "E", "N", "F"]
     scores = utils.qa_metrics(dev, {"G": "百度", "E": "百度", "N": "北京", "F": "北京市"})
@@ -336,9 +491,23 @@ def test_a_dev_question_with_an_empty_question_text_is_still_answered(tokenizer)
 
 
 def test_prediction_without_a_test_file_says_which_option_to_pass(qa_run, tmp_path, capsys):
-    status, stderr = run_cli(run_qa.main, ["--task_name", "cmrc2018", "--model_name_or_path", qa_run, "--output_dir",
-                                           str(tmp_path), "--do_predict", *QA_SMALL], capsys)
-    assert status == 2 and "task cmrc2018 has no downloadable test split; pass --test_file PATH" in error_lines(stderr)[0]
+    status, stderr = run_cli(
+        run_qa.main,
+        [
+            "--task_name",
+            "cmrc2018",
+            "--model_name_or_path",
+            qa_run,
+            "--output_dir",
+            str(tmp_path),
+            "--do_predict",
+            *QA_SMALL,
+        ],
+        capsys,
+    )
+    assert (
+        status == 2 and "task cmrc2018 has no downloadable test split; pass --test_file PATH" in error_lines(stderr)[0]
+    )
 
 
 def test_a_classification_model_is_refused_by_the_qa_script(tiny_ernie, tmp_path, capsys):
@@ -347,6 +516,8 @@ def test_a_classification_model_is_refused_by_the_qa_script(tiny_ernie, tmp_path
     classifier = str(tmp_path / "classifier")
     AutoModelForSequenceClassification.from_pretrained(tiny_ernie, num_labels=15).save_pretrained(classifier)
     model_io.load_tokenizer(tiny_ernie).save_pretrained(classifier)
-    status, stderr = run_cli(run_qa.main, qa_args(classifier, tmp_path / "out", "--do_train", "--max_steps", "1"), capsys)
+    status, stderr = run_cli(
+        run_qa.main, qa_args(classifier, tmp_path / "out", "--do_train", "--max_steps", "1"), capsys
+    )
     assert status == 2 and len(error_lines(stderr)) == 1
     assert "is a fine-tuned sequence classification model, but task cmrc2018 needs a question answering model" in stderr

@@ -1,4 +1,5 @@
 """Reading, preprocessing, metrics and argument defaults of the classification tasks, on real CLUE rows."""
+
 import json
 
 import numpy as np
@@ -36,7 +37,9 @@ def test_wsc_markers_wrap_the_noun_and_the_pronoun_on_real_rows():
         target = row["target"]
         assert second is None
         assert f"_{target['span1_text']}_" in marked and f"[{target['span2_text']}]" in marked
-        assert marked.replace("_", "").replace("[", "").replace("]", "") == row["text"].replace("_", "").replace("[", "").replace("]", "")
+        assert marked.replace("_", "").replace("[", "").replace("]", "") == row["text"].replace("_", "").replace(
+            "[", ""
+        ).replace("]", "")
     first = rows[0]  # span1 舌头 at 6, span2 它 at 40
     marked, _ = task.read_texts(first)
     assert marked[6:10] == "_舌头_" and marked[42:45] == "[它]"
@@ -104,7 +107,9 @@ def test_single_and_pair_encoding_on_real_rows(tokenizer):
     first_sep = feature["input_ids"].index(sep)
     assert feature["input_ids"][0] == tokenizer.cls_token_id and feature["input_ids"][-1] == sep
     assert first_sep == len(example.text_a) + 1  # character-level Chinese
-    assert set(feature["token_type_ids"][: first_sep + 1]) == {0} and set(feature["token_type_ids"][first_sep + 1 :]) == {1}
+    assert set(feature["token_type_ids"][: first_sep + 1]) == {0} and set(
+        feature["token_type_ids"][first_sep + 1 :]
+    ) == {1}
 
 
 def test_long_texts_are_truncated_and_counted(tokenizer):
@@ -128,24 +133,44 @@ def test_accuracy_is_the_fraction_of_argmax_hits():
 
 
 def parse(argv):
-    return arguments.parse_arguments((arguments.ModelArguments, arguments.DataArguments, TrainingArguments), "seq_cls", "",
-                                     arguments.user_argv(argv))
+    return arguments.parse_arguments(
+        (arguments.ModelArguments, arguments.DataArguments, TrainingArguments), "seq_cls", "", arguments.user_argv(argv)
+    )
 
 
 def test_task_defaults_come_from_configs_and_the_command_line_wins(tmp_path):
     _, data, training = parse(["--task_name", "csl", "--do_train"])
     assert (data.max_seq_length, training.learning_rate, training.num_train_epochs) == (256, 2e-5, 5)
     assert training.output_dir == "output/csl" and training.metric_for_best_model == "accuracy"
-    _, data, training = parse(["--task_name", "csl", "--learning_rate", "1e-4", "--max_seq_length", "128", "--output_dir", str(tmp_path), "--do_eval"])
+    _, data, training = parse(
+        [
+            "--task_name",
+            "csl",
+            "--learning_rate",
+            "1e-4",
+            "--max_seq_length",
+            "128",
+            "--output_dir",
+            str(tmp_path),
+            "--do_eval",
+        ]
+    )
     assert (data.max_seq_length, training.learning_rate, training.output_dir) == (128, 1e-4, str(tmp_path))
 
 
 def test_a_json_or_yaml_arguments_file_is_read_like_the_command_line(tmp_path):
     json_file = tmp_path / "args.json"
-    json_file.write_text(json.dumps({"task_name": "tnews", "learning_rate": 1e-4, "do_train": True, "label_list": None}))
+    json_file.write_text(
+        json.dumps({"task_name": "tnews", "learning_rate": 1e-4, "do_train": True, "label_list": None})
+    )
     yaml_file = tmp_path / "args.yml"
     yaml_file.write_text("task_name: tnews\nnum_train_epochs: 7\ndo_eval: true\n")
     _, data, training = parse([str(json_file)])
-    assert (data.task_name, training.learning_rate, training.do_train, training.num_train_epochs) == ("tnews", 1e-4, True, 3)
+    assert (data.task_name, training.learning_rate, training.do_train, training.num_train_epochs) == (
+        "tnews",
+        1e-4,
+        True,
+        3,
+    )
     _, _, training = parse([str(yaml_file)])
     assert (training.num_train_epochs, training.do_eval, training.learning_rate) == (7, True, 3e-5)

@@ -1,6 +1,7 @@
 """serve.py as a real server on 127.0.0.1 (ephemeral ports, loopback only, every loop bounded): results equal
 infer.py's, concurrent single-sentence requests batched together, every bad request a 4xx JSON message, overload a
 503 with Retry-After, SIGTERM drains the queue and exits 0."""
+
 import concurrent.futures
 import json
 import os
@@ -19,18 +20,35 @@ import utils
 from conftest import free_port, qa_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SENTENCES = ["以色列大规模空袭开始", "出栏一头猪亏损300元", "洛杉矶市市长理查德·赖尔登为江主席举行了隆重的欢送仪式。",
-             "我们在北京见面", "华为发布新款手机"]
-
+SENTENCES = [
+    "以色列大规模空袭开始",
+    "出栏一头猪亏损300元",
+    "洛杉矶市市长理查德·赖尔登为江主席举行了隆重的欢送仪式。",
+    "我们在北京见面",
+    "华为发布新款手机",
+]
 
 
 class Server:
     def __init__(self, model_dir, *extra):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), "--model_path", model_dir, "--port",
-                                         str(self.port), "--num_threads", "1", *extra],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                os.path.join(ROOT, "serve.py"),
+                "--model_path",
+                model_dir,
+                "--port",
+                str(self.port),
+                "--num_threads",
+                "1",
+                *extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def wait_ready(self, timeout=120):
         deadline = time.time() + timeout
@@ -53,7 +71,9 @@ class Server:
 
 def request(server, method, path, body=None, raw=None, timeout=60):
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(server.url + path, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        server.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"null"), dict(response.headers)
@@ -63,8 +83,11 @@ def request(server, method, path, body=None, raw=None, timeout=60):
 
 @pytest.fixture(scope="module")
 def servers(tnews_run, ner_run, qa_run):
-    started = {"tnews": Server(os.path.join(tnews_run, "export")), "msra_ner": Server(os.path.join(ner_run, "export")),
-               "cmrc2018": Server(os.path.join(qa_run, "export"), "--max_seq_length", "128", "--doc_stride", "64")}
+    started = {
+        "tnews": Server(os.path.join(tnews_run, "export")),
+        "msra_ner": Server(os.path.join(ner_run, "export")),
+        "cmrc2018": Server(os.path.join(qa_run, "export"), "--max_seq_length", "128", "--doc_stride", "64"),
+    }
     try:
         yield {name: server.wait_ready() for name, server in started.items()}
     finally:
@@ -91,17 +114,30 @@ def test_entities_equal_infer_py(servers, ner_run):
 
 def test_answers_equal_infer_py(servers, qa_run):
     context = json.load(open(qa_file("dev.json"), encoding="utf-8"))["data"][0]["paragraphs"][0]["context"]
-    status, body, _ = request(servers["cmrc2018"], "POST", "/cmrc2018", {"data": {"context": [context], "question": ["谁？"]}})
-    expected = infer_rows(os.path.join(qa_run, "export"), "--text", context, "--question", "谁？", "--max_seq_length", "128",
-                          "--doc_stride", "64")
+    status, body, _ = request(
+        servers["cmrc2018"], "POST", "/cmrc2018", {"data": {"context": [context], "question": ["谁？"]}}
+    )
+    expected = infer_rows(
+        os.path.join(qa_run, "export"),
+        "--text",
+        context,
+        "--question",
+        "谁？",
+        "--max_seq_length",
+        "128",
+        "--doc_stride",
+        "64",
+    )
     assert status == 200 and body["result"][0]["answer"] == expected[0]["answer"]
     assert body["result"][0]["probability"] == pytest.approx(expected[0]["probability"], abs=1e-5)
 
 
 def test_200_concurrent_single_sentence_requests_are_answered_correctly_and_batched(servers, tnews_run):
     server = servers["tnews"]
-    expected = {row["text"]: row["label"] for row in
-                infer_rows(os.path.join(tnews_run, "export"), *sum((["--text", s] for s in SENTENCES), []))}
+    expected = {
+        row["text"]: row["label"]
+        for row in infer_rows(os.path.join(tnews_run, "export"), *sum((["--text", s] for s in SENTENCES), []))
+    }
     before = request(server, "GET", "/metrics")[1]
     texts = [SENTENCES[i % len(SENTENCES)] for i in range(200)]
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
@@ -119,12 +155,17 @@ def bad_requests():
     return {
         "not json": (None, b"{not json", 400, "the body is not JSON"),
         "not utf-8": (None, "体育新闻".encode("gbk"), 400, "the body is not UTF-8 text"),
-        "no data": ({"parameters": {}}, None, 422, "expected {\"data\""),
+        "no data": ({"parameters": {}}, None, 422, 'expected {"data"'),
         "text not a list of strings": ({"data": {"text": [1, 2]}}, None, 422, "data.text[0] must be a string"),
         "missing text": ({"data": {"sentence": ["x"]}}, None, 422, "data.text must be a non-empty list of strings"),
         "empty text": ({"data": {"text": [" "]}}, None, 422, "data.text[0] is empty"),
         "pair on a single-text task": ({"data": {"text": ["a"], "text_pair": ["b"]}}, None, 422, "takes single texts"),
-        "parameters not an object": ({"data": {"text": ["a"]}, "parameters": []}, None, 422, "parameters must be an object"),
+        "parameters not an object": (
+            {"data": {"text": ["a"]}, "parameters": []},
+            None,
+            422,
+            "parameters must be an object",
+        ),
         "too many texts": ({"data": {"text": ["a"] * 65}}, None, 413, "at most 64 a request"),
         "too long a text": ({"data": {"text": [long_text]}}, None, 413, "has 2001 characters; at most 2000"),
     }
@@ -198,17 +239,52 @@ def test_the_page_works_in_a_headless_browser(servers, tmp_path):
     if browser is None:
         pytest.skip("no chromium on this machine (apt-get install chromium): the page's browser check did not run")
     server = servers["tnews"]
-    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=8000",
-                          "--run-all-compositor-stages-before-draw", "--dump-dom",
-                          f"{server.url}/"], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=8000",
+            "--run-all-compositor-stages-before-draw",
+            "--dump-dom",
+            f"{server.url}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert dom.returncode == 0 and '<button id="send"' in dom.stdout, dom.stderr[-2000:]
     shot = tmp_path / "page.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}", "--window-size=800,600",
-                    "--virtual-time-budget=8000", f"{server.url}/?text=以色列大规模空袭开始"], capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--screenshot={shot}",
+            "--window-size=800,600",
+            "--virtual-time-budget=8000",
+            f"{server.url}/?text=以色列大规模空袭开始",
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.is_file() and shot.stat().st_size > 5000  # a rendered page, not an empty image
-    rendered = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=8000",
-                               "--dump-dom", f"{server.url}/?text=以色列大规模空袭开始"], capture_output=True, text=True,
-                              timeout=120).stdout
+    rendered = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=8000",
+            "--dump-dom",
+            f"{server.url}/?text=以色列大规模空袭开始",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert '"label": "' in rendered  # the page sent the sentence and printed the server's label
 
 
@@ -216,8 +292,9 @@ def test_several_worker_processes_serve_the_same_results(tnews_run):
     server = Server(os.path.join(tnews_run, "export"), "--workers", "2").wait_ready(timeout=180)
     try:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda text: request(server, "POST", "/tnews", {"data": {"text": [text]}}),
-                                    SENTENCES * 4))
+            answers = list(
+                pool.map(lambda text: request(server, "POST", "/tnews", {"data": {"text": [text]}}), SENTENCES * 4)
+            )
         assert all(status == 200 for status, _, _ in answers)
         assert [body["result"][0]["text"] for _, body, _ in answers] == SENTENCES * 4
         labels = {}
@@ -230,9 +307,22 @@ def test_several_worker_processes_serve_the_same_results(tnews_run):
 
 
 def test_serve_options_out_of_range_are_one_error_line(tnews_run):
-    for option, value, message in (("--workers", "0", "--workers must be at least 1, not 0"),
-                                   ("--max_wait_ms", "-1", "--max_wait_ms must not be negative")):
-        result = subprocess.run([sys.executable, os.path.join(ROOT, "serve.py"), "--model_path",
-                                 os.path.join(tnews_run, "export"), option, value], capture_output=True, text=True, timeout=120)
+    for option, value, message in (
+        ("--workers", "0", "--workers must be at least 1, not 0"),
+        ("--max_wait_ms", "-1", "--max_wait_ms must not be negative"),
+    ):
+        result = subprocess.run(
+            [
+                sys.executable,
+                os.path.join(ROOT, "serve.py"),
+                "--model_path",
+                os.path.join(tnews_run, "export"),
+                option,
+                value,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr[-1000:]

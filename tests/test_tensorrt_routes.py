@@ -1,6 +1,7 @@
 """TensorRT and GPU routes, checked on a CPU-only machine: which route and arguments each model format and precision
 takes (paddle.tensorrt and the GPU config faked at their boundary), the engine cache keys, and every refusal. None of
 this has run on a GPU here."""
+
 import json
 import os
 import sys
@@ -31,13 +32,19 @@ def test_each_format_takes_its_route_and_the_cache_key_names_everything_that_sha
     assert pir.key["gpu"] == "NVIDIA T4" and pir.key["tensorrt"] == "8.6.1" and pir.key["precision"] == "fp16"
     assert pir.key["min"]["input_ids"] == [1, 1] and pir.key["max"]["token_type_ids"] == [8, 64]
     assert pir.key["opt"]["input_ids"] == [8, 16]
-    others = [predictors.tensorrt_plan(str(tmp_path / "model.json"), options, "NVIDIA A100", "8.6.1"),
-              predictors.tensorrt_plan(str(tmp_path / "model.json"), options, "NVIDIA T4", "10.0.0"),
-              predictors.tensorrt_plan(str(tmp_path / "model.json"), predictors.PredictorOptions(precision="fp32", **OPTIONS),
-                                       "NVIDIA T4", "8.6.1"),
-              predictors.tensorrt_plan(str(tmp_path / "model.json"),
-                                       predictors.PredictorOptions(precision="fp16", **{**OPTIONS, "batch_size": 16}),
-                                       "NVIDIA T4", "8.6.1")]
+    others = [
+        predictors.tensorrt_plan(str(tmp_path / "model.json"), options, "NVIDIA A100", "8.6.1"),
+        predictors.tensorrt_plan(str(tmp_path / "model.json"), options, "NVIDIA T4", "10.0.0"),
+        predictors.tensorrt_plan(
+            str(tmp_path / "model.json"), predictors.PredictorOptions(precision="fp32", **OPTIONS), "NVIDIA T4", "8.6.1"
+        ),
+        predictors.tensorrt_plan(
+            str(tmp_path / "model.json"),
+            predictors.PredictorOptions(precision="fp16", **{**OPTIONS, "batch_size": 16}),
+            "NVIDIA T4",
+            "8.6.1",
+        ),
+    ]
     assert len({plan.cache_dir for plan in others} | {pir.cache_dir}) == 5  # each difference: its own engine
 
 
@@ -69,7 +76,9 @@ def fake_tensorrt(monkeypatch):
 
 def test_pir_programs_are_converted_by_pir_trt_once_per_key(tmp_path, fake_tensorrt):
     program = fake_program(tmp_path, "model.json")
-    plan = predictors.tensorrt_plan(program, predictors.PredictorOptions(precision="fp16", **OPTIONS), "NVIDIA T4", "8.6.1")
+    plan = predictors.tensorrt_plan(
+        program, predictors.PredictorOptions(precision="fp16", **OPTIONS), "NVIDIA T4", "8.6.1"
+    )
     converted = predictors.pir_trt_program(plan, program)
     assert converted == (os.path.join(plan.cache_dir, "model.json"), os.path.join(plan.cache_dir, "model.pdiparams"))
     ((prefix, config),) = fake_tensorrt.converted
@@ -97,7 +106,9 @@ class RecordingConfig:
 
 def test_legacy_int8_programs_use_their_scales_with_static_engines_in_the_cache(tmp_path):
     program = fake_program(tmp_path, "int8.pdmodel")
-    plan = predictors.tensorrt_plan(program, predictors.PredictorOptions(precision="int8", **OPTIONS), "NVIDIA T4", "8.6.1")
+    plan = predictors.tensorrt_plan(
+        program, predictors.PredictorOptions(precision="int8", **OPTIONS), "NVIDIA T4", "8.6.1"
+    )
     config = RecordingConfig()
     predictors.configure_legacy_tensorrt(config, plan)
     _, engine = config.calls["enable_tensorrt_engine"]
@@ -128,7 +139,9 @@ def test_gpu_refusals_and_what_passes(pretend_gpu_build):
     check("fp16", use_trt=False, quantized=False)  # GPU mixed precision: documented, allowed
     check("fp16", use_trt=True, quantized=False)
     check("int8", use_trt=True, quantized=True)
-    with pytest.raises(predictors.UserError, match=r"TensorRT int8 needs an int8 model with its scales; make one with compress_\*\.py"):
+    with pytest.raises(
+        predictors.UserError, match=r"TensorRT int8 needs an int8 model with its scales; make one with compress_\*\.py"
+    ):
         check("int8", use_trt=True, quantized=False)
     with pytest.raises(predictors.UserError, match=r"int8 models run on GPUs through TensorRT: add --use_trt"):
         check("int8", use_trt=False, quantized=True)
@@ -140,17 +153,31 @@ def test_a_cpu_build_refuses_gpu_routes_in_one_line(tnews_run, capsys):
     model = os.path.join(tnews_run, "export")
     cases = {
         ("--device", "gpu", "--use_trt"): "--device gpu needs paddlepaddle-gpu and a visible GPU",
-        ("--use_trt", "--precision", "fp16"): "--use_trt runs TensorRT through Paddle Inference: it needs --backend paddle --device gpu",
+        (
+            "--use_trt",
+            "--precision",
+            "fp16",
+        ): "--use_trt runs TensorRT through Paddle Inference: it needs --backend paddle --device gpu",
         ("--precision", "fp16"): "--precision fp16 runs on GPUs",
     }
     for extra, message in cases.items():
-        status, stderr = run_cli(infer.main, ["--model_path", model, "--dev_file", clue_file("tnews", "dev"), *extra], capsys)
+        status, stderr = run_cli(
+            infer.main, ["--model_path", model, "--dev_file", clue_file("tnews", "dev"), *extra], capsys
+        )
         assert status == 2 and message in error_lines(stderr)[0], (extra, stderr)
 
 
 def test_the_report_says_which_engine_ran(tnews_run):
-    report = infer.main(["--model_path", os.path.join(tnews_run, "export"), "--dev_file", clue_file("tnews", "dev"),
-                         "--num_threads", "1"])
+    report = infer.main(
+        [
+            "--model_path",
+            os.path.join(tnews_run, "export"),
+            "--dev_file",
+            clue_file("tnews", "dev"),
+            "--num_threads",
+            "1",
+        ]
+    )
     assert report["engine"] == "paddle-inference cpu onednn fp32" and report["use_trt"] is False
 
 
@@ -158,13 +185,28 @@ def test_the_gpu_check_covers_every_model_precision_and_route(tmp_path):
     from benchmarks import gpu_check
 
     (tmp_path / "compress").mkdir()
-    (tmp_path / "compress" / "compress_report.json").write_text(json.dumps({
-        "candidates": [{"kind": "pruned float", "path": "P"}, {"kind": "int8", "path": "Q"}], "best_int8": "R", "tensorrt_int8": "Q"}))
+    (tmp_path / "compress" / "compress_report.json").write_text(
+        json.dumps(
+            {
+                "candidates": [{"kind": "pruned float", "path": "P"}, {"kind": "int8", "path": "Q"}],
+                "best_int8": "R",
+                "tensorrt_int8": "Q",
+            }
+        )
+    )
     rows = list(gpu_check.matrix(str(tmp_path)))
     export = str(tmp_path / "export")
-    assert rows == [("export", export, "fp32", False), ("export", export, "fp16", False), ("export", export, "fp32", True),
-                    ("export", export, "fp16", True), ("pruned", "P", "fp32", False), ("pruned", "P", "fp16", False),
-                    ("pruned", "P", "fp32", True), ("pruned", "P", "fp16", True), ("tensorrt int8", "Q", "int8", True)]
+    assert rows == [
+        ("export", export, "fp32", False),
+        ("export", export, "fp16", False),
+        ("export", export, "fp32", True),
+        ("export", export, "fp16", True),
+        ("pruned", "P", "fp32", False),
+        ("pruned", "P", "fp16", False),
+        ("pruned", "P", "fp32", True),
+        ("pruned", "P", "fp16", True),
+        ("tensorrt int8", "Q", "int8", True),
+    ]
 
 
 def test_use_trt_int8_serves_the_reports_paddle_int8_candidate_not_the_fastest_int8(tmp_path, monkeypatch):
@@ -178,6 +220,9 @@ def test_use_trt_int8_serves_the_reports_paddle_int8_candidate_not_the_fastest_i
     assert predictors.default_model_path("tnews", "int8") == "W/onnxruntime_int8"
     assert predictors.default_model_path("tnews", "int8", use_trt=True) == "W/hist8_1"
     report.write_text(json.dumps({"best_int8": "W/onnxruntime_int8", "tensorrt_int8": None}))
-    with pytest.raises(predictors.UserError, match=r"has no Paddle int8 candidate \(what TensorRT runs\) within its "
-                                                   r"--max_metric_drop"):
+    with pytest.raises(
+        predictors.UserError,
+        match=r"has no Paddle int8 candidate \(what TensorRT runs\) within its "
+        r"--max_metric_drop",
+    ):
         predictors.default_model_path("tnews", "int8", use_trt=True)

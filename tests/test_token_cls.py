@@ -1,4 +1,5 @@
 """MSRA_NER: readers, label alignment, entity metrics and run_token_cls.py end to end, on real sentences."""
+
 import json
 import os
 import re
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 from paddlenlp.transformers import AutoModelForTokenClassification
 
-import run_token_cls
 import model_io
+import run_token_cls
 import utils
 from conftest import dynamic_outputs, error_lines, ner_file, padded_batch, run_cli, static_outputs
 
@@ -26,7 +27,9 @@ def test_hub_reader_and_local_reader_give_the_same_sentences():
     from paddlenlp.datasets import load_dataset
 
     hub = load_dataset("msra_ner", data_files=ner_file("dev.tsv"), splits="test")
-    from_hub = utils.rows_to_token_examples(TASK, ((w, r["tokens"], r["labels"]) for w, r in utils.hub_rows(hub, "msra_ner")), "dev")
+    from_hub = utils.rows_to_token_examples(
+        TASK, ((w, r["tokens"], r["labels"]) for w, r in utils.hub_rows(hub, "msra_ner")), "dev"
+    )
     local = utils.load_examples(TASK, "dev", ner_file("dev.tsv"))
     assert [(e.words, e.tags) for e in from_hub] == [(e.words, e.tags) for e in local]
 
@@ -47,7 +50,14 @@ def test_word_pieces_after_the_first_and_dropped_characters_keep_alignment(token
     tokens = tokenizer.convert_ids_to_tokens(feature["input_ids"])
     assert tokens == ["[CLS]", "江", "ω", "##force", "[UNK]", "京", "[SEP]"]
     assert [TASK.labels[i] if i != utils.IGNORE_INDEX else None for i in feature["labels"]] == [
-        None, "B-PER", "I-PER", None, "O", "B-LOC", None]
+        None,
+        "B-PER",
+        "I-PER",
+        None,
+        "O",
+        "B-LOC",
+        None,
+    ]
 
 
 def test_truncated_sentences_are_counted_and_scored_on_what_the_model_saw(tokenizer):
@@ -68,7 +78,8 @@ def test_entities_carry_text_type_and_character_offsets():
         {"text": "洛杉矶", "type": "LOC", "start": 5, "end": 8},
     ]
     assert utils.entities_from_tags(["中国", "银行", "好"], ["B-ORG", "I-ORG", "O"]) == [
-        {"text": "中国银行", "type": "ORG", "start": 0, "end": 4}]
+        {"text": "中国银行", "type": "ORG", "start": 0, "end": 4}
+    ]
 
 
 def test_entity_metrics_need_exact_span_and_type():
@@ -93,10 +104,42 @@ def test_metrics_from_logits_score_only_labelled_positions():
 
 def test_training_overfits_a_small_slice(tiny_ernie, tmp_path):
     train = ner_file("train.tsv")
-    run_token_cls.main(["--task_name", "msra_ner", "--model_name_or_path", tiny_ernie, "--train_file", train, "--dev_file", train,
-                        "--max_train_samples", "16", "--max_eval_samples", "16", "--num_train_epochs", "40", "--learning_rate", "5e-3",
-                        "--per_device_train_batch_size", "8", "--warmup_ratio", "0", "--dropout", "0", "--evaluation_strategy", "no",
-                        "--save_strategy", "no", "--load_best_model_at_end", "false", "--output_dir", str(tmp_path), "--do_train", "--do_eval"])
+    run_token_cls.main(
+        [
+            "--task_name",
+            "msra_ner",
+            "--model_name_or_path",
+            tiny_ernie,
+            "--train_file",
+            train,
+            "--dev_file",
+            train,
+            "--max_train_samples",
+            "16",
+            "--max_eval_samples",
+            "16",
+            "--num_train_epochs",
+            "40",
+            "--learning_rate",
+            "5e-3",
+            "--per_device_train_batch_size",
+            "8",
+            "--warmup_ratio",
+            "0",
+            "--dropout",
+            "0",
+            "--evaluation_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--load_best_model_at_end",
+            "false",
+            "--output_dir",
+            str(tmp_path),
+            "--do_train",
+            "--do_eval",
+        ]
+    )
     with open(tmp_path / "eval_results.json", encoding="utf-8") as handle:
         results = json.load(handle)
     assert results["f1"] >= 0.85, results
@@ -105,14 +148,24 @@ def test_training_overfits_a_small_slice(tiny_ernie, tmp_path):
 def test_outputs_and_prediction_file(ner_run):
     with open(os.path.join(ner_run, "eval_results.json"), encoding="utf-8") as handle:
         results = json.load(handle)
-    assert {"precision", "recall", "f1"} <= set(results) and results["eval_samples"] == 20 and results["eval_truncated"] == 0
+    assert (
+        {"precision", "recall", "f1"} <= set(results)
+        and results["eval_samples"] == 20
+        and results["eval_truncated"] == 0
+    )
     with open(os.path.join(ner_run, "msra_ner_predict.json"), encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle]
     sentences = utils.load_examples(TASK, "test", ner_file("test.tsv"))
-    assert [row["id"] for row in rows] == list(range(12)) and [row["text"] for row in rows] == [s.text for s in sentences]
+    assert [row["id"] for row in rows] == list(range(12)) and [row["text"] for row in rows] == [
+        s.text for s in sentences
+    ]
     for row in rows:
         for entity in row["entities"]:
-            assert row["text"][entity["start"]: entity["end"]] == entity["text"] and entity["type"] in {"PER", "ORG", "LOC"}
+            assert row["text"][entity["start"] : entity["end"]] == entity["text"] and entity["type"] in {
+                "PER",
+                "ORG",
+                "LOC",
+            }
 
 
 def test_predicted_entities_follow_the_saved_models_argmax(ner_run):
@@ -129,7 +182,9 @@ def test_predicted_entities_follow_the_saved_models_argmax(ner_run):
 def test_exported_static_model_gives_the_dynamic_models_logits(ner_run):
     model = AutoModelForTokenClassification.from_pretrained(ner_run)
     sentences = utils.load_examples(TASK, "dev", ner_file("dev.tsv"))[:8]
-    batch = padded_batch(list(utils.encode_token_examples(sentences, model_io.load_tokenizer(ner_run), TASK, 128).dataset))
+    batch = padded_batch(
+        list(utils.encode_token_examples(sentences, model_io.load_tokenizer(ner_run), TASK, 128).dataset)
+    )
     dynamic, static = dynamic_outputs(model, batch), static_outputs(os.path.join(ner_run, "export"), batch)
     assert static.shape == dynamic.shape and static.shape[-1] == 7
     np.testing.assert_allclose(static, dynamic, atol=1e-4)
@@ -141,8 +196,14 @@ def write_lines(path, lines):
 
 
 NER_BAD_INPUT = {
-    "tag count differs in tsv": (["江\002泽\002民\tB-PER\002I-PER\002I-PER", "我\002们\tO"], r"bad:2: 1 tags for 2 characters"),
-    "tag count differs in columns": (["江 B-PER", "泽 I-PER", "", "我 O", "们", "好 O"], r"bad:4: some characters of this sentence have a tag"),
+    "tag count differs in tsv": (
+        ["江\002泽\002民\tB-PER\002I-PER\002I-PER", "我\002们\tO"],
+        r"bad:2: 1 tags for 2 characters",
+    ),
+    "tag count differs in columns": (
+        ["江 B-PER", "泽 I-PER", "", "我 O", "们", "好 O"],
+        r"bad:4: some characters of this sentence have a tag",
+    ),
     "unknown tag": (["江\002泽\tB-PER\002I-PERSON"], r"bad:1: unknown tag 'I-PERSON'"),
     "empty sentence": (["江\002泽\tB-PER\002I-PER", "\tO"], r"bad:2: empty sentence"),
     "extra field": (["江\002泽\tB-PER\002I-PER\textra"], r"bad:1: expected characters and tags separated by one tab"),
@@ -161,8 +222,21 @@ def test_bad_ner_files_get_one_error_line_naming_file_and_line(case, tiny_ernie,
         bad = str(tmp_path / "bad")
     else:
         bad = write_lines(tmp_path / "bad", content)
-    argv = ["--task_name", "msra_ner", "--model_name_or_path", tiny_ernie, "--train_file", bad, "--dev_file", ner_file("dev.tsv"),
-            "--output_dir", str(tmp_path / "out"), "--do_train", "--max_steps", "1"]
+    argv = [
+        "--task_name",
+        "msra_ner",
+        "--model_name_or_path",
+        tiny_ernie,
+        "--train_file",
+        bad,
+        "--dev_file",
+        ner_file("dev.tsv"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--do_train",
+        "--max_steps",
+        "1",
+    ]
     status, stderr = run_cli(run_token_cls.main, argv, capsys)
     assert status == 2 and len(error_lines(stderr)) == 1 and "Traceback" not in stderr
     assert re.search(message, error_lines(stderr)[0]), error_lines(stderr)[0]
@@ -170,6 +244,13 @@ def test_bad_ner_files_get_one_error_line_naming_file_and_line(case, tiny_ernie,
 
 
 def test_a_classification_task_is_refused_by_the_ner_script(tiny_ernie, tmp_path, capsys):
-    status, stderr = run_cli(run_token_cls.main, ["--task_name", "tnews", "--model_name_or_path", tiny_ernie,
-                                                  "--output_dir", str(tmp_path), "--do_train"], capsys)
-    assert status == 2 and "unknown --task_name 'tnews' (tnews is a sequence classification task); this script handles: msra_ner" in stderr
+    status, stderr = run_cli(
+        run_token_cls.main,
+        ["--task_name", "tnews", "--model_name_or_path", tiny_ernie, "--output_dir", str(tmp_path), "--do_train"],
+        capsys,
+    )
+    assert (
+        status == 2
+        and "unknown --task_name 'tnews' (tnews is a sequence classification task); this script handles: msra_ner"
+        in stderr
+    )

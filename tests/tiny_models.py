@@ -6,6 +6,7 @@ Used by the tests and by the README's offline quick start:
 
 The saved directory loads with ``--model_name_or_path DIR`` like a downloaded checkpoint.
 """
+
 import argparse
 import os
 import sys
