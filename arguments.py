@@ -19,7 +19,8 @@ from typing import List, Optional, Sequence
 import paddle
 import yaml
 
-from utils import ALL_TASKS, CUSTOM_TASK, CUSTOM_TASK_DEFAULTS, FAMILIES, UserError, first_line
+from runtime import UserError, first_line
+from utils import ALL_TASKS, CUSTOM_TASK, CUSTOM_TASK_DEFAULTS, FAMILIES
 
 SUITE_DIR = os.path.dirname(os.path.abspath(__file__))
 

@@ -6,7 +6,7 @@ python compress_qa.py --task_name cmrc2018 --model_name_or_path output/cmrc2018
 from paddlenlp.transformers import AutoModelForQuestionAnswering
 
 import compression
-import utils
+import runtime
 
 
 def main(argv=None):
@@ -14,4 +14,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    runtime.run_cli(main)

@@ -6,7 +6,7 @@ python compress_seq_cls.py --task_name tnews --model_name_or_path output/tnews
 from paddlenlp.transformers import AutoModelForSequenceClassification
 
 import compression
-import utils
+import runtime
 
 
 def main(argv=None):
@@ -14,4 +14,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    runtime.run_cli(main)

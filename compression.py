@@ -53,23 +53,17 @@ from predictors import (
     run_predictor,
     warm_up_buckets,
 )
+from runtime import UserError, atomic_entries, logger, machine_details, read_json_file, setup_logging, write_json_atomic
 from utils import (
     FAMILIES,
     TaskSpec,
-    UserError,
-    atomic_entries,
     deployed_metrics,
     encode_examples,
     family_collator,
     get_task,
     load_encoded_split,
     load_examples,
-    logger,
-    machine_details,
     metric_points,
-    read_json_file,
-    setup_logging,
-    write_json_atomic,
 )
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import arguments
 import model_io
 import predictors
+import runtime
 import utils
 
 REPEATABLE = {"action": "extend"}
@@ -169,23 +170,23 @@ def raw_examples(task, args):
         return utils.rows_to_qa_examples(task, utils.read_squad_file(args.input_file, "--input_file"), "test")
     texts = args.text
     if any(not t.strip() for t in texts):
-        raise utils.UserError("--text: an input is empty")
+        raise runtime.UserError("--text: an input is empty")
     if task.family == "qa":
         if not args.question or len(args.question) != len(texts):
-            raise utils.UserError("QA needs one --question per --text context")
+            raise runtime.UserError("QA needs one --question per --text context")
         return [
             utils.raw_example(task, i, t, f"--text {i + 1}", question=q)
             for i, (q, t) in enumerate(zip(args.question, texts))
         ]
     if args.text_pair and task.takes_pairs is False:
-        raise utils.UserError(f"task {task.name} takes single texts: --text_pair is not used")
+        raise runtime.UserError(f"task {task.name} takes single texts: --text_pair is not used")
     if task.takes_pairs and not args.text_pair:
-        raise utils.UserError(f"task {task.name} compares two texts: give one --text_pair per --text")
+        raise runtime.UserError(f"task {task.name} compares two texts: give one --text_pair per --text")
     pairs = args.text_pair or [None] * len(texts)
     if len(pairs) != len(texts):
-        raise utils.UserError("give one --text_pair per --text")
+        raise runtime.UserError("give one --text_pair per --text")
     if any(p is not None and not p.strip() for p in pairs):
-        raise utils.UserError("--text_pair: an input is empty")
+        raise runtime.UserError("--text_pair: an input is empty")
     # each --text is one text as given (a tab in it is text, not a pair separator as in --input_file lines)
     return [utils.raw_example(task, i, t, f"--text {i + 1}", pair=p) for i, (t, p) in enumerate(zip(texts, pairs))]
 
@@ -197,9 +198,9 @@ def line_example(task, line: str, index: int, where: str):
         return utils.raw_example(task, index, line, where)
     text, tab, pair = line.partition("\t")
     if task.takes_pairs and not tab:
-        raise utils.UserError(f"{where}: task {task.name} compares two texts: give text<TAB>pair")
+        raise runtime.UserError(f"{where}: task {task.name} compares two texts: give text<TAB>pair")
     if not text.strip() or tab and not pair.strip():
-        raise utils.UserError(f"{where}: empty text")
+        raise runtime.UserError(f"{where}: empty text")
     return utils.raw_example(task, index, text, where, pair=pair if tab else None)
 
 
@@ -217,7 +218,7 @@ def predict_raw(predictor, task, tokenizer, args, window_args) -> dict:
 def shard_lines(path: str, num_shards: int, shard_index: int, after: int):
     """(line index, text) of this shard's non-blank lines past index after, read lazily, and the bytes read so far."""
     if not os.path.isfile(path):
-        raise utils.UserError(f"--input_file: file not found: {path}")
+        raise runtime.UserError(f"--input_file: file not found: {path}")
     with open(path, "rb") as handle:
         for index, raw in enumerate(handle):
             if index % num_shards != shard_index or index <= after:
@@ -226,7 +227,7 @@ def shard_lines(path: str, num_shards: int, shard_index: int, after: int):
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as error:
-                raise utils.UserError(
+                raise runtime.UserError(
                     f"{path}: not UTF-8 text (line {index + 1}: {error.reason} at byte {error.start})"
                 ) from None
             yield (index, line, handle.tell()) if line.strip() else (None, None, handle.tell())
@@ -243,7 +244,7 @@ def last_written_line(output_file: str) -> int:
             try:
                 last = json.loads(raw)["line"]
             except (ValueError, KeyError, TypeError):
-                raise utils.UserError(f"--resume: {output_file} is not an output of infer.py --input_file") from None
+                raise runtime.UserError(f"--resume: {output_file} is not an output of infer.py --input_file") from None
             keep += len(raw)
     with open(output_file, "r+b") as handle:
         handle.truncate(keep)
@@ -254,11 +255,11 @@ def open_stream_output(args):
     """The JSON lines output: --output_file (new, or continued with --resume), else standard output."""
     if not args.output_file:
         if args.resume:
-            raise utils.UserError("--resume continues an --output_file: give the one the interrupted run wrote")
+            raise runtime.UserError("--resume continues an --output_file: give the one the interrupted run wrote")
         return sys.stdout, -1
     if args.resume:
         if not os.path.isfile(args.output_file):
-            raise utils.UserError(f"--resume: {args.output_file} does not exist (nothing to continue)")
+            raise runtime.UserError(f"--resume: {args.output_file} does not exist (nothing to continue)")
         return open(args.output_file, "a", encoding="utf-8"), last_written_line(args.output_file)
     return open(args.output_file, "x", encoding="utf-8"), -1
 
@@ -270,7 +271,7 @@ def stream_file(predictor, task, tokenizer, args, window_args) -> dict:
     from tqdm import tqdm
 
     if not 0 <= args.shard_index < args.num_shards:
-        raise utils.UserError(f"--shard_index must be between 0 and --num_shards - 1 ({args.num_shards - 1})")
+        raise runtime.UserError(f"--shard_index must be between 0 and --num_shards - 1 ({args.num_shards - 1})")
     output, after = open_stream_output(args)
     written, window = 0, []
     progress = tqdm(
@@ -303,7 +304,7 @@ def stream_file(predictor, task, tokenizer, args, window_args) -> dict:
         if window:
             flush()
         if written == 0 and after < 0:
-            raise utils.UserError(
+            raise runtime.UserError(
                 f"--input_file {args.input_file} holds no input"
                 + (f" for shard {args.shard_index} of {args.num_shards}" if args.num_shards > 1 else "")
             )
@@ -315,7 +316,7 @@ def stream_file(predictor, task, tokenizer, args, window_args) -> dict:
             if not completed and not args.resume and written == 0:
                 os.remove(args.output_file)  # a run that stopped before writing anything leaves no file behind
     peak = peak_rss_mb()
-    utils.logger.info(
+    runtime.logger.info(
         "predicted %d lines%s; peak memory %.0f MB",
         written,
         f" into {args.output_file}" if args.output_file else "",
@@ -356,10 +357,10 @@ def main(argv=None):
         (predictors.DeployArguments, InferArguments, arguments.QAWindowArguments), __doc__, argv
     )
     args = merged(deploy_args, args)
-    utils.setup_logging()
+    runtime.setup_logging()
     arguments.check_minimums(args, {"max_eval_samples": 1, "warmup_batches": 0, "stream_window": 1, "num_shards": 1})
     if args.output_file and os.path.exists(args.output_file) and not args.resume:
-        raise utils.UserError(f"--output_file {args.output_file} already exists; choose another name or remove it")
+        raise runtime.UserError(f"--output_file {args.output_file} already exists; choose another name or remove it")
     task, options = predictors.resolve_deployment(args)
     predictor = predictors.create_predictor(args.model_path, options)
     tokenizer = model_io.load_deployed_tokenizer(args.model_path)
@@ -386,9 +387,9 @@ def main(argv=None):
     }
     print_report(report)
     if args.output_file:
-        utils.write_json_atomic(args.output_file, report)
+        runtime.write_json_atomic(args.output_file, report)
     return report
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    runtime.run_cli(main)

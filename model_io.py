@@ -10,16 +10,8 @@ from typing import List, Optional, Tuple
 
 import paddle
 
-from utils import (
-    FAMILIES,
-    TaskSpec,
-    UserError,
-    atomic_directory,
-    first_line,
-    logger,
-    read_json_file,
-    write_json_atomic,
-)
+from runtime import UserError, atomic_directory, first_line, logger, read_json_file, write_json_atomic
+from utils import FAMILIES, TaskSpec
 
 
 def could_not_load(what: str, name_or_path: str, error: BaseException) -> UserError:

@@ -19,17 +19,15 @@ import paddle
 
 from arguments import check_minimums, default_device, default_output_dir
 from model_io import EXPORT_INPUT_NAMES, check_model_task, is_quantized, read_task_info, static_model_files
+from runtime import UserError, logger, read_json_file
 from utils import (
     CUSTOM_TASK,
     FAMILIES,
-    UserError,
     entities_from_tags,
     get_task_any_family,
-    logger,
     pad_rows,
     postprocess_qa_predictions,
     predicted_word_tags,
-    read_json_file,
 )
 
 

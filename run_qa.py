@@ -21,6 +21,7 @@ import os
 from paddlenlp.transformers import AutoModelForQuestionAnswering
 
 import arguments
+import runtime
 import trainer_suite
 import utils
 
@@ -34,9 +35,9 @@ def write_answers(output_dir, examples, features, outputs, task, window_args) ->
     predictions, nbest = utils.postprocess_qa_predictions(
         examples, features, outputs[0], outputs[1], window_args.n_best_size, window_args.max_answer_length
     )
-    utils.write_json_atomic(os.path.join(output_dir, task.submission_file), predictions)
-    utils.write_json_atomic(os.path.join(output_dir, "cmrc2018_nbest.json"), nbest)
-    utils.logger.info(
+    runtime.write_json_atomic(os.path.join(output_dir, task.submission_file), predictions)
+    runtime.write_json_atomic(os.path.join(output_dir, "cmrc2018_nbest.json"), nbest)
+    runtime.logger.info(
         "wrote answers to %d questions to %s", len(predictions), os.path.join(output_dir, task.submission_file)
     )
 
@@ -65,4 +66,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    runtime.run_cli(main)

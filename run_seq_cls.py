@@ -15,6 +15,7 @@ import os
 
 from paddlenlp.transformers import AutoModelForSequenceClassification
 
+import runtime
 import trainer_suite
 import utils
 
@@ -25,10 +26,10 @@ def write_submission(output_dir, examples, encoded, outputs, task) -> None:
     """One JSON object a line, {"id": <the example's own id>, "label": "<label string>"}, in input order."""
     path = os.path.join(output_dir, task.submission_file)
     labels = [task.labels[index] for index in outputs[0].argmax(axis=-1)]
-    utils.write_json_lines_atomic(
+    runtime.write_json_lines_atomic(
         path, [{"id": example.id, "label": label} for example, label in zip(examples, labels)]
     )
-    utils.logger.info("wrote %d predictions to %s", len(labels), path)
+    runtime.logger.info("wrote %d predictions to %s", len(labels), path)
 
 
 def main(argv=None):
@@ -50,4 +51,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    runtime.run_cli(main)

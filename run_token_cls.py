@@ -16,6 +16,7 @@ import os
 
 from paddlenlp.transformers import AutoModelForTokenClassification
 
+import runtime
 import trainer_suite
 import utils
 
@@ -30,8 +31,8 @@ def write_entities(output_dir, examples, encoded, outputs, task) -> None:
         {"id": example.id, "text": example.text, "entities": utils.entities_from_tags(example.words, sentence_tags)}
         for example, sentence_tags in zip(examples, tags)
     ]
-    utils.write_json_lines_atomic(path, rows)
-    utils.logger.info("wrote the entities of %d sentences to %s", len(rows), path)
+    runtime.write_json_lines_atomic(path, rows)
+    runtime.logger.info("wrote the entities of %d sentences to %s", len(rows), path)
 
 
 def main(argv=None):
@@ -52,4 +53,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    runtime.run_cli(main)

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import arguments
 import model_io
 import predictors
+import runtime
 import serving
-import utils
 
 APP_CONFIG_VARIABLE = "ERNIE_SERVE_CONFIG"  # how serve.py hands its arguments to --workers processes
 
@@ -56,7 +56,7 @@ def build_app(config: dict):
 
 def app_from_environment():
     """uvicorn's factory in each --workers process."""
-    utils.setup_logging()
+    runtime.setup_logging()
     return build_app(json.loads(os.environ[APP_CONFIG_VARIABLE]))
 
 
@@ -72,7 +72,7 @@ def main(argv=None):
     deploy, serve, window_args = arguments.parse_plain_arguments(
         (predictors.DeployArguments, ServeArguments, arguments.QAWindowArguments), __doc__, argv
     )
-    utils.setup_logging()
+    runtime.setup_logging()
     arguments.check_minimums(
         serve,
         {
@@ -92,7 +92,7 @@ def main(argv=None):
         options, model_io.is_quantized(model_io.static_model_files(deploy.model_path)[0]), deploy.model_path
     )
     config = {"deploy": vars(deploy), "window": vars(window_args), "limits": vars(limits)}
-    utils.logger.info(
+    runtime.logger.info(
         "serving %s (%s %s) at http://%s:%d/%s with %d worker(s)",
         deploy.model_path,
         options.backend,
@@ -118,4 +118,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    runtime.run_cli(main)

@@ -19,7 +19,8 @@ import numpy as np
 
 from model_io import load_deployed_tokenizer
 from predictors import create_predictor, prediction_rows, run_predictor, warm_up_buckets
-from utils import UserError, encode_examples, logger, raw_example
+from runtime import UserError, logger
+from utils import encode_examples, raw_example
 
 
 @dataclass

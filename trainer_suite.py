@@ -18,7 +18,8 @@ from paddlenlp.trainer.trainer_utils import get_last_checkpoint
 
 from arguments import DataArguments, ModelArguments, actions_given, check_device, parse_arguments, user_argv
 from model_io import export_static_model, load_task_model, load_tokenizer, task_info
-from utils import TaskSpec, UserError, get_task, logger, setup_logging, write_json_atomic
+from runtime import UserError, logger, setup_logging, write_json_atomic
+from utils import TaskSpec, get_task
 
 EARLIER_RESULTS = (
     "config.json",

@@ -23,7 +23,7 @@ import compress_seq_cls
 import compress_token_cls
 import run_seq_cls
 import run_token_cls
-import utils
+import runtime
 from benchmarks.bench_infer import ROOT, VOCAB_FILE
 
 SHARED = os.path.join(ROOT, "..", "shared", "data")
@@ -65,7 +65,7 @@ def split_lines(path: str, workdir: str, name: str, train_count: int, dev_count:
     with open(path, encoding="utf-8") as handle:
         lines = [line for line in handle if line.strip()]
     if len(lines) < train_count + dev_count:
-        raise utils.UserError(f"{path} has {len(lines)} rows; this benchmark needs {train_count + dev_count}")
+        raise runtime.UserError(f"{path} has {len(lines)} rows; this benchmark needs {train_count + dev_count}")
     files = []
     for split, chunk in (("train", lines[:train_count]), ("dev", lines[train_count : train_count + dev_count])):
         files.append(os.path.join(workdir, f"{name}_{split}{os.path.splitext(path)[1]}"))
@@ -186,7 +186,7 @@ def compress(
                 str(task.max_seq_length),
             ]
         )
-    except utils.UserError as error:  # nothing within the budget: the report says so, and so does this benchmark
+    except runtime.UserError as error:  # nothing within the budget: the report says so, and so does this benchmark
         print(f"{name} {strategy}: {error}")
     with open(os.path.join(output_dir, "compress_report.json"), encoding="utf-8") as handle:
         report = json.load(handle)
@@ -222,7 +222,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
-    utils.setup_logging()
+    runtime.setup_logging()
     strategies = args.strategies or (["ptq"] if args.quick else ["dynabert+ptq", "ptq"])
     started, results = time.perf_counter(), {}
     output = args.output or os.path.join(
@@ -230,10 +230,10 @@ def main(argv=None):
     )
 
     def save():  # after every strategy, so that a run cut short keeps what it measured
-        utils.write_json_atomic(
+        runtime.write_json_atomic(
             output,
             {
-                "machine": utils.machine_details(),
+                "machine": runtime.machine_details(),
                 "threads": args.threads,
                 "quick": args.quick,
                 "model": QUICK_ERNIE if args.quick else SMALL_ERNIE,
@@ -258,4 +258,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    runtime.run_cli(main)

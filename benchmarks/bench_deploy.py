@@ -33,6 +33,7 @@ import compress_seq_cls
 import compression
 import model_io
 import predictors
+import runtime
 import utils
 from benchmarks.bench_infer import (
     ROOT,
@@ -174,7 +175,7 @@ def infer_process_row(label: str, model_path: str, dev_file: str, sentences: int
         )
         if done.returncode:
             raise RuntimeError(f"infer.py {' '.join(arguments)} failed: {done.stderr[-2000:]}")
-        report = utils.read_json_file(report_file, "infer.py's report")
+        report = runtime.read_json_file(report_file, "infer.py's report")
     perf = report["perf"]
     return {
         "kind": "infer.py --perf, real TNEWS",
@@ -305,7 +306,7 @@ def main(argv=None):
                 flush=True,
             )
     results = {
-        "machine": utils.machine_details(),
+        "machine": runtime.machine_details(),
         "model": name,
         "threads": args.threads,
         "sentences": len(examples),
@@ -315,9 +316,9 @@ def main(argv=None):
     output = args.output or os.path.join(
         ROOT, "benchmarks", "results", "deploy" + ("_quick" if args.quick else "") + ".json"
     )
-    utils.write_json_atomic(output, results)
+    runtime.write_json_atomic(output, results)
     print(f"wrote {output} ({results['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    runtime.run_cli(main)

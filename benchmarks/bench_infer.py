@@ -33,6 +33,7 @@ from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification, 
 import compression
 import model_io
 import predictors
+import runtime
 import utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -368,7 +369,7 @@ def main(argv=None):
     real_names = args.real_models or (["nano"] if args.quick else ["nano", "medium"])
     thread_counts = args.threads or ([2] if args.quick else [1, 2])
     runs = 4 if args.quick else 8
-    machine = utils.machine_details()
+    machine = runtime.machine_details()
     measured_peaks = {threads: matmul_peak_gflops(threads) for threads in sorted(set(thread_counts) | {2})}
     peaks = {threads: measured["peak"] for threads, measured in measured_peaks.items()}
     print(
@@ -394,7 +395,7 @@ def main(argv=None):
         "real_data": real,
         "seconds": time.perf_counter() - started,
     }
-    utils.write_json_atomic(args.output or default_output(args.quick, args.parts), results)
+    runtime.write_json_atomic(args.output or default_output(args.quick, args.parts), results)
     print(f"wrote {args.output or default_output(args.quick, args.parts)} ({results['seconds']:.0f} s)")
 
 
@@ -404,4 +405,4 @@ def default_output(quick: bool, parts) -> str:
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    runtime.run_cli(main)

@@ -25,6 +25,7 @@ from paddlenlp.transformers import ErnieTokenizer
 
 import model_io
 import predictors
+import runtime
 import utils
 from benchmarks.bench_infer import ROOT, SEQ_LEN, TNEWS_FULL, TNEWS_SLICE, VOCAB_FILE, build_model, export
 
@@ -144,7 +145,7 @@ def main(argv=None):
             flush=True,
         )
     results = {
-        "machine": utils.machine_details(),
+        "machine": runtime.machine_details(),
         "model": name,
         "threads": args.threads,
         "sentences": len(examples),
@@ -158,9 +159,9 @@ def main(argv=None):
     output = args.output or os.path.join(
         ROOT, "benchmarks", "results", "serve" + ("_quick" if args.quick else "") + ".json"
     )
-    utils.write_json_atomic(output, results)
+    runtime.write_json_atomic(output, results)
     print(f"wrote {output}")
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    runtime.run_cli(main)

@@ -19,7 +19,7 @@ import paddle
 from paddlenlp.transformers import ErnieConfig, ErnieModel, ErnieTokenizer
 
 import run_seq_cls
-import utils
+import runtime
 from benchmarks.bench_infer import COMMON, ERNIE_CONFIGS, ROOT, TNEWS_FULL, TNEWS_SLICE, VOCAB_FILE
 
 
@@ -103,7 +103,7 @@ def main(argv=None):
                     flush=True,
                 )
     results = {
-        "machine": utils.machine_details(),
+        "machine": runtime.machine_details(),
         "data": os.path.relpath(data_file, ROOT),
         "quick": args.quick,
         "rows": rows,
@@ -112,9 +112,9 @@ def main(argv=None):
     output = args.output or os.path.join(
         ROOT, "benchmarks", "results", "train_quick.json" if args.quick else "train.json"
     )
-    utils.write_json_atomic(output, results)
+    runtime.write_json_atomic(output, results)
     print(f"wrote {output} ({results['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    runtime.run_cli(main)

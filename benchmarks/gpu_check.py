@@ -20,7 +20,7 @@ import time
 import compress_seq_cls
 import infer
 import run_seq_cls
-import utils
+import runtime
 from benchmarks.bench_infer import ROOT
 
 TESTS = os.path.join(ROOT, "tests")
@@ -81,7 +81,7 @@ def tiny_tnews(workdir: str) -> str:
 
 def matrix(folder: str):
     """(label, model folder, precision, use_trt) rows: the float export, the pruned model, the report's tensorrt_int8."""
-    report = utils.read_json_file(os.path.join(folder, "compress", "compress_report.json"), "compress_report.json")
+    report = runtime.read_json_file(os.path.join(folder, "compress", "compress_report.json"), "compress_report.json")
     pruned = next((c["path"] for c in report["candidates"] if c["kind"] == "pruned float"), None)
     models = [
         ("export", os.path.join(folder, "export"), False),
@@ -131,7 +131,7 @@ def main(argv=None):
     )
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results", "gpu_check.json"))
     args = parser.parse_args(argv)
-    utils.setup_logging()
+    runtime.setup_logging()
     rows, failures = [], 0
     with tempfile.TemporaryDirectory() as workdir:
         folder = args.folder or tiny_tnews(workdir)
@@ -165,7 +165,7 @@ def main(argv=None):
                 f"{first['perf']['sequences_per_second']:.0f} seq/s",
                 flush=True,
             )
-    utils.write_json_atomic(args.output, {"machine": utils.machine_details(), "rows": rows, "failures": failures})
+    runtime.write_json_atomic(args.output, {"machine": runtime.machine_details(), "rows": rows, "failures": failures})
     print(f"wrote {args.output}: {len(rows)} rows, {failures} mismatches")
     return 1 if failures else 0
 

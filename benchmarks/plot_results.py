@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-import utils  # noqa: E402
+import runtime
 
 
 def main(argv=None):
@@ -19,10 +19,10 @@ def main(argv=None):
     parser.add_argument("results")
     parser.add_argument("image")
     args = parser.parse_args(argv)
-    results = utils.read_json_file(args.results, "results")
+    results = runtime.read_json_file(args.results, "results")
     rows = [r for r in results.get("fixed_shape", []) if r["batch_size"] == 32] if isinstance(results, dict) else []
     if not rows:
-        raise utils.UserError(
+        raise runtime.UserError(
             f"{args.results}: no fixed-shape batch-32 rows to plot (a bench_infer run with the fixed_shape part)"
         )
     threads = max(r["threads"] for r in rows)
@@ -50,4 +50,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    runtime.run_cli(main)

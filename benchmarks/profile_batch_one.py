@@ -25,7 +25,7 @@ import numpy as np
 import paddle
 
 import predictors
-import utils
+import runtime
 from benchmarks.bench_infer import (
     ERNIE_CONFIGS,
     ROOT,
@@ -122,7 +122,7 @@ def paddle_profile(export_dir: str, threads: int, batch: dict, runs: int) -> dic
     with open(report, encoding="utf-8") as handle:
         lines = handle.read().splitlines()
     if not any("Event Summary" in line for line in lines):
-        raise utils.UserError(f"Paddle's profiler printed no report (see {report})")
+        raise runtime.UserError(f"Paddle's profiler printed no report (see {report})")
     start = next(i for i, line in enumerate(lines) if "Event Summary" in line)
     per_operator = {}
     for line in lines[start + 2 :]:
@@ -177,7 +177,7 @@ def main(argv=None):
         f"{bandwidth:.1f} GB/s read: {weight_read_ms:.2f} ms if they came from memory"
     )
     results = {
-        "machine": utils.machine_details(),
+        "machine": runtime.machine_details(),
         "model": args.model,
         "length": args.length,
         "threads": args.threads,
@@ -200,9 +200,9 @@ def main(argv=None):
     output = args.output or os.path.join(
         ROOT, "benchmarks", "results", f"profile_batch_one_{args.model}_{args.threads}thr.json"
     )
-    utils.write_json_atomic(output, results)
+    runtime.write_json_atomic(output, results)
     print(f"\nwrote {output}")
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    runtime.run_cli(main)

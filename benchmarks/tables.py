@@ -8,6 +8,7 @@ nothing retyped; --readme rewrites the README's headline section from the commit
 import argparse
 import os
 
+import runtime
 import utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -293,7 +294,7 @@ def headline() -> list:
         path = os.path.join(RESULTS, name)
         if os.path.isfile(path):
             lines += (
-                [f"{title} (`benchmarks/results/{name}`):", ""] + render(utils.read_json_file(path, "results")) + [""]
+                [f"{title} (`benchmarks/results/{name}`):", ""] + render(runtime.read_json_file(path, "results")) + [""]
             )
     return lines
 
@@ -301,11 +302,11 @@ def headline() -> list:
 def rewrite_readme(readme: str) -> str:
     text = open(readme, encoding="utf-8").read()
     if HEADLINE_BEGIN not in text or HEADLINE_END not in text:
-        raise utils.UserError(f"{readme} has no headline section ({HEADLINE_BEGIN} ... {HEADLINE_END})")
+        raise runtime.UserError(f"{readme} has no headline section ({HEADLINE_BEGIN} ... {HEADLINE_END})")
     before, rest = text.split(HEADLINE_BEGIN, 1)
     after = rest.split(HEADLINE_END, 1)[1]
     new = before + HEADLINE_BEGIN + "\n" + "\n".join(headline()) + HEADLINE_END + after
-    utils.write_text_atomic(readme, new)
+    runtime.write_text_atomic(readme, new)
     return new
 
 
@@ -346,14 +347,14 @@ def main(argv=None):
         print("rewrote the headline section of README.md")
         return
     if not args.results:
-        raise utils.UserError("give a results file, or --readme")
-    results = utils.read_json_file(args.results, "results")
+        raise runtime.UserError("give a results file, or --readme")
+    results = runtime.read_json_file(args.results, "results")
     if not isinstance(results, dict) or "machine" not in results:
-        raise utils.UserError(
+        raise runtime.UserError(
             f"{args.results}: not a results file written by benchmarks.bench_infer, bench_deploy or bench_compress"
         )
     print("\n".join(tables(results)))
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    runtime.run_cli(main)

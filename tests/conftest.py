@@ -7,7 +7,7 @@ import socket
 import pytest
 
 import model_io
-import utils
+import runtime
 from tiny_models import build_tiny_encoder
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -26,10 +26,10 @@ def clue_data_args(task):
 
 
 def run_cli(main, argv, capsys):
-    """Run main(argv) through utils.run_cli; return (exit status, captured stderr)."""
+    """Run main(argv) through runtime.run_cli; return (exit status, captured stderr)."""
     capsys.readouterr()
     try:
-        utils.run_cli(lambda: main(argv))
+        runtime.run_cli(lambda: main(argv))
         status = 0
     except SystemExit as stop:
         status = stop.code

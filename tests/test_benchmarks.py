@@ -7,7 +7,7 @@ import os
 import pytest
 
 import compression
-import utils
+import runtime
 from benchmarks import tables
 from benchmarks.bench_infer import build_model, encoder_weight_bytes, model_flops
 
@@ -111,7 +111,7 @@ def test_tables_refuse_what_is_not_a_results_file(content, message, tmp_path):
     path = tmp_path / "results.json"
     if content is not None:
         path.write_text(content, encoding="utf-8")
-    with pytest.raises(utils.UserError, match=message):
+    with pytest.raises(runtime.UserError, match=message):
         tables.main([str(path)])
 
 
@@ -120,7 +120,7 @@ def test_plot_refuses_a_results_file_without_fixed_shape_rows(tmp_path):
 
     path = tmp_path / "batch_one.json"
     path.write_text('{"machine": {}, "real_data": []}', encoding="utf-8")
-    with pytest.raises(utils.UserError, match=r"no fixed-shape batch-32 rows to plot"):
+    with pytest.raises(runtime.UserError, match=r"no fixed-shape batch-32 rows to plot"):
         plot_results.main([str(path), str(tmp_path / "plot.png")])
     assert not (tmp_path / "plot.png").exists()
 

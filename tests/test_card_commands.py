@@ -14,7 +14,7 @@ import compress_seq_cls
 import infer
 import run_qa
 import run_seq_cls
-import utils
+import runtime
 from conftest import QA_SMALL, clue_file, error_lines, qa_file, run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -183,7 +183,7 @@ def test_run_qa_and_compress_qa_as_in_upstreams_readme(scratch, tiny_ernie):
     try:
         compress_qa.main(["--dataset", "cmrc2018", *QA_DATA, *COMPRESS_FAST])
     except (
-        utils.UserError
+        runtime.UserError
     ) as error:  # a random-weight reader may miss the 1-point budget or not be faster: the report says
         status = 2
         assert "no candidate is within --max_metric_drop 1.0 points of the float parent" in str(error)

@@ -18,6 +18,7 @@ import compression
 import infer
 import model_io
 import predictors
+import runtime
 import utils
 from conftest import (
     QA_SMALL,
@@ -101,7 +102,7 @@ def test_reordering_by_importance_keeps_the_function_and_masks_equal_slicing(tne
 def test_widths_parse_as_fractions_or_decimals():
     assert compression.parse_width("3/4") == 0.75 and compression.parse_width("0.5") == 0.5
     for bad in ("1", "5/4", "abc", "3/0"):
-        with pytest.raises(utils.UserError, match="--width_mult_list"):
+        with pytest.raises(runtime.UserError, match="--width_mult_list"):
             compression.parse_width(bad)
 
 

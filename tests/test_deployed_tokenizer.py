@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import model_io
+import runtime
 import utils
 from arguments import QAWindowArguments
 from conftest import DATA_DIR, clue_file
@@ -117,7 +118,7 @@ def test_a_vocab_without_special_tokens_is_one_error(tiny_encoders, tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("a\nb\n[UNK]\n", encoding="utf-8")
     with pytest.raises(
-        utils.UserError, match=r"vocab.txt lacks the special tokens \[PAD\], \[CLS\], \[SEP\], \[MASK\]"
+        runtime.UserError, match=r"vocab.txt lacks the special tokens \[PAD\], \[CLS\], \[SEP\], \[MASK\]"
     ):
         model_io.WordPieceTokenizer(str(vocab))
 

@@ -18,6 +18,7 @@ from paddlenlp.transformers import (
 import infer
 import model_io
 import predictors
+import runtime
 import utils
 from conftest import clue_file, dynamic_outputs, error_lines, ner_file, padded_batch, qa_file, run_cli
 
@@ -474,6 +475,6 @@ def test_an_abbreviated_or_unknown_option_is_one_error():
 
     types = (predictors.DeployArguments, infer.InferArguments)
     with pytest.raises(
-        utils.UserError, match=r"unrecognized arguments: \['--max_seq', '64'\] \(options are spelt out in full"
+        runtime.UserError, match=r"unrecognized arguments: \['--max_seq', '64'\] \(options are spelt out in full"
     ):
         arguments.parse_plain_arguments(types, "", ["--max_seq", "64"])

@@ -11,6 +11,7 @@ from paddlenlp.transformers import AutoModelForQuestionAnswering
 
 import model_io
 import run_qa
+import runtime
 import utils
 from conftest import QA_SMALL, dynamic_outputs, error_lines, padded_batch, qa_args, qa_file, run_cli, static_outputs
 
@@ -77,7 +78,7 @@ def test_training_windows_hold_every_answer_and_label_it_exactly(tokenizer):
 def test_a_doc_stride_longer_than_the_window_is_refused(tokenizer):
     example = utils.QAExample("q", "问题", "上下文" * 20, ["上下文"], 0, "上下文", "hand")
     with pytest.raises(
-        utils.UserError, match=r"--doc_stride 100 must be between 1 and the context window of 27 tokens"
+        runtime.UserError, match=r"--doc_stride 100 must be between 1 and the context window of 27 tokens"
     ):
         utils.prepare_qa_features([example], tokenizer, 32, 100, 64, with_labels=False)
 

@@ -13,6 +13,7 @@ import types
 import pytest
 
 import infer
+import runtime
 import utils
 from conftest import clue_data_args, clue_file, error_lines, free_port, run_cli
 
@@ -171,13 +172,13 @@ def test_a_line_or_text_is_one_text_or_a_pair_as_the_task_takes():
     assert (single.text_a, single.text_b) == ("上海\t天气", None)
     pair = infer.line_example(afqmc, "花呗怎么还款\t花呗如何还钱", 0, "f:1")
     assert (pair.text_a, pair.text_b) == ("花呗怎么还款", "花呗如何还钱")
-    with pytest.raises(utils.UserError, match=r"f:1: task afqmc compares two texts: give text<TAB>pair"):
+    with pytest.raises(runtime.UserError, match=r"f:1: task afqmc compares two texts: give text<TAB>pair"):
         infer.line_example(afqmc, "花呗怎么还款", 0, "f:1")
-    with pytest.raises(utils.UserError, match=r"f:1: empty text"):
+    with pytest.raises(runtime.UserError, match=r"f:1: empty text"):
         infer.line_example(afqmc, "花呗怎么还款\t ", 0, "f:1")
     given = types.SimpleNamespace(input_file=None, text=["上海\t天气"], text_pair=None, question=None)
     assert infer.raw_examples(tnews, given)[0].text_a == "上海\t天气"
-    with pytest.raises(utils.UserError, match=r"task afqmc compares two texts: give one --text_pair per --text"):
+    with pytest.raises(runtime.UserError, match=r"task afqmc compares two texts: give one --text_pair per --text"):
         infer.raw_examples(afqmc, given)
 
 

@@ -7,6 +7,7 @@ import pytest
 from paddlenlp.trainer import TrainingArguments
 
 import arguments
+import runtime
 import utils
 from conftest import clue_file
 
@@ -52,7 +53,7 @@ def test_wsc_markers_when_the_pronoun_comes_first():
 def test_wsc_span_that_does_not_match_the_text_is_an_error_naming_the_line():
     row = read_rows("cluewsc2020", "dev")[0]
     row["target"]["span1_index"] += 1
-    with pytest.raises(utils.UserError, match=r"dev\.json:1: target\.span1_text '舌头' does not match"):
+    with pytest.raises(runtime.UserError, match=r"dev\.json:1: target\.span1_text '舌头' does not match"):
         utils.rows_to_examples(utils.SEQ_CLS_TASKS["cluewsc2020"], [("dev.json:1", row)], "dev")
 
 
@@ -123,7 +124,9 @@ def test_long_texts_are_truncated_and_counted(tokenizer):
 def test_long_text_is_an_error_when_truncation_is_off(tokenizer):
     task = utils.SEQ_CLS_TASKS["csl"]
     examples = utils.load_examples(task, "dev", clue_file("csl", "dev"))
-    with pytest.raises(utils.UserError, match=r"csl/dev\.json:1: text is \d+ tokens, longer than --max_seq_length 64"):
+    with pytest.raises(
+        runtime.UserError, match=r"csl/dev\.json:1: text is \d+ tokens, longer than --max_seq_length 64"
+    ):
         utils.encode_text_examples(examples, tokenizer, task, 64, truncate=False)
 
 
