@@ -4,7 +4,7 @@ the device checks. The fine-tuning scripts parse with paddlenlp's PdArgumentPars
 scripts without training (infer.py, serve.py, compress_*.py) with DataclassParser, so that the deployment
 scripts never import paddlenlp.
 
-Imports utils.py only.
+Imports runtime.py and utils.py.
 """
 
 import argparse
@@ -14,13 +14,13 @@ import os
 import sys
 import typing
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import paddle
 import yaml
 
 from runtime import UserError, first_line
-from utils import ALL_TASKS, CUSTOM_TASK, CUSTOM_TASK_DEFAULTS, FAMILIES
+from utils import ALL_TASKS, CUSTOM_TASK, CUSTOM_TASK_DEFAULTS, FAMILIES, Family, family_task_names
 
 SUITE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -31,16 +31,9 @@ DEFAULT_CONFIG_FILE = os.path.join(SUITE_DIR, "configs", "default.yml")
 DEFAULT_MODEL = "ernie-3.0-medium-zh"
 
 
-def family_task_names(family: str) -> List[str]:
-    """The registry's tasks of one family, in registry order (and custom for classification)."""
-    return [name for name, task in ALL_TASKS.items() if task.family == family] + (
-        [CUSTOM_TASK] if family == "seq_cls" else []
-    )
-
-
 def task_names_help() -> str:
     """Every task, by the script that fine-tunes it, from the registry."""
-    return "; ".join(f"{', '.join(family_task_names(name))} ({family.script})" for name, family in FAMILIES.items())
+    return "; ".join(f"{', '.join(family_task_names(family))} ({family.script})" for family in FAMILIES.values())
 
 
 @dataclass
@@ -154,17 +147,6 @@ def dict_to_argv(values: dict) -> List[str]:
     return argv
 
 
-def option_value(argv: Sequence[str], name: str) -> Optional[str]:
-    """The last value given for --name in argv (either '--name value' or '--name=value')."""
-    value = None
-    for index, token in enumerate(argv):
-        if token == f"--{name}" and index + 1 < len(argv):
-            value = argv[index + 1]
-        elif token.startswith(f"--{name}="):
-            value = token.split("=", 1)[1]
-    return value
-
-
 def load_config_defaults(config_file: str) -> dict:
     """The per-task defaults file: a mapping with an optional 'common' mapping and a 'tasks' mapping of task
     name to mapping. Anything else is one error line naming the file."""
@@ -207,10 +189,10 @@ def task_defaults(config: dict, task_name: Optional[str]) -> dict:
     return defaults
 
 
-def defaults_epilog(config: dict, family: str, config_file: str) -> str:
+def defaults_epilog(config: dict, family: Family, config_file: str) -> str:
     lines = [f"Per-task defaults (from {os.path.relpath(config_file)}; anything given on the command line wins):"]
     for name, task in ALL_TASKS.items():
-        if task.family != family:
+        if task.family is not family:
             continue
         values = {"max_seq_length": task.max_seq_length, **((config.get("tasks") or {}).get(name) or {})}
         lines.append(f"  {name}: " + ", ".join(f"{key}={value}" for key, value in values.items()))
@@ -323,17 +305,16 @@ def parse_plain_arguments(dataclass_types, description: str, argv: Optional[Sequ
     return parse_into_dataclasses(parser, user_argv(argv))
 
 
-def parse_arguments(dataclass_types, family: str, description: str, argv: Sequence[str]):
-    """Parse the command line (argv, after user_argv) into the dataclasses.
+def parse_arguments(dataclass_types, family: Family, description: str, argv: Sequence[str]):
+    """Parse the command line (argv, after user_argv) into the dataclasses; returns (them, the first pass).
 
     Defaults come in three layers, the later winning: the dataclass defaults, configs/default.yml
     ('common', then the task's block, then the task's registry max_seq_length), then what the user gave.
     A family with one task (NER, QA) defaults --task_name to it; --output_dir defaults to output/<task>.
     """
-    argv = with_task_name(argv, family)
-    config_file = option_value(argv, "config") or DEFAULT_CONFIG_FILE
+    argv, first = with_task_name(argv, family)
+    config_file = first.config or DEFAULT_CONFIG_FILE
     config = load_config_defaults(config_file)
-    task_name = option_value(argv, "task_name")
     from paddlenlp.trainer import PdArgumentParser  # here, not at the top: see DataclassParser
 
     parser = PdArgumentParser(
@@ -343,22 +324,22 @@ def parse_arguments(dataclass_types, family: str, description: str, argv: Sequen
         formatter_class=HelpFormatter,
         allow_abbrev=False,
     )
-    defaults = {"device": default_device(), **task_defaults(config, task_name)}
-    task = ALL_TASKS.get(task_name)
+    defaults = {"device": default_device(), **task_defaults(config, first.task_name)}
+    task = ALL_TASKS.get(first.task_name)
     if task is not None:
         defaults.setdefault("max_seq_length", task.max_seq_length)
         defaults.setdefault("metric_for_best_model", task.metric)
-    elif task_name == CUSTOM_TASK:
+    elif first.task_name == CUSTOM_TASK:
         defaults = {**CUSTOM_TASK_DEFAULTS, **defaults}
-    if task_name and option_value(argv, "output_dir") is None:
-        argv += ["--output_dir", default_output_dir(task_name)]
+    if first.task_name and first.output_dir is None:
+        argv += ["--output_dir", default_output_dir(first.task_name)]
     parser.set_defaults(**defaults)
     parsed = parse_into_dataclasses(parser, argv)
-    apply_requested_actions(requested_actions(argv), parsed)
-    return parsed
+    apply_requested_actions(first.requested_actions, parsed)
+    return parsed, first
 
 
-def default_task_name(family: str) -> Optional[str]:
+def default_task_name(family: Family) -> Optional[str]:
     """The only task of a one-task family (msra_ner, cmrc2018); None where the user must choose."""
     names = family_task_names(family)
     return names[0] if len(names) == 1 else None
@@ -370,56 +351,75 @@ def task_from_dataset(dataset: str) -> str:
     return words[1] if len(words) == 2 and words[0].lower() == "clue" else dataset.strip()
 
 
-def with_task_name(argv: Sequence[str], family: str) -> List[str]:
-    """argv with --task_name made explicit: from --dataset (upstream's option), else the family's only task."""
-    argv = list(argv)
-    task_name, dataset = option_value(argv, "task_name"), option_value(argv, "dataset")
-    if dataset is not None:
-        if task_name is not None and task_name != task_from_dataset(dataset):
+ACTIONS = ("do_train", "do_eval", "do_predict", "do_export")
+DEFAULT_ACTIONS = ("do_train", "do_eval")  # what a run without any --do_* flag does
+
+
+@dataclass(frozen=True)
+class FirstPass:
+    """The options that decide how the rest of a fine-tuning or compression command line is parsed, read by the real
+    parser with the one boolean vocabulary (str_to_bool) before the full parse."""
+
+    task_name: Optional[str]
+    dataset: Optional[str]
+    config: Optional[str]
+    output_dir: Optional[str]
+    actions: Dict[str, Optional[bool]]  # each --do_* action: its value, None when not given
+
+    @property
+    def actions_given(self) -> bool:
+        """Whether any --do_* option is named on the command line (even as false)."""
+        return any(value is not None for value in self.actions.values())
+
+    @property
+    def requested_actions(self) -> Dict[str, bool]:
+        """The --do_* actions asked for; with none named, training and evaluation."""
+        if not self.actions_given:
+            return {action: action in DEFAULT_ACTIONS for action in ACTIONS}
+        return {action: bool(value) for action, value in self.actions.items()}
+
+
+def first_pass(argv: Sequence[str]) -> FirstPass:
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    for name in ("task_name", "dataset", "config", "output_dir"):
+        parser.add_argument(f"--{name}")
+    for action in ACTIONS:
+        parser.add_argument(f"--{action}", type=str_to_bool, nargs="?", const=True)
+    try:
+        known, _ = parser.parse_known_args(list(argv))
+    except argparse.ArgumentError as error:
+        raise UserError(str(error)) from None
+    values = vars(known)
+    return FirstPass(
+        values["task_name"],
+        values["dataset"],
+        values["config"],
+        values["output_dir"],
+        {action: values[action] for action in ACTIONS},
+    )
+
+
+def with_task_name(argv: Sequence[str], family: Family) -> Tuple[List[str], FirstPass]:
+    """argv with --task_name made explicit (from --dataset, upstream's option, else the family's only task), and its
+    first pass."""
+    argv, first = list(argv), first_pass(argv)
+    task_name = first.task_name
+    if first.dataset is not None:
+        if task_name is not None and task_name != task_from_dataset(first.dataset):
             raise UserError(
-                f"--dataset {dataset!r} and --task_name {task_name!r} name different tasks; give one of them"
+                f"--dataset {first.dataset!r} and --task_name {task_name!r} name different tasks; give one of them"
             )
-        task_name = task_from_dataset(dataset)
+        task_name = task_from_dataset(first.dataset)
     task_name = task_name or default_task_name(family)
-    if task_name and option_value(argv, "task_name") is None:
+    if task_name and first.task_name is None:
         argv += ["--task_name", task_name]
-    return argv
+        first = dataclasses.replace(first, task_name=task_name)
+    return argv, first
 
 
 def default_output_dir(task_name: str) -> str:
     """Where run_*.py writes, compress_*.py reads and infer.py looks by default."""
     return os.path.join("output", task_name)
-
-
-ACTIONS = ("do_train", "do_eval", "do_predict", "do_export")
-DEFAULT_ACTIONS = ("do_train", "do_eval")  # what a run without any --do_* flag does
-
-
-def flag_value(argv: Sequence[str], name: str) -> bool:
-    """Whether a boolean option is on in argv: '--name', '--name true' or '--name=true' (the last one wins).
-    The parsers refuse abbreviations, so exact tokens are the whole story."""
-    value = False
-    for index, token in enumerate(argv):
-        if token == f"--{name}":
-            following = argv[index + 1] if index + 1 < len(argv) else ""
-            value = (
-                following.lower() not in ("false", "0", "no") if following and not following.startswith("--") else True
-            )
-        elif token.startswith(f"--{name}="):
-            value = token.split("=", 1)[1].lower() not in ("false", "0", "no")
-    return value
-
-
-def actions_given(argv: Sequence[str]) -> bool:
-    """Whether any --do_* option is named on the command line (even as false)."""
-    return any(token == f"--{action}" or token.startswith(f"--{action}=") for token in argv for action in ACTIONS)
-
-
-def requested_actions(argv: Sequence[str]) -> dict:
-    """The --do_* actions of argv; with none named, training and evaluation."""
-    if not actions_given(argv):
-        return {action: action in DEFAULT_ACTIONS for action in ACTIONS}
-    return {action: flag_value(argv, action) for action in ACTIONS}
 
 
 def apply_requested_actions(requested: dict, parsed) -> None:

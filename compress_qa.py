@@ -7,10 +7,11 @@ from paddlenlp.transformers import AutoModelForQuestionAnswering
 
 import compression
 import runtime
+import utils
 
 
 def main(argv=None):
-    return compression.run_compression("qa", AutoModelForQuestionAnswering, __doc__, argv)
+    return compression.run_compression(utils.FAMILIES["qa"], AutoModelForQuestionAnswering, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,11 @@ from paddlenlp.transformers import AutoModelForSequenceClassification
 
 import compression
 import runtime
+import utils
 
 
 def main(argv=None):
-    return compression.run_compression("seq_cls", AutoModelForSequenceClassification, __doc__, argv)
+    return compression.run_compression(utils.FAMILIES["seq_cls"], AutoModelForSequenceClassification, __doc__, argv)
 
 
 if __name__ == "__main__":

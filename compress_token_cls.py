@@ -7,10 +7,11 @@ from paddlenlp.transformers import AutoModelForTokenClassification
 
 import compression
 import runtime
+import utils
 
 
 def main(argv=None):
-    return compression.run_compression("token_cls", AutoModelForTokenClassification, __doc__, argv)
+    return compression.run_compression(utils.FAMILIES["token_cls"], AutoModelForTokenClassification, __doc__, argv)
 
 
 if __name__ == "__main__":

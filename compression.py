@@ -1,15 +1,16 @@
-"""Compression for compress_*.py: DynaBERT width pruning with distillation, int8 post-training quantization
-over a grid of calibration settings, quantization-aware training, and the run that measures every candidate
-and chooses the best within the accuracy budget. Strategies are one table (STRATEGIES) of steps; the help
-text and the checks are generated from it.
+"""The compression pipeline of compress_*.py: its arguments, the strategies as steps that hand each other what the
+next one needs (one table, STRATEGIES, whose help text and checks are generated from it), every candidate measured on
+the dev set as it is served, the choice of the best within the accuracy budget, and the report. The algorithms live
+in dynabert.py (width pruning, distillation) and quantization.py (PTQ, QAT, NNCF).
 
-Imports arguments.py, model_io.py, predictors.py and utils.py.
+Imports arguments.py, dynabert.py, model_folder.py, model_io.py, predictors.py, quantization.py, runtime.py and
+utils.py.
 """
 
+import dataclasses
 import functools
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -26,11 +27,22 @@ from arguments import (
     user_argv,
     with_task_name,
 )
-from model_io import (
+from dynabert import DistillationSettings, dynabert_width_pruning, parameter_count
+from model_folder import (
     EXPORT_INPUT_NAMES,
+    REPORT_FILE,
+    Candidate,
+    CompressionReport,
+    ReportTask,
+    Serving,
+    TaskFile,
+    read_task_file,
+    report_path,
+    write_report,
+    write_task_file,
+)
+from model_io import (
     check_model_fits_task,
-    export_input_spec,
-    export_legacy_static_model,
     export_static_model,
     load_deployed_tokenizer,
     load_model_config,
@@ -38,28 +50,31 @@ from model_io import (
     load_tokenizer,
     model_head_family,
     save_deployable,
-    task_info,
+    task_file,
 )
 from predictors import (
     BACKENDS,
     PRECISIONS,
-    DygraphPredictor,
-    OpenVinoPredictor,
     PredictorOptions,
     create_predictor,
     native_bfloat16,
-    onnx_conversion,
-    pad_features,
     run_predictor,
     warm_up_buckets,
 )
-from runtime import UserError, atomic_entries, logger, machine_details, read_json_file, setup_logging, write_json_atomic
+from quantization import (
+    NNCF_RANGE_ESTIMATORS,
+    PTQ_ALGORITHMS,
+    calibration_grid,
+    nncf_quantize,
+    quantization_aware_training,
+    quantization_grid,
+)
+from runtime import UserError, atomic_entries, logger, machine_details, setup_logging
 from utils import (
-    FAMILIES,
+    Family,
     TaskSpec,
     deployed_metrics,
     encode_examples,
-    family_collator,
     get_task,
     load_encoded_split,
     load_examples,
@@ -67,208 +82,13 @@ from utils import (
 )
 
 
-def keep_float_for_quantization(model) -> None:
-    """paddlenlp 3.0.0b4's ERNIE and BERT forward read pooler.dense.weight.dtype to build the attention mask;
-    paddle 3.0.0's QAT wraps a quantized Linear in a layer without .weight ("'MAOutputScaleLayer' object has
-    no attribute 'weight'"), so the pooler's one dense layer stays float (skip_quant is QAT's own switch)."""
-    pooler = getattr(getattr(model, model.base_model_prefix, None), "pooler", None)
-    if pooler is not None and hasattr(pooler, "dense"):
-        pooler.dense.skip_quant = True
-
-
-PTQ_ALGORITHMS = ("hist", "mse", "avg", "abs_max", "KL", "emd")
-
-
-def encoder_layers(model) -> list:
-    """The encoder layers width pruning works on: paddle.nn.TransformerEncoderLayer (ERNIE, BERT, RoBERTa)."""
-    base = getattr(model, model.base_model_prefix, None)
-    layers = getattr(getattr(base, "encoder", None), "layers", None)
-    if not layers or not all(isinstance(layer, paddle.nn.TransformerEncoderLayer) for layer in layers):
-        raise UserError(
-            f"width pruning needs an encoder of paddle.nn.TransformerEncoderLayer; {type(model).__name__} has none"
-        )
-    return list(layers)
-
-
-def kept_units(width: float, total: int) -> int:
-    return max(1, int(width * total))
-
-
-class WidthMasks:
-    """Masks over each layer's attention heads and feed-forward neurons, applied by forward pre-hooks on the
-    layers that consume them (out_proj and linear2): a masked head or neuron contributes nothing, exactly as
-    if it were cut out. With gradients on, the masks' gradients measure each unit's importance."""
-
-    def __init__(self, model):
-        self.layers = encoder_layers(model)
-        attention = self.layers[0].self_attn
-        self.num_heads, self.head_dim = attention.num_heads, attention.head_dim
-        self.intermediate = self.layers[0].linear1.weight.shape[1]
-        self.set_width(1.0)
-        self.handles = []
-        for index, layer in enumerate(self.layers):
-            self.handles.append(
-                layer.self_attn.out_proj.register_forward_pre_hook(self._masking_hook(index, heads=True))
-            )
-            self.handles.append(layer.linear2.register_forward_pre_hook(self._masking_hook(index, heads=False)))
-
-    def _masking_hook(self, index: int, heads: bool):
-        def hook(layer, inputs):
-            mask = paddle.repeat_interleave(self.head_mask[index], self.head_dim) if heads else self.neuron_mask[index]
-            return (inputs[0] * mask,) + tuple(inputs[1:])
-
-        return hook
-
-    def set_width(self, width: float) -> None:
-        """Keep the first width share of heads and neurons in every layer (after reordering, the most important)."""
-        heads, neurons = kept_units(width, self.num_heads), kept_units(width, self.intermediate)
-        self.head_mask = paddle.to_tensor([[1.0] * heads + [0.0] * (self.num_heads - heads)] * len(self.layers))
-        self.neuron_mask = paddle.to_tensor(
-            [[1.0] * neurons + [0.0] * (self.intermediate - neurons)] * len(self.layers)
-        )
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
-def width_importance(model, masks: WidthMasks, batches) -> Tuple[np.ndarray, np.ndarray]:
-    """Head and neuron importance: the summed |gradient of the task loss| with respect to each unit's mask
-    (DynaBERT; Michel et al. 2019 for heads), over batches that carry labels."""
-    masks.set_width(1.0)
-    masks.head_mask.stop_gradient = False
-    masks.neuron_mask.stop_gradient = False
-    head_importance = np.zeros([len(masks.layers), masks.num_heads])
-    neuron_importance = np.zeros([len(masks.layers), masks.intermediate])
-    model.eval()  # no dropout, gradients still flow
-    for batch in batches:
-        loss = model(**batch)[0]
-        loss.backward()
-        head_importance += np.abs(masks.head_mask.grad.numpy())
-        neuron_importance += np.abs(masks.neuron_mask.grad.numpy())
-        masks.head_mask.clear_grad()
-        masks.neuron_mask.clear_grad()
-        model.clear_gradients()
-    masks.set_width(1.0)
-    return head_importance, neuron_importance
-
-
-def reorder_by_importance(masks: WidthMasks, head_importance: np.ndarray, neuron_importance: np.ndarray) -> None:
-    """Permute every layer's heads and neurons, most important first; the model computes the same function."""
-    dim = masks.head_dim
-    for layer, heads, neurons in zip(masks.layers, head_importance, neuron_importance):
-        head_order = np.argsort(-heads, kind="stable")
-        columns = (head_order[:, None] * dim + np.arange(dim)).reshape(-1)
-        attention = layer.self_attn
-        for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
-            projection.weight.set_value(projection.weight.numpy()[:, columns])
-            projection.bias.set_value(projection.bias.numpy()[columns])
-        attention.out_proj.weight.set_value(attention.out_proj.weight.numpy()[columns, :])
-        neuron_order = np.argsort(-neurons, kind="stable")
-        layer.linear1.weight.set_value(layer.linear1.weight.numpy()[:, neuron_order])
-        layer.linear1.bias.set_value(layer.linear1.bias.numpy()[neuron_order])
-        layer.linear2.weight.set_value(layer.linear2.weight.numpy()[neuron_order, :])
-
-
-def sliced_linear(linear, inputs: Optional[int] = None, outputs: Optional[int] = None):
-    """A new Linear holding the first inputs rows and outputs columns of linear's weight."""
-    weight = linear.weight.numpy()
-    inputs, outputs = inputs or weight.shape[0], outputs or weight.shape[1]
-    sliced = paddle.nn.Linear(inputs, outputs)
-    sliced.weight.set_value(weight[:inputs, :outputs])
-    sliced.bias.set_value(linear.bias.numpy()[:outputs])
-    return sliced
-
-
-def slice_to_width(model, width: float):
-    """Cut every layer down to its first width share of heads and neurons: the pruned model really is smaller."""
-    for layer in encoder_layers(model):
-        attention = layer.self_attn
-        heads = kept_units(width, attention.num_heads)
-        kept = heads * attention.head_dim
-        attention.q_proj = sliced_linear(attention.q_proj, outputs=kept)
-        attention.k_proj = sliced_linear(attention.k_proj, outputs=kept)
-        attention.v_proj = sliced_linear(attention.v_proj, outputs=kept)
-        attention.out_proj = sliced_linear(attention.out_proj, inputs=kept)
-        attention.num_heads = heads
-        neurons = kept_units(width, layer.linear1.weight.shape[1])
-        layer.linear1 = sliced_linear(layer.linear1, outputs=neurons)
-        layer.linear2 = sliced_linear(layer.linear2, inputs=neurons)
-    return model
-
-
-def parameter_count(model) -> int:
-    return int(sum(int(np.prod(p.shape)) for p in model.parameters()))
-
-
-def soft_cross_entropy(student, teacher, axis: int = -1):
-    return -(
-        paddle.nn.functional.softmax(teacher, axis=axis) * paddle.nn.functional.log_softmax(student, axis=axis)
-    ).sum(axis=axis)
-
-
-def distillation_loss(family: str, student_outputs, teacher_outputs, input_ids, pad_token_id: int):
-    """Soft cross-entropy from the teacher's distribution: over classes (per sequence, or per real token for
-    NER), or over positions for QA's start and end (padding excluded)."""
-    real = (input_ids != pad_token_id).astype("float32")
-    if family == "seq_cls":
-        return soft_cross_entropy(student_outputs[0], teacher_outputs[0]).mean()
-    if family == "token_cls":
-        return (soft_cross_entropy(student_outputs[0], teacher_outputs[0]) * real).sum() / real.sum()
-    padding = (1.0 - real) * -1e4
-    losses = [soft_cross_entropy(s + padding, t + padding).mean() for s, t in zip(student_outputs, teacher_outputs)]
-    return sum(losses) / len(losses)
-
-
-def model_outputs(model, batch: dict) -> list:
-    outputs = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"])
-    return list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
-
-
-def quantize_post_training(
-    legacy_dir: str, output_dir: str, calibration: Sequence[dict], algo: str, batch_size: int, batch_nums: int
-) -> None:
-    """int8.pdmodel + int8.pdiparams: the transformer matmuls quantized (weights per channel, activations per
-    tensor) from calibration batches; embeddings, layer norms and softmax stay fp32."""
-    from paddle.static.quantization import PostTrainingQuantization
-
-    def calibration_batches():
-        for start in range(0, min(len(calibration), batch_size * batch_nums), batch_size):
-            yield pad_features(calibration[start : start + batch_size])
-
-    with paddle.pir_utils.OldIrGuard():
-        paddle.enable_static()
-        try:
-            quantizer = PostTrainingQuantization(
-                executor=paddle.static.Executor(paddle.CPUPlace()),
-                model_dir=legacy_dir,
-                model_filename="model.pdmodel",
-                params_filename="model.pdiparams",
-                data_loader=calibration_batches,
-                batch_size=batch_size,
-                batch_nums=batch_nums,
-                algo=algo,
-                hist_percent=0.9999,
-                quantizable_op_type=["matmul", "matmul_v2"],
-                is_full_quantize=False,
-                weight_bits=8,
-                activation_bits=8,
-                weight_quantize_type="channel_wise_abs_max",
-                onnx_format=True,
-                optimize_model=False,
-            )
-            quantizer.quantize()
-            quantizer.save_quantized_model(output_dir, model_filename="int8.pdmodel", params_filename="int8.pdiparams")
-        finally:
-            paddle.disable_static()
-
-
 @dataclass
 class CompressArguments:
     model_name_or_path: Optional[str] = field(
         default=None,
         metadata={
-            "help": "A fine-tuned output directory of run_*.py (the float parent); default output/<task>, where run_*.py writes."
+            "help": "A fine-tuned output directory of run_*.py (the float parent); default output/<task>, where "
+            "run_*.py writes."
         },
     )
     dataset: Optional[str] = field(
@@ -278,7 +98,9 @@ class CompressArguments:
     selection_samples: Optional[int] = field(
         default=None,
         metadata={
-            "help": "Training examples held out (never trained on) to pick each DynaBERT width's best checkpoint, so the dev set that --max_metric_drop judges stays unseen; default 10%% of the training examples, at most 1000."
+            "help": "Training examples held out (never trained on) to pick each DynaBERT width's best checkpoint, so "
+            "the dev set that --max_metric_drop judges stays unseen; default 10%% of the training examples, at most "
+            "1000."
         },
     )
     output_dir: Optional[str] = field(
@@ -300,7 +122,8 @@ class CompressArguments:
     max_metric_drop: float = field(
         default=1.0,
         metadata={
-            "help": "Largest drop below the float parent, in points of the task's main metric, that a candidate may have to be chosen."
+            "help": "Largest drop below the float parent, in points of the task's main metric, that a candidate may "
+            "have to be chosen."
         },
     )
     learning_rate: float = field(default=2e-5, metadata={"help": "DynaBERT distillation learning rate."})
@@ -319,7 +142,8 @@ class CompressArguments:
     backends: List[str] = field(
         default_factory=lambda: ["paddle", "onnxruntime", "openvino"],
         metadata={
-            "help": "Backends a candidate may be served with (deploying elsewhere: restrict them): paddle, onnxruntime, openvino."
+            "help": "Backends a candidate may be served with (deploying elsewhere: restrict them): paddle, "
+            "onnxruntime, openvino."
         },
     )
     precisions: List[str] = field(
@@ -371,33 +195,44 @@ def check_compress_arguments(args: CompressArguments) -> List[float]:
     return [parse_width(width) for width in args.width_mult_list]
 
 
-def within_budget(parent: dict, candidate: dict, max_drop: float) -> bool:
-    return parent["metric_points"] - candidate["metric_points"] <= max_drop + 1e-9
+def within_budget(parent: Candidate, candidate: Candidate, max_drop: float) -> bool:
+    return parent.metric_points - candidate.metric_points <= max_drop + 1e-9
 
 
-def choose_best(parent: dict, candidates: List[dict], max_drop: float) -> Optional[dict]:
+def choose_best(parent: Candidate, candidates: Sequence[Candidate], max_drop: float) -> Optional[Candidate]:
     """The fastest candidate (dev-set sequences per second on this machine) among those at most max_drop points below
     the parent and faster than it; ties: the smaller, then the better metric. None when no candidate qualifies."""
     qualifying = [
         c
         for c in candidates
-        if within_budget(parent, c, max_drop) and c["sequences_per_second"] > parent["sequences_per_second"]
+        if within_budget(parent, c, max_drop) and c.sequences_per_second > parent.sequences_per_second
     ]
     if not qualifying:
         return None
-    return max(qualifying, key=lambda c: (c["sequences_per_second"], -c["size_bytes"], c["metric_points"]))
+    return max(qualifying, key=lambda c: (c.sequences_per_second, -c.size_bytes, c.metric_points))
 
 
-def choose_for_tensorrt(parent: dict, candidates: List[dict], max_drop: float) -> Optional[dict]:
+def choose_for_tensorrt(parent: Candidate, candidates: Sequence[Candidate], max_drop: float) -> Optional[Candidate]:
     """The int8 candidate `infer.py --use_trt --precision int8` serves: TensorRT runs Paddle int8 programs with their
     own scales (not ONNX Runtime's or NNCF's int8), and its speed on a GPU is not what this CPU measured, so the best
     metric within max_drop wins (ties: the smaller). None when no Paddle int8 candidate qualifies."""
     qualifying = [
-        c
-        for c in candidates
-        if c["backend"] == "paddle" and c["precision"] == "int8" and within_budget(parent, c, max_drop)
+        c for c in candidates if c.backend == "paddle" and c.precision == "int8" and within_budget(parent, c, max_drop)
     ]
-    return max(qualifying, key=lambda c: (c["metric_points"], -c["size_bytes"])) if qualifying else None
+    return max(qualifying, key=lambda c: (c.metric_points, -c.size_bytes)) if qualifying else None
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A model folder measured on the dev set through the predictor it is served with."""
+
+    backend: str
+    precision: str
+    metrics: Dict[str, float]
+    metric_points: float
+    size_bytes: int  # what the predictor loads
+    latency_ms_p50: float
+    sequences_per_second: float
 
 
 def measure_candidate(
@@ -410,7 +245,7 @@ def measure_candidate(
     max_seq_length: int,
     backend: str = "paddle",
     precision: str = "fp32",
-) -> dict:
+) -> Measurement:
     """A compressed (or parent) static model's dev metric through the predictor it is served with, the size of what
     that predictor loads, and its speed (after one batch of every length bucket, as infer.py --perf)."""
     options = PredictorOptions(
@@ -425,287 +260,53 @@ def measure_candidate(
     warm_up_buckets(predictor, options.batch_size, max_seq_length)
     result = run_predictor(predictor, features, options.batch_size, per_token=task.per_token_outputs, warmup_batches=2)
     metrics = deployed_metrics(task, dev_examples, dev_encoded, result.outputs, window_args)
-    return {
-        "backend": backend,
-        "precision": precision,
-        "metrics": metrics,
-        "metric_points": metric_points(task, metrics[task.metric]),
-        "size_bytes": sum(os.path.getsize(path) for path in predictor.model_files),
-        "latency_ms_p50": float(np.median(result.batch_seconds) * 1000.0),
-        "sequences_per_second": len(features) / float(np.sum(result.batch_seconds)),
-    }
-
-
-def training_batches(features: Sequence[dict], collator, batch_size: int, shuffle: bool, seed: int = 0):
-    """Collated batches of features (labels included), shuffled with a seed or in order."""
-    order = list(range(len(features)))
-    if shuffle:
-        np.random.default_rng(seed).shuffle(order)
-    for start in range(0, len(order), batch_size):
-        yield collator([features[i] for i in order[start : start + batch_size]])
-
-
-def width_points(
-    student, masks: WidthMasks, width: float, task: TaskSpec, dev_examples, dev_encoded, window_args, batch_size: int
-) -> float:
-    masks.set_width(width)
-    result = run_predictor(
-        DygraphPredictor(student), list(dev_encoded.dataset), batch_size, per_token=task.per_token_outputs
-    )
-    return metric_points(
-        task, deployed_metrics(task, dev_examples, dev_encoded, result.outputs, window_args)[task.metric]
+    return Measurement(
+        backend=backend,
+        precision=precision,
+        metrics=metrics,
+        metric_points=metric_points(task, metrics[task.metric]),
+        size_bytes=sum(os.path.getsize(path) for path in predictor.model_files),
+        latency_ms_p50=float(np.median(result.batch_seconds) * 1000.0),
+        sequences_per_second=len(features) / float(np.sum(result.batch_seconds)),
     )
 
 
-def distillation_training(
-    student,
-    teacher,
-    task: TaskSpec,
-    features: Sequence[dict],
-    tokenizer,
-    args: "CompressArguments",
-    variants: Sequence[Callable[[], None]],
-    on_epoch_end: Callable[[], None],
-    description: str,
-) -> None:
-    """Train student to match teacher's outputs (distillation_loss) on the training features. Each batch runs
-    once per variant (DynaBERT: one per width, set by the variant), gradients summed, then one optimizer step."""
-    import math
-
-    from paddlenlp.transformers import LinearDecayWithWarmup
-    from tqdm import tqdm
-
-    collator = family_collator(task.family, tokenizer)
-    batches_per_epoch = math.ceil(len(features) / args.per_device_train_batch_size)
-    total_steps = args.max_steps if args.max_steps > 0 else max(1, math.ceil(args.num_train_epochs * batches_per_epoch))
-    scheduler = LinearDecayWithWarmup(args.learning_rate, total_steps, 0.1)
-    no_decay = {p.name for n, p in student.named_parameters() if "bias" in n or "norm" in n}
-    optimizer = paddle.optimizer.AdamW(
-        learning_rate=scheduler,
-        parameters=student.parameters(),
-        weight_decay=0.01,
-        apply_decay_param_fun=lambda name: name not in no_decay,
-        grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0),
-    )
-    teacher.eval()
-    step, epoch = 0, 0
-    progress = tqdm(total=total_steps, desc=description)
-    while step < total_steps:
-        for batch in training_batches(
-            features, collator, args.per_device_train_batch_size, shuffle=True, seed=args.seed + epoch
-        ):
-            with paddle.no_grad():
-                teacher_outputs = model_outputs(teacher, batch)
-            student.train()
-            loss_sum = 0.0
-            for prepare in variants:
-                prepare()
-                loss = distillation_loss(
-                    task.family,
-                    model_outputs(student, batch),
-                    teacher_outputs,
-                    batch["input_ids"],
-                    tokenizer.pad_token_id,
-                )
-                loss.backward()
-                loss_sum += float(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.clear_grad()
-            step += 1
-            progress.update(1)
-            if step % args.logging_steps == 0:
-                logger.info(
-                    "%s step %d/%d: distillation loss %.4f, lr %.2e",
-                    description,
-                    step,
-                    total_steps,
-                    loss_sum / len(variants),
-                    scheduler.get_lr(),
-                )
-            if step >= total_steps:
-                break
-        epoch += 1
-        on_epoch_end()
-    progress.close()
-
-
-def dynabert_width_pruning(
-    parent,
-    tokenizer,
-    task: TaskSpec,
-    widths: List[float],
-    train_encoded,
-    selection_examples,
-    selection_encoded,
-    window_args,
-    args: "CompressArguments",
-) -> Dict[float, object]:
-    """DynaBERT's width stage: rank heads and neurons by importance, reorder them, then train the narrower
-    networks by distillation from the parent, every width on every batch; keep each width's best state on the
-    selection examples (held out from training, never the dev set) and cut it to size."""
-    import copy
-
-    features = list(train_encoded.dataset)
-    student = copy.deepcopy(parent)
-    masks = WidthMasks(student)
-    importance_batches = list(
-        training_batches(
-            features, family_collator(task.family, tokenizer), args.per_device_train_batch_size, shuffle=False
-        )
-    )
-    reorder_by_importance(masks, *width_importance(student, masks, importance_batches[: args.importance_batches]))
-    best = {width: (-float("inf"), None) for width in widths}
-
-    def keep_best():
-        for width in widths:
-            points = width_points(
-                student,
-                masks,
-                width,
-                task,
-                selection_examples,
-                selection_encoded,
-                window_args,
-                args.per_device_eval_batch_size,
-            )
-            logger.info("DynaBERT width %g: held-out selection %s %.4f points", width, task.metric, points)
-            if points > best[width][0]:
-                best[width] = (points, {k: v.numpy().copy() for k, v in student.state_dict().items()})
-
-    variants = [lambda width=width: masks.set_width(width) for width in widths]
-    distillation_training(
-        student, parent, task, features, tokenizer, args, variants, keep_best, "DynaBERT distillation"
-    )
-    masks.remove()
-    pruned = {}
-    for width in widths:
-        model = copy.deepcopy(student)
-        model.set_state_dict(best[width][1])
-        pruned[width] = slice_to_width(model, width)
-    return pruned
-
-
-def quantization_aware_training(
-    source_model, teacher, tokenizer, task: TaskSpec, train_encoded, target_dir: str, args: "CompressArguments"
-) -> None:
-    """Fake-quantize every Linear (weights per channel, activations by moving average), train by distillation
-    from the float parent, and save int8.pdmodel + int8.pdiparams in the legacy format."""
-    import copy
-
-    from paddle.quantization import ImperativeQuantAware
-
-    student = copy.deepcopy(source_model)
-    keep_float_for_quantization(student)
-    quantizer = ImperativeQuantAware(
-        weight_quantize_type="channel_wise_abs_max",
-        activation_quantize_type="moving_average_abs_max",
-        quantizable_layer_type=["Linear"],
-        onnx_format=True,
-    )
-    quantizer.quantize(student)
-    distillation_training(
-        student,
-        teacher,
-        task,
-        list(train_encoded.dataset),
-        tokenizer,
-        args,
-        [lambda: None],
-        lambda: None,
-        "QAT distillation",
-    )
-    student.eval()
-    with paddle.pir_utils.OldIrGuard():
-        quantizer.save_quantized_model(student, os.path.join(target_dir, "int8"), input_spec=export_input_spec())
-
-
-def quantization_grid(
-    source_model,
-    source_dir: str,
-    relative_prefix: str,
-    staging: str,
-    calibration,
-    tokenizer,
-    info: dict,
-    args: CompressArguments,
-) -> List[Tuple[str, dict]]:
-    """Every algorithm x batch size x batch count as an int8 candidate of one float model: (relative path, extras)."""
-    candidates = []
-    with tempfile.TemporaryDirectory() as legacy_dir:
-        export_legacy_static_model(source_model, legacy_dir)
-        for algo in args.algo_list:
-            for batch_size in args.batch_size_list:
-                for batch_nums in args.batch_num_list:
-                    if batch_size * batch_nums > len(calibration):
-                        logger.warning(
-                            "skipping %s%d_%d: the calibration set has only %d examples",
-                            algo,
-                            batch_size,
-                            batch_nums,
-                            len(calibration),
-                        )
-                        continue
-                    relative = os.path.join(relative_prefix, f"{algo}{batch_size}_{batch_nums}")
-                    target = os.path.join(staging, relative)
-                    logger.info("post-training quantization %s", relative)
-                    quantize_post_training(legacy_dir, target, calibration, algo, batch_size, batch_nums)
-                    save_deployable(target, tokenizer, info)
-                    candidates.append(
-                        (
-                            relative,
-                            {
-                                "kind": "int8",
-                                "source": source_dir,
-                                "algo": algo,
-                                "calibration_batch_size": batch_size,
-                                "calibration_batches": batch_nums,
-                            },
-                        )
-                    )
-    return candidates
-
-
-def compression_table(report: dict) -> str:
-    rows = [
-        (
-            "candidate",
-            "backend",
-            "precision",
-            report["task"]["metric"],
-            "drop",
-            "size MB",
-            "seq/s",
-            "speed-up",
-            "params",
-        )
-    ]
-    parent_speed = report["parent"]["sequences_per_second"]
-    for entry in [report["parent"]] + report["candidates"]:
+def compression_table(report: CompressionReport) -> str:
+    rows = [("candidate", "backend", "precision", report.task.metric, "drop", "size MB", "seq/s", "speed-up", "params")]
+    parent_speed = report.parent.sequences_per_second
+    for entry in (report.parent, *report.candidates):
         rows.append(
             (
-                entry["relative_path"],
-                entry["backend"],
-                entry["precision"],
-                f"{entry['metric_points']:.2f}",
-                f"{entry.get('drop_points', 0.0):.2f}",
-                f"{entry['size_bytes'] / 2**20:.2f}",
-                f"{entry['sequences_per_second']:.1f}",
-                f"{entry['sequences_per_second'] / parent_speed:.2f}x",
-                str(entry.get("parameters", "")),
+                entry.relative_path,
+                entry.backend,
+                entry.precision,
+                f"{entry.metric_points:.2f}",
+                f"{entry.drop_points or 0.0:.2f}",
+                f"{entry.size_bytes / 2**20:.2f}",
+                f"{entry.sequences_per_second:.1f}",
+                f"{entry.sequences_per_second / parent_speed:.2f}x",
+                str(entry.parameters),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Source:
-    """A float model that quantization starts from: the parent, or a pruned width."""
+    """A float model that later steps start from: the parent, or a pruned width."""
 
     model: object
     directory: str  # where the float model is (for the report)
     prefix: str  # candidates made from it go under this relative path
+
+
+@dataclass(frozen=True)
+class PipelineState:
+    """What one strategy step hands the next."""
+
+    sources: Tuple[Source, ...]  # the float models the next step starts from
+    float_models: Tuple[Source, ...]  # every float model made so far (the parent, pruned widths)
 
 
 @dataclass
@@ -717,7 +318,7 @@ class CompressionRun:
     window_args: object
     tokenizer: object
     parent: object
-    info: dict
+    info: TaskFile
     widths: List[float]
     train_encoded: object
     selection: Tuple[list, object]  # (examples, encoded) held out from the training data
@@ -727,196 +328,159 @@ class CompressionRun:
     staging: str
     output_dir: str
 
-    float_models: List["Source"] = field(default_factory=list)  # the parent and any pruned widths
+    @property
+    def distillation(self) -> DistillationSettings:
+        return DistillationSettings.of(self.args)
 
-    def measured(self, relative: str, extras: dict, backend: str = "paddle", precision: str = "fp32") -> dict:
-        """Measure a staged candidate as it will be served, and record that in its task.json (infer.py's defaults)."""
+    def measured(
+        self, relative: str, kind: str, source: str, model, backend: str = "paddle", precision: str = "fp32", **details
+    ) -> Candidate:
+        """Measure a staged candidate as it will be served, and record that in its task.json (infer.py's defaults).
+        details: the Candidate fields of its kind (width, algo, calibration settings)."""
         directory = os.path.join(self.staging, relative)
-        info = read_json_file(os.path.join(directory, "task.json"), "task.json")
-        write_json_atomic(
-            os.path.join(directory, "task.json"), {**info, "serving": {"backend": backend, "precision": precision}}
-        )
-        entry = measure_candidate(
+        write_task_file(directory, dataclasses.replace(read_task_file(directory), serving=Serving(backend, precision)))
+        measurement = measure_candidate(
             directory,
             self.task,
             self.dev_examples,
             self.dev_encoded,
             self.window_args,
             self.args,
-            self.info["max_seq_length"],
+            self.info.max_seq_length,
             backend,
             precision,
         )
-        return {"path": os.path.join(self.output_dir, relative), "relative_path": relative, **extras, **entry}
+        return Candidate(
+            path=os.path.join(self.output_dir, relative),
+            relative_path=relative,
+            kind=kind,
+            source=source,
+            parameters=parameter_count(model),
+            **dataclasses.asdict(measurement),
+            **details,
+        )
 
     def allows(self, backend: str, precision: str) -> bool:
         return backend in self.args.backends and precision in self.args.precisions
 
 
-def prune_step(run: CompressionRun, sources: List[Source]) -> Tuple[List[dict], List[Source]]:
+StepResult = Tuple[List[Candidate], PipelineState]
+
+
+def prune_step(run: CompressionRun, state: PipelineState) -> StepResult:
     """DynaBERT width pruning of the parent: one pruned float candidate per width, and the pruned models become
     the sources of any later quantization step."""
     pruned = dynabert_width_pruning(
-        run.parent, run.tokenizer, run.task, run.widths, run.train_encoded, *run.selection, run.window_args, run.args
+        run.parent,
+        run.tokenizer,
+        run.task,
+        run.widths,
+        run.train_encoded,
+        *run.selection,
+        run.window_args,
+        run.distillation,
     )
     candidates, pruned_sources = [], []
     for width, model in pruned.items():
         relative = f"width_mult_{width:g}"
         export_static_model(model, run.tokenizer, os.path.join(run.staging, relative), run.info)
-        candidates.append(
-            run.measured(relative, {"kind": "pruned float", "width": width, "parameters": parameter_count(model)})
-        )
+        candidates.append(run.measured(relative, "pruned float", run.args.model_name_or_path, model, width=width))
         pruned_sources.append(Source(model, os.path.join(run.output_dir, relative), relative))
-    run.float_models.extend(pruned_sources)
-    return candidates, pruned_sources
+    return candidates, PipelineState(tuple(pruned_sources), state.float_models + tuple(pruned_sources))
 
 
-def ptq_step(run: CompressionRun, sources: List[Source]) -> Tuple[List[dict], List[Source]]:
+def ptq_step(run: CompressionRun, state: PipelineState) -> StepResult:
     """The post-training quantization grid over each source, served on Paddle's int8 kernels."""
     candidates = []
     if not run.allows("paddle", "int8"):
-        return candidates, sources
-    for source in sources:
-        for relative, extras in quantization_grid(
-            source.model,
-            source.directory,
-            source.prefix,
-            run.staging,
-            run.calibration,
-            run.tokenizer,
-            run.info,
-            run.args,
-        ):
+        return candidates, state
+    args = run.args
+    grid = calibration_grid(args.algo_list, args.batch_size_list, args.batch_num_list, len(run.calibration))
+    for source in state.sources:
+        made = quantization_grid(
+            source.model, source.prefix, run.staging, run.calibration, run.tokenizer, run.info, grid
+        )
+        for relative, setting in made:
             candidates.append(
-                run.measured(relative, {**extras, "parameters": parameter_count(source.model)}, "paddle", "int8")
+                run.measured(
+                    relative,
+                    "int8",
+                    source.directory,
+                    source.model,
+                    "paddle",
+                    "int8",
+                    algo=setting.algo,
+                    calibration_batch_size=setting.batch_size,
+                    calibration_batches=setting.batches,
+                )
             )
-    return candidates, sources
+    return candidates, state
 
 
-def qat_step(run: CompressionRun, sources: List[Source]) -> Tuple[List[dict], List[Source]]:
+def qat_step(run: CompressionRun, state: PipelineState) -> StepResult:
     """Quantization-aware training of each source, distilled from the float parent."""
     candidates = []
     if not run.allows("paddle", "int8"):
-        return candidates, sources
-    for source in sources:
+        return candidates, state
+    for source in state.sources:
         relative = os.path.join(source.prefix, "qat")
         target = os.path.join(run.staging, relative)
         quantization_aware_training(
-            source.model, run.parent, run.tokenizer, run.task, run.train_encoded, target, run.args
+            source.model, run.parent, run.tokenizer, run.task, run.train_encoded, target, run.distillation
         )
         save_deployable(target, run.tokenizer, run.info)
-        candidates.append(
-            run.measured(
-                relative,
-                {
-                    "kind": "int8",
-                    "source": source.directory,
-                    "algo": "qat",
-                    "parameters": parameter_count(source.model),
-                },
-                "paddle",
-                "int8",
-            )
-        )
-    return candidates, sources
+        candidates.append(run.measured(relative, "int8", source.directory, source.model, "paddle", "int8", algo="qat"))
+    return candidates, state
 
 
-# How NNCF calibrates activation ranges for the --algo_list names that have an equivalent there; mse, KL and emd
-# have none (NNCF then uses its default for transformers).
-NNCF_RANGE_ESTIMATORS = {"hist": "HISTOGRAM", "abs_max": "MINMAX", "avg": "MEAN_MINMAX"}
-
-
-def nncf_int8(run: "CompressionRun", folder: str) -> dict:
+def nncf_int8(run: CompressionRun, folder: str) -> dict:
     """model.ov_int8.xml for the folder's float model, calibrated on max(--batch_size_list) x max(--batch_num_list)
-    training examples with the first --algo_list range estimator NNCF has (NNCF_RANGE_ESTIMATORS)."""
+    training examples with the first --algo_list range estimator NNCF has (NNCF_RANGE_ESTIMATORS); returns the
+    candidate's details."""
     subset = run.calibration[: max(run.args.batch_size_list) * max(run.args.batch_num_list)]
     algo = next((a for a in run.args.algo_list if a in NNCF_RANGE_ESTIMATORS), None)
     nncf_quantize(folder, subset, algo)
-    return {
-        "algo": f"nncf {NNCF_RANGE_ESTIMATORS[algo].lower() if algo else 'default'}",
-        "calibration_examples": len(subset),
-    }
-
-
-def nncf_quantize(folder: str, calibration: Sequence[dict], algo: Optional[str]) -> str:
-    """NNCF's post-training quantization of the folder's ONNX conversion for OpenVINO (one example a calibration
-    sample), saved beside it as model.ov_int8.xml."""
-    import nncf
-    import openvino
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
-    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
-
-    advanced = (
-        AdvancedQuantizationParameters(
-            activations_range_estimator_params=getattr(RangeEstimatorParametersSet, NNCF_RANGE_ESTIMATORS[algo])
-        )
-        if algo
-        else None
-    )
-    dataset = nncf.Dataset(
-        list(calibration),
-        lambda feature: {name: np.array([feature[name]], dtype="int64") for name in EXPORT_INPUT_NAMES},
-    )
-    model = openvino.Core().read_model(onnx_conversion(folder))
-    quantized = nncf.quantize(
-        model,
-        dataset,
-        model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(calibration),
-        advanced_parameters=advanced,
-    )
-    target = os.path.join(folder, OpenVinoPredictor.INT8_FILE)
-    openvino.save_model(quantized, target)
-    return target
+    estimator = NNCF_RANGE_ESTIMATORS[algo].lower() if algo else "default"
+    return dict(algo=f"nncf {estimator}", calibration_examples=len(subset))
 
 
 @dataclass(frozen=True)
-class Deployment:
+class FloatDeployment:
     """Another way to serve a float model: its folder name, backend, precision, and what makes its files."""
 
     name: str
     backend: str
     precision: str
-    prepare: Optional[Callable] = None  # (run, folder) -> report extras
+    prepare: Optional[Callable] = None  # (run, folder) -> the candidate's details
 
 
 FLOAT_DEPLOYMENTS = (
-    Deployment("bf16", "paddle", "bf16"),  # oneDNN bfloat16, where the CPU has it natively
-    Deployment("onnxruntime_int8", "onnxruntime", "int8"),  # ONNX Runtime's dynamic quantization
-    Deployment("openvino_bf16", "openvino", "bf16"),  # OpenVINO's bfloat16, where the CPU has it natively
-    Deployment("openvino_int8", "openvino", "int8", nncf_int8),  # NNCF post-training quantization
+    FloatDeployment("bf16", "paddle", "bf16"),  # oneDNN bfloat16, where the CPU has it natively
+    FloatDeployment("onnxruntime_int8", "onnxruntime", "int8"),  # ONNX Runtime's dynamic quantization
+    FloatDeployment("openvino_bf16", "openvino", "bf16"),  # OpenVINO's bfloat16, where the CPU has it natively
+    FloatDeployment("openvino_int8", "openvino", "int8", nncf_int8),  # NNCF post-training quantization
 )
 
 
-def deployment_step(run: CompressionRun, sources: List[Source]) -> Tuple[List[dict], List[Source]]:
+def deployment_step(run: CompressionRun, state: PipelineState) -> StepResult:
     """Each float model served the other fast ways this machine and --backends/--precisions allow, each in its own
     folder (the float files linked, not copied) whose task.json says how to serve it."""
     candidates = []
-    for source in run.float_models:
-        for deployment in FLOAT_DEPLOYMENTS:
-            if not run.allows(deployment.backend, deployment.precision) or (
-                deployment.precision == "bf16" and not native_bfloat16()
-            ):
+    for source in state.float_models:
+        for way in FLOAT_DEPLOYMENTS:
+            if not run.allows(way.backend, way.precision) or (way.precision == "bf16" and not native_bfloat16()):
                 continue
-            relative = os.path.join(source.prefix, deployment.name)
+            relative = os.path.join(source.prefix, way.name)
             folder = os.path.join(run.staging, relative)
             link_model_folder(os.path.join(run.staging, source.prefix or "parent"), folder)
-            logger.info("candidate %s: %s %s", relative, deployment.backend, deployment.precision)
-            extras = deployment.prepare(run, folder) if deployment.prepare else {}
+            logger.info("candidate %s: %s %s", relative, way.backend, way.precision)
+            details = way.prepare(run, folder) if way.prepare else {}
             candidates.append(
                 run.measured(
-                    relative,
-                    {
-                        "kind": deployment.precision,
-                        "source": source.directory,
-                        "parameters": parameter_count(source.model),
-                        **extras,
-                    },
-                    deployment.backend,
-                    deployment.precision,
+                    relative, way.precision, source.directory, source.model, way.backend, way.precision, **details
                 )
             )
-    return candidates, sources
+    return candidates, state
 
 
 def link_model_folder(source: str, target: str) -> None:
@@ -933,16 +497,16 @@ def link_model_folder(source: str, target: str) -> None:
 
 @dataclass(frozen=True)
 class Strategy:
-    steps: Tuple[Callable, ...]  # each (run, sources) -> (candidates, sources for the next step); the last one
-    # (deployment_step) adds the other ways of serving each float model (FLOAT_DEPLOYMENTS)
+    steps: Tuple[Callable, ...]  # each (run, state) -> (candidates, the next state); the last one (deployment_step)
+    # adds the other ways of serving each float model (FLOAT_DEPLOYMENTS)
     help: str
 
 
 STRATEGIES = {
     "dynabert+ptq": Strategy(
         (prune_step, ptq_step, deployment_step),
-        "DynaBERT width pruning with distillation, then int8 post-training "
-        "quantization of each pruned model over the calibration grid",
+        "DynaBERT width pruning with distillation, then int8 post-training quantization of each pruned model over the "
+        "calibration grid",
     ),
     "dynabert": Strategy(
         (prune_step, deployment_step), "DynaBERT width pruning with distillation only (float candidates)"
@@ -962,9 +526,9 @@ STRATEGIES = {
 
 def check_compression_output(output_dir: str, overwrite: bool) -> None:
     """Never replace an earlier compression by accident; any other folder (upstream writes into ./) is fine."""
-    if os.path.exists(os.path.join(output_dir, "compress_report.json")) and not overwrite:
+    if os.path.exists(report_path(output_dir)) and not overwrite:
         raise UserError(
-            f"--output_dir {output_dir} already holds a compression (compress_report.json); pass "
+            f"--output_dir {output_dir} already holds a compression ({REPORT_FILE}); pass "
             "--overwrite_output_dir to replace it or choose another --output_dir"
         )
 
@@ -975,11 +539,11 @@ def strategies_help() -> str:
     )
 
 
-def parse_compress_arguments(family: str, description: str, argv=None):
+def parse_compress_arguments(family: Family, description: str, argv=None):
     """(args, data_args, window_args or None), with the task from --task_name, upstream's --dataset, or the family's
     only task, and the parent model defaulting to output/<task>."""
-    extra_classes = (QAWindowArguments,) if family == "qa" else ()
-    argv = with_task_name(user_argv(argv), family)
+    extra_classes = (QAWindowArguments,) if family.uses_windows else ()
+    argv, _ = with_task_name(user_argv(argv), family)
     args, data_args, *extra = parse_plain_arguments(
         (CompressArguments, DataArguments, *extra_classes),
         description + "\n" + strategies_help() + "\n" + COMPRESSION_HELP,
@@ -989,7 +553,7 @@ def parse_compress_arguments(family: str, description: str, argv=None):
         args.model_name_or_path = default_output_dir(data_args.task_name)
         if not os.path.isdir(args.model_name_or_path):
             raise UserError(
-                f"no fine-tuned model in {args.model_name_or_path}: make one with `python {FAMILIES[family].script} "
+                f"no fine-tuned model in {args.model_name_or_path}: make one with `python {family.script} "
                 f"--task_name {data_args.task_name}` (it writes there), or pass --model_name_or_path DIR"
             )
     return args, data_args, extra[0] if extra else None
@@ -1034,7 +598,52 @@ def load_training_and_selection(task: TaskSpec, data_args, tokenizer, window_arg
     return encode("train", training, with_labels=True), (selection, encode("selection", selection, with_labels=False))
 
 
-def run_compression(family: str, model_class, description: str, argv=None) -> dict:
+def run_strategy(run: CompressionRun, parent: Candidate) -> List[Candidate]:
+    """The steps of --strategy, each from the state the one before left; every candidate with its drop."""
+    parent_source = Source(run.parent, run.args.model_name_or_path, "")
+    state = PipelineState((parent_source,), (parent_source,))
+    candidates = []
+    for step in STRATEGIES[run.args.strategy].steps:
+        made, state = step(run, state)
+        candidates.extend(made)
+    return [dataclasses.replace(c, drop_points=parent.metric_points - c.metric_points) for c in candidates]
+
+
+def compression_report(run: CompressionRun, parent: Candidate, candidates: List[Candidate]) -> CompressionReport:
+    """The report: the parent, every candidate, and the choices infer.py serves, with the machine they were measured
+    on."""
+    args = run.args
+    best = choose_best(parent, candidates, args.max_metric_drop)
+    best_int8 = choose_best(parent, [c for c in candidates if c.precision == "int8"], args.max_metric_drop)
+    tensorrt_int8 = choose_for_tensorrt(parent, candidates, args.max_metric_drop)
+    return CompressionReport(
+        task=ReportTask(
+            run.task.name, run.task.metric, "percent" if run.task.family.metric_in_percent else "fraction x 100"
+        ),
+        strategy=args.strategy,
+        max_metric_drop=args.max_metric_drop,
+        calibration_examples=len(run.calibration),
+        measured_on={
+            **machine_details(),
+            "threads": args.num_threads,
+            "batch_size": args.per_device_eval_batch_size,
+            "note": "speeds are dev-set sequences per second on this machine; best is the fastest "
+            "candidate within --max_metric_drop that is faster than the parent",
+        },
+        checkpoint_selection={
+            "examples": len(run.selection[0]),
+            "data": "held out from the training data (never trained on); the dev set judges the candidates against "
+            "--max_metric_drop",
+        },
+        parent=parent,
+        candidates=tuple(candidates),
+        best=best.path if best else None,
+        best_int8=best_int8.path if best_int8 else None,
+        tensorrt_int8=tensorrt_int8.path if tensorrt_int8 else None,
+    )
+
+
+def run_compression(family: Family, model_class, description: str, argv=None) -> CompressionReport:
     """compress_*.py: the steps of --strategy over a fine-tuned model, every candidate measured on the dev set, the
     best one within --max_metric_drop of the parent chosen, all in compress_report.json."""
     args, data_args, window_args = parse_compress_arguments(family, description, argv)
@@ -1047,7 +656,7 @@ def run_compression(family: str, model_class, description: str, argv=None) -> di
     if model_head_family(config) is None:
         raise UserError(
             f"{args.model_name_or_path} is not a fine-tuned model (its config names no task head): "
-            f"compress an output directory of {FAMILIES[family].script}"
+            f"compress an output directory of {family.script}"
         )
     check_model_fits_task(config, args.model_name_or_path, task)
     data_args.max_seq_length = data_args.max_seq_length or task.max_seq_length
@@ -1064,77 +673,27 @@ def run_compression(family: str, model_class, description: str, argv=None) -> di
     )
     calibration = [{name: f[name] for name in EXPORT_INPUT_NAMES} for f in train_encoded.dataset]
     np.random.default_rng(args.seed).shuffle(calibration)
-    info = task_info(task, data_args)
+    info = task_file(task, data_args.max_seq_length)
 
     with atomic_entries(output_dir, args.overwrite_output_dir) as staging:
         run = CompressionRun(
-            args,
-            task,
-            window_args,
-            tokenizer,
-            parent,
-            info,
-            widths,
-            train_encoded,
-            selection,
-            dev_examples,
-            dev_encoded,
-            calibration,
-            staging,
-            output_dir,
-        )
+            args, task, window_args, tokenizer, parent, info, widths, train_encoded, selection, dev_examples,
+            dev_encoded, calibration, staging, output_dir,
+        )  # fmt: skip
         export_static_model(parent, tokenizer, os.path.join(staging, "parent"), info)
-        parent_entry = run.measured(
-            "parent", {"kind": "float parent", "source": args.model_name_or_path, "parameters": parameter_count(parent)}
-        )
-        candidates, sources = [], [Source(parent, args.model_name_or_path, "")]
-        run.float_models.append(sources[0])
-        for step in STRATEGIES[args.strategy].steps:
-            made, sources = step(run, sources)
-            candidates.extend(made)
-        for candidate in candidates:
-            candidate["drop_points"] = parent_entry["metric_points"] - candidate["metric_points"]
-        best = choose_best(parent_entry, candidates, args.max_metric_drop)
-        best_int8 = choose_best(parent_entry, [c for c in candidates if c["precision"] == "int8"], args.max_metric_drop)
-        tensorrt_int8 = choose_for_tensorrt(parent_entry, candidates, args.max_metric_drop)
-        report = {
-            "task": {
-                "name": task.name,
-                "metric": task.metric,
-                "points": "percent" if FAMILIES[family].metric_in_percent else "fraction x 100",
-            },
-            "strategy": args.strategy,
-            "max_metric_drop": args.max_metric_drop,
-            "calibration_examples": len(calibration),
-            "measured_on": {
-                **machine_details(),
-                "threads": args.num_threads,
-                "batch_size": args.per_device_eval_batch_size,
-                "note": "speeds are dev-set sequences per second on this machine; best is the fastest "
-                "candidate within --max_metric_drop that is faster than the parent",
-            },
-            "checkpoint_selection": {
-                "examples": len(selection[0]),
-                "data": "held out from the training data (never "
-                "trained on); the dev set judges the candidates against --max_metric_drop",
-            },
-            "parent": parent_entry,
-            "candidates": candidates,
-            "best": best["path"] if best else None,
-            "best_int8": best_int8["path"] if best_int8 else None,
-            "tensorrt_int8": tensorrt_int8["path"] if tensorrt_int8 else None,
-        }
-        write_json_atomic(os.path.join(staging, "compress_report.json"), report)
+        parent_entry = run.measured("parent", "float parent", args.model_name_or_path, parent)
+        report = compression_report(run, parent_entry, run_strategy(run, parent_entry))
+        write_report(report_path(staging), report)
     print(compression_table(report))
+    best = report.candidate(report.best)
     if best is None:
         raise UserError(
             f"no candidate is within --max_metric_drop {args.max_metric_drop} points of the float parent "
-            f"({parent_entry['metric_points']:.2f}) and faster than it; nothing is chosen "
-            f"(see {output_dir}/compress_report.json)"
+            f"({parent_entry.metric_points:.2f}) and faster than it; nothing is chosen (see {report_path(output_dir)})"
         )
+    speedup = best.sequences_per_second / parent_entry.sequences_per_second
     print(
-        f"best: {best['path']} ({best['backend']} {best['precision']}, {task.metric} {best['metric_points']:.2f} points, "
-        f"drop {best['drop_points']:.2f}, {best['sequences_per_second'] / parent_entry['sequences_per_second']:.2f}x the "
-        f"parent's speed)"
+        f"best: {best.path} ({best.backend} {best.precision}, {task.metric} {best.metric_points:.2f} points, "
+        f"drop {best.drop_points:.2f}, {speedup:.2f}x the parent's speed)"
     )
     return report

@@ -30,6 +30,7 @@ from typing import List, Optional
 import numpy as np
 
 import arguments
+import deployment
 import model_io
 import predictors
 import runtime
@@ -67,7 +68,8 @@ class InferArguments:
     input_file: Optional[str] = field(
         default=None,
         metadata={
-            "help": "Raw input: one text a line (text<TAB>pair for pair tasks), streamed in bounded memory to JSON lines (--output_file, else standard output); or SQuAD-style json for QA (read whole)."
+            "help": "Raw input: one text a line (text<TAB>pair for pair tasks), streamed in bounded memory to JSON "
+            "lines (--output_file, else standard output); or SQuAD-style json for QA (read whole)."
         },
     )
     stream_window: int = field(
@@ -76,7 +78,8 @@ class InferArguments:
     num_shards: int = field(
         default=1,
         metadata={
-            "help": "Split --input_file among N processes or machines: this one takes the lines whose index modulo N is --shard_index."
+            "help": "Split --input_file among N processes or machines: this one takes the lines whose index modulo N "
+            "is --shard_index."
         },
     )
     shard_index: int = field(
@@ -85,7 +88,8 @@ class InferArguments:
     resume: bool = field(
         default=False,
         metadata={
-            "help": "Continue an interrupted --input_file run: append to its --output_file after its last complete line."
+            "help": "Continue an interrupted --input_file run: append to its --output_file after its last complete "
+            "line."
         },
     )
     truncate_long_texts: bool = field(
@@ -164,50 +168,50 @@ def peak_rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+# The infer.py option that carries each raw input field (Family.input_fields): QA's context is given with --text.
+FIELD_OPTIONS = {"text": "text", "text_pair": "text_pair", "question": "question", "context": "text"}
+
+
 def raw_examples(task, args):
-    """Examples built from --text/--text_pair/--question, or a QA --input_file (SQuAD-style json)."""
+    """Examples built from --text/--text_pair/--question, or an --input_file that the family reads whole
+    (QA: SQuAD-style json)."""
     if args.input_file:
-        return utils.rows_to_qa_examples(task, utils.read_squad_file(args.input_file, "--input_file"), "test")
-    texts = args.text
-    if any(not t.strip() for t in texts):
-        raise runtime.UserError("--text: an input is empty")
-    if task.family == "qa":
-        if not args.question or len(args.question) != len(texts):
-            raise runtime.UserError("QA needs one --question per --text context")
-        return [
-            utils.raw_example(task, i, t, f"--text {i + 1}", question=q)
-            for i, (q, t) in enumerate(zip(args.question, texts))
-        ]
-    if args.text_pair and task.takes_pairs is False:
-        raise runtime.UserError(f"task {task.name} takes single texts: --text_pair is not used")
-    if task.takes_pairs and not args.text_pair:
-        raise runtime.UserError(f"task {task.name} compares two texts: give one --text_pair per --text")
-    pairs = args.text_pair or [None] * len(texts)
-    if len(pairs) != len(texts):
-        raise runtime.UserError("give one --text_pair per --text")
-    if any(p is not None and not p.strip() for p in pairs):
-        raise runtime.UserError("--text_pair: an input is empty")
+        return utils.load_examples(task, "test", args.input_file, option="--input_file")
+    required, optional = task.family.input_fields(task)
+    fields = required + optional
+    first = FIELD_OPTIONS[required[0]]
+    for option in sorted(set(FIELD_OPTIONS.values()) - {FIELD_OPTIONS[name] for name in fields}):
+        if getattr(args, option):
+            takes = utils.input_description(fields)
+            raise runtime.UserError(f"task {task.name} takes {takes}: --{option} is not used")
+    count = len(getattr(args, first))
+    values = {}
+    for name in fields:
+        option, given = FIELD_OPTIONS[name], getattr(args, FIELD_OPTIONS[name])
+        if given is None and name in optional:
+            continue
+        if not given or len(given) != count:
+            wording = f"task {task.name} {utils.MISSING_FIELD_WORDING[name]}: " if not given else ""
+            raise runtime.UserError(f"{wording}give one --{option} per --{first}")
+        if any(not value.strip() for value in given):
+            raise runtime.UserError(f"--{option}: an input is empty")
+        values[name] = given
     # each --text is one text as given (a tab in it is text, not a pair separator as in --input_file lines)
-    return [utils.raw_example(task, i, t, f"--text {i + 1}", pair=p) for i, (t, p) in enumerate(zip(texts, pairs))]
+    return [
+        utils.raw_example(task, i, {name: given[i] for name, given in values.items()}, f"--{first} {i + 1}")
+        for i in range(count)
+    ]
 
 
 def line_example(task, line: str, index: int, where: str):
-    """One input line: a sentence (NER: its characters; a tab in it is text), or text<TAB>pair for pair tasks
-    (a custom task: either)."""
-    if task.family == "token_cls" or task.takes_pairs is False:
-        return utils.raw_example(task, index, line, where)
-    text, tab, pair = line.partition("\t")
-    if task.takes_pairs and not tab:
-        raise runtime.UserError(f"{where}: task {task.name} compares two texts: give text<TAB>pair")
-    if not text.strip() or tab and not pair.strip():
-        raise runtime.UserError(f"{where}: empty text")
-    return utils.raw_example(task, index, text, where, pair=pair if tab else None)
+    """One --input_file line as an example (Family.input_line: a sentence; text<TAB>pair for pair tasks)."""
+    return utils.raw_example(task, index, task.family.input_line(task, line, where), where)
 
 
 def predicted_rows(predictor, task, tokenizer, args, window_args, examples) -> list:
     """What each example is predicted to be: label and probability, entities with offsets, or the answer."""
     encoded, _ = encode(task, examples, tokenizer, args, window_args, with_labels=False)
-    return predictors.prediction_rows(task, examples, encoded, run(predictor, task, encoded, args).outputs, window_args)
+    return utils.prediction_rows(task, examples, encoded, run(predictor, task, encoded, args).outputs, window_args)
 
 
 def predict_raw(predictor, task, tokenizer, args, window_args) -> dict:
@@ -353,41 +357,36 @@ def merged(*parts):
 
 
 def main(argv=None):
-    deploy_args, args, window_args = arguments.parse_plain_arguments(
-        (predictors.DeployArguments, InferArguments, arguments.QAWindowArguments), __doc__, argv
+    deploy_args, infer_args, window_args = arguments.parse_plain_arguments(
+        (deployment.DeployArguments, InferArguments, arguments.QAWindowArguments), __doc__, argv
     )
-    args = merged(deploy_args, args)
     runtime.setup_logging()
-    arguments.check_minimums(args, {"max_eval_samples": 1, "warmup_batches": 0, "stream_window": 1, "num_shards": 1})
-    if args.output_file and os.path.exists(args.output_file) and not args.resume:
-        raise runtime.UserError(f"--output_file {args.output_file} already exists; choose another name or remove it")
-    task, options = predictors.resolve_deployment(args)
-    predictor = predictors.create_predictor(args.model_path, options)
-    tokenizer = model_io.load_deployed_tokenizer(args.model_path)
-    if args.input_file and task.family != "qa":
-        return {
-            "task_name": task.name,
-            "model_path": args.model_path,
-            **predictors.public_options(options),
-            "engine": predictor.engine,
-            **stream_file(predictor, task, tokenizer, args, window_args),
-        }
-    raw = bool(args.text or args.input_file)
-    report = (
-        predict_raw(predictor, task, tokenizer, args, window_args)
-        if raw
-        else evaluate(predictor, task, tokenizer, args, window_args)
+    arguments.check_minimums(
+        infer_args, {"max_eval_samples": 1, "warmup_batches": 0, "stream_window": 1, "num_shards": 1}
     )
-    report = {
+    if infer_args.output_file and os.path.exists(infer_args.output_file) and not infer_args.resume:
+        raise runtime.UserError(
+            f"--output_file {infer_args.output_file} already exists; choose another name or remove it"
+        )
+    served = deployment.resolve_deployment(deploy_args)
+    task, options = served.task, served.options
+    args = merged(infer_args, options)  # the options as resolved (batch size, sequence length), read-only here
+    predictor = predictors.create_predictor(served.files, options)
+    tokenizer = model_io.load_deployed_tokenizer(served.model_path)
+    heading = {
         "task_name": task.name,
-        "model_path": args.model_path,
+        "model_path": served.model_path,
         **predictors.public_options(options),
         "engine": predictor.engine,
-        **report,
     }
+    if infer_args.input_file and task.family.input_line is not None:
+        return {**heading, **stream_file(predictor, task, tokenizer, args, window_args)}
+    raw = bool(infer_args.text or infer_args.input_file)
+    run_raw_or_dev = predict_raw if raw else evaluate
+    report = {**heading, **run_raw_or_dev(predictor, task, tokenizer, args, window_args)}
     print_report(report)
-    if args.output_file:
-        runtime.write_json_atomic(args.output_file, report)
+    if infer_args.output_file:
+        runtime.write_json_atomic(infer_args.output_file, report)
     return report
 
 

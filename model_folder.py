@@ -170,7 +170,7 @@ def candidate_json(candidate: Candidate) -> dict:
     return to_json(candidate)
 
 
-# ---- one typed reader and writer for all of them ----------------------------------------------------------------------
+# ---- one typed reader and writer for all of them --------------------------------------------------------------------
 def read_typed_file(cls, path: str):
     """The dataclass cls from the JSON file at path, its format version checked."""
     value = read_json_file(path, os.path.basename(path))

@@ -1,8 +1,9 @@
 """Models in and out: loading a tokenizer and a model by name or from a directory (with the checks that a
-model fits its task), static export (the PIR program infer.py serves, and the legacy program quantization
-reads), and the exported-folder format (program files, task.json, tokenizer files).
+model fits its task), the deployment tokenizer (WordPiece on the Rust tokenizers library, no paddlenlp), and
+static export (the PIR program infer.py serves, and the legacy program quantization reads) into the folder format
+that model_folder.py owns.
 
-Imports utils.py only.
+Imports model_folder.py, runtime.py and utils.py.
 """
 
 import os
@@ -10,8 +11,9 @@ from typing import List, Optional, Tuple
 
 import paddle
 
-from runtime import UserError, atomic_directory, first_line, logger, read_json_file, write_json_atomic
-from utils import FAMILIES, TaskSpec
+from model_folder import EXPORT_INPUT_NAMES, TaskFile, write_task_file
+from runtime import UserError, atomic_directory, first_line, logger, read_json_file
+from utils import FAMILIES, Family, TaskSpec
 
 
 def could_not_load(what: str, name_or_path: str, error: BaseException) -> UserError:
@@ -168,12 +170,12 @@ def load_model_config(name_or_path: str):
         raise could_not_load("model", name_or_path, error) from None
 
 
-def model_head_family(config) -> Optional[str]:
+def model_head_family(config) -> Optional[Family]:
     """'seq_cls', 'token_cls' or 'qa' for a fine-tuned model's config; None for a pretrained encoder."""
     for architecture in getattr(config, "architectures", None) or []:
-        for name, family in FAMILIES.items():
+        for family in FAMILIES.values():
             if architecture.endswith(family.head_suffix):
-                return name
+                return family
     return None
 
 
@@ -188,19 +190,20 @@ def check_model_fits_task(config, name_or_path: str, task: TaskSpec) -> None:
     head = model_head_family(config)
     if head is None:
         return
-    if head != task.family:
+    if head is not task.family:
         raise UserError(
-            f"{name_or_path} is a fine-tuned {FAMILIES[head].title} model, but task {task.name} needs a "
-            f"{FAMILIES[task.family].title} model; use {FAMILIES[head].script}, or start from a pretrained encoder"
+            f"{name_or_path} is a fine-tuned {head.title} model, but task {task.name} needs a "
+            f"{task.family.title} model; use {head.script}, or start from a pretrained encoder"
         )
-    if task.family == "qa":
+    if not task.family.labels_in_head:
         return
     labels = model_labels(config)
     if labels is None and config.num_labels != len(task.labels) or labels is not None and labels != list(task.labels):
         trained_for = getattr(config, "finetuning_task", None) or "another task"
         raise UserError(
             f"{name_or_path} was fine-tuned for {trained_for} with {config.num_labels} labels, which does not fit "
-            f"task {task.name} ({len(task.labels)} labels); start from a pretrained encoder or pass the matching --task_name"
+            f"task {task.name} ({len(task.labels)} labels); start from a pretrained encoder or pass the matching "
+            f"--task_name"
         )
 
 
@@ -235,18 +238,9 @@ def load_task_model(
         raise could_not_load("model", name_or_path, error) from None
 
 
-def task_info(task: TaskSpec, data_args) -> dict:
+def task_file(task: TaskSpec, max_seq_length: int) -> TaskFile:
     """What a deployed model needs to know about its task (export/task.json)."""
-    return {
-        "task_name": task.name,
-        "family": task.family,
-        "label_list": list(task.labels),
-        "max_seq_length": data_args.max_seq_length,
-        "metric": task.metric,
-    }
-
-
-EXPORT_INPUT_NAMES = ("input_ids", "token_type_ids")
+    return TaskFile(task.name, task.family.name, tuple(task.labels), max_seq_length, task.metric)
 
 
 def export_input_spec() -> list:
@@ -256,10 +250,10 @@ def export_input_spec() -> list:
     return [InputSpec(shape=[None, None], dtype="int64", name=name) for name in EXPORT_INPUT_NAMES]
 
 
-def save_deployable(model_dir: str, tokenizer, info: dict) -> None:
+def save_deployable(model_dir: str, tokenizer, info: TaskFile) -> None:
     """The tokenizer files and task.json beside a static model, so infer.py can serve that directory."""
     tokenizer.save_pretrained(model_dir)
-    write_json_atomic(os.path.join(model_dir, "task.json"), {**info, "input_names": list(EXPORT_INPUT_NAMES)})
+    write_task_file(model_dir, info)
 
 
 def static_copy(model):
@@ -284,56 +278,15 @@ def without_dropout(model):
     return model
 
 
-def export_static_model(model, tokenizer, export_dir: str, task_info: dict) -> str:
+def export_static_model(model, tokenizer, export_dir: str, info: TaskFile) -> str:
     """Save model as a static inference model (model.json or model.pdmodel + model.pdiparams), with the
     tokenizer files and task.json, into export_dir, atomically."""
     static_model = paddle.jit.to_static(static_copy(model), input_spec=export_input_spec(), full_graph=True)
     with atomic_directory(export_dir) as staging:
         paddle.jit.save(static_model, os.path.join(staging, "model"))
-        save_deployable(staging, tokenizer, task_info)
+        save_deployable(staging, tokenizer, info)
     logger.info("exported the static inference model to %s", export_dir)
     return export_dir
-
-
-PROGRAM_FILES = ("model.json", "model.pdmodel", "int8.pdmodel", "int8.json")
-
-
-QUANTIZED_OP_MARKERS = (b"quantize_linear", b"fake_quantize", b"fake_channel_wise")
-
-
-def static_model_files(model_dir: str) -> Tuple[str, str]:
-    """(program file, params file) of an exported or compressed model directory."""
-    if not os.path.isdir(model_dir):
-        raise UserError(f"--model_path: no such directory: {model_dir}")
-    for program in PROGRAM_FILES:
-        params = os.path.join(model_dir, program.rsplit(".", 1)[0] + ".pdiparams")
-        if os.path.isfile(os.path.join(model_dir, program)) and os.path.isfile(params):
-            return os.path.join(model_dir, program), params
-    raise UserError(
-        f"{model_dir} holds no exported model ({' or '.join(PROGRAM_FILES)} with its .pdiparams); "
-        "export one with run_*.py --do_export"
-    )
-
-
-def read_task_info(model_dir: str) -> dict:
-    path = os.path.join(model_dir, "task.json")
-    if not os.path.isfile(path):
-        raise UserError(f"{model_dir} holds no task.json: pass an export/ directory written by run_*.py --do_export")
-    info = read_json_file(path, "--model_path")
-    if not isinstance(info, dict) or not isinstance(info.get("task_name"), str):
-        raise UserError(f"{path}: expected an object with a 'task_name' string")
-    return info
-
-
-def check_model_task(info: dict, model_dir: str, task: TaskSpec) -> None:
-    if info.get("task_name") != task.name or (task.labels and tuple(info.get("label_list") or ()) != task.labels):
-        raise UserError(f"{model_dir} was exported for task {info.get('task_name')!r}, not {task.name!r}")
-
-
-def is_quantized(program_file: str) -> bool:
-    with open(program_file, "rb") as handle:
-        content = handle.read()
-    return any(marker in content for marker in QUANTIZED_OP_MARKERS)
 
 
 def export_legacy_static_model(model, directory: str) -> Tuple[str, str]:
@@ -346,7 +299,3 @@ def export_legacy_static_model(model, directory: str) -> Tuple[str, str]:
             os.path.join(directory, "model"),
         )
     return os.path.join(directory, "model.pdmodel"), os.path.join(directory, "model.pdiparams")
-
-
-def directory_model_bytes(model_dir: str) -> int:
-    return sum(os.path.getsize(path) for path in static_model_files(model_dir))

@@ -1,39 +1,32 @@
-"""Deployment backends behind one interface (predictor.run(batch) -> outputs), chosen from one table
-(BACKENDS): Paddle Inference and ONNX Runtime over an exported folder, and the dynamic-graph model for the
-compression loop. Each backend class owns its checks. Also the length-aware batching that infer.py, the
-compression measurements and the benchmarks share.
+"""Deployment backends behind one interface (predictor.run(batch) -> outputs), chosen from one table (BACKENDS):
+Paddle Inference (CPU with oneDNN, GPU, TensorRT through PIR-TRT or the legacy engine, with its cache), ONNX Runtime
+and OpenVINO over the ONNX conversion of an exported folder, and the dynamic-graph model for the compression loop.
+Each backend class owns its checks. Also the length-aware batching that infer.py, serve.py, the compression
+measurements and the benchmarks share. Which model to serve, and how, is deployment.py's.
 
-Imports arguments.py (the device check), model_io.py (the exported-folder format) and utils.py.
+Imports arguments.py (the device check), model_folder.py and runtime.py.
 """
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import paddle
 
-from arguments import check_minimums, default_device, default_output_dir
-from model_io import EXPORT_INPUT_NAMES, check_model_task, is_quantized, read_task_info, static_model_files
-from runtime import UserError, logger, read_json_file
-from utils import (
-    CUSTOM_TASK,
-    FAMILIES,
-    entities_from_tags,
-    get_task_any_family,
-    pad_rows,
-    postprocess_qa_predictions,
-    predicted_word_tags,
-)
+from arguments import default_device
+from model_folder import EXPORT_INPUT_NAMES, ModelFiles, read_model_files
+from runtime import UserError, logger
 
 
-@dataclass
+@dataclass(frozen=True)
 class PredictorOptions:
-    backend: str = "paddle"  # "paddle" or "onnxruntime"
+    backend: str = "paddle"  # a name in BACKENDS: "paddle", "onnxruntime" or "openvino"
     device: str = "cpu"
     use_trt: bool = False
     precision: str = "fp32"  # "fp32", "fp16", "bf16" or "int8"
@@ -41,20 +34,18 @@ class PredictorOptions:
     enable_onednn: bool = True
     batch_size: int = 32
     max_seq_length: int = 128
-    length_bucket: Optional[int] = (
-        None  # Paddle CPU: pad batches to a multiple of this many tokens; None: by model kind
-    )
+    length_bucket: Optional[int] = None  # Paddle CPU: pad batches to a multiple of this many tokens; None: by kind
 
 
 def public_options(options: PredictorOptions) -> dict:
-    return dict(options.__dict__)
+    return dataclasses.asdict(options)
 
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEVICES = ("cpu", "gpu")
 
 
-def check_predictor_options(options: PredictorOptions, quantized: bool, model_dir: str) -> None:
+def check_predictor_options(options: PredictorOptions, files: ModelFiles) -> None:
     """Refuse combinations this machine or this model cannot run, instead of silently running something else:
     the shared checks here, the backend's own in its class."""
     if options.backend not in BACKENDS:
@@ -63,7 +54,7 @@ def check_predictor_options(options: PredictorOptions, quantized: bool, model_di
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, not {options.precision!r}")
     if options.device not in DEVICES:
         raise UserError(f"--device must be cpu or gpu, not {options.device!r}")
-    BACKENDS[options.backend].check(options, quantized, model_dir)
+    BACKENDS[options.backend].check(options, files)
 
 
 def refuse_tensorrt_elsewhere(options: PredictorOptions) -> None:
@@ -77,7 +68,8 @@ def refuse_tensorrt_elsewhere(options: PredictorOptions) -> None:
 
 
 def native_bfloat16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere oneDNN would emulate it, slower than fp32."""
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere oneDNN would emulate it, slower than
+    fp32."""
     return bool(paddle.base.core.supports_bfloat16_fast_performance())
 
 
@@ -260,13 +252,15 @@ def write_key(plan: TensorRtPlan) -> None:
 
 
 class PaddlePredictor:
-    """Paddle Inference: CPU (oneDNN on or off, threads), GPU, or TensorRT with the input shape ranges set explicitly."""
+    """Paddle Inference: CPU (oneDNN on or off, threads), GPU, or TensorRT with the input shape ranges set
+    explicitly."""
 
     name = "paddle"
     help = "Paddle Inference (CPU with oneDNN fp32, bf16 or an int8 model; GPU; TensorRT)"
 
     @staticmethod
-    def check(options: PredictorOptions, quantized: bool, model_dir: str) -> None:
+    def check(options: PredictorOptions, files: ModelFiles) -> None:
+        quantized, model_dir = files.quantized, files.directory
         if options.device == "gpu" and default_device() != "gpu":
             raise UserError(
                 "--device gpu needs paddlepaddle-gpu and a visible GPU, but this paddle is CPU-only or sees no GPU "
@@ -301,10 +295,10 @@ class PaddlePredictor:
         if quantized and options.device == "gpu" and not options.use_trt:
             raise UserError("int8 models run on GPUs through TensorRT: add --use_trt")
 
-    def __init__(self, model_dir: str, options: PredictorOptions):
-        self.program, self.params = static_model_files(model_dir)
-        self.model_dir, self.options = model_dir, options
-        self.quantized = is_quantized(self.program)
+    def __init__(self, files: ModelFiles, options: PredictorOptions):
+        self.program, self.params = files.program, files.params
+        self.model_dir, self.options = files.directory, options
+        self.quantized = files.quantized
         self.model_files = [self.program, self.params]  # what is served
         self.predictor = paddle.inference.create_predictor(self.config())
         self.input_names = self.predictor.get_input_names()
@@ -359,10 +353,11 @@ class PaddlePredictor:
 ORT_ERRORS_ONLY = 3  # ONNX Runtime log severity: errors and fatal only
 
 
-def onnx_conversion(model_dir: str) -> str:
-    """model.onnx beside the exported program, converted once by paddle2onnx and shared by every ONNX-reading backend."""
-    program, params = static_model_files(model_dir)
-    target = os.path.join(model_dir, "model.onnx")
+def onnx_conversion(files: ModelFiles) -> str:
+    """model.onnx beside the exported program, converted once by paddle2onnx and shared by every ONNX-reading
+    backend."""
+    program, params = files.program, files.params
+    target = os.path.join(files.directory, "model.onnx")
     if os.path.isfile(target) and os.path.getmtime(target) >= os.path.getmtime(params):
         return target
     import paddle2onnx
@@ -398,7 +393,8 @@ class OnnxRuntimePredictor:
     help = "ONNX Runtime on the cached ONNX conversion (fp32, or int8 by dynamic quantization of a float model)"
 
     @staticmethod
-    def check(options: PredictorOptions, quantized: bool, model_dir: str) -> None:
+    def check(options: PredictorOptions, files: ModelFiles) -> None:
+        quantized, model_dir = files.quantized, files.directory
         refuse_tensorrt_elsewhere(options)
         if options.precision == "bf16":
             check_bfloat16(options, quantized)
@@ -408,10 +404,10 @@ class OnnxRuntimePredictor:
                 "export to --backend onnxruntime --precision int8 instead"
             )
 
-    def __init__(self, model_dir: str, options: PredictorOptions):
+    def __init__(self, files: ModelFiles, options: PredictorOptions):
         import onnxruntime
 
-        onnx_file = onnx_conversion(model_dir)
+        onnx_file = onnx_conversion(files)
         if options.precision == "int8":
             onnx_file = self.quantized(onnx_file)
         providers = ["CPUExecutionProvider"]
@@ -476,7 +472,8 @@ class OpenVinoPredictor:
     INT8_FILE = "model.ov_int8.xml"
 
     @staticmethod
-    def check(options: PredictorOptions, quantized: bool, model_dir: str) -> None:
+    def check(options: PredictorOptions, files: ModelFiles) -> None:
+        quantized, model_dir = files.quantized, files.directory
         if options.device != "cpu":
             raise UserError("--backend openvino runs on the CPU: use --device cpu")
         refuse_tensorrt_elsewhere(options)
@@ -492,10 +489,11 @@ class OpenVinoPredictor:
                 "compress_*.py (its openvino_int8/ candidates)"
             )
 
-    def __init__(self, model_dir: str, options: PredictorOptions):
+    def __init__(self, files: ModelFiles, options: PredictorOptions):
         import openvino
 
-        source = os.path.join(model_dir, self.INT8_FILE) if options.precision == "int8" else onnx_conversion(model_dir)
+        model_dir = files.directory
+        source = os.path.join(model_dir, self.INT8_FILE) if options.precision == "int8" else onnx_conversion(files)
         core = openvino.Core()
         core.set_property({"CACHE_DIR": os.path.join(model_dir, ".ov_cache")})
         hint = {"bf16": "bf16"}.get(options.precision, "f32")  # int8 layers run int8 whatever the hint of the rest
@@ -518,10 +516,11 @@ class OpenVinoPredictor:
         return [np.asarray(results[port]) for port in self.compiled.outputs]
 
 
-def create_predictor(model_dir: str, options: PredictorOptions):
-    program, _ = static_model_files(model_dir)
-    check_predictor_options(options, is_quantized(program), model_dir)
-    return BACKENDS[options.backend](model_dir, options)
+def create_predictor(model: Union[str, ModelFiles], options: PredictorOptions):
+    """The backend's predictor for a model folder (or its files, already read), after the option checks."""
+    files = model if isinstance(model, ModelFiles) else read_model_files(model)
+    check_predictor_options(options, files)
+    return BACKENDS[options.backend](files, options)
 
 
 BACKENDS = {backend.name: backend for backend in (PaddlePredictor, OnnxRuntimePredictor, OpenVinoPredictor)}
@@ -629,155 +628,6 @@ class DygraphPredictor:
 
 
 # ---- what a prediction looks like (infer.py --text/--input_file, serve.py) ----------------------------------------
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
-def classification_rows(task, examples, encoded, outputs, window_args) -> List[dict]:
-    probabilities = softmax(np.stack(outputs[0]))
-    return [
-        {
-            "text": e.text_a,
-            **({"text_pair": e.text_b} if e.text_b else {}),
-            "label": task.labels[int(p.argmax())],
-            "probability": float(p.max()),
-        }
-        for e, p in zip(examples, probabilities)
-    ]
-
-
-def entity_rows(task, examples, encoded, outputs, window_args) -> List[dict]:
-    tags = predicted_word_tags(pad_rows(outputs[0], 0.0), encoded, examples, task.labels)
-    return [{"text": e.text, "entities": entities_from_tags(e.words, t)} for e, t in zip(examples, tags)]
-
-
-def answer_rows(task, examples, encoded, outputs, window_args) -> List[dict]:
-    _, nbest = postprocess_qa_predictions(
-        examples, encoded, outputs[0], outputs[1], window_args.n_best_size, window_args.max_answer_length
-    )
-    return [
-        {
-            "id": e.id,
-            "question": e.question,
-            "answer": (nbest[e.id] or [{"text": ""}])[0]["text"],
-            "probability": (nbest[e.id] or [{"probability": 0.0}])[0]["probability"],
-        }
-        for e in examples
-    ]
-
-
-PREDICTION_ROWS = {"seq_cls": classification_rows, "token_cls": entity_rows, "qa": answer_rows}
-
-
-def prediction_rows(task, examples, encoded, outputs, window_args) -> List[dict]:
-    """Each example's prediction from the model outputs of its features: label and probability, entities with
-    character offsets, or the answer with its probability."""
-    return PREDICTION_ROWS[task.family](task, examples, encoded, outputs, window_args)
 
 
 # ---- which model to deploy, and how (infer.py, serve.py) ----------------------------------------------------------
-@dataclass
-class DeployArguments:
-    task_name: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "The task; default: the model's task.json (checked when given). Without --model_path it picks the folder output/<task> (default tnews)."
-        },
-    )
-    model_path: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "An export/ directory from run_*.py --do_export, or a compressed candidate's directory. Default: output/<task>/export, or with --precision int8 the best int8 candidate of output/<task>/compress/compress_report.json (with --use_trt: its tensorrt_int8, a Paddle int8 program)."
-        },
-    )
-    backend: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "Default: as the model's task.json says it was measured (compressed candidates), else paddle. "
-            + backends_help()
-        },
-    )
-    device: str = field(default=default_device(), metadata={"help": "cpu or gpu."})
-    use_trt: bool = field(default=False, metadata={"help": "TensorRT through Paddle Inference (--device gpu)."})
-    precision: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "fp32, fp16 (GPU), bf16 (Paddle on a CPU with native bfloat16) or int8 (an int8 model from compress_*.py on oneDNN or TensorRT, or onnxruntime's dynamic quantization). Default: as the model's task.json says it was measured, else fp32."
-        },
-    )
-    batch_size: int = field(default=32, metadata={"help": "Sequences per batch."})
-    max_seq_length: Optional[int] = field(
-        default=None, metadata={"help": "Tokens per sequence; default: the model's task.json."}
-    )
-    num_threads: int = field(default=os.cpu_count() or 1, metadata={"help": "CPU threads."})
-    enable_onednn: bool = field(default=True, metadata={"help": "oneDNN kernels on the paddle CPU backend."})
-    length_bucket: Optional[int] = field(
-        default=None,
-        metadata={
-            "help": "Paddle on the CPU: pad each batch to a multiple of this many tokens, so that oneDNN meets few shapes (1: to the batch's longest only). Default: 8 for float models, 16 for int8 ones."
-        },
-    )
-
-
-DEFAULT_TASK = "tnews"
-
-
-def default_model_path(task_name: str, precision: str, use_trt: bool = False) -> str:
-    """output/<task>/export, or for int8 the best int8 candidate that compress_*.py chose (with TensorRT its
-    "tensorrt_int8": a Paddle int8 program, the only int8 TensorRT runs); a missing one is one line naming the
-    command that makes it."""
-    task = get_task_any_family(task_name) if task_name != CUSTOM_TASK else None
-    folder = default_output_dir(task_name)
-    family = FAMILIES[task.family] if task else FAMILIES["seq_cls"]
-    if precision == "int8":
-        report_path = os.path.join(folder, "compress", "compress_report.json")
-        if not os.path.isfile(report_path):
-            raise UserError(
-                f"no compressed model in {os.path.dirname(report_path)}: make one with "
-                f"`python {family.compress_script} --task_name {task_name}`, or pass --model_path DIR"
-            )
-        best = read_json_file(report_path, "--model_path").get("tensorrt_int8" if use_trt else "best_int8")
-        if not best:
-            kind = "Paddle int8 candidate (what TensorRT runs)" if use_trt else "int8 candidate"
-            raise UserError(
-                f"{report_path} has no {kind} within its --max_metric_drop; compress again (a larger "
-                "budget or another strategy) or pass --model_path DIR"
-            )
-        return best
-    export_dir = os.path.join(folder, "export")
-    if not os.path.isdir(export_dir):
-        raise UserError(
-            f"no exported model in {export_dir}: make one with `python {family.script} --task_name "
-            f"{task_name} --do_train --do_eval --do_export`, or pass --model_path DIR"
-        )
-    return export_dir
-
-
-def resolve_deployment(args):
-    """(task, PredictorOptions) of DeployArguments: the model folder (given, or the default products of
-    output/<task>), its task from task.json (a given --task_name is checked against it), and the backend, precision
-    and sequence length it is served with (task.json's measured way unless given)."""
-    check_minimums(args, {"batch_size": 1, "num_threads": 1, "max_seq_length": 1, "length_bucket": 1})
-    if args.model_path is None:
-        args.model_path = default_model_path(args.task_name or DEFAULT_TASK, args.precision, args.use_trt)
-        logger.info("serving %s", args.model_path)
-    info = read_task_info(args.model_path)
-    task = get_task_any_family(args.task_name or info.get("task_name"), info)
-    check_model_task(info, args.model_path, task)
-    serving = info.get("serving") or {}
-    args.backend = args.backend or serving.get("backend") or "paddle"
-    quantized = is_quantized(static_model_files(args.model_path)[0])
-    args.precision = args.precision or serving.get("precision") or ("int8" if quantized else "fp32")
-    args.max_seq_length = args.max_seq_length or info.get("max_seq_length") or task.max_seq_length
-    return task, PredictorOptions(
-        args.backend,
-        args.device,
-        args.use_trt,
-        args.precision,
-        args.num_threads,
-        args.enable_onednn,
-        args.batch_size,
-        args.max_seq_length,
-        args.length_bucket,
-    )

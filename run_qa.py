@@ -25,7 +25,7 @@ import runtime
 import trainer_suite
 import utils
 
-FAMILY = "qa"
+FAMILY = utils.FAMILIES["qa"]
 # paddlenlp 3.0.0b4's Trainer looks for "QusetionAnswering" (sic) in the model's class name to pick these,
 # so without them it would look for a "labels" input and never compute a loss or metrics.
 LABEL_NAMES = ["start_positions", "end_positions"]
@@ -54,7 +54,7 @@ def main(argv=None):
     dev_examples, dev_features = splits.get("dev", (None, None))
     metrics = utils.qa_compute_metrics(dev_examples, dev_features, window_args) if dev_features else None
     trainer = trainer_suite.build_trainer(
-        run, model, tokenizer, splits, utils.family_collator(FAMILY, tokenizer), metrics
+        run, model, tokenizer, splits, utils.family_collator(task, tokenizer), metrics
     )
 
     trainer_suite.train_if_asked(run, trainer, splits)

@@ -19,7 +19,7 @@ import runtime
 import trainer_suite
 import utils
 
-FAMILY = "seq_cls"
+FAMILY = utils.FAMILIES["seq_cls"]
 
 
 def write_submission(output_dir, examples, encoded, outputs, task) -> None:
@@ -41,7 +41,7 @@ def main(argv=None):
         for split in trainer_suite.needed_splits(training_args)
     }
     trainer = trainer_suite.build_trainer(
-        run, model, tokenizer, splits, utils.family_collator(FAMILY, tokenizer), utils.compute_accuracy_metrics
+        run, model, tokenizer, splits, utils.family_collator(task, tokenizer), utils.compute_accuracy_metrics
     )
 
     trainer_suite.train_if_asked(run, trainer, splits)

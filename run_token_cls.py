@@ -20,7 +20,7 @@ import runtime
 import trainer_suite
 import utils
 
-FAMILY = "token_cls"
+FAMILY = utils.FAMILIES["token_cls"]
 
 
 def write_entities(output_dir, examples, encoded, outputs, task) -> None:
@@ -43,7 +43,7 @@ def main(argv=None):
         split: utils.load_encoded_split(task, split, data_args, tokenizer)
         for split in trainer_suite.needed_splits(training_args)
     }
-    collator = utils.family_collator(FAMILY, tokenizer)
+    collator = utils.family_collator(task, tokenizer)
     trainer = trainer_suite.build_trainer(run, model, tokenizer, splits, collator, utils.token_cls_metrics(task.labels))
 
     trainer_suite.train_if_asked(run, trainer, splits)

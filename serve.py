@@ -13,6 +13,7 @@ GET /metrics counts requests, errors, batch sizes, queue depth and latency, GET 
 OpenAPI docs. The model folder, backend and precision options and their defaults are infer.py's.
 """
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,8 +21,7 @@ import sys
 from dataclasses import dataclass, field
 
 import arguments
-import model_io
-import predictors
+import deployment
 import runtime
 import serving
 
@@ -33,31 +33,34 @@ class ServeArguments:
     host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (0.0.0.0: every interface)."})
     port: int = field(default=8189, metadata={"help": "Port to listen on."})
     workers: int = field(default=1, metadata={"help": "Processes, each with its own predictor and batcher."})
-    max_batch_size: int = field(default=32, metadata={"help": "Sequences run together, across requests."})
-    max_wait_ms: float = field(
-        default=5.0, metadata={"help": "How long a request waits for others to share its batch."}
-    )
-    max_queue: int = field(
-        default=1024, metadata={"help": "Sequences that may wait; beyond it requests get 503 with Retry-After."}
-    )
-    max_texts_per_request: int = field(default=64, metadata={"help": "Texts one request may hold (more: 413)."})
-    max_text_chars: int = field(default=2000, metadata={"help": "Characters one text may hold (more: 413)."})
 
 
-def build_app(config: dict):
-    """The app of one process: the model resolved as infer.py does, a batcher with its own predictor."""
-    deploy = predictors.DeployArguments(**config["deploy"])
-    window_args = arguments.QAWindowArguments(**config["window"])
-    limits = serving.ServingLimits(**config["limits"])
-    task, options = predictors.resolve_deployment(deploy)
-    batcher = serving.start_batcher(deploy.model_path, options, task, window_args, limits)
-    return serving.create_app(batcher, task, task.takes_pairs, limits)
+def build_app(served: deployment.Deployment, window_args, limits: serving.ServingLimits):
+    """The app of one process: a batcher with its own predictor for the resolved deployment."""
+    batcher = serving.start_batcher(served, window_args, limits)
+    return serving.create_app(batcher, served.task, limits)
+
+
+def worker_config(served: deployment.Deployment, deploy, window_args, limits) -> dict:
+    """What each --workers process resolves its deployment from: the options as this process resolved them, so that
+    every worker serves the same model the same way."""
+    resolved = dataclasses.replace(
+        deploy,
+        model_path=served.model_path,
+        backend=served.options.backend,
+        precision=served.options.precision,
+        max_seq_length=served.options.max_seq_length,
+    )
+    return {"deploy": vars(resolved), "window": vars(window_args), "limits": dataclasses.asdict(limits)}
 
 
 def app_from_environment():
     """uvicorn's factory in each --workers process."""
     runtime.setup_logging()
-    return build_app(json.loads(os.environ[APP_CONFIG_VARIABLE]))
+    config = json.loads(os.environ[APP_CONFIG_VARIABLE])
+    served = deployment.resolve_deployment(deployment.DeployArguments(**config["deploy"]))
+    window_args = arguments.QAWindowArguments(**config["window"])
+    return build_app(served, window_args, serving.ServingLimits(**config["limits"]))
 
 
 def exit_cleanly_on_sigterm() -> None:
@@ -69,32 +72,17 @@ def exit_cleanly_on_sigterm() -> None:
 def main(argv=None):
     import uvicorn
 
-    deploy, serve, window_args = arguments.parse_plain_arguments(
-        (predictors.DeployArguments, ServeArguments, arguments.QAWindowArguments), __doc__, argv
+    deploy, serve, limits, window_args = arguments.parse_plain_arguments(
+        (deployment.DeployArguments, ServeArguments, serving.ServingLimits, arguments.QAWindowArguments), __doc__, argv
     )
     runtime.setup_logging()
-    arguments.check_minimums(
-        serve,
-        {
-            "workers": 1,
-            "max_batch_size": 1,
-            "max_queue": 1,
-            "max_texts_per_request": 1,
-            "max_text_chars": 1,
-            "max_wait_ms": 0,
-        },
-    )
-    limits = serving.ServingLimits(
-        serve.max_batch_size, serve.max_wait_ms, serve.max_queue, serve.max_texts_per_request, serve.max_text_chars
-    )
-    task, options = predictors.resolve_deployment(deploy)  # refuse a missing model or bad options before listening
-    predictors.check_predictor_options(
-        options, model_io.is_quantized(model_io.static_model_files(deploy.model_path)[0]), deploy.model_path
-    )
-    config = {"deploy": vars(deploy), "window": vars(window_args), "limits": vars(limits)}
+    arguments.check_minimums(serve, {"workers": 1})
+    arguments.check_minimums(limits, serving.ServingLimits.MINIMUMS)
+    served = deployment.resolve_deployment(deploy)  # refuse a missing model or bad options before listening
+    task, options = served.task, served.options
     runtime.logger.info(
         "serving %s (%s %s) at http://%s:%d/%s with %d worker(s)",
-        deploy.model_path,
+        served.model_path,
         options.backend,
         options.precision,
         serve.host,
@@ -104,7 +92,7 @@ def main(argv=None):
     )
     exit_cleanly_on_sigterm()
     if serve.workers > 1:
-        os.environ[APP_CONFIG_VARIABLE] = json.dumps(config)
+        os.environ[APP_CONFIG_VARIABLE] = json.dumps(worker_config(served, deploy, window_args, limits))
         uvicorn.run(
             "serve:app_from_environment",
             factory=True,
@@ -114,7 +102,8 @@ def main(argv=None):
             log_level="warning",
         )
     else:
-        uvicorn.run(build_app(config), host=serve.host, port=serve.port, log_level="warning")
+        app = build_app(served, window_args, limits)
+        uvicorn.run(app, host=serve.host, port=serve.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ concurrent requests' texts through one predictor together (cross-request dynamic
 FastAPI app with its try-it page.
 
 One predictor per batcher thread (Paddle predictors are not thread-safe); several processes with serve.py --workers.
-Imports predictors.py, model_io.py and utils.py.
+Imports model_io.py, predictors.py, runtime.py and utils.py.
 """
 
 import asyncio
@@ -12,24 +12,39 @@ import concurrent.futures
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 import numpy as np
 
 from model_io import load_deployed_tokenizer
-from predictors import create_predictor, prediction_rows, run_predictor, warm_up_buckets
+from predictors import create_predictor, run_predictor, warm_up_buckets
 from runtime import UserError, logger
-from utils import encode_examples, raw_example
+from utils import (
+    INPUT_FIELDS,
+    MISSING_FIELD_WORDING,
+    encode_examples,
+    input_description,
+    prediction_rows,
+    raw_example,
+)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServingLimits:
-    max_batch_size: int = 32  # sequences run together
-    max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
-    max_queue: int = 1024  # sequences waiting; beyond it requests get 503
-    max_texts_per_request: int = 64
-    max_text_chars: int = 2000
+    """The batcher's and the request checks' limits (serve.py's options of the same names)."""
+
+    max_batch_size: int = field(default=32, metadata={"help": "Sequences run together, across requests."})
+    max_wait_ms: float = field(
+        default=5.0, metadata={"help": "How long a request waits for others to share its batch."}
+    )
+    max_queue: int = field(
+        default=1024, metadata={"help": "Sequences that may wait; beyond it requests get 503 with Retry-After."}
+    )
+    max_texts_per_request: int = field(default=64, metadata={"help": "Texts one request may hold (more: 413)."})
+    max_text_chars: int = field(default=2000, metadata={"help": "Characters one text may hold (more: 413)."})
+
+    MINIMUMS = {"max_batch_size": 1, "max_queue": 1, "max_texts_per_request": 1, "max_text_chars": 1, "max_wait_ms": 0}
 
 
 class RequestError(Exception):
@@ -79,36 +94,34 @@ def string_list(data: dict, name: str, limits: ServingLimits) -> List[str]:
     return values
 
 
-PAIR_TASKS_FIELD = "text_pair"
-
-
-def request_examples(task, body: dict, limits: ServingLimits, pair_task: Optional[bool]) -> list:
-    """The examples a request asks about: data.text (and data.text_pair for pair tasks), or for QA data.context
-    and data.question lists of the same length."""
+def request_examples(task, body: dict, limits: ServingLimits) -> list:
+    """The examples a request asks about: lists of the same length under data.<field> for each input field of the
+    task's family (classification: text, and text_pair for pair tasks; NER: text; QA: context and question)."""
     data = body["data"]
     parameters = body.get("parameters", {})
     if not isinstance(parameters, dict):
         raise RequestError(422, "parameters must be an object")
-    if task.family == "qa":
-        contexts, questions = string_list(data, "context", limits), string_list(data, "question", limits)
-        if len(contexts) != len(questions):
-            raise RequestError(422, f"data.context has {len(contexts)} texts but data.question {len(questions)}")
-        return [
-            raw_example(task, i, c, f"request {i}", question=q) for i, (c, q) in enumerate(zip(contexts, questions))
-        ]
-    texts = string_list(data, "text", limits)
-    if task.family == "token_cls":
-        return [raw_example(task, i, text, f"request {i}") for i, text in enumerate(texts)]
-    if pair_task and PAIR_TASKS_FIELD not in data:
-        raise RequestError(422, f"task {task.name} compares two texts: give data.text_pair, one per data.text")
-    if pair_task is False and PAIR_TASKS_FIELD in data:
-        raise RequestError(422, f"task {task.name} takes single texts: data.text_pair is not used")
-    pairs = [None] * len(texts)
-    if PAIR_TASKS_FIELD in data:
-        pairs = string_list(data, PAIR_TASKS_FIELD, limits)
-        if len(pairs) != len(texts):
-            raise RequestError(422, f"data.text has {len(texts)} texts but data.text_pair {len(pairs)}")
-    return [raw_example(task, i, text, f"request {i}", pair=pair) for i, (text, pair) in enumerate(zip(texts, pairs))]
+    required, optional = task.family.input_fields(task)
+    fields = required + optional
+    for name in INPUT_FIELDS:
+        if name in data and name not in fields:
+            raise RequestError(422, f"task {task.name} takes {input_description(fields)}: data.{name} is not used")
+    first = required[0]
+    values = {first: string_list(data, first, limits)}
+    for name in fields[1:]:
+        if name not in data and name in optional:
+            continue
+        if name not in data:
+            raise RequestError(
+                422, f"task {task.name} {MISSING_FIELD_WORDING[name]}: give data.{name}, one per data.{first}"
+            )
+        values[name] = string_list(data, name, limits)
+        if len(values[name]) != len(values[first]):
+            raise RequestError(422, f"data.{first} has {len(values[first])} texts but data.{name} {len(values[name])}")
+    return [
+        raw_example(task, i, {name: given[i] for name, given in values.items()}, f"request {i}")
+        for i in range(len(values[first]))
+    ]
 
 
 # ---- batching across requests --------------------------------------------------------------------------------------
@@ -245,6 +258,10 @@ class Batcher:
                 if not pending.future.done():
                     pending.future.set_exception(error)
 
+    def count_error(self) -> None:
+        with self.lock:
+            self.stats["errors"] += 1
+
     def record(self, batch: List[Pending], sequences: int) -> None:
         now = time.perf_counter()
         with self.lock:
@@ -273,14 +290,20 @@ class Batcher:
             }
 
 
-def start_batcher(model_path: str, options, task, window_args, limits: ServingLimits) -> Batcher:
+def start_batcher(served, window_args, limits: ServingLimits) -> Batcher:
+    """A started batcher for a deployment.Deployment (its predictor is made in the batcher's thread)."""
     return Batcher(
-        lambda: create_predictor(model_path, options), model_path, task, window_args, options.max_seq_length, limits
+        lambda: create_predictor(served.files, served.options),
+        served.model_path,
+        served.task,
+        window_args,
+        served.options.max_seq_length,
+        limits,
     ).start()
 
 
 # ---- the app -------------------------------------------------------------------------------------------------------
-def create_app(batcher: Batcher, task, pair_task: bool, limits: ServingLimits):
+def create_app(batcher: Batcher, task, limits: ServingLimits):
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
@@ -300,7 +323,7 @@ def create_app(batcher: Batcher, task, pair_task: bool, limits: ServingLimits):
     )
 
     def error(status: int, message: str, headers: Optional[dict] = None):
-        batcher.stats["errors"] += 1
+        batcher.count_error()
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     @app.exception_handler(HTTPException)
@@ -325,14 +348,14 @@ def create_app(batcher: Batcher, task, pair_task: bool, limits: ServingLimits):
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
-        return try_it_page(task, pair_task)
+        return try_it_page(task)
 
     @app.post("/{task_name}")
     async def predict(task_name: str, request: Request):
         if task_name != task.name:
             return error(404, f"this server serves {task.name}: POST /{task.name}")
         try:
-            examples = request_examples(task, read_body(await request.body()), limits, pair_task)
+            examples = request_examples(task, read_body(await request.body()), limits)
             future = batcher.submit(examples)
         except RequestError as refused:
             return error(refused.status, str(refused))
@@ -349,22 +372,24 @@ def create_app(batcher: Batcher, task, pair_task: bool, limits: ServingLimits):
     return app
 
 
-def try_it_page(task, pair_task: bool) -> str:
+# The form's widget and placeholder of each input field
+FIELD_WIDGETS = {
+    "text": '<input id="text" placeholder="sentence">',
+    "text_pair": '<input id="text_pair" placeholder="second sentence">',
+    "context": '<textarea id="context" rows="6" placeholder="context"></textarea>',
+    "question": '<input id="question" placeholder="question">',
+}
+
+
+def try_it_page(task) -> str:
     """A small form: type a sentence (or a context and a question), see the label, entities or answer."""
-    qa = task.family == "qa"
-    fields = (
-        [
-            '<textarea id="context" rows="6" placeholder="context"></textarea>',
-            '<input id="question" placeholder="question">',
-        ]
-        if qa
-        else ['<input id="text" placeholder="sentence">']
-        + (['<input id="text_pair" placeholder="second sentence">'] if pair_task else [])
-    )
-    names = ["context", "question"] if qa else ["text"] + (["text_pair"] if pair_task else [])
+    required, optional = task.family.input_fields(task)
+    names = list(required) + [name for name in optional if task.pairs is not None]
+    fields = [FIELD_WIDGETS[name] for name in names]
     return f"""<!doctype html>
 <html lang="zh"><head><meta charset="utf-8"><title>{task.name}</title>
-<style>body{{font-family:sans-serif;max-width:40em;margin:2em auto}} input,textarea{{width:100%;margin:.3em 0;font-size:1.1em}}
+<style>body{{font-family:sans-serif;max-width:40em;margin:2em auto}}
+input,textarea{{width:100%;margin:.3em 0;font-size:1.1em}}
 pre{{background:#f4f4f4;padding:1em;white-space:pre-wrap}} button{{font-size:1.1em}}</style></head>
 <body><h1>{task.name}</h1>
 {"".join(fields)}

@@ -2,7 +2,7 @@
 output-folder safety), data and model, the Trainer (paddlenlp's, with this suite's fixes and length-grouped
 batches), then train / evaluate / predict / export blocks, each writing its results file.
 
-Imports arguments.py, model_io.py and utils.py.
+Imports arguments.py, model_io.py, runtime.py and utils.py.
 """
 
 import fnmatch
@@ -16,10 +16,10 @@ import paddle
 from paddlenlp.trainer import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 from paddlenlp.trainer.trainer_utils import get_last_checkpoint
 
-from arguments import DataArguments, ModelArguments, actions_given, check_device, parse_arguments, user_argv
-from model_io import export_static_model, load_task_model, load_tokenizer, task_info
+from arguments import DataArguments, ModelArguments, check_device, parse_arguments, user_argv
+from model_io import export_static_model, load_task_model, load_tokenizer, task_file
 from runtime import UserError, logger, setup_logging, write_json_atomic
-from utils import TaskSpec, get_task
+from utils import Family, TaskSpec, get_task
 
 EARLIER_RESULTS = (
     "config.json",
@@ -163,14 +163,13 @@ class Run:
     extra: tuple = ()  # instances of the script's extra argument dataclasses
 
 
-def start_run(family: str, description: str, argv=None, extra_classes: tuple = ()) -> Run:
+def start_run(family: Family, description: str, argv=None, extra_classes: tuple = ()) -> Run:
     """The opening every run_*.py shares: arguments, logging, device, task, checkpoint, output-dir safety."""
-    argv = user_argv(argv)
-    model_args, data_args, *extra, training_args = parse_arguments(
-        (ModelArguments, DataArguments, *extra_classes, TrainingArguments), family, description, argv
+    (model_args, data_args, *extra, training_args), first = parse_arguments(
+        (ModelArguments, DataArguments, *extra_classes, TrainingArguments), family, description, user_argv(argv)
     )
     setup_logging(training_args.should_log)
-    if not actions_given(argv):
+    if not first.actions_given:
         logger.info(
             "no --do_* given: training and evaluating %s on %s into %s",
             model_args.model_name_or_path,
@@ -228,7 +227,7 @@ def build_trainer(run: Run, model, tokenizer, splits: dict, data_collator, compu
 def export_if_asked(run: Run, trainer, tokenizer) -> None:
     if run.training_args.do_export and run.training_args.should_save:
         export_dir = os.path.join(run.training_args.output_dir, "export")
-        export_static_model(trainer.model, tokenizer, export_dir, task_info(run.task, run.data_args))
+        export_static_model(trainer.model, tokenizer, export_dir, task_file(run.task, run.data_args.max_seq_length))
 
 
 def train_and_save(trainer, resume_checkpoint: Optional[str], train_samples: int) -> dict:
@@ -257,11 +256,7 @@ def evaluate_if_asked(run: Run, trainer, splits: dict) -> None:
     if not run.training_args.do_eval:
         return
     examples, encoded = splits["dev"]
-    extra = {"eval_samples": len(examples)}
-    if run.task.family == "qa":
-        extra["eval_windows"] = len(encoded.example_index)
-    else:
-        extra["eval_truncated"] = encoded.truncated
+    extra = {"eval_samples": len(examples), **run.task.family.eval_extras(encoded)}
     evaluate_and_save(trainer, encoded.dataset, run.task.metric_names, extra)
 
 

@@ -1,10 +1,8 @@
-"""The suite's shared data module: the task registry, readers for the original file formats, preprocessing
-for the three task families (classification, NER, CMRC2018 windows), the metrics, the errors a user can
-cause, and small I/O helpers (atomic writes, logging).
+"""What the task card gives the suite: the task registry (one TaskSpec row per task), the family table (one Family
+row per task family: classification, NER, extractive QA, holding everything that differs between them), readers of
+the original file formats, preprocessing, the metrics as officially defined, and what a prediction looks like.
 
-Everything else lives in a module named for its concern: arguments.py, model_io.py, trainer_suite.py,
-predictors.py, compression.py. Imports run one way (scripts -> those modules -> utils.py): this module
-imports none of them.
+Imports runtime.py only; every concern module may import it.
 """
 
 import functools
@@ -27,7 +25,7 @@ class FieldError(Exception):
 
 
 # --------------------------------------------------------------------------------------------------
-# Task registry
+# Reading the texts of classification rows
 # --------------------------------------------------------------------------------------------------
 def _text_field(row: dict, name: str) -> str:
     if name not in row:
@@ -94,18 +92,22 @@ def custom_text(row: dict) -> Tuple[str, Optional[str]]:
     return single_sentence(row)
 
 
+# --------------------------------------------------------------------------------------------------
+# Tasks (the registry itself follows the family table, at the end)
+# --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task: how to read its rows, its labels, its metric and where its predictions go."""
+    """One task: its family, labels, metric, how to read its rows and where its predictions go."""
 
     name: str
-    family: str  # "seq_cls", "token_cls" or "qa"
+    family: "Family"
     labels: Tuple[str, ...]
-    read_texts: Optional[Callable[[dict], Tuple[str, Optional[str]]]]  # classification: row -> (text_a, text_b)
     metric: str
     max_seq_length: int
     submission_file: str
-    hub: Optional[Tuple[str, str]] = None  # paddlenlp.datasets.load_dataset(*hub, splits=split)
+    read_texts: Optional[Callable[[dict], Tuple[str, Optional[str]]]] = None  # classification: row -> (text_a, text_b)
+    pairs: Optional[bool] = False  # a raw input is two texts (True), one (False) or either (None: a custom task)
+    hub: Optional[Tuple[str, ...]] = None  # paddlenlp.datasets.load_dataset(*hub, splits=split)
     hub_splits: Dict[str, str] = field(default_factory=lambda: {"train": "train", "dev": "dev", "test": "test"})
     skip_labels: Tuple[str, ...] = ()  # gold label meaning "no agreement": such rows are left out
     file_format: str = "CLUE json lines"
@@ -113,162 +115,11 @@ class TaskSpec:
     @property
     def per_token_outputs(self) -> bool:
         """NER logits and QA start/end logits have a value per input token; classification one per sequence."""
-        return self.family != "seq_cls"
-
-    @property
-    def takes_pairs(self) -> Optional[bool]:
-        """Whether a raw input is two texts (AFQMC, CMNLI, OCNLI, CSL), one, or either (a custom task)."""
-        if self.name == CUSTOM_TASK:
-            return None
-        return self.read_texts in (sentence_pair, csl_keywords_and_abstract)
+        return self.family.outputs != "sequence"
 
     @property
     def metric_names(self) -> Tuple[str, ...]:
-        return FAMILIES[self.family].metric_names
-
-
-TNEWS_LABELS = ("100", "101", "102", "103", "104", "106", "107", "108", "109", "110", "112", "113", "114", "115", "116")
-
-
-SEQ_CLS_TASKS = {
-    task.name: task
-    for task in [
-        TaskSpec(
-            "afqmc", "seq_cls", ("0", "1"), sentence_pair, "accuracy", 128, "afqmc_predict.json", ("clue", "afqmc")
-        ),
-        TaskSpec(
-            "tnews",
-            "seq_cls",
-            TNEWS_LABELS,
-            single_sentence,
-            "accuracy",
-            128,
-            "tnews11_predict.json",
-            ("clue", "tnews"),
-        ),
-        TaskSpec(
-            "iflytek",
-            "seq_cls",
-            tuple(str(i) for i in range(119)),
-            single_sentence,
-            "accuracy",
-            128,
-            "iflytek_predict.json",
-            ("clue", "iflytek"),
-        ),
-        TaskSpec(
-            "cmnli",
-            "seq_cls",
-            ("contradiction", "entailment", "neutral"),
-            sentence_pair,
-            "accuracy",
-            128,
-            "cmnli_predict.json",
-            ("clue", "cmnli"),
-            skip_labels=("-",),
-        ),
-        TaskSpec(
-            "ocnli",
-            "seq_cls",
-            ("entailment", "contradiction", "neutral"),
-            sentence_pair,
-            "accuracy",
-            128,
-            "ocnli_50k_predict.json",
-            ("clue", "ocnli"),
-            skip_labels=("-",),
-        ),
-        TaskSpec(
-            "cluewsc2020",
-            "seq_cls",
-            ("true", "false"),
-            wsc_marked_text,
-            "accuracy",
-            128,
-            "cluewsc11_predict.json",
-            ("clue", "cluewsc2020"),
-        ),
-        TaskSpec(
-            "csl",
-            "seq_cls",
-            ("0", "1"),
-            csl_keywords_and_abstract,
-            "accuracy",
-            256,
-            "csl_predict.json",
-            ("clue", "csl"),
-        ),
-    ]
-}
-
-
-MSRA_NER = TaskSpec(
-    "msra_ner",
-    "token_cls",
-    ("B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "O"),
-    None,
-    "f1",
-    128,
-    "msra_ner_predict.json",
-    ("msra_ner",),
-    # MSRA_NER has no dev split: its test split is the evaluation set, as in every published number.
-    hub_splits={"train": "train", "dev": "test", "test": "test"},
-    file_format="MSRA_NER tsv (characters and tags joined by \\002, a tab between) or BIO columns (a 'char tag' line each, "
-    "a blank line between sentences)",
-)
-
-
-CMRC2018 = TaskSpec(
-    "cmrc2018",
-    "qa",
-    (),
-    None,
-    "f1",
-    512,
-    "cmrc2018_predict.json",
-    ("cmrc2018",),
-    hub_splits={"train": "train", "dev": "dev"},  # the CMRC2018 test answers are not public
-    file_format="SQuAD-style json, the CMRC2018 release format",
-)
-
-
-ALL_TASKS = {**SEQ_CLS_TASKS, MSRA_NER.name: MSRA_NER, CMRC2018.name: CMRC2018}
-
-
-CUSTOM_TASK = "custom"
-
-
-CUSTOM_TASK_DEFAULTS = {"max_seq_length": 128, "metric_for_best_model": "accuracy"}
-
-
-def custom_seq_cls_task(label_list: Sequence[str]) -> TaskSpec:
-    if not label_list:
-        raise UserError("--task_name custom needs --label_list (the label strings, in id order)")
-    if len(set(label_list)) != len(label_list):
-        raise UserError(f"--label_list has repeated labels: {list(label_list)}")
-    return TaskSpec(CUSTOM_TASK, "seq_cls", tuple(label_list), custom_text, "accuracy", 128, "custom_predict.json")
-
-
-def get_task(name: str, family: str, label_list: Optional[Sequence[str]] = None) -> TaskSpec:
-    """The registry entry for --task_name, or a clear error naming the tasks this script handles."""
-    tasks = {n: t for n, t in ALL_TASKS.items() if t.family == family}
-    if name == CUSTOM_TASK and family == "seq_cls":
-        return custom_seq_cls_task(label_list)
-    if name not in tasks:
-        other = ALL_TASKS.get(name)
-        hint = f" ({name} is a {FAMILIES[other.family].title} task)" if other else ""
-        choices = sorted(tasks) + ([CUSTOM_TASK] if family == "seq_cls" else [])
-        raise UserError(f"unknown --task_name {name!r}{hint}; this script handles: {', '.join(choices)}")
-    return tasks[name]
-
-
-def get_task_any_family(name: str, info: Optional[dict] = None) -> TaskSpec:
-    """Any registered task; a custom task takes its labels from the exported model's task.json."""
-    if name == CUSTOM_TASK:
-        return custom_seq_cls_task((info or {}).get("label_list"))
-    if name not in ALL_TASKS:
-        raise UserError(f"unknown --task_name {name!r}; choose from: {', '.join(sorted(ALL_TASKS) + [CUSTOM_TASK])}")
-    return ALL_TASKS[name]
+        return self.family.metric_names
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1069,12 +920,12 @@ def deployed_metrics(
     task: TaskSpec, examples, encoded, outputs: List[List[np.ndarray]], window_args
 ) -> Dict[str, float]:
     """The fine-tuning scripts' metrics, computed with the same functions from a predictor's outputs."""
-    return FAMILIES[task.family].output_metrics(task, examples, encoded, outputs, window_args)
+    return task.family.output_metrics(task, examples, encoded, outputs, window_args)
 
 
 def metric_points(task: TaskSpec, value: float) -> float:
     """The main metric in points: accuracy and NER F1 are fractions, CMRC2018 F1 is already in percent."""
-    return value if FAMILIES[task.family].metric_in_percent else 100.0 * value
+    return value if task.family.metric_in_percent else 100.0 * value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1124,88 +975,356 @@ def ner_collator(tokenizer):
     return DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE_INDEX)
 
 
+# ---- raw input (infer.py --text and --input_file, serve.py requests) ---------------------------------------------
+INPUT_FIELDS = ("text", "text_pair", "context", "question")  # every family's raw input fields
+# how infer.py and serve.py describe a task when one of its fields is missing, or others are given
+MISSING_FIELD_WORDING = {"text_pair": "compares two texts", "question": "answers a question about each context"}
+INPUT_DESCRIPTIONS = {
+    ("text",): "single texts",
+    ("text", "text_pair"): "pairs of texts",
+    ("context", "question"): "contexts and questions",
+}
+
+
+def input_description(fields: Tuple[str, ...]) -> str:
+    return INPUT_DESCRIPTIONS.get(tuple(fields), " and ".join(fields))
+
+
+def classification_fields(task: TaskSpec) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """A text, and its pair for pair tasks (a custom task: the pair is optional)."""
+    if task.pairs is None:
+        return ("text",), ("text_pair",)
+    return (("text", "text_pair") if task.pairs else ("text",)), ()
+
+
+def classification_example(index: int, values: dict, where: str) -> TextExample:
+    return TextExample(index, values["text"], values.get("text_pair"), None, where)
+
+
+def classification_line(task: TaskSpec, line: str, where: str) -> dict:
+    """text<TAB>pair for pair tasks (a custom task: either); a tab in a single-text task's line is text."""
+    if task.pairs is False:
+        return {"text": line}
+    text, tab, pair = line.partition("\t")
+    if task.pairs and not tab:
+        raise UserError(f"{where}: task {task.name} compares two texts: give text<TAB>pair")
+    if not text.strip() or tab and not pair.strip():
+        raise UserError(f"{where}: empty text")
+    return {"text": text, **({"text_pair": pair} if tab else {})}
+
+
+def truncation_extras(encoded) -> dict:
+    return {"eval_truncated": encoded.truncated}
+
+
+def raw_example(task: TaskSpec, index: int, values: dict, where: str):
+    """An unlabelled example of the task's family from raw input values keyed by field (Family.input_fields): a
+    text and its pair (classification), a text whose characters are tagged (NER), or a context with its question
+    (QA)."""
+    return task.family.raw_example(index, values, where)
+
+
+# ---- what a prediction looks like (infer.py --text/--input_file, serve.py) ----------------------------------------
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def classification_rows(task, examples, encoded, outputs, window_args) -> List[dict]:
+    probabilities = softmax(np.stack(outputs[0]))
+    return [
+        {
+            "text": e.text_a,
+            **({"text_pair": e.text_b} if e.text_b else {}),
+            "label": task.labels[int(p.argmax())],
+            "probability": float(p.max()),
+        }
+        for e, p in zip(examples, probabilities)
+    ]
+
+
+def entity_rows(task, examples, encoded, outputs, window_args) -> List[dict]:
+    tags = predicted_word_tags(pad_rows(outputs[0], 0.0), encoded, examples, task.labels)
+    return [{"text": e.text, "entities": entities_from_tags(e.words, t)} for e, t in zip(examples, tags)]
+
+
+def answer_rows(task, examples, encoded, outputs, window_args) -> List[dict]:
+    _, nbest = postprocess_qa_predictions(
+        examples, encoded, outputs[0], outputs[1], window_args.n_best_size, window_args.max_answer_length
+    )
+    return [
+        {
+            "id": e.id,
+            "question": e.question,
+            "answer": (nbest[e.id] or [{"text": ""}])[0]["text"],
+            "probability": (nbest[e.id] or [{"probability": 0.0}])[0]["probability"],
+        }
+        for e in examples
+    ]
+
+
+def prediction_rows(task, examples, encoded, outputs, window_args) -> List[dict]:
+    """Each example's prediction from the model outputs of its features: label and probability, entities with
+    character offsets, or the answer with its probability."""
+    return task.family.prediction_rows(task, examples, encoded, outputs, window_args)
+
+
 @dataclass(frozen=True)
 class Family:
+    """Everything that differs between task families. Adding a family is one row of FAMILIES and its functions."""
+
+    name: str
     title: str
     script: str  # the fine-tuning script
     compress_script: str
     head_suffix: str  # of the PaddleNLP model class that fine-tunes it
     metric_names: Tuple[str, ...]  # what eval_results.json holds
     metric_in_percent: bool  # the metrics are already in percent (CMRC2018), not fractions
+    outputs: str  # "sequence" (logits per sequence), "token" (per token) or "span" (start and end logits per token)
+    labels_in_head: bool  # the model's head is sized by the task's label list
+    uses_windows: bool  # contexts are cut into windows (QAWindowArguments)
+    custom_tasks: bool  # --task_name custom (a user's own data) belongs to this family
     read_file: Callable  # (path, option) -> rows
     read_hub: Callable  # (task, split) -> rows
     to_examples: Callable  # (task, rows, split) -> examples
-    encode: (
-        Callable  # (task, split, examples, tokenizer, max_seq_length, truncate, window_args, with_labels) -> encoded
-    )
-    output_metrics: Callable  # (task, examples, encoded, outputs, window_args) -> metrics
+    encode: Callable  # (task, split, examples, tokenizer, max_seq_length, truncate, window_args, with_labels)
     collator: Callable  # tokenizer -> a collator that pads training batches
+    output_metrics: Callable  # (task, examples, encoded, outputs, window_args) -> metrics
+    eval_extras: Callable  # encoded dev split -> what eval_results.json adds (truncated examples, windows)
+    prediction_rows: Callable  # (task, examples, encoded, outputs, window_args) -> one dict per example
+    input_fields: Callable  # task -> (required, optional) fields of a raw input (infer.py --text, serve.py)
+    raw_example: Callable  # (index, values by field, where) -> an unlabelled example
+    input_line: Optional[Callable]  # (task, line, where) -> values of one --input_file line; None: read whole
 
 
 FAMILIES = {
-    "seq_cls": Family(
-        "sequence classification",
-        "run_seq_cls.py",
-        "compress_seq_cls.py",
-        "ForSequenceClassification",
-        ("accuracy",),
-        False,
-        read_json_lines,
-        load_hub_rows,
-        rows_to_examples,
-        truncation_reported(encode_text_examples),
-        classification_output_metrics,
-        padding_collator,
-    ),
-    "token_cls": Family(
-        "token classification",
-        "run_token_cls.py",
-        "compress_token_cls.py",
-        "ForTokenClassification",
-        ("precision", "recall", "f1"),
-        False,
-        read_ner_file,
-        ner_hub_rows,
-        rows_to_token_examples,
-        truncation_reported(encode_token_examples),
-        ner_output_metrics,
-        ner_collator,
-    ),
-    "qa": Family(
-        "question answering",
-        "run_qa.py",
-        "compress_qa.py",
-        "ForQuestionAnswering",
-        ("exact_match", "f1", "upstream_exact_match", "upstream_f1"),
-        True,
-        read_squad_file,
-        load_hub_rows,
-        rows_to_qa_examples,
-        encode_qa_split,
-        qa_output_metrics,
-        padding_collator,
-    ),
+    family.name: family
+    for family in [
+        Family(
+            name="seq_cls",
+            title="sequence classification",
+            script="run_seq_cls.py",
+            compress_script="compress_seq_cls.py",
+            head_suffix="ForSequenceClassification",
+            metric_names=("accuracy",),
+            metric_in_percent=False,
+            outputs="sequence",
+            labels_in_head=True,
+            uses_windows=False,
+            custom_tasks=True,
+            read_file=read_json_lines,
+            read_hub=load_hub_rows,
+            to_examples=rows_to_examples,
+            encode=truncation_reported(encode_text_examples),
+            collator=padding_collator,
+            output_metrics=classification_output_metrics,
+            eval_extras=truncation_extras,
+            prediction_rows=classification_rows,
+            input_fields=classification_fields,
+            raw_example=classification_example,
+            input_line=classification_line,
+        ),
+        Family(
+            name="token_cls",
+            title="token classification",
+            script="run_token_cls.py",
+            compress_script="compress_token_cls.py",
+            head_suffix="ForTokenClassification",
+            metric_names=("precision", "recall", "f1"),
+            metric_in_percent=False,
+            outputs="token",
+            labels_in_head=True,
+            uses_windows=False,
+            custom_tasks=False,
+            read_file=read_ner_file,
+            read_hub=ner_hub_rows,
+            to_examples=rows_to_token_examples,
+            encode=truncation_reported(encode_token_examples),
+            collator=ner_collator,
+            output_metrics=ner_output_metrics,
+            eval_extras=truncation_extras,
+            prediction_rows=entity_rows,
+            input_fields=lambda task: (("text",), ()),
+            raw_example=lambda index, values, where: TokenExample(index, list(values["text"]), None, where),
+            input_line=lambda task, line, where: {"text": line},
+        ),
+        Family(
+            name="qa",
+            title="question answering",
+            script="run_qa.py",
+            compress_script="compress_qa.py",
+            head_suffix="ForQuestionAnswering",
+            metric_names=("exact_match", "f1", "upstream_exact_match", "upstream_f1"),
+            metric_in_percent=True,
+            outputs="span",
+            labels_in_head=False,
+            uses_windows=True,
+            custom_tasks=False,
+            read_file=read_squad_file,
+            read_hub=load_hub_rows,
+            to_examples=rows_to_qa_examples,
+            encode=encode_qa_split,
+            collator=padding_collator,
+            output_metrics=qa_output_metrics,
+            eval_extras=lambda encoded: {"eval_windows": len(encoded.example_index)},
+            prediction_rows=answer_rows,
+            input_fields=lambda task: (("context", "question"), ()),
+            raw_example=lambda index, values, where: QAExample(
+                str(index), values["question"], values["context"], [], None, None, where
+            ),
+            input_line=None,  # a SQuAD-style file, read whole
+        ),
+    ]
 }
 
 
-def raw_example(
-    task: TaskSpec, index: int, text: str, where: str, pair: Optional[str] = None, question: Optional[str] = None
-):
-    """An unlabelled example of the task's family from raw input (infer.py --text and --input_file, serve.py
-    requests): a text and its pair (classification), a text whose characters are tagged (NER), or a context with
-    its question (QA)."""
-    if task.family == "qa":
-        return QAExample(str(index), question, text, [], None, None, where)
-    if task.family == "token_cls":
-        return TokenExample(index, list(text), None, where)
-    return TextExample(index, text, pair, None, where)
+# --------------------------------------------------------------------------------------------------
+# The task registry: one row per task
+# --------------------------------------------------------------------------------------------------
+TNEWS_LABELS = ("100", "101", "102", "103", "104", "106", "107", "108", "109", "110", "112", "113", "114", "115", "116")
+SEQ_CLS = FAMILIES["seq_cls"]
 
 
-def load_examples(task: TaskSpec, split: str, path: Optional[str], max_samples: Optional[int] = None) -> list:
+def clue_classification_task(name: str, labels, read_texts, submission_file: str, **more) -> TaskSpec:
+    """A CLUE classification task: CLUE json lines, accuracy, the hub's clue/<name>."""
+    return TaskSpec(
+        name=name,
+        family=SEQ_CLS,
+        labels=tuple(labels),
+        metric="accuracy",
+        max_seq_length=more.pop("max_seq_length", 128),
+        submission_file=submission_file,
+        read_texts=read_texts,
+        pairs=more.pop("pairs", False),
+        hub=("clue", name),
+        **more,
+    )
+
+
+SEQ_CLS_TASKS = {
+    task.name: task
+    for task in [
+        clue_classification_task("afqmc", ("0", "1"), sentence_pair, "afqmc_predict.json", pairs=True),
+        clue_classification_task("tnews", TNEWS_LABELS, single_sentence, "tnews11_predict.json"),
+        clue_classification_task("iflytek", (str(i) for i in range(119)), single_sentence, "iflytek_predict.json"),
+        clue_classification_task(
+            "cmnli",
+            ("contradiction", "entailment", "neutral"),
+            sentence_pair,
+            "cmnli_predict.json",
+            pairs=True,
+            skip_labels=("-",),
+        ),
+        clue_classification_task(
+            "ocnli",
+            ("entailment", "contradiction", "neutral"),
+            sentence_pair,
+            "ocnli_50k_predict.json",
+            pairs=True,
+            skip_labels=("-",),
+        ),
+        clue_classification_task("cluewsc2020", ("true", "false"), wsc_marked_text, "cluewsc11_predict.json"),
+        clue_classification_task(
+            "csl", ("0", "1"), csl_keywords_and_abstract, "csl_predict.json", pairs=True, max_seq_length=256
+        ),
+    ]
+}
+
+
+MSRA_NER = TaskSpec(
+    name="msra_ner",
+    family=FAMILIES["token_cls"],
+    labels=("B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "O"),
+    metric="f1",
+    max_seq_length=128,
+    submission_file="msra_ner_predict.json",
+    hub=("msra_ner",),
+    # MSRA_NER has no dev split: its test split is the evaluation set, as in every published number.
+    hub_splits={"train": "train", "dev": "test", "test": "test"},
+    file_format="MSRA_NER tsv (characters and tags joined by \\002, a tab between) or BIO columns (a 'char tag' "
+    "line each, a blank line between sentences)",
+)
+
+
+CMRC2018 = TaskSpec(
+    name="cmrc2018",
+    family=FAMILIES["qa"],
+    labels=(),
+    metric="f1",
+    max_seq_length=512,
+    submission_file="cmrc2018_predict.json",
+    hub=("cmrc2018",),
+    hub_splits={"train": "train", "dev": "dev"},  # the CMRC2018 test answers are not public
+    file_format="SQuAD-style json, the CMRC2018 release format",
+)
+
+
+ALL_TASKS = {**SEQ_CLS_TASKS, MSRA_NER.name: MSRA_NER, CMRC2018.name: CMRC2018}
+
+
+CUSTOM_TASK = "custom"
+
+
+CUSTOM_TASK_DEFAULTS = {"max_seq_length": 128, "metric_for_best_model": "accuracy"}
+
+
+def custom_family() -> "Family":
+    """The family whose scripts take --task_name custom (a user's own CLUE-style data)."""
+    return next(family for family in FAMILIES.values() if family.custom_tasks)
+
+
+def custom_task(label_list: Optional[Sequence[str]]) -> TaskSpec:
+    if not label_list:
+        raise UserError("--task_name custom needs --label_list (the label strings, in id order)")
+    if len(set(label_list)) != len(label_list):
+        raise UserError(f"--label_list has repeated labels: {list(label_list)}")
+    return TaskSpec(
+        name=CUSTOM_TASK,
+        family=custom_family(),
+        labels=tuple(label_list),
+        metric="accuracy",
+        max_seq_length=128,
+        submission_file="custom_predict.json",
+        read_texts=custom_text,
+        pairs=None,
+    )
+
+
+def family_task_names(family: "Family") -> List[str]:
+    """The registry's tasks of one family, in registry order (and custom where the family takes it)."""
+    names = [name for name, task in ALL_TASKS.items() if task.family is family]
+    return names + ([CUSTOM_TASK] if family.custom_tasks else [])
+
+
+def get_task(name: str, family: "Family", label_list: Optional[Sequence[str]] = None) -> TaskSpec:
+    """The registry entry for --task_name, or a clear error naming the tasks this script handles."""
+    if name == CUSTOM_TASK and family.custom_tasks:
+        return custom_task(label_list)
+    tasks = {n: t for n, t in ALL_TASKS.items() if t.family is family}
+    if name not in tasks:
+        other = ALL_TASKS.get(name)
+        hint = f" ({name} is a {other.family.title} task)" if other else ""
+        choices = sorted(tasks) + ([CUSTOM_TASK] if family.custom_tasks else [])
+        raise UserError(f"unknown --task_name {name!r}{hint}; this script handles: {', '.join(choices)}")
+    return tasks[name]
+
+
+def get_task_any_family(name: str, label_list: Optional[Sequence[str]] = None) -> TaskSpec:
+    """Any registered task; a custom task takes its labels from label_list (an exported model's task.json)."""
+    if name == CUSTOM_TASK:
+        return custom_task(label_list)
+    if name not in ALL_TASKS:
+        raise UserError(f"unknown --task_name {name!r}; choose from: {', '.join(sorted(ALL_TASKS) + [CUSTOM_TASK])}")
+    return ALL_TASKS[name]
+
+
+def load_examples(
+    task: TaskSpec, split: str, path: Optional[str], max_samples: Optional[int] = None, option: Optional[str] = None
+) -> list:
     """Examples of one split from a local file in the task's original format (used as it is) or, without
     one, the hub copy; the first max_samples of them when given."""
-    family = FAMILIES[task.family]
-    rows = family.read_file(path, SPLIT_OPTIONS[split]) if path else family.read_hub(task, split)
+    family = task.family
+    rows = family.read_file(path, option or SPLIT_OPTIONS[split]) if path else family.read_hub(task, split)
     examples = family.to_examples(task, rows, split)
     if max_samples is not None and max_samples > 0:
         examples = examples[:max_samples]
@@ -1225,9 +1344,7 @@ def encode_examples(
 ):
     """Model features of any task's examples: classification and NER features with truncation reported, or
     QA windows (labelled when with_labels)."""
-    return FAMILIES[task.family].encode(
-        task, split, examples, tokenizer, max_seq_length, truncate, window_args, with_labels
-    )
+    return task.family.encode(task, split, examples, tokenizer, max_seq_length, truncate, window_args, with_labels)
 
 
 def load_encoded_split(task: TaskSpec, split: str, data_args, tokenizer, window_args=None):
@@ -1246,10 +1363,5 @@ def load_encoded_split(task: TaskSpec, split: str, data_args, tokenizer, window_
     return examples, encoded
 
 
-def family_collator(family: str, tokenizer):
-    return FAMILIES[family].collator(tokenizer)
-
-
-# --------------------------------------------------------------------------------------------------
-# Small I/O helpers
-# --------------------------------------------------------------------------------------------------
+def family_collator(task: TaskSpec, tokenizer):
+    return task.family.collator(tokenizer)

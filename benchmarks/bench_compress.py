@@ -1,13 +1,13 @@
 """The accuracy cost of compression, measured on models that have learned something.
 
-    python -m benchmarks.bench_compress              # TNEWS and MSRA_NER, dynabert+ptq and ptq (about 90 min on 2 cores)
+    python -m benchmarks.bench_compress            # TNEWS and MSRA_NER, dynabert+ptq and ptq (about 90 min, 2 cores)
     python -m benchmarks.bench_compress --quick      # smaller model and data, ptq only (about 5 min)
 
 No pretrained ERNIE 3.0 weights are available offline, and random-weight models say nothing about what int8 costs.
 So a small ERNIE (the real vocabulary, 4 layers, hidden 256) is trained from scratch on real rows until it is clearly
 above chance: TNEWS (8,000 dev rows to train, 2,000 to evaluate; chance is 1/15) and MSRA_NER (2,800 of the test
-split's sentences to train, 642 to evaluate, 64 tokens). Then every compression strategy runs on it exactly as a user would
-(compress_*.py with its defaults), and each candidate's dev metric, drop, served size and speed are recorded in
+split's sentences to train, 642 to evaluate, 64 tokens). Then every compression strategy runs on it exactly as a user
+would (compress_*.py with its defaults), and each candidate's dev metric, drop, served size and speed are recorded in
 benchmarks/results/compress[_quick].json with the machine.
 """
 
@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import compress_seq_cls
 import compress_token_cls
+import model_folder
 import run_seq_cls
 import run_token_cls
 import runtime
@@ -85,7 +86,7 @@ class Task(NamedTuple):
     task_args: list
     epochs: int
     max_seq_length: int  # fine-tuning, evaluation and compression alike
-    max_metric_drop: float  # issue 12's accuracy budget, in points
+    max_metric_drop: float  # the accuracy budget (--max_metric_drop), in points
 
 
 TASKS = {
@@ -188,8 +189,8 @@ def compress(
         )
     except runtime.UserError as error:  # nothing within the budget: the report says so, and so does this benchmark
         print(f"{name} {strategy}: {error}")
-    with open(os.path.join(output_dir, "compress_report.json"), encoding="utf-8") as handle:
-        report = json.load(handle)
+    report = model_folder.read_report(model_folder.report_path(output_dir))
+    print(f"{name} {strategy}: best {report.best}", flush=True)
     keep = (
         "relative_path",
         "kind",
@@ -205,11 +206,17 @@ def compress(
         "seconds": time.perf_counter() - started,
         "max_metric_drop": task.max_metric_drop,
         "max_seq_length": task.max_seq_length,
-        "parent": {k: report["parent"][k] for k in keep if k in report["parent"]},
-        "candidates": [{k: c[k] for k in keep if k in c} for c in report["candidates"]],
-        "best": report["best"] and os.path.relpath(report["best"], output_dir),
-        "best_int8": report["best_int8"] and os.path.relpath(report["best_int8"], output_dir),
+        "parent": kept_fields(report.parent, keep),
+        "candidates": [kept_fields(c, keep) for c in report.candidates],
+        "best": report.best and os.path.relpath(report.best, output_dir),
+        "best_int8": report.best_int8 and os.path.relpath(report.best_int8, output_dir),
     }
+
+
+def kept_fields(candidate: model_folder.Candidate, keep) -> dict:
+    """The fields of a candidate this benchmark's results keep (those the candidate has)."""
+    written = model_folder.candidate_json(candidate)
+    return {name: written[name] for name in keep if written.get(name) is not None}
 
 
 def main(argv=None):
@@ -252,7 +259,6 @@ def main(argv=None):
                 results[task]["strategies"].append(
                     compress(task, model_dir, train_file, dev_file, strategy, workdir, args.threads)
                 )
-                print(f"{task} {strategy}: best {results[task]['strategies'][-1]['best']}", flush=True)
                 save()
     print(f"wrote {output}")
 

@@ -1,4 +1,4 @@
-"""The compressed deployment paths against the float default, on one machine in one run (issue: CPU acceleration).
+"""The compressed deployment paths against the float default, on one machine in one run.
 
     python -m benchmarks.bench_deploy                 # medium, 2 threads, 3,000 real TNEWS sentences (about 15 min)
     python -m benchmarks.bench_deploy --quick         # nano, 512 sentences (about 2 min)
@@ -31,8 +31,11 @@ from paddlenlp.transformers import ErnieTokenizer
 
 import compress_seq_cls
 import compression
+import dynabert
+import model_folder
 import model_io
 import predictors
+import quantization
 import runtime
 import utils
 from benchmarks.bench_infer import (
@@ -54,19 +57,15 @@ def quantized_copy(model, directory: str, calibration) -> str:
     """A PTQ int8 model (hist, 4 batches of 8 real sentences) of model, servable by infer.py."""
     with tempfile.TemporaryDirectory() as legacy:
         model_io.export_legacy_static_model(model, legacy)
-        compression.quantize_post_training(legacy, directory, calibration, "hist", 8, 4)
-    model_io.save_deployable(directory, ErnieTokenizer(vocab_file=VOCAB_FILE), task_json())
+        quantization.quantize_post_training(legacy, directory, calibration, "hist", 8, 4)
+    model_io.save_deployable(directory, ErnieTokenizer(vocab_file=VOCAB_FILE), model_io.task_file(TNEWS, SEQ_LEN))
     return directory
-
-
-def task_json() -> dict:
-    return {"task_name": "tnews", "label_list": list(TNEWS.labels), "max_seq_length": SEQ_LEN}
 
 
 def deployments(workdir: str, name: str, calibration) -> dict:
     """{row name: (model folder, backend, precision)} for every deployment path measured."""
     model = build_model(name)
-    pruned = compression.slice_to_width(copy.deepcopy(model), 0.75)
+    pruned = dynabert.slice_to_width(copy.deepcopy(model), 0.75)
     float_dir, pruned_dir = (
         export(model, os.path.join(workdir, "float")),
         export(pruned, os.path.join(workdir, "pruned")),
@@ -84,7 +83,7 @@ def deployments(workdir: str, name: str, calibration) -> dict:
     }
     openvino_int8_dir = os.path.join(workdir, "openvino_int8")
     compression.link_model_folder(float_dir, openvino_int8_dir)
-    compression.nncf_quantize(openvino_int8_dir, calibration, "hist")
+    quantization.nncf_quantize(openvino_int8_dir, calibration, "hist")
     rows["openvino fp32"] = (float_dir, "openvino", "fp32")
     rows["openvino int8 (NNCF)"] = (openvino_int8_dir, "openvino", "int8")
     if predictors.native_bfloat16():
@@ -233,7 +232,7 @@ def compressed_best_rows(name: str, workdir: str, threads: int, examples, dev_fi
             "100",
         ]
     )
-    best = next(c for c in report["candidates"] if c["path"] == report["best"])
+    best = report.candidate(report.best)
     exported = os.path.join(workdir, "compress", "parent")
     rows = [
         infer_process_row("infer.py float default (paddle fp32)", exported, dev_file, len(examples), threads),
@@ -250,17 +249,22 @@ def compressed_best_rows(name: str, workdir: str, threads: int, examples, dev_fi
             "infer.py --backend openvino (fp32)", exported, dev_file, len(examples), threads, "--backend", "openvino"
         ),
         infer_process_row(
-            f"infer.py, compressed best: {best['relative_path']}", best["path"], dev_file, len(examples), threads
+            f"infer.py, compressed best: {best.relative_path}", best.path, dev_file, len(examples), threads
         ),
     ]
     for row in rows:
         row["x_float_default"] = row["sequences_per_second"] / rows[0]["sequences_per_second"]
     rows[-1]["report"] = {
         "candidates": [
-            {k: c[k] for k in ("relative_path", "backend", "precision", "sequences_per_second")}
-            for c in report["candidates"]
+            {
+                "relative_path": c.relative_path,
+                "backend": c.backend,
+                "precision": c.precision,
+                "sequences_per_second": c.sequences_per_second,
+            }
+            for c in report.candidates
         ],
-        "parent_sequences_per_second": report["parent"]["sequences_per_second"],
+        "parent_sequences_per_second": report.parent.sequences_per_second,
     }
     return rows
 
@@ -282,7 +286,7 @@ def main(argv=None):
     examples = utils.load_examples(TNEWS, "dev", dev_file)[: args.sentences or (512 if args.quick else 3000)]
     tokenizer = ErnieTokenizer(vocab_file=VOCAB_FILE)
     calibration = [
-        {k: f[k] for k in model_io.EXPORT_INPUT_NAMES}
+        {k: f[k] for k in model_folder.EXPORT_INPUT_NAMES}
         for f in utils.encode_text_examples(examples[-64:], tokenizer, TNEWS, SEQ_LEN).dataset
     ]
     paddle.base.core.set_num_threads(args.threads)
@@ -301,7 +305,8 @@ def main(argv=None):
         rows += compressed_best_rows(name, workdir, args.threads, examples, dev_file)
         for row in rows[-4:]:
             print(
-                f"{name} {row['path']}: {row['sequences_per_second']:.1f} seq/s ({row['x_float_default']:.2f}x the float "
+                f"{name} {row['path']}: {row['sequences_per_second']:.1f} seq/s ({row['x_float_default']:.2f}x the "
+                f"float "
                 f"default), peak {row['peak_rss_mb']:.0f} MB",
                 flush=True,
             )

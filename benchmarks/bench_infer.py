@@ -30,7 +30,7 @@ import numpy as np
 import paddle
 from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification, ErnieTokenizer
 
-import compression
+import dynabert
 import model_io
 import predictors
 import runtime
@@ -95,7 +95,7 @@ def read_bandwidth_gbs(threads: int, megabytes: int = 256, repeats: int = 9) -> 
 
 def encoder_weight_bytes(model, bytes_per_weight: int = 4) -> int:
     """Bytes of the encoder's weights, which every forward pass reads whole (embedding rows are only looked up)."""
-    return bytes_per_weight * sum(compression.parameter_count(layer) for layer in compression.encoder_layers(model))
+    return bytes_per_weight * sum(dynabert.parameter_count(layer) for layer in dynabert.encoder_layers(model))
 
 
 def timed(function) -> float:
@@ -114,7 +114,7 @@ def layer_flops(length: int, hidden: int, attention: int, intermediate: int) -> 
 def model_flops(model, length: int) -> float:
     """FLOPs of one sequence of this length through the encoder (embeddings, pooler and head are negligible)."""
     total = 0.0
-    for layer in compression.encoder_layers(model):
+    for layer in dynabert.encoder_layers(model):
         attention = layer.self_attn.num_heads * layer.self_attn.head_dim
         total += layer_flops(length, layer.linear1.weight.shape[0], attention, layer.linear1.weight.shape[1])
     return total
@@ -191,7 +191,7 @@ def fixed_shape_rows(names, thread_counts, runs, peaks) -> list:
     rows = []
     for name in names:
         model = build_model(name)
-        pruned = compression.slice_to_width(copy.deepcopy(model), 0.75)
+        pruned = dynabert.slice_to_width(copy.deepcopy(model), 0.75)
         with tempfile.TemporaryDirectory() as workdir:
             for threads in thread_counts:
                 for batch_size in (1, 32):
@@ -221,7 +221,8 @@ def fixed_shape_rows(names, thread_counts, runs, peaks) -> list:
 def print_row(row: dict) -> None:
     print(
         f"{row['model']:>7} {row['backend']:<26} thr={row['threads']} bs={row['batch_size']:<3} "
-        f"{row['latency_ms']:9.1f} ms  {row['sequences_per_second']:8.1f} seq/s  {100 * row['peak_fraction']:5.1f}% of peak",
+        f"{row['latency_ms']:9.1f} ms  {row['sequences_per_second']:8.1f} seq/s  {100 * row['peak_fraction']:5.1f}% "
+        f"of peak",
         flush=True,
     )
 

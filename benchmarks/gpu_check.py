@@ -3,12 +3,12 @@
     bash benchmarks/gpu_check.sh                    # builds, fine-tunes and compresses a tiny model, then the matrix
     bash benchmarks/gpu_check.sh output/tnews       # your own fine-tuned, exported and compressed TNEWS folder
 
-For the float export, the pruned model and the int8 candidate TensorRT serves (tensorrt_int8): fp32 and fp16 without TensorRT (GPU mixed
-precision), and fp32/fp16 (float models) or int8 (int8 models) with TensorRT (PIR-TRT for PIR programs, the legacy
-TensorRT subgraph with the model's own scales for int8 programs). Each row: the dev metric against the same model on
-the CPU, the engine that ran, latency and throughput, and a second start (the cached engine). Results go to
-benchmarks/results/gpu_check.json; the exit status is 1 if any metric differs from the CPU's by more than its
-allowance (fp32: 0 examples; fp16 and int8: 2% of the dev examples).
+For the float export, the pruned model and the int8 candidate TensorRT serves (tensorrt_int8): fp32 and fp16 without
+TensorRT (GPU mixed precision), and fp32/fp16 (float models) or int8 (int8 models) with TensorRT (PIR-TRT for PIR
+programs, the legacy TensorRT subgraph with the model's own scales for int8 programs). Each row: the dev metric against
+the same model on the CPU, the engine that ran, latency and throughput, and a second start (the cached engine).
+Results go to benchmarks/results/gpu_check.json; the exit status is 1 if any metric differs from the CPU's by more
+than its allowance (fp32: 0 examples; fp16 and int8: 2% of the dev examples).
 """
 
 import argparse
@@ -19,6 +19,7 @@ import time
 
 import compress_seq_cls
 import infer
+import model_folder
 import run_seq_cls
 import runtime
 from benchmarks.bench_infer import ROOT
@@ -80,13 +81,14 @@ def tiny_tnews(workdir: str) -> str:
 
 
 def matrix(folder: str):
-    """(label, model folder, precision, use_trt) rows: the float export, the pruned model, the report's tensorrt_int8."""
-    report = runtime.read_json_file(os.path.join(folder, "compress", "compress_report.json"), "compress_report.json")
-    pruned = next((c["path"] for c in report["candidates"] if c["kind"] == "pruned float"), None)
+    """(label, model folder, precision, use_trt) rows: the float export, the pruned model, the report's
+    tensorrt_int8."""
+    report = model_folder.read_report(model_folder.report_path(os.path.join(folder, "compress")))
+    pruned = next((c.path for c in report.candidates if c.kind == "pruned float"), None)
     models = [
         ("export", os.path.join(folder, "export"), False),
         ("pruned", pruned, False),
-        ("tensorrt int8", report.get("tensorrt_int8"), True),
+        ("tensorrt int8", report.tensorrt_int8, True),
     ]
     for label, path, quantized in models:
         if not path:
@@ -160,7 +162,8 @@ def main(argv=None):
                 }
             )
             print(
-                f"{label:10} {precision} trt={use_trt}: {first['engine']}; accuracy gpu {first['metrics']['accuracy']:.4f} "
+                f"{label:10} {precision} trt={use_trt}: {first['engine']}; accuracy gpu "
+                f"{first['metrics']['accuracy']:.4f} "
                 f"cpu {cpu['metrics']['accuracy']:.4f} {'ok' if ok else 'MISMATCH'}; "
                 f"{first['perf']['sequences_per_second']:.0f} seq/s",
                 flush=True,

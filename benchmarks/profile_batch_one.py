@@ -24,6 +24,7 @@ import tempfile
 import numpy as np
 import paddle
 
+import model_folder
 import predictors
 import runtime
 from benchmarks.bench_infer import (
@@ -70,7 +71,7 @@ def onnxruntime_profile(export_dir: str, threads: int, batch: dict, runs: int) -
     options = predictors.OnnxRuntimePredictor.session_options(predictor_options("onnxruntime", threads))
     options.enable_profiling = True
     options.profile_file_prefix = os.path.join(export_dir, "ort-profile")
-    onnx_file = predictors.onnx_conversion(export_dir)
+    onnx_file = predictors.onnx_conversion(model_folder.read_model_files(export_dir))
     session = onnxruntime.InferenceSession(onnx_file, options, providers=["CPUExecutionProvider"])
     feed = {node.name: batch[node.name] for node in session.get_inputs()}
     for _ in range(runs):
@@ -107,9 +108,8 @@ def paddle_profile(export_dir: str, threads: int, batch: dict, runs: int) -> dic
     """Time per operator from Paddle Inference's profiler (config.enable_profile), in ms per run."""
     report = os.path.join(export_dir, "paddle-profile.txt")
     with captured_stdout(report):
-        config = predictors.PaddlePredictor(
-            export_dir, predictor_options("paddle", threads)
-        ).config()  # infer.py's config
+        files = model_folder.read_model_files(export_dir)
+        config = predictors.PaddlePredictor(files, predictor_options("paddle", threads)).config()  # infer.py's config
         config.enable_profile()
         predictor = paddle.inference.create_predictor(config)
         handles = {name: predictor.get_input_handle(name) for name in predictor.get_input_names()}
@@ -172,7 +172,8 @@ def main(argv=None):
     bandwidth, weight_bytes = read_bandwidth_gbs(args.threads), encoder_weight_bytes(model)
     weight_read_ms = weight_bytes / bandwidth / 1e6
     print(
-        f"{args.model}, {args.length} tokens, {args.threads} threads: {model_flops(model, args.length) / 1e6:.0f} MFLOP, "
+        f"{args.model}, {args.length} tokens, {args.threads} threads: {model_flops(model, args.length) / 1e6:.0f} "
+        f"MFLOP, "
         f"peak {peak:.0f} GFLOP/s, bound {1000 * bound:.2f} ms; fp32 encoder weights {weight_bytes / 1e6:.0f} MB at "
         f"{bandwidth:.1f} GB/s read: {weight_read_ms:.2f} ms if they came from memory"
     )

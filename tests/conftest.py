@@ -6,6 +6,7 @@ import socket
 
 import pytest
 
+import model_folder
 import model_io
 import runtime
 from tiny_models import build_tiny_encoder
@@ -41,6 +42,45 @@ def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def sample_candidate(relative_path, backend="paddle", precision="fp32", points=50.0, speed=100.0, **more):
+    """A measured candidate for tests of the report's readers (model_folder.Candidate)."""
+    return model_folder.Candidate(
+        path=f"/c/{relative_path}",
+        relative_path=relative_path,
+        kind="int8" if precision == "int8" else "float parent",
+        source="/parent",
+        backend=backend,
+        precision=precision,
+        metrics={"accuracy": points / 100},
+        metric_points=points,
+        size_bytes=1000,
+        latency_ms_p50=1.5,
+        sequences_per_second=speed,
+        parameters=10,
+        **more,
+    )
+
+
+def sample_report(**more):
+    """A compression report for tests of its readers; more replaces its fields."""
+    values = dict(
+        task=model_folder.ReportTask("tnews", "accuracy", "fraction x 100"),
+        strategy="ptq",
+        max_metric_drop=1.0,
+        calibration_examples=8,
+        measured_on={"cpu": "test", "flags": ["avx2"], "threads": 2},
+        checkpoint_selection={"examples": 1},
+        parent=sample_candidate("parent"),
+        candidates=(
+            sample_candidate("hist4_1", precision="int8", points=49.5, speed=300.0, drop_points=0.5, algo="hist"),
+        ),
+        best="/c/hist4_1",
+        best_int8="/c/hist4_1",
+        tensorrt_int8=None,
+    )
+    return model_folder.CompressionReport(**{**values, **more})
 
 
 def error_lines(stderr):
@@ -90,7 +130,7 @@ def static_outputs(export_dir, batch):
     """Outputs of an exported model run in paddle.inference on the CPU, inputs fed by name."""
     from paddle import inference
 
-    config = inference.Config(*model_io.static_model_files(export_dir))
+    config = inference.Config(*model_folder.static_model_files(export_dir))
     config.disable_gpu()
     predictor = inference.create_predictor(config)
     for name in predictor.get_input_names():

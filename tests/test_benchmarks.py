@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-import compression
+import dynabert
 import runtime
 from benchmarks import tables
 from benchmarks.bench_infer import build_model, encoder_weight_bytes, model_flops
@@ -22,7 +22,7 @@ def nano():
 def test_model_flops_are_the_issue_formula_and_follow_the_pruned_widths(nano):
     length, hidden = 128, NANO_HIDDEN
     assert model_flops(nano, length) == pytest.approx(NANO_LAYERS * (24 * hidden**2 * length + 4 * length**2 * hidden))
-    pruned = compression.slice_to_width(copy.deepcopy(nano), 0.75)
+    pruned = dynabert.slice_to_width(copy.deepcopy(nano), 0.75)
     attention, intermediate = 9 * 26, 936  # 9 of 12 heads of 26, 3/4 of 1248 neurons
     expected = NANO_LAYERS * (
         2 * length * (4 * hidden * attention + 2 * hidden * intermediate) + 4 * length**2 * attention

@@ -12,6 +12,7 @@ import pytest
 import compress_qa
 import compress_seq_cls
 import infer
+import model_folder
 import run_qa
 import run_seq_cls
 import runtime
@@ -75,7 +76,8 @@ def tnews_chain(scratch, tiny_ernie):
 def test_run_seq_cls_without_actions_trains_and_evaluates_into_output_task(tnews_chain, caplog):
     assert {"config.json", "eval_results.json", "train_results.json"} <= set(os.listdir(tnews_chain))
     assert read_json(tnews_chain / "eval_results.json")["eval_samples"] == 32
-    assert not (tnews_chain / "tnews11_predict.json").exists() and not (tnews_chain / "export").exists()
+    assert not (tnews_chain / "tnews11_predict.json").exists()
+    assert not (tnews_chain / "export").exists()
 
 
 def test_the_default_is_logged(scratch, tiny_ernie, caplog, tmp_path):
@@ -97,48 +99,52 @@ def test_the_default_is_logged(scratch, tiny_ernie, caplog, tmp_path):
 
 
 def test_compress_reads_output_task_and_writes_its_compress_folder(tnews_chain):
-    report = read_json(tnews_chain / "compress" / "compress_report.json")
-    assert report["parent"]["source"] == os.path.join("output", "tnews")
-    assert report["best_int8"] and report["best_int8"].startswith(str(tnews_chain / "compress"))
-    assert report["checkpoint_selection"]["examples"] >= 1
+    report = model_folder.read_report(tnews_chain / "compress" / "compress_report.json")
+    assert report.parent.source == os.path.join("output", "tnews")
+    assert report.best_int8
+    assert report.best_int8.startswith(str(tnews_chain / "compress"))
+    assert report.checkpoint_selection["examples"] >= 1
 
 
 def test_infer_precision_int8_serves_the_best_int8_candidate_with_the_reported_metric(tnews_chain):
-    report = read_json(tnews_chain / "compress" / "compress_report.json")
+    report = model_folder.read_report(tnews_chain / "compress" / "compress_report.json")
     result = infer.main(["--precision", "int8", "--dev_file", clue_file("tnews", "dev"), "--num_threads", "1"])
-    candidate = next(c for c in report["candidates"] if c["path"] == report["best_int8"])
-    assert result["model_path"] == report["best_int8"] and result["task_name"] == "tnews"
-    assert result["metrics"]["accuracy"] == pytest.approx(candidate["metrics"]["accuracy"])
+    candidate = next(c for c in report.candidates if c.path == report.best_int8)
+    assert result["model_path"] == report.best_int8
+    assert result["task_name"] == "tnews"
+    assert result["metrics"]["accuracy"] == pytest.approx(candidate.metrics["accuracy"])
 
 
 def test_the_report_names_the_paddle_int8_candidate_tensorrt_serves(tnews_chain):
     """tensorrt_int8: among the Paddle int8 candidates within the budget, the best metric (CPU speed says nothing of
     a GPU's), checked from the report's own numbers."""
-    report = read_json(tnews_chain / "compress" / "compress_report.json")
+    report = model_folder.read_report(tnews_chain / "compress" / "compress_report.json")
     paddle_int8 = [
         c
-        for c in report["candidates"]
-        if c["backend"] == "paddle" and c["precision"] == "int8" and c["drop_points"] <= report["max_metric_drop"]
+        for c in report.candidates
+        if c.backend == "paddle" and c.precision == "int8" and c.drop_points <= report.max_metric_drop
     ]
     assert paddle_int8, "the ptq chain within a 5-point budget has Paddle int8 candidates"
-    chosen = next(c for c in report["candidates"] if c["path"] == report["tensorrt_int8"])
-    assert chosen["backend"] == "paddle" and chosen["precision"] == "int8"
-    assert chosen["metric_points"] == max(c["metric_points"] for c in paddle_int8)
+    chosen = next(c for c in report.candidates if c.path == report.tensorrt_int8)
+    assert chosen.backend == "paddle"
+    assert chosen.precision == "int8"
+    assert chosen.metric_points == max(c.metric_points for c in paddle_int8)
 
 
 def test_infer_names_the_command_that_makes_a_missing_model(scratch, tnews_chain, capsys):
     status, stderr = run_cli(infer.main, ["--task_name", "tnews"], capsys)  # no --do_export was run
+    assert status == 2
     assert (
-        status == 2
-        and "make one with `python run_seq_cls.py --task_name tnews --do_train --do_eval --do_export`"
+        "make one with `python run_seq_cls.py --task_name tnews --do_train --do_eval --do_export`"
         in error_lines(stderr)[0]
     )
     status, stderr = run_cli(infer.main, ["--task_name", "afqmc", "--precision", "int8"], capsys)
-    assert status == 2 and "make one with `python compress_seq_cls.py --task_name afqmc`" in error_lines(stderr)[0]
+    assert status == 2
+    assert "make one with `python compress_seq_cls.py --task_name afqmc`" in error_lines(stderr)[0]
     status, stderr = run_cli(compress_seq_cls.main, ["--task_name", "iflytek"], capsys)
+    assert status == 2
     assert (
-        status == 2
-        and "no fine-tuned model in output/iflytek: make one with `python run_seq_cls.py --task_name iflytek`"
+        "no fine-tuned model in output/iflytek: make one with `python run_seq_cls.py --task_name iflytek`"
         in error_lines(stderr)[0]
     )
 
@@ -147,7 +153,8 @@ def test_infer_checks_a_given_task_against_the_models(scratch, tnews_chain, caps
     status, stderr = run_cli(
         infer.main, ["--task_name", "afqmc", "--model_path", str(tnews_chain / "compress" / "parent")], capsys
     )
-    assert status == 2 and "was exported for task 'tnews', not 'afqmc'" in error_lines(stderr)[0]
+    assert status == 2
+    assert "was exported for task 'tnews', not 'afqmc'" in error_lines(stderr)[0]
 
 
 def test_infer_use_trt_precision_int8_as_written_ends_with_one_line_on_a_cpu_machine(tnews_chain):
@@ -158,7 +165,8 @@ def test_infer_use_trt_precision_int8_as_written_ends_with_one_line_on_a_cpu_mac
         text=True,
         timeout=300,
     )
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert error_lines(result.stderr) == [
         "error: --use_trt runs TensorRT through Paddle Inference: it needs --backend paddle --device gpu"
     ]
@@ -187,14 +195,15 @@ def test_run_qa_and_compress_qa_as_in_upstreams_readme(scratch, tiny_ernie):
     ) as error:  # a random-weight reader may miss the 1-point budget or not be faster: the report says
         status = 2
         assert "no candidate is within --max_metric_drop 1.0 points of the float parent" in str(error)
-    report = read_json(scratch / "output" / "cmrc2018" / "compress" / "compress_report.json")
-    assert report["strategy"] == "dynabert+ptq" and report["task"]["name"] == "cmrc2018"
-    assert {c["kind"] for c in report["candidates"]} >= {"pruned float", "int8"}
-    assert {(c["backend"], c["precision"]) for c in report["candidates"]} >= {
+    report = model_folder.read_report(scratch / "output" / "cmrc2018" / "compress" / "compress_report.json")
+    assert report.strategy == "dynabert+ptq"
+    assert report.task.name == "cmrc2018"
+    assert {c.kind for c in report.candidates} >= {"pruned float", "int8"}
+    assert {(c.backend, c.precision) for c in report.candidates} >= {
         ("paddle", "int8"),
         ("onnxruntime", "int8"),
     }
-    assert (report["best"] is None) == (status == 2)
+    assert (report.best is None) == (status == 2)
 
 
 def test_compress_into_an_existing_folder_keeps_what_was_there(scratch, tnews_chain, tmp_path):
@@ -217,12 +226,12 @@ def test_compress_into_an_existing_folder_keeps_what_was_there(scratch, tnews_ch
             *COMPRESS_FAST,
         ]
     )
-    assert (target / "notes.txt").read_text() == "mine" and (target / "compress_report.json").is_file()
+    assert (target / "notes.txt").read_text() == "mine"
+    assert (target / "compress_report.json").is_file()
     assert not [name for name in os.listdir(target) if name.startswith(".tmp")]
 
 
 def test_dataset_and_task_name_must_agree(scratch, tnews_chain, capsys):
     status, stderr = run_cli(compress_seq_cls.main, ["--dataset", "clue afqmc", "--task_name", "tnews"], capsys)
-    assert (
-        status == 2 and "--dataset 'clue afqmc' and --task_name 'tnews' name different tasks" in error_lines(stderr)[0]
-    )
+    assert status == 2
+    assert "--dataset 'clue afqmc' and --task_name 'tnews' name different tasks" in error_lines(stderr)[0]

@@ -44,7 +44,8 @@ def test_a_failed_download_says_what_and_which_local_option_to_use(what, tiny_er
     )
     assert result.returncode == 2, result.stderr[-2000:]
     lines = error_lines(result.stderr)
-    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert len(lines) == 1
+    assert "Traceback" not in result.stderr
     assert all(text in lines[0] for text in expected), lines[0]
     assert not (tmp_path / "out").exists()
 

@@ -15,7 +15,9 @@ import compress_qa
 import compress_seq_cls
 import compress_token_cls
 import compression
+import dynabert
 import infer
+import model_folder
 import model_io
 import predictors
 import runtime
@@ -77,53 +79,58 @@ def logits(model, features):
 def test_reordering_by_importance_keeps_the_function_and_masks_equal_slicing(tnews_model_and_features, tokenizer):
     model, features = tnews_model_and_features
     before = logits(model, features)
-    masks = compression.WidthMasks(model)
-    collator = utils.family_collator("seq_cls", tokenizer)
-    heads, neurons = compression.width_importance(
-        model, masks, list(compression.training_batches(features, collator, 8, shuffle=False))[:3]
+    masks = dynabert.WidthMasks(model)
+    collator = utils.family_collator(utils.SEQ_CLS_TASKS["tnews"], tokenizer)
+    heads, neurons = dynabert.width_importance(
+        model, masks, list(dynabert.training_batches(features, collator, 8, shuffle=False))[:3]
     )
-    assert heads.shape == (2, 2) and neurons.shape == (2, 64) and heads.sum() > 0 and neurons.sum() > 0
-    compression.reorder_by_importance(masks, heads, neurons)
+    assert heads.shape == (2, 2)
+    assert neurons.shape == (2, 64)
+    assert heads.sum() > 0
+    assert neurons.sum() > 0
+    dynabert.reorder_by_importance(masks, heads, neurons)
     np.testing.assert_allclose(logits(model, features), before, atol=1e-5)
     masks.set_width(0.75)
     masked = logits(model, features)
     assert np.abs(masked - before).max() > 1e-6  # the masks really cut units
     masks.remove()
-    sliced = compression.slice_to_width(copy.deepcopy(model), 0.75)
+    sliced = dynabert.slice_to_width(copy.deepcopy(model), 0.75)
     np.testing.assert_allclose(logits(sliced, features), masked, atol=1e-5)
-    layer = compression.encoder_layers(sliced)[0]
-    assert (
-        layer.self_attn.num_heads == 1
-        and layer.linear1.weight.shape == [32, 48]
-        and layer.self_attn.q_proj.weight.shape == [32, 16]
-    )
+    layer = dynabert.encoder_layers(sliced)[0]
+    assert layer.self_attn.num_heads == 1
+    assert layer.linear1.weight.shape == [32, 48]
+    assert layer.self_attn.q_proj.weight.shape == [32, 16]
 
 
 def test_widths_parse_as_fractions_or_decimals():
-    assert compression.parse_width("3/4") == 0.75 and compression.parse_width("0.5") == 0.5
+    assert compression.parse_width("3/4") == 0.75
+    assert compression.parse_width("0.5") == 0.5
     for bad in ("1", "5/4", "abc", "3/0"):
         with pytest.raises(runtime.UserError, match="--width_mult_list"):
             compression.parse_width(bad)
 
 
 def test_selection_picks_the_fastest_candidate_within_the_allowed_drop_and_never_one_slower_than_the_parent():
-    parent = {"path": "parent", "metric_points": 57.5, "sequences_per_second": 100.0}
+    def measured(path, points, size, speed):
+        return model_folder.Candidate(path, path, "int8", "p", "paddle", "int8", {}, points, size, 1.0, speed, 1)
+
+    parent = measured("parent", 57.5, 50, 100.0)
     candidates = [
-        {"path": "a", "metric_points": 56.0, "size_bytes": 10, "sequences_per_second": 400.0},  # fastest, 1.5 below
-        {"path": "b", "metric_points": 57.2, "size_bytes": 30, "sequences_per_second": 300.0},
-        {"path": "c", "metric_points": 57.0, "size_bytes": 20, "sequences_per_second": 300.0},  # as fast, smaller
-        {"path": "d", "metric_points": 58.5, "size_bytes": 5, "sequences_per_second": 90.0},  # best metric, slower
+        measured("a", 56.0, 10, 400.0),  # fastest, 1.5 below
+        measured("b", 57.2, 30, 300.0),
+        measured("c", 57.0, 20, 300.0),  # as fast, smaller
+        measured("d", 58.5, 5, 90.0),  # best metric, slower
     ]
-    assert compression.choose_best(parent, candidates, 1.0)["path"] == "c"
-    assert compression.choose_best(parent, candidates, 1.5)["path"] == "a"
-    assert compression.choose_best(parent, candidates[1:2], 1.0)["path"] == "b"
+    assert compression.choose_best(parent, candidates, 1.0).path == "c"
+    assert compression.choose_best(parent, candidates, 1.5).path == "a"
+    assert compression.choose_best(parent, candidates[1:2], 1.0).path == "b"
     assert compression.choose_best(parent, candidates[3:], 1.0) is None  # within the budget but slower than the parent
     assert compression.choose_best(parent, candidates[:1], 1.0) is None  # faster but 1.5 points below
 
 
 # ---- whole runs ---------------------------------------------------------------------------------------
 def is_paddle_int8(candidate):
-    return (candidate["backend"], candidate["precision"]) == ("paddle", "int8")
+    return (candidate.backend, candidate.precision) == ("paddle", "int8")
 
 
 def DEPLOYMENTS(prefix):
@@ -149,87 +156,92 @@ def tnews_compressed(tnews_run, tmp_path_factory):
 def test_dynabert_prunes_heads_and_neurons_to_the_width(tnews_compressed, tnews_run):
     shapes = exported_weight_shapes(os.path.join(tnews_compressed, "width_mult_0.75"))
     parent = exported_weight_shapes(os.path.join(tnews_run, "export"))
-    assert parent[(32, 64)] == 2 and shapes[(32, 64)] == 0  # feed-forward 64 -> 48 neurons in both layers
-    assert shapes[(32, 48)] == 2 and shapes[(48, 32)] == 2
-    assert shapes[(32, 16)] == 6 and shapes[(16, 32)] - parent[(16, 32)] == 2  # q/k/v, out_proj: 2 heads -> 1 of 16
-    report = read_json(os.path.join(tnews_compressed, "compress_report.json"))
-    pruned = next(c for c in report["candidates"] if c["kind"] == "pruned float")
+    assert parent[(32, 64)] == 2
+    assert shapes[(32, 64)] == 0  # feed-forward 64 -> 48 neurons in both layers
+    assert shapes[(32, 48)] == 2
+    assert shapes[(48, 32)] == 2
+    assert shapes[(32, 16)] == 6
+    assert shapes[(16, 32)] - parent[(16, 32)] == 2  # q/k/v, out_proj: 2 heads -> 1 of 16
+    report = model_folder.read_report(os.path.join(tnews_compressed, "compress_report.json"))
+    pruned = next(c for c in report.candidates if c.kind == "pruned float")
     one_head = 3 * (32 * 16 + 16) + 16 * 32  # its q/k/v columns and biases, and its out_proj rows
     sixteen_neurons = (32 * 16 + 16) + 16 * 32  # their linear1 columns and biases, and their linear2 rows
-    assert pruned["width"] == 0.75 and pruned["parameters"] == report["parent"]["parameters"] - 2 * (
-        one_head + sixteen_neurons
-    )
+    assert pruned.width == 0.75
+    assert pruned.parameters == report.parent.parameters - 2 * (one_head + sixteen_neurons)
 
 
 def test_report_measures_every_candidate_and_picks_the_best(tnews_compressed):
-    report = read_json(os.path.join(tnews_compressed, "compress_report.json"))
-    paths = [c["relative_path"] for c in report["candidates"]]
+    report = model_folder.read_report(os.path.join(tnews_compressed, "compress_report.json"))
+    paths = [c.relative_path for c in report.candidates]
     expected = (
         ["width_mult_0.75", "width_mult_0.75/hist4_1", "width_mult_0.75/mse4_1"]
         + DEPLOYMENTS("")
         + DEPLOYMENTS("width_mult_0.75/")
     )
     assert paths == expected
-    served = {c["relative_path"]: (c["backend"], c["precision"]) for c in report["candidates"]}
-    assert served["width_mult_0.75/hist4_1"] == ("paddle", "int8") and served["width_mult_0.75"] == ("paddle", "fp32")
+    served = {c.relative_path: (c.backend, c.precision) for c in report.candidates}
+    assert served["width_mult_0.75/hist4_1"] == ("paddle", "int8")
+    assert served["width_mult_0.75"] == ("paddle", "fp32")
     assert served["onnxruntime_int8"] == ("onnxruntime", "int8")
-    for candidate in report["candidates"]:
-        serving = read_json(os.path.join(candidate["path"], "task.json"))["serving"]
-        assert (serving["backend"], serving["precision"]) == (candidate["backend"], candidate["precision"])
-    for entry in [report["parent"]] + report["candidates"]:
-        assert os.path.isdir(entry["path"]) and entry["size_bytes"] > 0 and entry["latency_ms_p50"] > 0
-        assert 0.0 <= entry["metrics"]["accuracy"] <= 1.0 and entry["metric_points"] == pytest.approx(
-            100 * entry["metrics"]["accuracy"]
-        )
-    for candidate in report["candidates"]:
-        assert candidate["drop_points"] == pytest.approx(report["parent"]["metric_points"] - candidate["metric_points"])
+    for candidate in report.candidates:
+        serving = model_folder.read_task_file(candidate.path).serving
+        assert (serving.backend, serving.precision) == (candidate.backend, candidate.precision)
+    for entry in (report.parent, *report.candidates):
+        assert os.path.isdir(entry.path)
+        assert entry.size_bytes > 0
+        assert entry.latency_ms_p50 > 0
+        assert 0.0 <= entry.metrics["accuracy"] <= 1.0
+        assert entry.metric_points == pytest.approx(100 * entry.metrics["accuracy"])
+    for candidate in report.candidates:
+        assert candidate.drop_points == pytest.approx(report.parent.metric_points - candidate.metric_points)
     assert_best_follows_the_budget(report)
     assert (
-        report["parent"]["metrics"]["accuracy"]
-        == read_json(os.path.join(os.path.dirname(report["parent"]["source"] + "/"), "eval_results.json"))["accuracy"]
+        report.parent.metrics["accuracy"]
+        == read_json(os.path.join(os.path.dirname(report.parent.source + "/"), "eval_results.json"))["accuracy"]
     )
 
 
 def assert_best_follows_the_budget(report):
     """The report's choice against its own numbers: the chosen candidate is within the budget and faster than the
     parent, and no such candidate is faster; nothing chosen means no candidate is both."""
-    parent = report["parent"]
+    parent = report.parent
     eligible = [
         c
-        for c in report["candidates"]
-        if c["drop_points"] <= report["max_metric_drop"] + 1e-9
-        and c["sequences_per_second"] > parent["sequences_per_second"]
+        for c in report.candidates
+        if c.drop_points <= report.max_metric_drop + 1e-9 and c.sequences_per_second > parent.sequences_per_second
     ]
     if not eligible:
-        assert report["best"] is None
+        assert report.best is None
         return
-    best = next(c for c in report["candidates"] if c["path"] == report["best"])
-    assert best in eligible and best["sequences_per_second"] == max(c["sequences_per_second"] for c in eligible)
+    best = next(c for c in report.candidates if c.path == report.best)
+    assert best in eligible
+    assert best.sequences_per_second == max(c.sequences_per_second for c in eligible)
 
 
 def test_every_candidate_is_served_by_infer_as_measured(tnews_compressed):
     """infer.py with nothing but --model_path: the backend and precision from the candidate's task.json, and the
     report's metric."""
-    report = read_json(os.path.join(tnews_compressed, "compress_report.json"))
-    for candidate in report["candidates"]:
+    report = model_folder.read_report(os.path.join(tnews_compressed, "compress_report.json"))
+    for candidate in report.candidates:
         served = infer.main(
-            ["--model_path", candidate["path"], "--dev_file", clue_file("tnews", "dev"), "--batch_size", "8"]
+            ["--model_path", candidate.path, "--dev_file", clue_file("tnews", "dev"), "--batch_size", "8"]
         )
-        assert (served["backend"], served["precision"]) == (candidate["backend"], candidate["precision"])
-        assert served["metrics"]["accuracy"] == pytest.approx(candidate["metrics"]["accuracy"], abs=1e-6)
+        assert (served["backend"], served["precision"]) == (candidate.backend, candidate.precision)
+        assert served["metrics"]["accuracy"] == pytest.approx(candidate.metrics["accuracy"], abs=1e-6)
 
 
 def test_int8_candidates_hold_quantize_ops_and_serve_through_infer(tnews_compressed):
-    report = read_json(os.path.join(tnews_compressed, "compress_report.json"))
-    for candidate in (c for c in report["candidates"] if is_paddle_int8(c)):
-        program, _ = model_io.static_model_files(candidate["path"])
-        assert os.path.basename(program) == "int8.pdmodel" and model_io.is_quantized(program)
+    report = model_folder.read_report(os.path.join(tnews_compressed, "compress_report.json"))
+    for candidate in (c for c in report.candidates if is_paddle_int8(c)):
+        program, _ = model_folder.static_model_files(candidate.path)
+        assert os.path.basename(program) == "int8.pdmodel"
+        assert model_folder.is_quantized(program)
         served = infer.main(
             [
                 "--task_name",
                 "tnews",
                 "--model_path",
-                candidate["path"],
+                candidate.path,
                 "--dev_file",
                 clue_file("tnews", "dev"),
                 "--batch_size",
@@ -238,7 +250,7 @@ def test_int8_candidates_hold_quantize_ops_and_serve_through_infer(tnews_compres
                 "int8",
             ]
         )
-        assert served["metrics"]["accuracy"] == pytest.approx(candidate["metrics"]["accuracy"], abs=1e-6)
+        assert served["metrics"]["accuracy"] == pytest.approx(candidate.metrics["accuracy"], abs=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -272,24 +284,24 @@ def test_ner_and_qa_compress_end_to_end(script, run_fixture, data, request, tmp_
         data + ["--model_name_or_path", model, "--output_dir", output_dir, "--max_metric_drop", "2"] + FAST,
         capsys,
     )
-    report = read_json(os.path.join(output_dir, "compress_report.json"))
-    assert (status == 0) == (report["best"] is not None)
+    report = model_folder.read_report(os.path.join(output_dir, "compress_report.json"))
+    assert (status == 0) == (report.best is not None)
     assert_best_follows_the_budget(report)
-    assert [c["relative_path"] for c in report["candidates"]][:3] == [
+    assert [c.relative_path for c in report.candidates][:3] == [
         "width_mult_0.75",
         "width_mult_0.75/hist4_1",
         "width_mult_0.75/mse4_1",
     ]
     assert exported_weight_shapes(os.path.join(output_dir, "width_mult_0.75"))[(32, 48)] == 2
     assert all(
-        model_io.is_quantized(model_io.static_model_files(c["path"])[0])
-        for c in report["candidates"]
+        model_folder.is_quantized(model_folder.static_model_files(c.path)[0])
+        for c in report.candidates
         if is_paddle_int8(c)
     )
-    parent_metric = report["task"]["metric"]
+    parent_metric = report.task.metric
     assert parent_metric == "f1"
     trained = read_json(os.path.join(model, "eval_results.json"))
-    assert report["parent"]["metrics"]["f1"] == pytest.approx(trained["f1"], abs=1e-6)
+    assert report.parent.metrics["f1"] == pytest.approx(trained["f1"], abs=1e-6)
 
 
 def test_quantization_aware_training_gives_a_servable_int8_model(tnews_run, tmp_path, capsys):
@@ -315,18 +327,19 @@ def test_quantization_aware_training_gives_a_servable_int8_model(tnews_run, tmp_
         + FAST,
         capsys,
     )
-    report = read_json(os.path.join(output_dir, "compress_report.json"))
-    assert (status == 0) == (report["best"] is not None)
-    (candidate,) = report["candidates"]
-    assert candidate["relative_path"] == "qat" and candidate["kind"] == "int8"
+    report = model_folder.read_report(os.path.join(output_dir, "compress_report.json"))
+    assert (status == 0) == (report.best is not None)
+    (candidate,) = report.candidates
+    assert candidate.relative_path == "qat"
+    assert candidate.kind == "int8"
     assert_best_follows_the_budget(report)
-    assert model_io.is_quantized(model_io.static_model_files(candidate["path"])[0])
+    assert model_folder.is_quantized(model_folder.static_model_files(candidate.path)[0])
     served = infer.main(
         [
             "--task_name",
             "tnews",
             "--model_path",
-            candidate["path"],
+            candidate.path,
             "--dev_file",
             clue_file("tnews", "dev"),
             "--batch_size",
@@ -335,7 +348,7 @@ def test_quantization_aware_training_gives_a_servable_int8_model(tnews_run, tmp_
             "int8",
         ]
     )
-    assert served["metrics"]["accuracy"] == pytest.approx(candidate["metrics"]["accuracy"], abs=1e-6)
+    assert served["metrics"]["accuracy"] == pytest.approx(candidate.metrics["accuracy"], abs=1e-6)
 
 
 def test_the_gate_refuses_candidates_that_drop_too_far(tnews_run, tmp_path, capsys):
@@ -357,11 +370,13 @@ def test_the_gate_refuses_candidates_that_drop_too_far(tnews_run, tmp_path, caps
         + FAST,
         capsys,
     )
-    assert status == 2 and len(error_lines(stderr)) == 1
+    assert status == 2
+    assert len(error_lines(stderr)) == 1
     assert "no candidate is within --max_metric_drop -100.0 points of the float parent" in error_lines(stderr)[0]
-    report = read_json(output_dir / "compress_report.json")
-    assert report["best"] is None and report["best_int8"] is None
-    assert [c["relative_path"] for c in report["candidates"]] == ["hist4_1", "mse4_1"] + DEPLOYMENTS("")
+    report = model_folder.read_report(output_dir / "compress_report.json")
+    assert report.best is None
+    assert report.best_int8 is None
+    assert [c.relative_path for c in report.candidates] == ["hist4_1", "mse4_1"] + DEPLOYMENTS("")
 
 
 def compress_bad_cases(tmp_path, tnews_run, tiny_ernie):
@@ -420,9 +435,12 @@ def test_bad_input_gets_one_error_line_and_writes_nothing(case, tnews_run, tiny_
         FAST + argv + data + ["--dev_file", clue_file("tnews", "dev"), "--output_dir", str(output_dir)],
         capsys,
     )
-    assert status == 2 and len(error_lines(stderr)) == 1 and "Traceback" not in stderr
+    assert status == 2
+    assert len(error_lines(stderr)) == 1
+    assert "Traceback" not in stderr
     assert re.search(message, error_lines(stderr)[0]), error_lines(stderr)[0]
-    assert not output_dir.exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+    assert not output_dir.exists()
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
 
 
 def test_an_earlier_compression_output_is_not_replaced(tnews_compressed, tnews_run, capsys):
@@ -432,11 +450,16 @@ def test_an_earlier_compression_output_is_not_replaced(tnews_compressed, tnews_r
         clue_data_args("tnews") + ["--model_name_or_path", tnews_run, "--output_dir", tnews_compressed] + FAST,
         capsys,
     )
-    assert (
-        status == 2
-        and "already holds a compression (compress_report.json); pass --overwrite_output_dir" in error_lines(stderr)[0]
-    )
+    assert status == 2
+    assert "already holds a compression (compress_report.json); pass --overwrite_output_dir" in error_lines(stderr)[0]
     assert os.path.getmtime(os.path.join(tnews_compressed, "compress_report.json")) == before
+
+
+def int8_error_bound() -> float:
+    """Without VNNI (or AMX) oneDNN multiplies int8 with vpmaddubsw, whose 16-bit sums saturate: on an AMD EPYC with
+    AVX2 only the same candidates erred by 0.333 of the logits' range (every argmax still equal)."""
+    _, flags = runtime.cpu_model_and_flags()
+    return 0.3 if {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags) else 0.5
 
 
 def predictor_logits(model_dir, features, precision="fp32"):
@@ -455,23 +478,24 @@ def test_int8_candidates_on_onednn_stay_close_to_the_fake_quantized_program_and_
     alike, every argmax equal). The random tiny model's logits span little, so the relative error is large;
     ERNIE 3.0-Medium's (random) logits correlate 0.98 across the two. Bound 0.3 and 90% equal argmaxes: a broken
     scale (a missing dequantize, a wrong channel axis, the unsteady second run) errs by the whole range."""
-    report = read_json(os.path.join(tnews_compressed, "compress_report.json"))
+    report = model_folder.read_report(os.path.join(tnews_compressed, "compress_report.json"))
     task = utils.SEQ_CLS_TASKS["tnews"]
     features = list(
         utils.encode_text_examples(
             utils.load_examples(task, "dev", clue_file("tnews", "dev")), tokenizer, task, 128
         ).dataset
     )
-    for candidate in (c for c in report["candidates"] if is_paddle_int8(c)):
-        source = predictor_logits(candidate["source"], features)
+    for candidate in (c for c in report.candidates if is_paddle_int8(c)):
+        source = predictor_logits(candidate.source, features)
         spread = source.max() - source.min()
         fake = np.concatenate(
-            [static_outputs(candidate["path"], padded_batch(features[i : i + 8])) for i in range(0, len(features), 8)]
+            [static_outputs(candidate.path, padded_batch(features[i : i + 8])) for i in range(0, len(features), 8)]
         )
-        onednn = predictor_logits(candidate["path"], features, "int8")
-        again = predictor_logits(candidate["path"], features, "int8")
+        onednn = predictor_logits(candidate.path, features, "int8")
+        again = predictor_logits(candidate.path, features, "int8")
         for name, reference in (("fake-quantized", fake), ("float source", source)):
             error = np.abs(onednn - reference).max() / spread
             agreement = (onednn.argmax(-1) == reference.argmax(-1)).mean()
-            assert error < 0.3 and agreement >= 0.9, (candidate["relative_path"], name, error, agreement)
+            assert error < int8_error_bound(), (candidate.relative_path, name, error)
+            assert agreement >= 0.9, (candidate.relative_path, name, agreement)
         np.testing.assert_allclose(again, onednn, atol=1e-5)

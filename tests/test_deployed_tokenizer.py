@@ -85,9 +85,9 @@ def test_real_rows_encode_to_the_same_features(tokenizer_pair, task_name, path, 
     )
     assert len(deployed.dataset) == len(reference.dataset) >= len(examples)
     assert deployed.dataset == reference.dataset  # ids, token types and labels
-    if task.family == "qa":
+    if hasattr(deployed, "offsets"):  # QA windows
         assert deployed.offsets == [[o and tuple(o) for o in window] for window in reference.offsets]
-    elif task.family == "token_cls":
+    if hasattr(deployed, "word_positions"):  # NER
         assert deployed.word_positions == reference.word_positions
     if max_seq_length < 32:
         assert deployed.truncated == reference.truncated > 0

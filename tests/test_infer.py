@@ -15,7 +15,9 @@ from paddlenlp.transformers import (
     AutoModelForTokenClassification,
 )
 
+import deployment
 import infer
+import model_folder
 import model_io
 import predictors
 import runtime
@@ -80,7 +82,8 @@ def test_onnxruntime_int8_is_reported_and_cached(runs):
             clue_file("tnews", "dev"),
         ]
     )
-    assert 0.0 <= report["metrics"]["accuracy"] <= 1.0 and report["precision"] == "int8"
+    assert 0.0 <= report["metrics"]["accuracy"] <= 1.0
+    assert report["precision"] == "int8"
     int8, fp32 = os.path.join(runs["tnews"], "model.int8.onnx"), os.path.join(runs["tnews"], "model.onnx")
     import onnx
 
@@ -110,7 +113,7 @@ def test_onnx_conversion_and_quantization_print_no_warnings(tnews_run, tmp_path,
     export_dir = str(tmp_path / "export")
     shutil.copytree(os.path.join(tnews_run, "export"), export_dir)
     capfd.readouterr()
-    predictors.OnnxRuntimePredictor.quantized(predictors.onnx_conversion(export_dir))
+    predictors.OnnxRuntimePredictor.quantized(predictors.onnx_conversion(model_folder.read_model_files(export_dir)))
     printed = "".join(capfd.readouterr())
     assert os.path.isfile(os.path.join(export_dir, "model.int8.onnx"))
     assert not re.search(r"WARNING|\[W:onnxruntime|Fail to optimize", printed), printed
@@ -139,7 +142,8 @@ def test_perf_reports_latency_percentiles_and_throughput(backend, runs, tmp_path
         ]
     )
     perf = read_json(output_file)["perf"]
-    assert perf["sequences"] == 32 and perf["batches"] == 8
+    assert perf["sequences"] == 32
+    assert perf["batches"] == 8
     for name in (
         "latency_ms_p50",
         "latency_ms_p90",
@@ -226,7 +230,8 @@ def test_raw_text_entities_match_the_dynamic_model(ner_run, runs, tmp_path):
         ]
     )
     rows = [json.loads(line) for line in output_file.read_text(encoding="utf-8").splitlines()]
-    assert [row["line"] for row in rows] == [0, 1] and [row["text"] for row in rows] == sentences
+    assert [row["line"] for row in rows] == [0, 1]
+    assert [row["text"] for row in rows] == sentences
     task = utils.MSRA_NER
     examples = [utils.TokenExample(i, list(s), None, "") for i, s in enumerate(sentences)]
     encoded = utils.encode_token_examples(examples, model_io.load_tokenizer(ner_run), task, 128)
@@ -248,7 +253,8 @@ def test_raw_question_answering_matches_the_dynamic_model(qa_run, runs):
         AutoModelForQuestionAnswering.from_pretrained(qa_run), padded_batch(list(features.dataset))
     )
     answers, nbest = utils.postprocess_qa_predictions([example], features, start, end, 20, 50)
-    assert report["predictions"][0]["answer"] == answers["0"] and report["predictions"][0]["answer"] in context
+    assert report["predictions"][0]["answer"] == answers["0"]
+    assert report["predictions"][0]["answer"] in context
     assert report["predictions"][0]["probability"] == pytest.approx(nbest["0"][0]["probability"], abs=1e-5)
 
 
@@ -347,7 +353,9 @@ def test_bad_input_gets_one_clear_error_line(case, runs, tmp_path, capsys):
     extra, message = bad_infer_cases(tmp_path, runs)[case]
     argv = ["--task_name", "tnews", "--dev_file", clue_file("tnews", "dev")] + extra
     status, stderr = run_cli(infer.main, argv, capsys)
-    assert status == 2 and len(error_lines(stderr)) == 1 and "Traceback" not in stderr
+    assert status == 2
+    assert len(error_lines(stderr)) == 1
+    assert "Traceback" not in stderr
     assert re.search(message, error_lines(stderr)[0]), error_lines(stderr)[0]
 
 
@@ -364,7 +372,8 @@ def test_bf16_without_native_support_is_refused_not_emulated(runs, monkeypatch, 
         "bf16",
     ]
     status, stderr = run_cli(infer.main, argv, capsys)
-    assert status == 2 and len(error_lines(stderr)) == 1
+    assert status == 2
+    assert len(error_lines(stderr)) == 1
     assert "needs a CPU with native bfloat16" in error_lines(stderr)[0]
 
 
@@ -417,10 +426,8 @@ def test_openvino_refusals(runs, monkeypatch, capsys, tmp_path):
         ],
         capsys,
     )
-    assert (
-        status == 2
-        and "holds no OpenVINO int8 model (model.ov_int8.xml): make one with compress_*.py" in error_lines(stderr)[0]
-    )
+    assert status == 2
+    assert "holds no OpenVINO int8 model (model.ov_int8.xml): make one with compress_*.py" in error_lines(stderr)[0]
     monkeypatch.setattr(predictors, "native_bfloat16", lambda: False)
     status, stderr = run_cli(
         infer.main,
@@ -436,7 +443,8 @@ def test_openvino_refusals(runs, monkeypatch, capsys, tmp_path):
         ],
         capsys,
     )
-    assert status == 2 and "--precision bf16 needs a CPU with native bfloat16" in error_lines(stderr)[0]
+    assert status == 2
+    assert "--precision bf16 needs a CPU with native bfloat16" in error_lines(stderr)[0]
 
 
 @pytest.mark.parametrize(
@@ -465,7 +473,7 @@ def test_the_command_line_reads_as_with_pdargumentparser(argv):
 
     import arguments
 
-    types = (predictors.DeployArguments, infer.InferArguments, arguments.QAWindowArguments)
+    types = (deployment.DeployArguments, infer.InferArguments, arguments.QAWindowArguments)
     expected = PdArgumentParser(types).parse_args_into_dataclasses(args=list(argv))
     assert arguments.parse_plain_arguments(types, "", argv) == expected
 
@@ -473,7 +481,7 @@ def test_the_command_line_reads_as_with_pdargumentparser(argv):
 def test_an_abbreviated_or_unknown_option_is_one_error():
     import arguments
 
-    types = (predictors.DeployArguments, infer.InferArguments)
+    types = (deployment.DeployArguments, infer.InferArguments)
     with pytest.raises(
         runtime.UserError, match=r"unrecognized arguments: \['--max_seq', '64'\] \(options are spelt out in full"
     ):

@@ -29,7 +29,8 @@ def test_windows_cover_every_token_for_any_length_and_stride():
         for start in starts:
             covered.update(range(start, min(start + window, tokens)))
         assert covered == set(range(tokens))
-        assert starts == sorted(set(starts)) and all(b - a <= stride for a, b in zip(starts, starts[1:]))
+        assert starts == sorted(set(starts))
+        assert all(b - a <= stride for a, b in zip(starts, starts[1:]))
 
 
 def random_context(rng, vocabulary):
@@ -69,7 +70,8 @@ def test_training_windows_hold_every_answer_and_label_it_exactly(tokenizer):
             f, offsets = features.dataset[i], features.offsets[i]
             assert f["end_positions"] >= f["start_positions"]
             sliced = context[offsets[f["start_positions"]][0] : offsets[f["end_positions"]][1]]
-            assert text.strip() in sliced and len(sliced) <= len(text) + 2 * max(map(len, vocabulary)) + 2
+            assert text.strip() in sliced
+            assert len(sliced) <= len(text) + 2 * max(map(len, vocabulary)) + 2
         for i, f in enumerate(features.dataset):
             if i not in labelled:
                 assert f["start_positions"] == f["end_positions"] == 0
@@ -111,10 +113,10 @@ def test_postprocessing_slices_the_best_span_from_the_original_context(tokenizer
     start_logits, end_logits = logits_pointing_at(features, last, first_char, first_char + len("ERNIE模型") - 1)
     predictions, nbest = utils.postprocess_qa_predictions([example], features, start_logits, end_logits, 5, 30)
     assert predictions == {"q": "ERNIE模型"}
-    assert nbest["q"][0]["text"] == "ERNIE模型" and sum(c["probability"] for c in nbest["q"]) <= 1 + 1e-6
-    assert [c["score"] for c in nbest["q"]] == sorted((c["score"] for c in nbest["q"]), reverse=True) and len(
-        nbest["q"]
-    ) == 5
+    assert nbest["q"][0]["text"] == "ERNIE模型"
+    assert sum(c["probability"] for c in nbest["q"]) <= 1 + 1e-6
+    assert [c["score"] for c in nbest["q"]] == sorted((c["score"] for c in nbest["q"]), reverse=True)
+    assert len(nbest["q"]) == 5
 
 
 def test_the_same_answer_text_from_several_spans_is_one_nbest_entry_with_the_summed_probability():
@@ -139,7 +141,8 @@ def test_overlapping_windows_give_each_answer_text_once(tokenizer):
         start_logits, end_logits = start_logits + s[:, :32], end_logits + e[:, :32]
     _, nbest = utils.postprocess_qa_predictions([example], features, start_logits, end_logits, 1000, 30)
     texts = [c["text"] for c in nbest["q"]]
-    assert texts[0] == "ERNIE模型" and len(texts) == len(set(texts))
+    assert texts[0] == "ERNIE模型"
+    assert len(texts) == len(set(texts))
     assert sum(c["probability"] for c in nbest["q"]) == pytest.approx(1.0)
 
 
@@ -157,7 +160,8 @@ def test_postprocessing_skips_reversed_too_long_and_non_context_spans(tokenizer)
     start_logits, end_logits = logits_pointing_at(features, 0, context.index("百"), context.index("型"))
     long, _ = utils.postprocess_qa_predictions([example], features, start_logits, end_logits, 20, 30)
     short, _ = utils.postprocess_qa_predictions([example], features, start_logits, end_logits, 20, 4)
-    assert long["q"] == context and len(short["q"]) <= 4
+    assert long["q"] == context
+    assert len(short["q"]) <= 4
 
 
 def test_no_valid_span_gives_an_empty_answer(tokenizer):
@@ -166,7 +170,8 @@ def test_no_valid_span_gives_an_empty_answer(tokenizer):
     predictions, nbest = utils.postprocess_qa_predictions(
         [example], features, np.zeros((1, 8)), np.zeros((1, 8)), 5, 30
     )
-    assert predictions == {"q": ""} and nbest == {"q": []}
+    assert predictions == {"q": ""}
+    assert nbest == {"q": []}
 
 
 # ---- metrics ---------------------------------------------------------------------------------------
@@ -240,27 +245,30 @@ def test_qa_metrics_take_the_best_gold_answer_and_report_both_definitions():
         utils.QAExample("b", "", "", ["北京大学"], None, None, ""),
     ]
     metrics = utils.qa_metrics(examples, {"a": "北大", "b": "大学北京"})
-    assert metrics["exact_match"] == pytest.approx(50.0) and metrics["f1"] == pytest.approx(75.0)
-    assert metrics["upstream_exact_match"] == pytest.approx(50.0) and metrics["upstream_f1"] == pytest.approx(
-        100.0
-    )  # bag of characters
+    assert metrics["exact_match"] == pytest.approx(50.0)
+    assert metrics["f1"] == pytest.approx(75.0)
+    assert metrics["upstream_exact_match"] == pytest.approx(50.0)
+    assert metrics["upstream_f1"] == pytest.approx(100.0)  # bag of characters
 
 
 # ---- reading ---------------------------------------------------------------------------------------
 def test_reader_keeps_every_gold_answer_and_the_training_position():
     examples = utils.load_examples(TASK, "dev", qa_file("dev.json"))
-    assert len(examples) == 12 and all(len(e.answers) == 3 for e in examples)
+    assert len(examples) == 12
+    assert all(len(e.answers) == 3 for e in examples)
     for e in examples:
         assert e.context[e.answer_start : e.answer_start + len(e.answer_text)] == e.answer_text
     test = utils.load_examples(TASK, "test", qa_file("test.json"))
-    assert len(test) == 9 and all(e.answers == [] for e in test)
+    assert len(test) == 9
+    assert all(e.answers == [] for e in test)
 
 
 def test_an_answer_start_off_by_a_few_characters_is_moved_to_its_text():
     """DEV_101_QUERY_3 of the real CMRC2018 dev set gives answer_start 175 for text found at 174."""
     examples = {e.id: e for e in utils.load_examples(TASK, "train", qa_file("shifted_answer.json"))}
     example = examples["DEV_101_QUERY_3"]
-    assert example.answer_text == "灭司马家族" and example.answer_start == 174
+    assert example.answer_text == "灭司马家族"
+    assert example.answer_start == 174
     assert example.context[174:179] == "灭司马家族"
 
 
@@ -319,15 +327,15 @@ def test_training_overfits_a_small_slice(tiny_ernie, tmp_path):
     )
     with open(tmp_path / "eval_results.json", encoding="utf-8") as handle:
         results = json.load(handle)
-    assert results["exact_match"] >= 75.0 and results["f1"] >= 75.0, results
+    assert results["exact_match"] >= 75.0, results
+    assert results["f1"] >= 75.0, results
 
 
 def test_outputs_and_prediction_files(qa_run):
     with open(os.path.join(qa_run, "eval_results.json"), encoding="utf-8") as handle:
         results = json.load(handle)
-    assert {"exact_match", "f1", "upstream_exact_match", "upstream_f1"} <= set(results) and results[
-        "eval_samples"
-    ] == 12
+    assert {"exact_match", "f1", "upstream_exact_match", "upstream_f1"} <= set(results)
+    assert results["eval_samples"] == 12
     with open(os.path.join(qa_run, "cmrc2018_predict.json"), encoding="utf-8") as handle:
         answers = json.load(handle)
     with open(os.path.join(qa_run, "cmrc2018_nbest.json"), encoding="utf-8") as handle:
@@ -335,7 +343,8 @@ def test_outputs_and_prediction_files(qa_run):
     test = utils.load_examples(TASK, "test", qa_file("test.json"))
     assert list(answers) == [e.id for e in test] == list(nbest)
     for example in test:
-        assert answers[example.id] in example.context and nbest[example.id][0]["text"] == answers[example.id]
+        assert answers[example.id] in example.context
+        assert nbest[example.id][0]["text"] == answers[example.id]
 
 
 def test_exported_static_model_gives_the_dynamic_models_logits(qa_run):
@@ -369,7 +378,8 @@ def test_evaluation_alone_reproduces_the_runs_metrics(qa_run, tmp_path):
         open(os.path.join(qa_run, "eval_results.json"), encoding="utf-8") as b,
     ):
         again, first = json.load(a), json.load(b)
-    assert again["exact_match"] == first["exact_match"] and again["f1"] == pytest.approx(first["f1"])
+    assert again["exact_match"] == first["exact_match"]
+    assert again["f1"] == pytest.approx(first["f1"])
 
 
 def write_squad(path, context, question, answers):
@@ -396,7 +406,8 @@ QA_BAD_INPUT = {
         lambda p: write_squad(
             p, "百度在北京发布了文心大模型。" + "天气很好。" * 12, "谁发布的", [{"text": "百度", "answer_start": 40}]
         ),
-        r"the cmrc2018 train data holds no questions to train on \(1 with no answer found at its answer_start \(free-form\)\)",
+        r"the cmrc2018 train data holds no questions to train on "
+        r"\(1 with no answer found at its answer_start \(free-form\)\)",
     ),
     "only an empty question": (
         lambda p: write_squad(p, "百度在北京", " ", [{"text": "百度", "answer_start": 0}]),
@@ -440,7 +451,9 @@ def test_bad_qa_input_gets_one_error_line(case, tiny_ernie, tmp_path, capsys):
         *QA_SMALL,
     ]
     status, stderr = run_cli(run_qa.main, argv, capsys)
-    assert status == 2 and len(error_lines(stderr)) == 1 and "Traceback" not in stderr
+    assert status == 2
+    assert len(error_lines(stderr)) == 1
+    assert "Traceback" not in stderr
     assert re.search(message, error_lines(stderr)[0]), error_lines(stderr)[0]
     assert not (tmp_path / "out").exists()
 
@@ -488,7 +501,8 @@ def test_odd_training_rows_are_left_out_and_counted_while_evaluation_scores_ever
 def test_a_dev_question_with_an_empty_question_text_is_still_answered(tokenizer):
     example = utils.QAExample("E", "", "百度在北京发布了文心大模型。", ["百度"], None, None, "hand")
     features = utils.prepare_qa_features([example], tokenizer, 32, 8, 64, with_labels=False)
-    assert len(features.dataset) >= 1 and any(o is not None for o in features.offsets[0])
+    assert len(features.dataset) >= 1
+    assert any(o is not None for o in features.offsets[0])
 
 
 def test_prediction_without_a_test_file_says_which_option_to_pass(qa_run, tmp_path, capsys):
@@ -506,9 +520,8 @@ def test_prediction_without_a_test_file_says_which_option_to_pass(qa_run, tmp_pa
         ],
         capsys,
     )
-    assert (
-        status == 2 and "task cmrc2018 has no downloadable test split; pass --test_file PATH" in error_lines(stderr)[0]
-    )
+    assert status == 2
+    assert "task cmrc2018 has no downloadable test split; pass --test_file PATH" in error_lines(stderr)[0]
 
 
 def test_a_classification_model_is_refused_by_the_qa_script(tiny_ernie, tmp_path, capsys):
@@ -520,5 +533,6 @@ def test_a_classification_model_is_refused_by_the_qa_script(tiny_ernie, tmp_path
     status, stderr = run_cli(
         run_qa.main, qa_args(classifier, tmp_path / "out", "--do_train", "--max_steps", "1"), capsys
     )
-    assert status == 2 and len(error_lines(stderr)) == 1
+    assert status == 2
+    assert len(error_lines(stderr)) == 1
     assert "is a fine-tuned sequence classification model, but task cmrc2018 needs a question answering model" in stderr

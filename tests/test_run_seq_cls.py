@@ -8,6 +8,7 @@ import paddle
 import pytest
 from paddlenlp.transformers import AutoModelForSequenceClassification
 
+import model_folder
 import model_io
 import run_seq_cls
 import trainer_suite
@@ -85,14 +86,17 @@ def test_outputs_of_a_full_run(tnews_run):
     assert not [name for name in files if name.startswith(".tmp-")]
 
     results = read_json(os.path.join(tnews_run, "eval_results.json"))
-    assert 0.0 <= results["accuracy"] <= 1.0 and results["eval_samples"] == 32 and results["eval_truncated"] == 0
+    assert 0.0 <= results["accuracy"] <= 1.0
+    assert results["eval_samples"] == 32
+    assert results["eval_truncated"] == 0
 
     predictions = read_json_lines(os.path.join(tnews_run, "tnews11_predict.json"))
     assert [row["id"] for row in predictions] == list(range(1000, 1016))  # each example's own id, in input order
     assert all(row["label"] in utils.SEQ_CLS_TASKS["tnews"].labels for row in predictions)
 
     config = read_json(os.path.join(tnews_run, "config.json"))
-    assert config["finetuning_task"] == "tnews" and len(config["id2label"]) == 15
+    assert config["finetuning_task"] == "tnews"
+    assert len(config["id2label"]) == 15
 
     export_dir = os.path.join(tnews_run, "export")
     assert {"model.pdiparams", "vocab.txt", "task.json"} <= set(os.listdir(export_dir))
@@ -126,7 +130,7 @@ def test_exported_static_model_gives_the_dynamic_models_logits(tnews_run):
 
 
 def test_export_leaves_dropout_out_of_the_program_but_not_out_of_the_trained_model(tnews_run):
-    program, _ = model_io.static_model_files(os.path.join(tnews_run, "export"))
+    program, _ = model_folder.static_model_files(os.path.join(tnews_run, "export"))
     with open(program, "rb") as handle:
         assert b"dropout" not in handle.read()
     model = AutoModelForSequenceClassification.from_pretrained(tnews_run)
@@ -203,19 +207,22 @@ def test_an_existing_output_dir_with_results_is_not_overwritten(tnews_run, tiny_
         clue_data_args("tnews") + ["--model_name_or_path", tiny_ernie, "--output_dir", tnews_run, "--do_train"] + FAST,
         capsys,
     )
-    assert status == 2 and "already holds results of an earlier run" in error_lines(stderr)[0]
+    assert status == 2
+    assert "already holds results of an earlier run" in error_lines(stderr)[0]
     status, stderr = run_cli(
         run_seq_cls.main,
         clue_data_args("tnews") + ["--model_name_or_path", tnews_run, "--output_dir", tnews_run, "--do_eval"],
         capsys,
     )
-    assert status == 2 and "eval_results.json" in error_lines(stderr)[0]
+    assert status == 2
+    assert "eval_results.json" in error_lines(stderr)[0]
     status, stderr = run_cli(
         run_seq_cls.main,
         clue_data_args("tnews") + ["--model_name_or_path", tnews_run, "--output_dir", tnews_run, "--do_export"],
         capsys,
     )
-    assert status == 2 and "export" in error_lines(stderr)[0]
+    assert status == 2
+    assert "export" in error_lines(stderr)[0]
     assert before == {name: os.path.getmtime(os.path.join(tnews_run, name)) for name in os.listdir(tnews_run)}
 
 
@@ -437,9 +444,11 @@ def test_a_model_of_another_kind_is_refused(tiny_token_classifier, tmp_path, cap
         + ["--model_name_or_path", tiny_token_classifier, "--output_dir", str(tmp_path / "out"), "--do_train"],
         capsys,
     )
-    assert status == 2 and len(error_lines(stderr)) == 1
+    assert status == 2
+    assert len(error_lines(stderr)) == 1
     assert "is a fine-tuned token classification model, but task tnews needs a sequence classification model" in stderr
-    assert "use run_token_cls.py" in stderr and not (tmp_path / "out").exists()
+    assert "use run_token_cls.py" in stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_help_shows_the_per_task_defaults(capsys):
@@ -495,7 +504,8 @@ def test_bad_input_gets_one_clear_error_line_and_writes_nothing(case, tnews_run,
     )
     status, stderr = run_cli(run_seq_cls.main, argv, capsys)
     assert status == 2
-    assert len(error_lines(stderr)) == 1 and "Traceback" not in stderr
+    assert len(error_lines(stderr)) == 1
+    assert "Traceback" not in stderr
     assert __import__("re").search(message, error_lines(stderr)[0]), error_lines(stderr)[0]
     assert not output_dir.exists() or not trainer_suite.earlier_results(str(output_dir))
 

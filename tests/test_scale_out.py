@@ -65,7 +65,8 @@ def test_a_streamed_file_gives_each_line_its_own_prediction_in_order(model, tmp_
     report = stream(model, write_lines(tmp_path / "in.txt", lines), tmp_path / "out.jsonl", "--stream_window", "16")
     rows = read_rows(tmp_path / "out.jsonl")
     kept = [i for i, line in enumerate(lines) if line.strip()]
-    assert [row["line"] for row in rows] == kept and report["predicted_lines"] == len(kept) == 118
+    assert [row["line"] for row in rows] == kept
+    assert report["predicted_lines"] == len(kept) == 118
     assert [row["text"] for row in rows] == [lines[i] for i in kept]
     texts = [lines[i] for i in kept[:5]]
     direct = infer.main(["--model_path", model, "--num_threads", "1", *sum((["--text", t] for t in texts), [])])[
@@ -185,27 +186,32 @@ def test_a_line_or_text_is_one_text_or_a_pair_as_the_task_takes():
 def test_stream_refusals(model, tmp_path, capsys):
     input_file = write_lines(tmp_path / "in.txt", tnews_lines(10))
     status, stderr = run_cli(infer.main, ["--model_path", model, "--input_file", input_file, "--resume"], capsys)
-    assert status == 2 and "--resume continues an --output_file" in error_lines(stderr)[0]
+    assert status == 2
+    assert "--resume continues an --output_file" in error_lines(stderr)[0]
     status, stderr = run_cli(
         infer.main,
         ["--model_path", model, "--input_file", input_file, "--num_shards", "2", "--shard_index", "2"],
         capsys,
     )
-    assert status == 2 and "--shard_index must be between 0 and --num_shards - 1 (1)" in error_lines(stderr)[0]
+    assert status == 2
+    assert "--shard_index must be between 0 and --num_shards - 1 (1)" in error_lines(stderr)[0]
     (tmp_path / "other.jsonl").write_text('{"label": "x"}\n', encoding="utf-8")
     status, stderr = run_cli(
         infer.main,
         ["--model_path", model, "--input_file", input_file, "--output_file", str(tmp_path / "other.jsonl"), "--resume"],
         capsys,
     )
-    assert status == 2 and "is not an output of infer.py --input_file" in error_lines(stderr)[0]
+    assert status == 2
+    assert "is not an output of infer.py --input_file" in error_lines(stderr)[0]
     blank = write_lines(tmp_path / "blank.txt", ["", " "])
     status, stderr = run_cli(
         infer.main,
         ["--model_path", model, "--input_file", blank, "--output_file", str(tmp_path / "none.jsonl")],
         capsys,
     )
-    assert status == 2 and "holds no input" in error_lines(stderr)[0] and not (tmp_path / "none.jsonl").exists()
+    assert status == 2
+    assert "holds no input" in error_lines(stderr)[0]
+    assert not (tmp_path / "none.jsonl").exists()
 
 
 def test_two_machines_on_the_loopback_address_train_once_and_predict_like_one_process(tiny_ernie, tmp_path):
@@ -267,7 +273,8 @@ def test_two_machines_on_the_loopback_address_train_once_and_predict_like_one_pr
         )
         for rank in (0, 1)
     }
-    assert "wrote 16 predictions" in logs[0] and "wrote" not in logs[1]  # the submission file: once, by rank 0
+    assert "wrote 16 predictions" in logs[0]
+    assert "wrote" not in logs[1]  # the submission file: once, by rank 0
     assert read_json(output_dir / "train_results.json")["global_step"] == 3
     two_nodes = [json.loads(line) for line in open(output_dir / "tnews11_predict.json", encoding="utf-8")]
     single = tmp_path / "single"

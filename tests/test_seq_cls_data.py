@@ -37,13 +37,15 @@ def test_wsc_markers_wrap_the_noun_and_the_pronoun_on_real_rows():
         marked, second = task.read_texts(row)
         target = row["target"]
         assert second is None
-        assert f"_{target['span1_text']}_" in marked and f"[{target['span2_text']}]" in marked
+        assert f"_{target['span1_text']}_" in marked
+        assert f"[{target['span2_text']}]" in marked
         assert marked.replace("_", "").replace("[", "").replace("]", "") == row["text"].replace("_", "").replace(
             "[", ""
         ).replace("]", "")
     first = rows[0]  # span1 舌头 at 6, span2 它 at 40
     marked, _ = task.read_texts(first)
-    assert marked[6:10] == "_舌头_" and marked[42:45] == "[它]"
+    assert marked[6:10] == "_舌头_"
+    assert marked[42:45] == "[它]"
 
 
 def test_wsc_markers_when_the_pronoun_comes_first():
@@ -60,7 +62,8 @@ def test_wsc_span_that_does_not_match_the_text_is_an_error_naming_the_line():
 def test_csl_pairs_its_keywords_with_the_abstract():
     row = read_rows("csl", "dev")[0]
     text_a, text_b = utils.SEQ_CLS_TASKS["csl"].read_texts(row)
-    assert text_a == " ".join(row["keyword"]) and text_b == row["abst"]
+    assert text_a == " ".join(row["keyword"])
+    assert text_b == row["abst"]
 
 
 def test_label_ids_follow_each_tasks_own_label_order(tokenizer):
@@ -77,7 +80,8 @@ def test_label_ids_follow_each_tasks_own_label_order(tokenizer):
 
 def test_rows_labelled_dash_are_left_out():
     examples = utils.load_examples(utils.SEQ_CLS_TASKS["ocnli"], "dev", clue_file("ocnli", "dev"))
-    assert len(examples) == 29 and all(e.label != "-" for e in examples)
+    assert len(examples) == 29
+    assert all(e.label != "-" for e in examples)
 
 
 def test_prediction_ids_are_each_rows_own_id_else_its_position():
@@ -106,11 +110,11 @@ def test_single_and_pair_encoding_on_real_rows(tokenizer):
     feature = utils.encode_text_examples([example], tokenizer, task, 128).dataset[0]
     sep = tokenizer.sep_token_id
     first_sep = feature["input_ids"].index(sep)
-    assert feature["input_ids"][0] == tokenizer.cls_token_id and feature["input_ids"][-1] == sep
+    assert feature["input_ids"][0] == tokenizer.cls_token_id
+    assert feature["input_ids"][-1] == sep
     assert first_sep == len(example.text_a) + 1  # character-level Chinese
-    assert set(feature["token_type_ids"][: first_sep + 1]) == {0} and set(
-        feature["token_type_ids"][first_sep + 1 :]
-    ) == {1}
+    assert set(feature["token_type_ids"][: first_sep + 1]) == {0}
+    assert set(feature["token_type_ids"][first_sep + 1 :]) == {1}
 
 
 def test_long_texts_are_truncated_and_counted(tokenizer):
@@ -136,15 +140,20 @@ def test_accuracy_is_the_fraction_of_argmax_hits():
 
 
 def parse(argv):
-    return arguments.parse_arguments(
-        (arguments.ModelArguments, arguments.DataArguments, TrainingArguments), "seq_cls", "", arguments.user_argv(argv)
+    parsed, _ = arguments.parse_arguments(
+        (arguments.ModelArguments, arguments.DataArguments, TrainingArguments),
+        utils.FAMILIES["seq_cls"],
+        "",
+        arguments.user_argv(argv),
     )
+    return parsed
 
 
 def test_task_defaults_come_from_configs_and_the_command_line_wins(tmp_path):
     _, data, training = parse(["--task_name", "csl", "--do_train"])
     assert (data.max_seq_length, training.learning_rate, training.num_train_epochs) == (256, 2e-5, 5)
-    assert training.output_dir == "output/csl" and training.metric_for_best_model == "accuracy"
+    assert training.output_dir == "output/csl"
+    assert training.metric_for_best_model == "accuracy"
     _, data, training = parse(
         [
             "--task_name",

@@ -2,6 +2,7 @@
 takes (paddle.tensorrt and the GPU config faked at their boundary), the engine cache keys, and every refusal. None of
 this has run on a GPU here."""
 
+import dataclasses
 import json
 import os
 import sys
@@ -9,9 +10,11 @@ import types
 
 import pytest
 
+import deployment
 import infer
+import model_folder
 import predictors
-from conftest import clue_file, error_lines, run_cli
+from conftest import clue_file, error_lines, run_cli, sample_candidate, sample_report
 
 OPTIONS = dict(backend="paddle", device="gpu", use_trt=True, batch_size=8, max_seq_length=64)
 
@@ -29,8 +32,11 @@ def test_each_format_takes_its_route_and_the_cache_key_names_everything_that_sha
     legacy = predictors.tensorrt_plan(fake_program(tmp_path, "int8.pdmodel"), options, "NVIDIA T4", "8.6.1")
     assert (pir.route, legacy.route) == ("pir-trt", "legacy")
     assert os.path.dirname(pir.cache_dir) == str(tmp_path / "tensorrt")
-    assert pir.key["gpu"] == "NVIDIA T4" and pir.key["tensorrt"] == "8.6.1" and pir.key["precision"] == "fp16"
-    assert pir.key["min"]["input_ids"] == [1, 1] and pir.key["max"]["token_type_ids"] == [8, 64]
+    assert pir.key["gpu"] == "NVIDIA T4"
+    assert pir.key["tensorrt"] == "8.6.1"
+    assert pir.key["precision"] == "fp16"
+    assert pir.key["min"]["input_ids"] == [1, 1]
+    assert pir.key["max"]["token_type_ids"] == [8, 64]
     assert pir.key["opt"]["input_ids"] == [8, 16]
     others = [
         predictors.tensorrt_plan(str(tmp_path / "model.json"), options, "NVIDIA A100", "8.6.1"),
@@ -82,11 +88,14 @@ def test_pir_programs_are_converted_by_pir_trt_once_per_key(tmp_path, fake_tenso
     converted = predictors.pir_trt_program(plan, program)
     assert converted == (os.path.join(plan.cache_dir, "model.json"), os.path.join(plan.cache_dir, "model.pdiparams"))
     ((prefix, config),) = fake_tensorrt.converted
-    assert prefix == str(tmp_path / "model") and config["precision_mode"] == "FP16"
+    assert prefix == str(tmp_path / "model")
+    assert config["precision_mode"] == "FP16"
     assert config["save_model_dir"] == os.path.join(plan.cache_dir, "model")
     inputs = {spec["name"]: spec for spec in config["inputs"]}
-    assert inputs["input_ids"]["min_input_shape"] == (1, 1) and inputs["input_ids"]["optim_input_shape"] == (8, 16)
-    assert inputs["token_type_ids"]["max_input_shape"] == (8, 64) and inputs["token_type_ids"]["input_range"] == (0, 0)
+    assert inputs["input_ids"]["min_input_shape"] == (1, 1)
+    assert inputs["input_ids"]["optim_input_shape"] == (8, 16)
+    assert inputs["token_type_ids"]["max_input_shape"] == (8, 64)
+    assert inputs["token_type_ids"]["input_range"] == (0, 0)
     assert all(spec["input_data_type"] == "int64" for spec in inputs.values())
     predictors.pir_trt_program(plan, program)
     assert len(fake_tensorrt.converted) == 1  # the second start reuses the converted program
@@ -115,10 +124,13 @@ def test_legacy_int8_programs_use_their_scales_with_static_engines_in_the_cache(
     import paddle
 
     assert engine["precision_mode"] == paddle.inference.PrecisionType.Int8
-    assert engine["use_static"] is True and engine["use_calib_mode"] is False and engine["max_batch_size"] == 8
+    assert engine["use_static"] is True
+    assert engine["use_calib_mode"] is False
+    assert engine["max_batch_size"] == 8
     assert config.calls["set_optim_cache_dir"][0] == (plan.cache_dir,)
     minimum, maximum, optimum = config.calls["set_trt_dynamic_shape_info"][0]
-    assert maximum["input_ids"] == [8, 64] and optimum["token_type_ids"] == [8, 16]
+    assert maximum["input_ids"] == [8, 64]
+    assert optimum["token_type_ids"] == [8, 16]
     assert json.load(open(os.path.join(plan.cache_dir, "key.json"))) == plan.key
 
 
@@ -132,7 +144,9 @@ def pretend_gpu_build(monkeypatch):
 
 def check(precision, use_trt, quantized, device="gpu"):
     options = predictors.PredictorOptions(precision=precision, **{**OPTIONS, "use_trt": use_trt, "device": device})
-    predictors.PaddlePredictor.check(options, quantized, "MODEL")
+    predictors.PaddlePredictor.check(
+        options, model_folder.ModelFiles("MODEL", "MODEL/model.json", "MODEL/p", quantized)
+    )
 
 
 def test_gpu_refusals_and_what_passes(pretend_gpu_build):
@@ -164,7 +178,8 @@ def test_a_cpu_build_refuses_gpu_routes_in_one_line(tnews_run, capsys):
         status, stderr = run_cli(
             infer.main, ["--model_path", model, "--dev_file", clue_file("tnews", "dev"), *extra], capsys
         )
-        assert status == 2 and message in error_lines(stderr)[0], (extra, stderr)
+        assert status == 2, (extra, stderr)
+        assert message in error_lines(stderr)[0], (extra, stderr)
 
 
 def test_the_report_says_which_engine_ran(tnews_run):
@@ -178,22 +193,18 @@ def test_the_report_says_which_engine_ran(tnews_run):
             "1",
         ]
     )
-    assert report["engine"] == "paddle-inference cpu onednn fp32" and report["use_trt"] is False
+    assert report["engine"] == "paddle-inference cpu onednn fp32"
+    assert report["use_trt"] is False
 
 
 def test_the_gpu_check_covers_every_model_precision_and_route(tmp_path):
     from benchmarks import gpu_check
 
     (tmp_path / "compress").mkdir()
-    (tmp_path / "compress" / "compress_report.json").write_text(
-        json.dumps(
-            {
-                "candidates": [{"kind": "pruned float", "path": "P"}, {"kind": "int8", "path": "Q"}],
-                "best_int8": "R",
-                "tensorrt_int8": "Q",
-            }
-        )
-    )
+    pruned = dataclasses.replace(sample_candidate("P"), kind="pruned float", path="P")
+    int8 = dataclasses.replace(sample_candidate("Q", precision="int8"), path="Q")
+    report = sample_report(candidates=(pruned, int8), best_int8="R", tensorrt_int8="Q")
+    model_folder.write_report(str(tmp_path / "compress" / "compress_report.json"), report)
     rows = list(gpu_check.matrix(str(tmp_path)))
     export = str(tmp_path / "export")
     assert rows == [
@@ -215,14 +226,14 @@ def test_use_trt_int8_serves_the_reports_paddle_int8_candidate_not_the_fastest_i
     monkeypatch.chdir(tmp_path)
     compress_dir = tmp_path / "output" / "tnews" / "compress"
     compress_dir.mkdir(parents=True)
-    report = compress_dir / "compress_report.json"
-    report.write_text(json.dumps({"best_int8": "W/onnxruntime_int8", "tensorrt_int8": "W/hist8_1"}))
-    assert predictors.default_model_path("tnews", "int8") == "W/onnxruntime_int8"
-    assert predictors.default_model_path("tnews", "int8", use_trt=True) == "W/hist8_1"
-    report.write_text(json.dumps({"best_int8": "W/onnxruntime_int8", "tensorrt_int8": None}))
+    report = str(compress_dir / "compress_report.json")
+    model_folder.write_report(report, sample_report(best_int8="W/onnxruntime_int8", tensorrt_int8="W/hist8_1"))
+    assert deployment.default_model_path("tnews", "int8") == "W/onnxruntime_int8"
+    assert deployment.default_model_path("tnews", "int8", use_trt=True) == "W/hist8_1"
+    model_folder.write_report(report, sample_report(best_int8="W/onnxruntime_int8", tensorrt_int8=None))
     with pytest.raises(
         predictors.UserError,
         match=r"has no Paddle int8 candidate \(what TensorRT runs\) within its "
         r"--max_metric_drop",
     ):
-        predictors.default_model_path("tnews", "int8", use_trt=True)
+        deployment.default_model_path("tnews", "int8", use_trt=True)

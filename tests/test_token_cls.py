@@ -19,8 +19,10 @@ TASK = utils.MSRA_NER
 def test_tsv_and_bio_column_files_give_the_same_sentences():
     tsv = utils.load_examples(TASK, "dev", ner_file("dev.tsv"))
     bio = utils.load_examples(TASK, "dev", ner_file("dev.bio"))
-    assert [(e.words, e.tags) for e in tsv] == [(e.words, e.tags) for e in bio] and len(tsv) == 20
-    assert bio[1].where.startswith(ner_file("dev.bio") + ":") and tsv[1].where == ner_file("dev.tsv") + ":2"
+    assert [(e.words, e.tags) for e in tsv] == [(e.words, e.tags) for e in bio]
+    assert len(tsv) == 20
+    assert bio[1].where.startswith(ner_file("dev.bio") + ":")
+    assert tsv[1].where == ner_file("dev.tsv") + ":2"
 
 
 def test_hub_reader_and_local_reader_give_the_same_sentences():
@@ -66,7 +68,8 @@ def test_truncated_sentences_are_counted_and_scored_on_what_the_model_saw(tokeni
     longer = [e for e in examples if len(e.words) > 14]
     assert encoded.truncated == len(longer) > 0
     for example, feature, positions in zip(examples, encoded.dataset, encoded.word_positions):
-        assert len(feature["input_ids"]) <= 16 and len(positions) == min(len(example.words), 14)
+        assert len(feature["input_ids"]) <= 16
+        assert len(positions) == min(len(example.words), 14)
         assert sum(label != utils.IGNORE_INDEX for label in feature["labels"]) == len(positions)
 
 
@@ -89,7 +92,8 @@ def test_entity_metrics_need_exact_span_and_type():
         ["B-LOC", "I-LOC", "O", "B-PER"],  # ORG typed as LOC: wrong; a spurious PER
     ]
     metrics = utils.entity_metrics(gold, predicted)
-    assert metrics["precision"] == pytest.approx(1 / 4) and metrics["recall"] == pytest.approx(1 / 3)
+    assert metrics["precision"] == pytest.approx(1 / 4)
+    assert metrics["recall"] == pytest.approx(1 / 3)
     assert metrics["f1"] == pytest.approx(2 * (1 / 4) * (1 / 3) / (1 / 4 + 1 / 3))
     assert utils.entity_metrics(gold, gold) == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
 
@@ -148,20 +152,18 @@ def test_training_overfits_a_small_slice(tiny_ernie, tmp_path):
 def test_outputs_and_prediction_file(ner_run):
     with open(os.path.join(ner_run, "eval_results.json"), encoding="utf-8") as handle:
         results = json.load(handle)
-    assert (
-        {"precision", "recall", "f1"} <= set(results)
-        and results["eval_samples"] == 20
-        and results["eval_truncated"] == 0
-    )
+    assert {"precision", "recall", "f1"} <= set(results)
+    assert results["eval_samples"] == 20
+    assert results["eval_truncated"] == 0
     with open(os.path.join(ner_run, "msra_ner_predict.json"), encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle]
     sentences = utils.load_examples(TASK, "test", ner_file("test.tsv"))
-    assert [row["id"] for row in rows] == list(range(12)) and [row["text"] for row in rows] == [
-        s.text for s in sentences
-    ]
+    assert [row["id"] for row in rows] == list(range(12))
+    assert [row["text"] for row in rows] == [s.text for s in sentences]
     for row in rows:
         for entity in row["entities"]:
-            assert row["text"][entity["start"] : entity["end"]] == entity["text"] and entity["type"] in {
+            assert row["text"][entity["start"] : entity["end"]] == entity["text"]
+            assert entity["type"] in {
                 "PER",
                 "ORG",
                 "LOC",
@@ -186,7 +188,8 @@ def test_exported_static_model_gives_the_dynamic_models_logits(ner_run):
         list(utils.encode_token_examples(sentences, model_io.load_tokenizer(ner_run), TASK, 128).dataset)
     )
     dynamic, static = dynamic_outputs(model, batch), static_outputs(os.path.join(ner_run, "export"), batch)
-    assert static.shape == dynamic.shape and static.shape[-1] == 7
+    assert static.shape == dynamic.shape
+    assert static.shape[-1] == 7
     np.testing.assert_allclose(static, dynamic, atol=1e-4)
 
 
@@ -238,7 +241,9 @@ def test_bad_ner_files_get_one_error_line_naming_file_and_line(case, tiny_ernie,
         "1",
     ]
     status, stderr = run_cli(run_token_cls.main, argv, capsys)
-    assert status == 2 and len(error_lines(stderr)) == 1 and "Traceback" not in stderr
+    assert status == 2
+    assert len(error_lines(stderr)) == 1
+    assert "Traceback" not in stderr
     assert re.search(message, error_lines(stderr)[0]), error_lines(stderr)[0]
     assert not (tmp_path / "out").exists()
 
@@ -249,8 +254,7 @@ def test_a_classification_task_is_refused_by_the_ner_script(tiny_ernie, tmp_path
         ["--task_name", "tnews", "--model_name_or_path", tiny_ernie, "--output_dir", str(tmp_path), "--do_train"],
         capsys,
     )
+    assert status == 2
     assert (
-        status == 2
-        and "unknown --task_name 'tnews' (tnews is a sequence classification task); this script handles: msra_ner"
-        in stderr
+        "unknown --task_name 'tnews' (tnews is a sequence classification task); this script handles: msra_ner" in stderr
     )

@@ -1,0 +1,154 @@
+"""Which model to deploy, and how, for infer.py and serve.py: the deployment options, the default model of a task
+(output/<task>/export, or the compression report's choice), and the policy that resolves them with the model's
+task.json into one frozen Deployment (the model's files, its task, the backend options) that is read once and
+passed on.
+
+Imports arguments.py, model_folder.py, predictors.py, runtime.py and utils.py.
+"""
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from arguments import check_minimums, default_device, default_output_dir
+from model_folder import ModelFiles, TaskFile, read_model_files, read_report, read_task_file, report_path
+from predictors import PredictorOptions, backends_help, check_predictor_options
+from runtime import UserError, logger
+from utils import ALL_TASKS, TaskSpec, custom_family, get_task_any_family
+
+
+@dataclass
+class DeployArguments:
+    task_name: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "The task; default: the model's task.json (checked when given). Without --model_path it picks "
+            "the folder output/<task> (default tnews)."
+        },
+    )
+    model_path: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "An export/ directory from run_*.py --do_export, or a compressed candidate's directory. Default: "
+            "output/<task>/export, or with --precision int8 the best int8 candidate of "
+            "output/<task>/compress/compress_report.json (with --use_trt: its tensorrt_int8, a Paddle int8 program)."
+        },
+    )
+    backend: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Default: as the model's task.json says it was measured (compressed candidates), else paddle. "
+            + backends_help()
+        },
+    )
+    device: str = field(default=default_device(), metadata={"help": "cpu or gpu."})
+    use_trt: bool = field(default=False, metadata={"help": "TensorRT through Paddle Inference (--device gpu)."})
+    precision: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "fp32, fp16 (GPU), bf16 (Paddle on a CPU with native bfloat16) or int8 (an int8 model from "
+            "compress_*.py on oneDNN or TensorRT, or onnxruntime's dynamic quantization). Default: as the model's "
+            "task.json says it was measured, else fp32."
+        },
+    )
+    batch_size: int = field(default=32, metadata={"help": "Sequences per batch."})
+    max_seq_length: Optional[int] = field(
+        default=None, metadata={"help": "Tokens per sequence; default: the model's task.json."}
+    )
+    num_threads: int = field(default=os.cpu_count() or 1, metadata={"help": "CPU threads."})
+    enable_onednn: bool = field(default=True, metadata={"help": "oneDNN kernels on the paddle CPU backend."})
+    length_bucket: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Paddle on the CPU: pad each batch to a multiple of this many tokens, so that oneDNN meets few "
+            "shapes (1: to the batch's longest only). Default: 8 for float models, 16 for int8 ones."
+        },
+    )
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What infer.py and serve.py serve, resolved once: the model's files, its task file and task, and the options
+    of the backend that runs it."""
+
+    files: ModelFiles
+    task_file: TaskFile
+    task: TaskSpec
+    options: PredictorOptions
+
+    @property
+    def model_path(self) -> str:
+        return self.files.directory
+
+
+DEFAULT_TASK = "tnews"
+
+
+def default_model_path(task_name: str, precision: Optional[str], use_trt: bool = False) -> str:
+    """output/<task>/export, or for int8 the best int8 candidate that compress_*.py chose (with TensorRT its
+    "tensorrt_int8": a Paddle int8 program, the only int8 TensorRT runs); a missing one is one line naming the
+    command that makes it."""
+    family = ALL_TASKS[task_name].family if task_name in ALL_TASKS else custom_family()
+    folder = default_output_dir(task_name)
+    if precision == "int8":
+        compress_dir = os.path.join(folder, "compress")
+        if not os.path.isfile(report_path(compress_dir)):
+            raise UserError(
+                f"no compressed model in {compress_dir}: make one with "
+                f"`python {family.compress_script} --task_name {task_name}`, or pass --model_path DIR"
+            )
+        report = read_report(report_path(compress_dir))
+        best = report.tensorrt_int8 if use_trt else report.best_int8
+        if not best:
+            kind = "Paddle int8 candidate (what TensorRT runs)" if use_trt else "int8 candidate"
+            raise UserError(
+                f"{report_path(compress_dir)} has no {kind} within its --max_metric_drop; compress again (a larger "
+                "budget or another strategy) or pass --model_path DIR"
+            )
+        return best
+    export_dir = os.path.join(folder, "export")
+    if not os.path.isdir(export_dir):
+        raise UserError(
+            f"no exported model in {export_dir}: make one with `python {family.script} --task_name "
+            f"{task_name} --do_train --do_eval --do_export`, or pass --model_path DIR"
+        )
+    return export_dir
+
+
+def check_model_task(task_file: TaskFile, model_dir: str, task: TaskSpec) -> None:
+    """A model serves the task it was exported for, with that task's labels."""
+    if task_file.task_name != task.name:
+        raise UserError(f"{model_dir} was exported for task {task_file.task_name!r}, not {task.name!r}")
+    if task.labels and tuple(task_file.label_list) != task.labels:
+        raise UserError(
+            f"{model_dir}: the label_list of its task.json is not task {task.name}'s labels; export the model again"
+        )
+
+
+def resolve_deployment(args: DeployArguments) -> Deployment:
+    """The Deployment of DeployArguments: the model folder (given, or the default products of output/<task>), its
+    task from task.json (a given --task_name is checked against it), and the backend, precision and sequence length
+    it is served with (task.json's measured way unless given), checked against what this machine and model can run."""
+    check_minimums(args, {"batch_size": 1, "num_threads": 1, "max_seq_length": 1, "length_bucket": 1})
+    model_path = args.model_path
+    if model_path is None:
+        model_path = default_model_path(args.task_name or DEFAULT_TASK, args.precision, args.use_trt)
+        logger.info("serving %s", model_path)
+    task_file = read_task_file(model_path)
+    task = get_task_any_family(args.task_name or task_file.task_name, task_file.label_list)
+    check_model_task(task_file, model_path, task)
+    files = read_model_files(model_path)
+    serving = task_file.serving
+    options = PredictorOptions(
+        backend=args.backend or (serving.backend if serving else "paddle"),
+        device=args.device,
+        use_trt=args.use_trt,
+        precision=args.precision or (serving.precision if serving else ("int8" if files.quantized else "fp32")),
+        num_threads=args.num_threads,
+        enable_onednn=args.enable_onednn,
+        batch_size=args.batch_size,
+        max_seq_length=args.max_seq_length or task_file.max_seq_length or task.max_seq_length,
+        length_bucket=args.length_bucket,
+    )
+    check_predictor_options(options, files)
+    return Deployment(files, task_file, task, options)
