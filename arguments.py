@@ -340,9 +340,9 @@ def parse_arguments(dataclass_types, family: Family, description: str, argv: Seq
 
 
 def default_task_name(family: Family) -> Optional[str]:
-    """The only task of a one-task family (msra_ner, cmrc2018); None where the user must choose."""
-    names = family_task_names(family)
-    return names[0] if len(names) == 1 else None
+    """The task a family's scripts take without --task_name (msra_ner, cmrc2018, c3); None where the user must
+    choose."""
+    return family.default_task
 
 
 def task_from_dataset(dataset: str) -> str:

@@ -255,7 +255,7 @@ def measure_candidate(
         batch_size=args.per_device_eval_batch_size,
         max_seq_length=max_seq_length,
     )
-    features = list(dev_encoded.dataset)
+    features = list(dev_encoded.sequences)
     predictor = create_predictor(model_dir, options)
     warm_up_buckets(predictor, options.batch_size, max_seq_length)
     result = run_predictor(predictor, features, options.batch_size, per_token=task.per_token_outputs, warmup_batches=2)
@@ -671,7 +671,7 @@ def run_compression(family: Family, model_class, description: str, argv=None) ->
     dev_examples, dev_encoded = load_encoded_split(
         task, "dev", data_args, load_deployed_tokenizer(args.model_name_or_path), window_args
     )
-    calibration = [{name: f[name] for name in EXPORT_INPUT_NAMES} for f in train_encoded.dataset]
+    calibration = [{name: f[name] for name in EXPORT_INPUT_NAMES} for f in train_encoded.sequences]
     np.random.default_rng(args.seed).shuffle(calibration)
     info = task_file(task, data_args.max_seq_length)
 

@@ -2,7 +2,7 @@
 most important first, masks that train the narrower networks together, slicing a model to a width, and the
 distillation that trains a student on its teacher's outputs (the loss chosen by the family's kind of outputs).
 
-Imports predictors.py (to measure a width on held-out examples), runtime.py and utils.py.
+Imports model_io.py, predictors.py (to measure a width on held-out examples), runtime.py and utils.py.
 """
 
 import dataclasses
@@ -13,9 +13,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import paddle
 
+from model_io import each_row_scored
 from predictors import DygraphPredictor, run_predictor
 from runtime import UserError, logger
-from utils import TaskSpec, deployed_metrics, family_collator, metric_points
+from utils import TaskSpec, deployed_metrics, family_collator, masked_choice_logits, metric_points
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,12 @@ class WidthMasks:
             handle.remove()
 
 
-def width_importance(model, masks: WidthMasks, batches) -> Tuple[np.ndarray, np.ndarray]:
+def width_importance(
+    model, masks: WidthMasks, batches, training_loss: Optional[Callable] = None
+) -> Tuple[np.ndarray, np.ndarray]:
     """Head and neuron importance: the summed |gradient of the task loss| with respect to each unit's mask
-    (DynaBERT; Michel et al. 2019 for heads), over batches that carry labels."""
+    (DynaBERT; Michel et al. 2019 for heads), over batches that carry labels; training_loss is the family's
+    (model, batch) -> (loss, logits) where the model's own loss does not fit (utils.Family.training_loss)."""
     masks.set_width(1.0)
     masks.head_mask.stop_gradient = False
     masks.neuron_mask.stop_gradient = False
@@ -99,7 +103,7 @@ def width_importance(model, masks: WidthMasks, batches) -> Tuple[np.ndarray, np.
     neuron_importance = np.zeros([len(masks.layers), masks.intermediate])
     model.eval()  # no dropout, gradients still flow
     for batch in batches:
-        loss = model(**batch)[0]
+        loss = training_loss(model, batch)[0] if training_loss else model(**batch)[0]
         loss.backward()
         head_importance += np.abs(masks.head_mask.grad.numpy())
         neuron_importance += np.abs(masks.neuron_mask.grad.numpy())
@@ -164,17 +168,24 @@ def soft_cross_entropy(student, teacher, axis: int = -1):
     ).sum(axis=axis)
 
 
-def sequence_distillation(student_outputs, teacher_outputs, real):
-    """Over the classes of each sequence (classification; multiple choice: over its choices)."""
+def sequence_distillation(student_outputs, teacher_outputs, real, batch):
+    """Over the classes of each sequence (classification)."""
     return soft_cross_entropy(student_outputs[0], teacher_outputs[0]).mean()
 
 
-def token_distillation(student_outputs, teacher_outputs, real):
+def choice_distillation(student_outputs, teacher_outputs, real, batch):
+    """Over the real choices of each question (multiple choice: padded choices masked out of both softmaxes)."""
+    mask = batch["choice_mask"]
+    student, teacher = (masked_choice_logits(o[0], mask) for o in (student_outputs, teacher_outputs))
+    return soft_cross_entropy(student, teacher).mean()
+
+
+def token_distillation(student_outputs, teacher_outputs, real, batch):
     """Over the classes of each real token (NER)."""
     return (soft_cross_entropy(student_outputs[0], teacher_outputs[0]) * real).sum() / real.sum()
 
 
-def span_distillation(student_outputs, teacher_outputs, real):
+def span_distillation(student_outputs, teacher_outputs, real, batch):
     """Over the positions of the start and of the end (QA), padding excluded."""
     padding = (1.0 - real) * -1e4
     losses = [soft_cross_entropy(s + padding, t + padding).mean() for s, t in zip(student_outputs, teacher_outputs)]
@@ -182,13 +193,18 @@ def span_distillation(student_outputs, teacher_outputs, real):
 
 
 # by the family's kind of outputs (utils.Family.outputs)
-DISTILLATION_LOSSES = {"sequence": sequence_distillation, "token": token_distillation, "span": span_distillation}
+DISTILLATION_LOSSES = {
+    "sequence": sequence_distillation,
+    "choice": choice_distillation,
+    "token": token_distillation,
+    "span": span_distillation,
+}
 
 
-def distillation_loss(task: TaskSpec, student_outputs, teacher_outputs, input_ids, pad_token_id: int):
+def distillation_loss(task: TaskSpec, student_outputs, teacher_outputs, batch: dict, pad_token_id: int):
     """Soft cross-entropy from the teacher's distribution (ERNIE-Tiny's and TinyBERT's prediction-layer loss)."""
-    real = (input_ids != pad_token_id).astype("float32")
-    return DISTILLATION_LOSSES[task.family.outputs](student_outputs, teacher_outputs, real)
+    real = (batch["input_ids"] != pad_token_id).astype("float32")
+    return DISTILLATION_LOSSES[task.family.outputs](student_outputs, teacher_outputs, real, batch)
 
 
 def model_outputs(model, batch: dict) -> list:
@@ -209,9 +225,10 @@ def width_points(
     student, masks: WidthMasks, width: float, task: TaskSpec, dev_examples, dev_encoded, window_args, batch_size: int
 ) -> float:
     masks.set_width(width)
-    result = run_predictor(
-        DygraphPredictor(student), list(dev_encoded.dataset), batch_size, per_token=task.per_token_outputs
-    )
+    with each_row_scored(student):  # the rows of dev_encoded.sequences, as the exported program scores them
+        result = run_predictor(
+            DygraphPredictor(student), list(dev_encoded.sequences), batch_size, per_token=task.per_token_outputs
+        )
     return metric_points(
         task, deployed_metrics(task, dev_examples, dev_encoded, result.outputs, window_args)[task.metric]
     )
@@ -267,7 +284,7 @@ def distillation_training(
                     task,
                     model_outputs(student, batch),
                     teacher_outputs,
-                    batch["input_ids"],
+                    batch,
                     tokenizer.pad_token_id,
                 )
                 loss.backward()
@@ -317,7 +334,10 @@ def dynabert_width_pruning(
             features, family_collator(task, tokenizer), settings.per_device_train_batch_size, shuffle=False
         )
     )
-    reorder_by_importance(masks, *width_importance(student, masks, importance_batches[: settings.importance_batches]))
+    importance = width_importance(
+        student, masks, importance_batches[: settings.importance_batches], task.family.training_loss
+    )
+    reorder_by_importance(masks, *importance)
     best = {width: (-float("inf"), None) for width in widths}
 
     def keep_best():

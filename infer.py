@@ -62,14 +62,23 @@ class InferArguments:
     text_pair: Optional[List[str]] = field(
         default=None, metadata={**REPEATABLE, "help": "Second sentences of pair tasks, one per --text."}
     )
+    choice: Optional[List[str]] = field(
+        default=None,
+        metadata={
+            **REPEATABLE,
+            "help": "Multiple choice: a choice (C3, with --question) or a candidate idiom (CHID, whose --text holds "
+            "#idiom# blanks); repeatable, the same choices for every --text.",
+        },
+    )
     question: Optional[List[str]] = field(
-        default=None, metadata={**REPEATABLE, "help": "QA questions, one per --text context."}
+        default=None, metadata={**REPEATABLE, "help": "QA and C3 questions, one per --text context."}
     )
     input_file: Optional[str] = field(
         default=None,
         metadata={
-            "help": "Raw input: one text a line (text<TAB>pair for pair tasks), streamed in bounded memory to JSON "
-            "lines (--output_file, else standard output); or SQuAD-style json for QA (read whole)."
+            "help": "Raw input: one text a line (text<TAB>pair for pair tasks; multiple choice: a JSON object with "
+            "context, question and choices), streamed in bounded memory to JSON lines (--output_file, else standard "
+            "output); or SQuAD-style json for QA (read whole)."
         },
     )
     stream_window: int = field(
@@ -113,7 +122,7 @@ def encode(task, examples, tokenizer, args, window_args, with_labels):
 def run(predictor, task, encoded, args, warmup_batches=0) -> predictors.PredictionRun:
     return predictors.run_predictor(
         predictor,
-        list(encoded.dataset),
+        list(encoded.sequences),
         args.batch_size,
         per_token=task.per_token_outputs,
         sort_by_length=not args.pad_to_max_length,
@@ -131,7 +140,7 @@ def evaluate(predictor, task, tokenizer, args, window_args) -> dict:
     report = {"metrics": {**metrics, "eval_samples": len(examples)}}
     if args.perf:
         report["perf"] = {
-            **perf_summary(result, len(encoded.dataset), tokenize_seconds),
+            **perf_summary(result, len(encoded.sequences), tokenize_seconds),
             "warmed_shapes": warmed_shapes,
         }
     return report
@@ -169,11 +178,18 @@ def peak_rss_mb() -> float:
 
 
 # The infer.py option that carries each raw input field (Family.input_fields): QA's context is given with --text.
-FIELD_OPTIONS = {"text": "text", "text_pair": "text_pair", "question": "question", "context": "text"}
+FIELD_OPTIONS = {
+    "text": "text",
+    "text_pair": "text_pair",
+    "question": "question",
+    "context": "text",
+    "choices": "choice",
+}
+SHARED_FIELDS = ("choices",)  # one list for every --text (the others: one value per --text)
 
 
 def raw_examples(task, args):
-    """Examples built from --text/--text_pair/--question, or an --input_file that the family reads whole
+    """Examples built from --text/--text_pair/--question/--choice, or an --input_file that the family reads whole
     (QA: SQuAD-style json)."""
     if args.input_file:
         return utils.load_examples(task, "test", args.input_file, option="--input_file")
@@ -181,31 +197,33 @@ def raw_examples(task, args):
     fields = required + optional
     first = FIELD_OPTIONS[required[0]]
     for option in sorted(set(FIELD_OPTIONS.values()) - {FIELD_OPTIONS[name] for name in fields}):
-        if getattr(args, option):
+        if getattr(args, option, None):
             takes = utils.input_description(fields)
             raise runtime.UserError(f"task {task.name} takes {takes}: --{option} is not used")
     count = len(getattr(args, first))
     values = {}
     for name in fields:
-        option, given = FIELD_OPTIONS[name], getattr(args, FIELD_OPTIONS[name])
+        option, given = FIELD_OPTIONS[name], getattr(args, FIELD_OPTIONS[name], None)
         if given is None and name in optional:
             continue
-        if not given or len(given) != count:
+        if not given or (len(given) != count and name not in SHARED_FIELDS):
             wording = f"task {task.name} {utils.MISSING_FIELD_WORDING[name]}: " if not given else ""
             raise runtime.UserError(f"{wording}give one --{option} per --{first}")
         if any(not value.strip() for value in given):
             raise runtime.UserError(f"--{option}: an input is empty")
-        values[name] = given
+        values[name] = [given] * count if name in SHARED_FIELDS else given
     # each --text is one text as given (a tab in it is text, not a pair separator as in --input_file lines)
     return [
-        utils.raw_example(task, i, {name: given[i] for name, given in values.items()}, f"--{first} {i + 1}")
+        example
         for i in range(count)
+        for example in utils.raw_examples(task, i, {n: given[i] for n, given in values.items()}, f"--{first} {i + 1}")
     ]
 
 
-def line_example(task, line: str, index: int, where: str):
-    """One --input_file line as an example (Family.input_line: a sentence; text<TAB>pair for pair tasks)."""
-    return utils.raw_example(task, index, task.family.input_line(task, line, where), where)
+def line_examples(task, line: str, index: int, where: str) -> list:
+    """One --input_file line's examples (Family.input_line: a sentence; text<TAB>pair for pair tasks; a JSON object
+    for multiple choice, whose CHID passages give one example a blank)."""
+    return utils.raw_examples(task, index, task.family.input_line(task, line, where), where)
 
 
 def predicted_rows(predictor, task, tokenizer, args, window_args, examples) -> list:
@@ -288,9 +306,12 @@ def stream_file(predictor, task, tokenizer, args, window_args) -> dict:
 
     def flush():
         nonlocal written
-        examples = [line_example(task, line, index, f"{args.input_file}:{index + 1}") for index, line in window]
-        for (index, _), row in zip(window, predicted_rows(predictor, task, tokenizer, args, window_args, examples)):
-            output.write(json.dumps({"line": index, **row}, ensure_ascii=False) + "\n")
+        lines = [(index, line_examples(task, line, index, f"{args.input_file}:{index + 1}")) for index, line in window]
+        rows = iter(predicted_rows(predictor, task, tokenizer, args, window_args, [e for _, ex in lines for e in ex]))
+        for index, examples in lines:
+            mine = [next(rows) for _ in examples]
+            body = mine[0] if len(mine) == 1 else {"predictions": mine}  # CHID: a passage's blanks on its one line
+            output.write(json.dumps({"line": index, **body}, ensure_ascii=False) + "\n")
         output.flush()
         written += len(window)
         window.clear()

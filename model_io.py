@@ -6,6 +6,7 @@ that model_folder.py owns.
 Imports model_folder.py, runtime.py and utils.py.
 """
 
+import contextlib
 import os
 from typing import List, Optional, Tuple
 
@@ -208,7 +209,10 @@ def check_model_fits_task(config, name_or_path: str, task: TaskSpec) -> None:
 
 
 def configure_for_task(config, task: TaskSpec, dropout: Optional[float] = None):
-    """Record the task and its labels in the config, so a saved model says what it was trained for."""
+    """Record the task and its labels (multiple choice: how many choices a question has) in the config, so a saved
+    model says what it was trained for."""
+    if task.max_choices:
+        config.num_choices = task.max_choices
     config.num_labels = len(task.labels)
     config.id2label = dict(enumerate(task.labels))
     config.label2id = {label: index for index, label in enumerate(task.labels)}
@@ -263,7 +267,31 @@ def static_copy(model):
 
     duplicate = copy.deepcopy(model)
     duplicate.eval()
+    one_choice_per_row(duplicate)
     return without_dropout(duplicate)
+
+
+@contextlib.contextmanager
+def each_row_scored(model):
+    """Inside, a multiple-choice model scores each input row on its own (one_choice_per_row), as the exported
+    program does; afterwards it groups num_choices rows into a question again."""
+    choices = getattr(model, "num_choices", None)
+    one_choice_per_row(model)
+    try:
+        yield model
+    finally:
+        if choices is not None:
+            model.num_choices = choices
+
+
+def one_choice_per_row(model):
+    """A multiple-choice model (paddlenlp's *ForMultipleChoice, whose num_choices rows make one question) made to
+    score every input row on its own: the exported program takes [sequences, length] like every other family's and
+    gives one score a sequence, so each question's choices need no padding to a common count. Other models are
+    returned as they are."""
+    if hasattr(model, "num_choices"):
+        model.num_choices = 1
+    return model
 
 
 def without_dropout(model):

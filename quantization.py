@@ -16,7 +16,7 @@ import paddle
 
 from dynabert import DistillationSettings, distillation_training
 from model_folder import EXPORT_INPUT_NAMES, TaskFile, read_model_files
-from model_io import export_input_spec, export_legacy_static_model, save_deployable
+from model_io import export_input_spec, export_legacy_static_model, one_choice_per_row, save_deployable
 from predictors import OpenVinoPredictor, onnx_conversion, pad_features
 from runtime import logger
 from utils import TaskSpec
@@ -101,6 +101,7 @@ def quantization_aware_training(
         "QAT distillation",
     )
     student.eval()
+    one_choice_per_row(student)  # multiple choice: the saved program scores each row, as export_static_model's
     with paddle.pir_utils.OldIrGuard():
         quantizer.save_quantized_model(student, os.path.join(target_dir, "int8"), input_spec=export_input_spec())
 

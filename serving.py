@@ -26,7 +26,7 @@ from utils import (
     encode_examples,
     input_description,
     prediction_rows,
-    raw_example,
+    raw_examples,
 )
 
 
@@ -73,30 +73,42 @@ def read_body(raw: bytes) -> dict:
 
 
 def string_list(data: dict, name: str, limits: ServingLimits) -> List[str]:
-    values = data.get(name)
+    return checked_strings(data.get(name), f"data.{name}", limits)
+
+
+def checked_strings(values, label: str, limits: ServingLimits) -> List[str]:
+    """values as a non-empty list of non-empty strings within the limits (one string is a list of one)."""
     if isinstance(values, str):
         values = [values]
     if not isinstance(values, list) or not values:
-        raise RequestError(422, f"data.{name} must be a non-empty list of strings")
+        raise RequestError(422, f"{label} must be a non-empty list of strings")
     if len(values) > limits.max_texts_per_request:
-        raise RequestError(
-            413, f"data.{name} has {len(values)} texts; at most {limits.max_texts_per_request} a request"
-        )
+        raise RequestError(413, f"{label} has {len(values)} texts; at most {limits.max_texts_per_request} a request")
     for index, value in enumerate(values):
         if not isinstance(value, str):
-            raise RequestError(422, f"data.{name}[{index}] must be a string, got {type(value).__name__}")
+            raise RequestError(422, f"{label}[{index}] must be a string, got {type(value).__name__}")
         if not value.strip():
-            raise RequestError(422, f"data.{name}[{index}] is empty")
+            raise RequestError(422, f"{label}[{index}] is empty")
         if len(value) > limits.max_text_chars:
-            raise RequestError(
-                413, f"data.{name}[{index}] has {len(value)} characters; at most {limits.max_text_chars}"
-            )
+            raise RequestError(413, f"{label}[{index}] has {len(value)} characters; at most {limits.max_text_chars}")
     return values
+
+
+def string_lists(data: dict, name: str, limits: ServingLimits) -> List[List[str]]:
+    """data.<name> as one list of strings for each context (multiple choice: the choices of each question)."""
+    values = data.get(name)
+    if not isinstance(values, list) or not values or not all(isinstance(v, list) for v in values):
+        raise RequestError(422, f"data.{name} must be a list of string lists, one for each context")
+    return [checked_strings(value, f"data.{name}[{index}]", limits) for index, value in enumerate(values)]
+
+
+LIST_FIELDS = ("choices",)  # fields whose every item is itself a list of strings
 
 
 def request_examples(task, body: dict, limits: ServingLimits) -> list:
     """The examples a request asks about: lists of the same length under data.<field> for each input field of the
-    task's family (classification: text, and text_pair for pair tasks; NER: text; QA: context and question)."""
+    task's family (classification: text, and text_pair for pair tasks; NER: text; QA: context and question;
+    multiple choice: context, question (C3) and choices, a list of choices for each context)."""
     data = body["data"]
     parameters = body.get("parameters", {})
     if not isinstance(parameters, dict):
@@ -115,13 +127,17 @@ def request_examples(task, body: dict, limits: ServingLimits) -> list:
             raise RequestError(
                 422, f"task {task.name} {MISSING_FIELD_WORDING[name]}: give data.{name}, one per data.{first}"
             )
-        values[name] = string_list(data, name, limits)
+        values[name] = string_lists(data, name, limits) if name in LIST_FIELDS else string_list(data, name, limits)
         if len(values[name]) != len(values[first]):
             raise RequestError(422, f"data.{first} has {len(values[first])} texts but data.{name} {len(values[name])}")
-    return [
-        raw_example(task, i, {name: given[i] for name, given in values.items()}, f"request {i}")
-        for i in range(len(values[first]))
-    ]
+    try:
+        return [
+            example
+            for i in range(len(values[first]))
+            for example in raw_examples(task, i, {name: given[i] for name, given in values.items()}, f"request {i}")
+        ]
+    except UserError as refused:  # e.g. more choices than the task takes, a CHID passage without a blank
+        raise RequestError(422, str(refused)) from None
 
 
 # ---- batching across requests --------------------------------------------------------------------------------------
@@ -241,13 +257,13 @@ class Batcher:
                 )
                 for p in batch
             ]
-            features = [feature for one in encoded for feature in one.dataset]
+            features = [feature for one in encoded for feature in one.sequences]
             result = run_predictor(
                 predictor, features, self.limits.max_batch_size, per_token=self.task.per_token_outputs
             )
             start = 0
             for pending, one in zip(batch, encoded):
-                count = len(one.dataset)
+                count = len(one.sequences)
                 outputs = [output[start : start + count] for output in result.outputs]
                 start += count
                 pending.future.set_result(prediction_rows(self.task, pending.examples, one, outputs, self.window_args))
@@ -378,11 +394,13 @@ FIELD_WIDGETS = {
     "text_pair": '<input id="text_pair" placeholder="second sentence">',
     "context": '<textarea id="context" rows="6" placeholder="context"></textarea>',
     "question": '<input id="question" placeholder="question">',
+    "choices": '<textarea id="choices" rows="4" placeholder="one choice a line"></textarea>',
 }
 
 
 def try_it_page(task) -> str:
-    """A small form: type a sentence (or a context and a question), see the label, entities or answer."""
+    """A small form: type a sentence (or a context and a question, or a question and its choices), see the label,
+    entities or answer."""
     required, optional = task.family.input_fields(task)
     names = list(required) + [name for name in optional if task.pairs is not None]
     fields = [FIELD_WIDGETS[name] for name in names]
@@ -398,7 +416,11 @@ pre{{background:#f4f4f4;padding:1em;white-space:pre-wrap}} button{{font-size:1.1
 <script>
 async function send() {{
   const data = {{}};
-  for (const name of {json.dumps(names)}) data[name] = [document.getElementById(name).value];
+  for (const name of {json.dumps(names)}) {{
+    const value = document.getElementById(name).value;
+    // a list field (choices) is typed one item a line
+    data[name] = {json.dumps(list(LIST_FIELDS))}.includes(name) ? [value.split("\\n").filter(x => x.trim())] : [value];
+  }}
   const response = await fetch("/{task.name}", {{method: "POST", headers: {{"Content-Type": "application/json"}},
                                                body: JSON.stringify({{data: data}})}});
   const body = await response.json();

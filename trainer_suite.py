@@ -117,9 +117,25 @@ class LengthGroupedBatchSampler(paddle.io.Sampler):
 class SuiteTrainer(Trainer):
     """paddlenlp's Trainer with the fixes this suite needs on paddlenlp 3.0.0b4, and length-grouped batches."""
 
-    def __init__(self, *args, group_by_length: bool = False, **kwargs):
+    def __init__(self, *args, group_by_length: bool = False, training_loss=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.group_by_length = group_by_length
+        self.training_loss = training_loss  # the family's (model, batch) -> (loss, logits), where it has one
+
+    def compute_loss(self, model, inputs, return_outputs=False):
+        if self.training_loss is None:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs)
+        loss, logits = self.training_loss(model, inputs)
+        return (loss, (loss, logits)) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # without labels paddlenlp calls model(**inputs), which would be handed the family's extra inputs
+        # (multiple choice: choice_mask); the family's loss function knows them
+        if self.training_loss is None or "labels" in inputs:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        with paddle.no_grad():
+            _, logits = self.training_loss(model, self._prepare_inputs(inputs))
+        return None, logits.detach(), None
 
     def _get_train_sampler(self):
         if not self.group_by_length or self.train_dataset is None:
@@ -221,6 +237,7 @@ def build_trainer(run: Run, model, tokenizer, splits: dict, data_collator, compu
         compute_metrics=compute_metrics,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=patience)] if patience else [],
         group_by_length=run.data_args.group_by_length,
+        training_loss=run.task.family.training_loss,
     )
 
 

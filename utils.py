@@ -8,6 +8,7 @@ Imports runtime.py only; every concern module may import it.
 import functools
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -111,11 +112,18 @@ class TaskSpec:
     hub_splits: Dict[str, str] = field(default_factory=lambda: {"train": "train", "dev": "dev", "test": "test"})
     skip_labels: Tuple[str, ...] = ()  # gold label meaning "no agreement": such rows are left out
     file_format: str = "CLUE json lines"
+    read_file: Optional[Callable] = None  # (path, option) -> rows, where the task's files differ from its family's
+    read_hub: Optional[Callable] = None  # (task, split) -> rows, likewise
+    choice_inputs: Optional[Callable] = None  # multiple choice: (example, tokenizer, max_seq_length) -> text pairs
+    max_choices: Optional[int] = None  # multiple choice: the most choices a question has (the head's num_choices)
+    questions: bool = False  # multiple choice: each example asks a question (C3), or fills a blank (CHID)
+    assign_groups: bool = False  # multiple choice: the blanks of a group share candidates, each used at most once
 
     @property
     def per_token_outputs(self) -> bool:
-        """NER logits and QA start/end logits have a value per input token; classification one per sequence."""
-        return self.family.outputs != "sequence"
+        """NER logits and QA start/end logits have a value per input token; classification and multiple choice one
+        per sequence."""
+        return self.family.outputs in ("token", "span")
 
     @property
     def metric_names(self) -> Tuple[str, ...]:
@@ -232,6 +240,11 @@ class EncodedSplit:
     dataset: list  # of feature dicts: what paddlenlp's Trainer and the predictors read alike
     ids: list
     truncated: int
+
+    @property
+    def sequences(self) -> list:
+        """What the predictors run: one feature a model input row."""
+        return self.dataset
 
 
 def encode_text_examples(
@@ -645,6 +658,10 @@ class QAFeatures:
     offsets: List[List[Optional[Tuple[int, int]]]]  # character span of each context token, None elsewhere
     truncated_questions: int
 
+    @property
+    def sequences(self) -> list:
+        return self.dataset
+
 
 DEFAULT_DOC_STRIDE = 128
 
@@ -878,6 +895,432 @@ def qa_compute_metrics(examples: Sequence[QAExample], features: QAFeatures, wind
 
 
 # --------------------------------------------------------------------------------------------------
+# Multiple choice (C3, CHID): reading, one text pair per choice, the passage-level assignment, metrics
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class ChoiceExample:
+    id: object  # C3: the question's own id, else "<document id>-<question number>"; CHID: the blank's tag or row id
+    context: str  # C3: the document; CHID: the passage holding the blank
+    question: str  # C3: the question; CHID: the blank's tag in the passage (#idiomNNNNNN#, or FewCLUE's #idiom#)
+    choices: List[str]
+    label: Optional[int]  # the answer's index among the choices
+    group: str  # CHID: the blanks sharing one candidate list, each candidate used at most once among them
+    where: str
+
+
+QUESTION_TOKEN_CAP = 64  # C3 questions and choices are kept whole up to these many tokens; the document gives way
+CHOICE_TOKEN_CAP = 32
+CHID_BLANK = re.compile(r"#idiom\d*#")
+OPTION_SPLITS = {"--train_file": "train", "--dev_file": "dev", "--test_file": "test"}
+
+
+def c3_files(path: str, option: str) -> List[str]:
+    """A C3 file, files separated by commas, or a folder of the release (its c3-d- and c3-m- files of the split)."""
+    if os.path.isdir(path):
+        split = OPTION_SPLITS.get(option, "test")
+        files = [os.path.join(path, f"c3-{part}-{split}.json") for part in ("d", "m")]
+        files = [f for f in files if os.path.isfile(f)]
+        if not files:
+            raise UserError(f"{option}: {path} holds neither c3-d-{split}.json nor c3-m-{split}.json")
+        return files
+    return [part for part in path.split(",") if part]
+
+
+def read_c3_file(path: str, option: str):
+    """Yield (where, row) for each question of the C3 files: [[document lines], [{question, choice, answer}], id]."""
+    for file in c3_files(path, option):
+        documents = read_json_file(file, option)
+        if not isinstance(documents, list):
+            raise UserError(f"{file}: expected a JSON list of [document lines, questions, id] entries")
+        for number, document in enumerate(documents, 1):
+            yield from c3_document_rows(document, f"{file}: document {number}")
+
+
+def c3_document_rows(document, where: str):
+    if not (isinstance(document, list) and len(document) == 3 and isinstance(document[1], list)):
+        raise UserError(f"{where}: expected [document lines, questions, id]")
+    lines, questions, document_id = document
+    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+        raise UserError(f"{where}: the document must be a list of lines (strings)")
+    for number, question in enumerate(questions):
+        if not isinstance(question, dict):
+            raise UserError(f"{where}: question {number + 1} is not an object")
+        yield (
+            f"{where} question {number + 1}",
+            {
+                "id": question.get("id", f"{document_id}-{number}"),
+                "context": "\n".join(lines),
+                "question": question.get("question"),
+                "choices": question.get("choice"),
+                "answer": question.get("answer") or None,
+                "group": f"{document_id}-{number}",
+            },
+        )
+
+
+def c3_hub_rows(task: "TaskSpec", split: str):
+    """PaddleNLP's c3 rows (one a question: context lines, question, choice, answer), d- and m- parts together."""
+    for number, (where, row) in enumerate(load_hub_rows(task, split)):
+        context = row.get("context")
+        yield (
+            where,
+            {
+                "id": row.get("id", number),
+                "context": "\n".join(context) if isinstance(context, list) else context,
+                "question": row.get("question"),
+                "choices": row.get("choice"),
+                "answer": row.get("answer") or None,
+                "group": str(number),
+            },
+        )
+
+
+def read_chid_file(path: str, option: str):
+    """Yield (where, row) for each blank of a CHID file: FewCLUE's JSON lines ({id, candidates, content with one
+    #idiom#, answer index}) or CLUE's ({candidates, content: passages with #idiomNNNNNN# blanks}, the answers in
+    <name>_answer.json beside it)."""
+    answers = chid_answers(path)
+    for where, row in read_json_lines(path, option):
+        yield from chid_line_rows(row, where, answers)
+
+
+def chid_answers(path: str) -> Optional[dict]:
+    """CLUE CHID's answers (tag -> candidate index) from <name>_answer.json beside the data file, if there."""
+    stem, extension = os.path.splitext(path)
+    answer_file = f"{stem}_answer{extension}"
+    if not os.path.isfile(answer_file):
+        return None
+    answers = read_json_file(answer_file, "the CHID answers")
+    if not isinstance(answers, dict):
+        raise UserError(f"{answer_file}: expected an object of blank tag -> candidate index")
+    return answers
+
+
+def chid_hub_rows(task: "TaskSpec", split: str):
+    for where, row in load_hub_rows(task, split):
+        yield from chid_line_rows(row, where, None)
+
+
+def chid_line_rows(row: dict, where: str, answers: Optional[dict]):
+    candidates, content = row.get("candidates"), row.get("content")
+    passages = content if isinstance(content, list) else [content]
+    if not all(isinstance(p, str) for p in passages):
+        raise UserError(f"{where}: field 'content' must be a passage or a list of passages (strings)")
+    for passage in passages:
+        tags = CHID_BLANK.findall(passage)
+        if not tags:
+            raise UserError(f"{where}: a passage holds no #idiom# blank")
+        for tag in tags:
+            few_clue = tag == "#idiom#"
+            answer = row.get("answer") if few_clue else (answers or {}).get(tag)
+            yield (
+                where,
+                {
+                    "id": row.get("id", tag) if few_clue else tag,
+                    "context": passage,
+                    "question": tag,
+                    "choices": candidates,
+                    "answer": answer,
+                    "group": where,
+                },
+            )
+
+
+def odd_choice_row(choices, answer, split: str) -> Optional[str]:
+    """Why a row cannot be trained on or scored (None when it can); test rows need no answer."""
+    if not choices:
+        return "no choices"
+    if answer is None:
+        return None if split == "test" else "no answer"
+    if isinstance(answer, str):
+        return None if answer in choices else "an answer that is not among its choices"
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+        return "an answer index outside its choices"
+    return None
+
+
+def rows_to_choice_examples(task: "TaskSpec", rows, split: str) -> List[ChoiceExample]:
+    """Check each row's structure (a malformed one is an error naming it); rows without choices or whose answer is
+    not among them are left out and counted, as CMRC2018's odd rows are. Repeated choices are kept once (the
+    first), so that no two choices compete for one answer."""
+    examples, left_out = [], {}
+    for where, row in rows:
+        for name in ("context", "question"):
+            if not isinstance(row.get(name), str):
+                raise UserError(f"{where}: the {name} is missing or not a string")
+        choices = row.get("choices")
+        if choices is not None and (not isinstance(choices, list) or not all(isinstance(c, str) for c in choices)):
+            raise UserError(f"{where}: the choices must be a list of strings")
+        choices = list(dict.fromkeys(c for c in choices or [] if c.strip()))
+        answer = row["answer"]
+        if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(row["choices"]):
+            answer = row["choices"][answer]  # an index into the choices as given
+        if len(choices) > task.max_choices:
+            raise UserError(f"{where}: {len(choices)} choices; task {task.name} takes at most {task.max_choices}")
+        reason = odd_choice_row(choices, answer, split)
+        if reason:
+            left_out[reason] = left_out.get(reason, 0) + 1
+            continue
+        label = choices.index(answer) if answer is not None else None
+        examples.append(ChoiceExample(row["id"], row["context"], row["question"], choices, label, row["group"], where))
+    if left_out:
+        reasons = ", ".join(f"{count} with {reason}" for reason, count in sorted(left_out.items()))
+        logger.warning("%s %s: left out %d rows (%s)", task.name, split, sum(left_out.values()), reasons)
+    if not examples:
+        raise UserError(f"the {task.name} {split} data holds no usable questions")
+    return examples
+
+
+def token_ids(tokenizer, text: str) -> List[int]:
+    return tokenizer.convert_tokens_to_ids(tokenizer.tokenize(text))
+
+
+def c3_choice_inputs(example: ChoiceExample, tokenizer, max_seq_length: int) -> Tuple[List[Tuple[list, list]], bool]:
+    """([CLS] document [SEP] question choice [SEP] of each choice, whether the document was cut): the question and
+    each choice whole up to their caps, the document cut to what the longest question+choice leaves, the same for
+    every choice of the question."""
+    question = token_ids(tokenizer, example.question)[:QUESTION_TOKEN_CAP]
+    answers = [question + token_ids(tokenizer, choice)[:CHOICE_TOKEN_CAP] for choice in example.choices]
+    budget = max_seq_length - tokenizer.num_special_tokens_to_add(pair=True) - max(len(a) for a in answers)
+    if budget < 1:
+        raise UserError(f"{example.where}: --max_seq_length {max_seq_length} leaves no room for the document")
+    document = token_ids(tokenizer, example.context)
+    return [(document[:budget], answer) for answer in answers], len(document) > budget
+
+
+def chid_choice_inputs(example: ChoiceExample, tokenizer, max_seq_length: int) -> Tuple[List[Tuple[list, list]], bool]:
+    """([CLS] candidate [SEP] window [SEP] of each candidate, whether the passage was cut): the window is the
+    passage around this blank, which is four [MASK] (an idiom's four characters); its other blanks are one [UNK]."""
+    mask, unknown = tokenizer.convert_tokens_to_ids(["[MASK]", "[UNK]"])
+    pieces = CHID_BLANK.split(example.context)
+    blanks = CHID_BLANK.findall(example.context)
+    target = blanks.index(example.question) if example.question in blanks else 0
+    tokens, position = [], 0
+    for index, piece in enumerate(pieces):
+        tokens.extend(token_ids(tokenizer, piece))
+        if index < len(blanks):
+            position = len(tokens) if index == target else position
+            tokens.extend([mask] * 4 if index == target else [unknown])
+    candidates = [token_ids(tokenizer, candidate) for candidate in example.choices]
+    budget = max_seq_length - tokenizer.num_special_tokens_to_add(pair=True) - max(len(c) for c in candidates)
+    if budget < 4:
+        raise UserError(f"{example.where}: --max_seq_length {max_seq_length} leaves no room for the passage")
+    start = min(max(0, position + 2 - budget // 2), max(0, len(tokens) - budget))
+    window = tokens[start : start + budget]
+    return [(candidate, window) for candidate in candidates], False  # a window by design, as upstream: not a cut
+
+
+@dataclass
+class EncodedChoices:
+    """dataset: one feature a question (every choice's inputs, the label), what the Trainer reads; choice_sequences:
+    one feature a choice, what the predictors run; choice_ranges: each question's choices among them."""
+
+    dataset: list
+    ids: list
+    truncated: int
+    choice_sequences: list
+    choice_ranges: List[Tuple[int, int]]
+
+    @property
+    def sequences(self) -> list:
+        return self.choice_sequences
+
+
+def encode_choice_examples(
+    examples: Sequence[ChoiceExample], tokenizer, task: "TaskSpec", max_seq_length: int, truncate: bool = True
+) -> EncodedChoices:
+    """Each choice of each question as one text pair (the task's choice_inputs); a cut context is counted or, with
+    truncate=False, an error naming the question."""
+    features, sequences, ranges, truncated = [], [], [], 0
+    for example in examples:
+        pairs, cut = task.choice_inputs(example, tokenizer, max_seq_length)
+        if cut and not truncate:
+            raise UserError(
+                f"{example.where}: the context is longer than --max_seq_length {max_seq_length} allows "
+                "(pass --truncate_long_texts true to truncate)"
+            )
+        truncated += cut
+        encoded = [tokenizer.prepare_for_model(a, b, max_length=max_seq_length, truncation=True) for a, b in pairs]
+        inputs = [{"input_ids": e["input_ids"], "token_type_ids": e["token_type_ids"]} for e in encoded]
+        ranges.append((len(sequences), len(sequences) + len(inputs)))
+        sequences.extend(inputs)
+        feature = {name: [one[name] for one in inputs] for name in ("input_ids", "token_type_ids")}
+        if example.label is not None:
+            feature["labels"] = example.label
+        features.append(feature)
+    return EncodedChoices(features, [e.id for e in examples], truncated, sequences, ranges)
+
+
+def choice_collator(task: "TaskSpec", tokenizer):
+    """Pads every question to the task's max_choices (a padded choice is masked out of the softmax: never
+    predicted, never trained towards) and every choice to the batch's longest sequence."""
+    import paddle
+
+    def collate(features: Sequence[dict]) -> dict:
+        length = max(len(ids) for f in features for ids in f["input_ids"])
+        batch = {
+            name: np.full((len(features), task.max_choices, length), 0, dtype="int64")
+            for name in ("input_ids", "token_type_ids")
+        }
+        mask = np.zeros((len(features), task.max_choices), dtype="float32")
+        for row, feature in enumerate(features):
+            for column, ids in enumerate(feature["input_ids"]):
+                batch["input_ids"][row, column, : len(ids)] = ids
+                batch["token_type_ids"][row, column, : len(ids)] = feature["token_type_ids"][column]
+                mask[row, column] = 1.0
+        tensors = {name: paddle.to_tensor(value) for name, value in batch.items()}
+        tensors["choice_mask"] = paddle.to_tensor(mask)
+        if "labels" in features[0]:
+            tensors["labels"] = paddle.to_tensor(np.array([f["labels"] for f in features], dtype="int64"))
+        return tensors
+
+    return collate
+
+
+PADDED_CHOICE = -1e4  # what a padded choice's logit becomes: it never wins a softmax
+
+
+def masked_choice_logits(logits, choice_mask):
+    return logits + (1.0 - choice_mask) * PADDED_CHOICE
+
+
+def choice_training_loss(model, inputs: dict):
+    """(loss, logits) of a multiple-choice batch: cross-entropy over each question's real choices only."""
+    import paddle
+
+    inputs = dict(inputs)
+    mask, labels = inputs.pop("choice_mask"), inputs.pop("labels", None)
+    outputs = model(input_ids=inputs["input_ids"], token_type_ids=inputs["token_type_ids"])
+    logits = masked_choice_logits(outputs[0] if isinstance(outputs, (tuple, list)) else outputs, mask)
+    loss = paddle.nn.functional.cross_entropy(logits, labels) if labels is not None else None
+    return loss, logits
+
+
+def log_softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = scores - scores.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def assigned_choices(scores: Sequence[np.ndarray]) -> List[int]:
+    """Each blank's candidate when the blanks of one passage share a candidate list (CHID): the highest log-probability
+    first, each blank and each candidate used at most once (upstream's rule, over the whole passage); blanks left
+    when the candidates run out take their own best."""
+    ranked = sorted(
+        ((float(value), blank, choice) for blank, row in enumerate(scores) for choice, value in enumerate(row)),
+        key=lambda item: -item[0],
+    )
+    chosen, used = {}, set()
+    for _, blank, choice in ranked:
+        if blank not in chosen and choice not in used:
+            chosen[blank] = choice
+            used.add(choice)
+    return [chosen.get(blank, int(np.argmax(row))) for blank, row in enumerate(scores)]
+
+
+def choice_scores(encoded: EncodedChoices, outputs) -> List[np.ndarray]:
+    """Each question's log-probabilities over its real choices, from one score a sequence (the predictors' outputs)."""
+    scores = np.array([float(np.asarray(row).reshape(-1)[0]) for row in outputs[0]])
+    return [log_softmax(scores[start:end]) for start, end in encoded.choice_ranges]
+
+
+def predicted_choices(task: "TaskSpec", examples: Sequence[ChoiceExample], scores: Sequence[np.ndarray]) -> List[int]:
+    """The chosen index of each question: its best choice, or (task.assign_groups) the passage-level assignment of
+    the blanks of each group, whatever order or batch they came in."""
+    if not task.assign_groups:
+        return [int(np.argmax(row)) for row in scores]
+    groups: Dict[str, List[int]] = {}
+    for index, example in enumerate(examples):
+        groups.setdefault(example.group, []).append(index)
+    chosen = [0] * len(examples)
+    for members in groups.values():
+        for index, choice in zip(members, assigned_choices([scores[i] for i in members])):
+            chosen[index] = choice
+    return chosen
+
+
+def choice_accuracy(task: "TaskSpec", examples: Sequence[ChoiceExample], scores) -> Dict[str, float]:
+    """Accuracy per question (C3) or per blank (CHID), in 0..1."""
+    chosen = predicted_choices(task, examples, scores)
+    return {"accuracy": float(np.mean([c == e.label for c, e in zip(chosen, examples)]))}
+
+
+def choice_output_metrics(task: "TaskSpec", examples, encoded, outputs, window_args) -> Dict[str, float]:
+    return choice_accuracy(task, examples, choice_scores(encoded, outputs))
+
+
+def choice_compute_metrics(task: "TaskSpec", examples: Sequence[ChoiceExample]):
+    """Trainer's compute_metrics: the masked logits of each question (padded choices at PADDED_CHOICE)."""
+
+    def compute(eval_prediction) -> Dict[str, float]:
+        logits = np.asarray(eval_prediction.predictions)
+        scores = [log_softmax(row[: len(e.choices)]) for row, e in zip(logits, examples)]
+        return choice_accuracy(task, examples, scores)
+
+    return compute
+
+
+def choice_rows(task, examples, encoded, outputs, window_args) -> List[dict]:
+    scores = choice_scores(encoded, outputs)
+    chosen = predicted_choices(task, examples, scores)
+    return [
+        {
+            "id": e.id,
+            **({"question": e.question} if task.questions else {"blank": e.question}),
+            "answer": e.choices[c],
+            "index": c,
+            "probability": float(np.exp(s[c])),
+        }
+        for e, s, c in zip(examples, scores, chosen)
+    ]
+
+
+def choice_fields(task: "TaskSpec") -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """C3: a document, its question and the choices; CHID: a passage with #idiom# blanks and the candidates."""
+    return (("context", "question", "choices") if task.questions else ("context", "choices")), ()
+
+
+def numbered_blanks(passage: str) -> str:
+    """A passage whose repeated #idiom# blanks are told apart (#idiom1#, #idiom2#, ...); distinct tags stay."""
+    tags = CHID_BLANK.findall(passage)
+    if len(set(tags)) == len(tags):
+        return passage
+    count = iter(range(1, len(tags) + 1))
+    return CHID_BLANK.sub(lambda _: f"#idiom{next(count)}#", passage)
+
+
+def choice_raw_examples(task: "TaskSpec", index: int, values: dict, where: str) -> List[ChoiceExample]:
+    """One question (C3), or one example per blank of the passage (CHID: the blanks share the candidates)."""
+    choices = list(dict.fromkeys(values["choices"]))
+    if len(choices) > task.max_choices:
+        raise UserError(f"{where}: {len(choices)} choices; task {task.name} takes at most {task.max_choices}")
+    if task.questions:
+        return [ChoiceExample(str(index), values["context"], values["question"], choices, None, str(index), where)]
+    passage = numbered_blanks(values["context"])
+    blanks = CHID_BLANK.findall(passage)
+    if not blanks:
+        raise UserError(f"{where}: the passage holds no #idiom# blank")
+    return [ChoiceExample(f"{index}-{tag}", passage, tag, choices, None, str(index), where) for tag in blanks]
+
+
+def choice_line(task: "TaskSpec", line: str, where: str) -> dict:
+    """One --input_file line: a JSON object with the task's fields (context, question, choices)."""
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise UserError(f"{where}: not a valid JSON line ({error.msg} at column {error.colno})") from None
+    required, _ = choice_fields(task)
+    if not isinstance(value, dict) or any(name not in value for name in required):
+        raise UserError(f"{where}: expected a JSON object with {', '.join(required)}")
+    for name in required:
+        given = value[name] if name != "choices" else value[name] if isinstance(value[name], list) else None
+        if given is None or (name == "choices" and not all(isinstance(c, str) and c.strip() for c in given)):
+            raise UserError(f"{where}: field 'choices' must be a list of non-empty strings")
+        if name != "choices" and (not isinstance(given, str) or not given.strip()):
+            raise UserError(f"{where}: field '{name}' must be a non-empty string")
+    return {name: value[name] for name in required}
+
+
+# --------------------------------------------------------------------------------------------------
 # Metrics
 # --------------------------------------------------------------------------------------------------
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -962,13 +1405,13 @@ def encode_qa_split(task, split, examples, tokenizer, max_seq_length, truncate, 
     return encoded
 
 
-def padding_collator(tokenizer):
+def padding_collator(task, tokenizer):
     from paddlenlp.data import DataCollatorWithPadding  # training only: the deployment scripts never import paddlenlp
 
     return DataCollatorWithPadding(tokenizer)
 
 
-def ner_collator(tokenizer):
+def ner_collator(task, tokenizer):
     """Pads labels with the ignore index, inputs with the pad id."""
     from paddlenlp.data import DataCollatorForTokenClassification
 
@@ -976,13 +1419,19 @@ def ner_collator(tokenizer):
 
 
 # ---- raw input (infer.py --text and --input_file, serve.py requests) ---------------------------------------------
-INPUT_FIELDS = ("text", "text_pair", "context", "question")  # every family's raw input fields
+INPUT_FIELDS = ("text", "text_pair", "context", "question", "choices")  # every family's raw input fields
 # how infer.py and serve.py describe a task when one of its fields is missing, or others are given
-MISSING_FIELD_WORDING = {"text_pair": "compares two texts", "question": "answers a question about each context"}
+MISSING_FIELD_WORDING = {
+    "text_pair": "compares two texts",
+    "question": "answers a question about each context",
+    "choices": "chooses among given answers",
+}
 INPUT_DESCRIPTIONS = {
     ("text",): "single texts",
     ("text", "text_pair"): "pairs of texts",
     ("context", "question"): "contexts and questions",
+    ("context", "question", "choices"): "documents with a question and its choices",
+    ("context", "choices"): "passages with #idiom# blanks and their candidates",
 }
 
 
@@ -997,8 +1446,8 @@ def classification_fields(task: TaskSpec) -> Tuple[Tuple[str, ...], Tuple[str, .
     return (("text", "text_pair") if task.pairs else ("text",)), ()
 
 
-def classification_example(index: int, values: dict, where: str) -> TextExample:
-    return TextExample(index, values["text"], values.get("text_pair"), None, where)
+def classification_examples(task: TaskSpec, index: int, values: dict, where: str) -> List[TextExample]:
+    return [TextExample(index, values["text"], values.get("text_pair"), None, where)]
 
 
 def classification_line(task: TaskSpec, line: str, where: str) -> dict:
@@ -1017,11 +1466,11 @@ def truncation_extras(encoded) -> dict:
     return {"eval_truncated": encoded.truncated}
 
 
-def raw_example(task: TaskSpec, index: int, values: dict, where: str):
-    """An unlabelled example of the task's family from raw input values keyed by field (Family.input_fields): a
-    text and its pair (classification), a text whose characters are tagged (NER), or a context with its question
-    (QA)."""
-    return task.family.raw_example(index, values, where)
+def raw_examples(task: TaskSpec, index: int, values: dict, where: str) -> list:
+    """The unlabelled examples of the task's family from one raw input's values keyed by field (Family.input_fields):
+    a text and its pair (classification), a text whose characters are tagged (NER), a context with its question
+    (QA), or a question with its choices (multiple choice; CHID: one example a blank)."""
+    return task.family.raw_examples(task, index, values, where)
 
 
 # ---- what a prediction looks like (infer.py --text/--input_file, serve.py) ----------------------------------------
@@ -1080,20 +1529,23 @@ class Family:
     head_suffix: str  # of the PaddleNLP model class that fine-tunes it
     metric_names: Tuple[str, ...]  # what eval_results.json holds
     metric_in_percent: bool  # the metrics are already in percent (CMRC2018), not fractions
-    outputs: str  # "sequence" (logits per sequence), "token" (per token) or "span" (start and end logits per token)
-    labels_in_head: bool  # the model's head is sized by the task's label list
+    outputs: str  # "sequence" (logits a sequence), "token" (a token), "span" (start and end logits a token) or
+    # "choice" (one score a choice's sequence)
+    labels_in_head: bool  # the model's head is sized by the task's label list (multiple choice: by max_choices)
     uses_windows: bool  # contexts are cut into windows (QAWindowArguments)
     custom_tasks: bool  # --task_name custom (a user's own data) belongs to this family
-    read_file: Callable  # (path, option) -> rows
-    read_hub: Callable  # (task, split) -> rows
+    default_task: Optional[str]  # the --task_name its scripts take when none is given
+    read_file: Optional[Callable]  # (path, option) -> rows (None: each task has its own, TaskSpec.read_file)
+    read_hub: Optional[Callable]  # (task, split) -> rows, likewise
     to_examples: Callable  # (task, rows, split) -> examples
     encode: Callable  # (task, split, examples, tokenizer, max_seq_length, truncate, window_args, with_labels)
-    collator: Callable  # tokenizer -> a collator that pads training batches
+    collator: Callable  # (task, tokenizer) -> a collator that pads training batches
+    training_loss: Optional[Callable]  # (model, batch) -> (loss, logits) where the model's own loss does not fit
     output_metrics: Callable  # (task, examples, encoded, outputs, window_args) -> metrics
     eval_extras: Callable  # encoded dev split -> what eval_results.json adds (truncated examples, windows)
     prediction_rows: Callable  # (task, examples, encoded, outputs, window_args) -> one dict per example
     input_fields: Callable  # task -> (required, optional) fields of a raw input (infer.py --text, serve.py)
-    raw_example: Callable  # (index, values by field, where) -> an unlabelled example
+    raw_examples: Callable  # (task, index, values by field, where) -> unlabelled examples (CHID: one a blank)
     input_line: Optional[Callable]  # (task, line, where) -> values of one --input_file line; None: read whole
 
 
@@ -1112,16 +1564,18 @@ FAMILIES = {
             labels_in_head=True,
             uses_windows=False,
             custom_tasks=True,
+            default_task=None,
             read_file=read_json_lines,
             read_hub=load_hub_rows,
             to_examples=rows_to_examples,
             encode=truncation_reported(encode_text_examples),
             collator=padding_collator,
+            training_loss=None,
             output_metrics=classification_output_metrics,
             eval_extras=truncation_extras,
             prediction_rows=classification_rows,
             input_fields=classification_fields,
-            raw_example=classification_example,
+            raw_examples=classification_examples,
             input_line=classification_line,
         ),
         Family(
@@ -1136,16 +1590,18 @@ FAMILIES = {
             labels_in_head=True,
             uses_windows=False,
             custom_tasks=False,
+            default_task="msra_ner",
             read_file=read_ner_file,
             read_hub=ner_hub_rows,
             to_examples=rows_to_token_examples,
             encode=truncation_reported(encode_token_examples),
             collator=ner_collator,
+            training_loss=None,
             output_metrics=ner_output_metrics,
             eval_extras=truncation_extras,
             prediction_rows=entity_rows,
             input_fields=lambda task: (("text",), ()),
-            raw_example=lambda index, values, where: TokenExample(index, list(values["text"]), None, where),
+            raw_examples=lambda task, index, values, where: [TokenExample(index, list(values["text"]), None, where)],
             input_line=lambda task, line, where: {"text": line},
         ),
         Family(
@@ -1160,19 +1616,47 @@ FAMILIES = {
             labels_in_head=False,
             uses_windows=True,
             custom_tasks=False,
+            default_task="cmrc2018",
             read_file=read_squad_file,
             read_hub=load_hub_rows,
             to_examples=rows_to_qa_examples,
             encode=encode_qa_split,
             collator=padding_collator,
+            training_loss=None,
             output_metrics=qa_output_metrics,
             eval_extras=lambda encoded: {"eval_windows": len(encoded.example_index)},
             prediction_rows=answer_rows,
             input_fields=lambda task: (("context", "question"), ()),
-            raw_example=lambda index, values, where: QAExample(
-                str(index), values["question"], values["context"], [], None, None, where
-            ),
+            raw_examples=lambda task, index, values, where: [
+                QAExample(str(index), values["question"], values["context"], [], None, None, where)
+            ],
             input_line=None,  # a SQuAD-style file, read whole
+        ),
+        Family(
+            name="multiple_choice",
+            title="multiple choice",
+            script="run_multiple_choice.py",
+            compress_script="compress_multiple_choice.py",
+            head_suffix="ForMultipleChoice",
+            metric_names=("accuracy",),
+            metric_in_percent=False,
+            outputs="choice",
+            labels_in_head=False,
+            uses_windows=False,
+            custom_tasks=False,
+            default_task="c3",
+            read_file=None,  # C3 and CHID files differ: TaskSpec.read_file
+            read_hub=None,
+            to_examples=rows_to_choice_examples,
+            encode=truncation_reported(encode_choice_examples),
+            collator=choice_collator,
+            training_loss=choice_training_loss,
+            output_metrics=choice_output_metrics,
+            eval_extras=truncation_extras,
+            prediction_rows=choice_rows,
+            input_fields=choice_fields,
+            raw_examples=choice_raw_examples,
+            input_line=choice_line,
         ),
     ]
 }
@@ -1259,7 +1743,44 @@ CMRC2018 = TaskSpec(
 )
 
 
-ALL_TASKS = {**SEQ_CLS_TASKS, MSRA_NER.name: MSRA_NER, CMRC2018.name: CMRC2018}
+C3 = TaskSpec(
+    name="c3",
+    family=FAMILIES["multiple_choice"],
+    labels=(),
+    metric="accuracy",
+    max_seq_length=512,
+    submission_file="c311_predict.json",
+    read_file=read_c3_file,
+    read_hub=c3_hub_rows,
+    choice_inputs=c3_choice_inputs,
+    max_choices=4,
+    questions=True,
+    hub=("c3",),
+    file_format="the C3 release's json ([[document lines], [{question, choice, answer}], id]); a folder holding "
+    "c3-d-<split>.json and c3-m-<split>.json reads both parts, as do two files separated by a comma",
+)
+
+
+CHID = TaskSpec(
+    name="chid",
+    family=FAMILIES["multiple_choice"],
+    labels=(),
+    metric="accuracy",
+    max_seq_length=64,
+    submission_file="chid11_predict.json",
+    read_file=read_chid_file,
+    read_hub=chid_hub_rows,
+    choice_inputs=chid_choice_inputs,
+    max_choices=10,
+    assign_groups=True,
+    hub=("fewclue", "chid"),  # the downloadable copy is FewCLUE's; CLUE's CHID files are read from --*_file
+    hub_splits={"train": "train_few_all", "dev": "dev_few_all", "test": "test_public"},
+    file_format="CHID json lines: CLUE's ({candidates, content: passages with #idiomNNNNNN# blanks}, answers in "
+    "<name>_answer.json beside the file) or FewCLUE's ({id, candidates, content with one #idiom#, answer})",
+)
+
+
+ALL_TASKS = {**SEQ_CLS_TASKS, MSRA_NER.name: MSRA_NER, CMRC2018.name: CMRC2018, C3.name: C3, CHID.name: CHID}
 
 
 CUSTOM_TASK = "custom"
@@ -1323,8 +1844,9 @@ def load_examples(
 ) -> list:
     """Examples of one split from a local file in the task's original format (used as it is) or, without
     one, the hub copy; the first max_samples of them when given."""
+    read_file, read_hub = task.read_file or task.family.read_file, task.read_hub or task.family.read_hub
+    rows = read_file(path, option or SPLIT_OPTIONS[split]) if path else read_hub(task, split)
     family = task.family
-    rows = family.read_file(path, option or SPLIT_OPTIONS[split]) if path else family.read_hub(task, split)
     examples = family.to_examples(task, rows, split)
     if max_samples is not None and max_samples > 0:
         examples = examples[:max_samples]
@@ -1364,4 +1886,4 @@ def load_encoded_split(task: TaskSpec, split: str, data_args, tokenizer, window_
 
 
 def family_collator(task: TaskSpec, tokenizer):
-    return task.family.collator(tokenizer)
+    return task.family.collator(task, tokenizer)

@@ -251,3 +251,44 @@ def qa_run(tiny_ernie, tmp_path_factory):
         )
     )
     return output_dir
+
+
+# ---- the multiple-choice family (C3, CHID) ---------------------------------------------------------------------------
+def choice_file(*names):
+    return os.path.join(DATA_DIR, *names)
+
+
+C3_TRAIN_FILES = ",".join(choice_file("c3", f"c3-{part}-train.json") for part in ("d", "m"))
+C3_FIT = ["--max_seq_length", "48", "--learning_rate", "2e-3", "--per_device_train_batch_size", "16", "--dropout", "0"]
+FIT_ONLY = ["--evaluation_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"]
+
+
+@pytest.fixture(scope="session")
+def c3_run(tiny_ernie, tmp_path_factory):
+    """C3 trained on the ~200 questions of the train slice until it fits them, evaluated on those questions, and
+    exported (max_seq_length 48)."""
+    import run_multiple_choice
+
+    output_dir = str(tmp_path_factory.mktemp("c3-run"))
+    run_multiple_choice.main(
+        ["--task_name", "c3", "--model_name_or_path", tiny_ernie, "--train_file", choice_file("c3"),
+         "--dev_file", C3_TRAIN_FILES, "--test_file", choice_file("c3", "test.json"), "--output_dir", output_dir,
+         "--do_train", "--do_eval", "--do_predict", "--do_export", "--num_train_epochs", "8", *C3_FIT, *FIT_ONLY]
+    )  # fmt: skip
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def chid_run(tiny_ernie, tmp_path_factory):
+    """CHID trained a little on FewCLUE rows, evaluated and predicted on the CLUE-format slice, and exported."""
+    import run_multiple_choice
+
+    output_dir = str(tmp_path_factory.mktemp("chid-run"))
+    run_multiple_choice.main(
+        ["--task_name", "chid", "--model_name_or_path", tiny_ernie,
+         "--train_file", choice_file("chid", "train_few.json"), "--dev_file", choice_file("chid", "clue_dev.json"),
+         "--test_file", choice_file("chid", "clue_train.json"), "--output_dir", output_dir, "--do_train", "--do_eval",
+         "--do_predict", "--do_export", "--num_train_epochs", "2", "--learning_rate", "2e-3",
+         "--per_device_train_batch_size", "16", *FIT_ONLY]
+    )  # fmt: skip
+    return output_dir

@@ -30,7 +30,7 @@ ALLOWED_IMPORTS = {
     "model_io": {"model_folder", "runtime", "utils"},
     "predictors": {"arguments", "model_folder", "runtime"},
     "deployment": {"arguments", "model_folder", "predictors", "runtime", "utils"},
-    "dynabert": {"predictors", "runtime", "utils"},
+    "dynabert": {"model_io", "predictors", "runtime", "utils"},
     "quantization": {"dynabert", "model_folder", "model_io", "predictors", "runtime", "utils"},
     "compression": {"arguments", "dynabert", "model_folder", "model_io", "predictors", "quantization", "runtime"}
     | {"utils"},
@@ -45,6 +45,7 @@ CONTRACT_KEYS = {
     for item in dataclasses.fields(cls)
 } - {"path", "backend", "precision", "metrics", "kind", "task", "source", "metric", "parameters", "task_name"}
 CONTRACT_KEYS -= {"sequences_per_second", "latency_ms_p50"}  # also infer.py --perf's keys, which benchmarks read
+CONTRACT_KEYS -= {"candidates"}  # also a field of CHID's data files, which utils.py reads
 CONTRACT_KEYS |= {model_folder.VERSION_FIELD}
 
 

@@ -169,14 +169,14 @@ def test_a_line_or_text_is_one_text_or_a_pair_as_the_task_takes():
     """A tab separates text and pair on pair tasks' input lines only; on single-text tasks (and in --text) it is
     text. A pair task's line without its pair, or with an empty one, is one error."""
     tnews, afqmc = utils.SEQ_CLS_TASKS["tnews"], utils.SEQ_CLS_TASKS["afqmc"]
-    single = infer.line_example(tnews, "上海\t天气", 0, "f:1")
+    (single,) = infer.line_examples(tnews, "上海\t天气", 0, "f:1")
     assert (single.text_a, single.text_b) == ("上海\t天气", None)
-    pair = infer.line_example(afqmc, "花呗怎么还款\t花呗如何还钱", 0, "f:1")
+    (pair,) = infer.line_examples(afqmc, "花呗怎么还款\t花呗如何还钱", 0, "f:1")
     assert (pair.text_a, pair.text_b) == ("花呗怎么还款", "花呗如何还钱")
     with pytest.raises(runtime.UserError, match=r"f:1: task afqmc compares two texts: give text<TAB>pair"):
-        infer.line_example(afqmc, "花呗怎么还款", 0, "f:1")
+        infer.line_examples(afqmc, "花呗怎么还款", 0, "f:1")
     with pytest.raises(runtime.UserError, match=r"f:1: empty text"):
-        infer.line_example(afqmc, "花呗怎么还款\t ", 0, "f:1")
+        infer.line_examples(afqmc, "花呗怎么还款\t ", 0, "f:1")
     given = types.SimpleNamespace(input_file=None, text=["上海\t天气"], text_pair=None, question=None)
     assert infer.raw_examples(tnews, given)[0].text_a == "上海\t天气"
     with pytest.raises(runtime.UserError, match=r"task afqmc compares two texts: give one --text_pair per --text"):
