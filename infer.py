@@ -310,7 +310,8 @@ def stream_file(predictor, task, tokenizer, args, window_args) -> dict:
         rows = iter(predicted_rows(predictor, task, tokenizer, args, window_args, [e for _, ex in lines for e in ex]))
         for index, examples in lines:
             mine = [next(rows) for _ in examples]
-            body = mine[0] if len(mine) == 1 else {"predictions": mine}  # CHID: a passage's blanks on its one line
+            # CHID: one line (a passage) is several blanks, always written as a list
+            body = {"predictions": mine} if task.assign_groups else mine[0]
             output.write(json.dumps({"line": index, **body}, ensure_ascii=False) + "\n")
         output.flush()
         written += len(window)

@@ -40,10 +40,11 @@ def write_choices(output_dir, examples, encoded, outputs, task) -> None:
     scores = [utils.log_softmax(row[: len(example.choices)]) for row, example in zip(logits, examples)]
     chosen = utils.predicted_choices(task, examples, scores)
     path = os.path.join(output_dir, task.submission_file)
+    given = [example.given_index(index) for example, index in zip(examples, chosen)]  # as the file lists them
     if task.assign_groups:
-        runtime.write_json_atomic(path, {str(example.id): index for example, index in zip(examples, chosen)})
+        runtime.write_json_atomic(path, {str(example.id): index for example, index in zip(examples, given)})
     else:
-        runtime.write_json_lines_atomic(path, [{"id": e.id, "label": index} for e, index in zip(examples, chosen)])
+        runtime.write_json_lines_atomic(path, [{"id": e.id, "label": index} for e, index in zip(examples, given)])
     runtime.logger.info("wrote %d predictions to %s", len(chosen), path)
 
 

@@ -141,6 +141,13 @@ def request_examples(task, body: dict, limits: ServingLimits) -> list:
 
 
 # ---- batching across requests --------------------------------------------------------------------------------------
+def input_rows(examples: list) -> int:
+    """The model input rows examples make at least: one a choice of a multiple-choice question, else one each (QA
+    contexts may make more windows, known only once encoded)."""
+    return sum(len(getattr(example, "choices", None) or [None]) for example in examples)
+
+
+
 class Overloaded(Exception):
     """The queue is full: the client should retry later (503 with Retry-After)."""
 
@@ -150,6 +157,7 @@ class Pending:
     examples: list
     future: concurrent.futures.Future
     queued_at: float
+    rows: int  # model input rows its examples make at least (a multiple-choice question: one a choice)
 
 
 class Batcher:
@@ -185,14 +193,17 @@ class Batcher:
 
     def submit(self, examples: list) -> concurrent.futures.Future:
         future = concurrent.futures.Future()
+        rows = input_rows(examples)
+        if rows > self.limits.max_queue:
+            raise RequestError(413, f"the request makes {rows} sequences; at most {self.limits.max_queue} a request")
         with self.lock:
             if self.closing:
                 raise Overloaded("the server is shutting down")
-            if self.queued_sequences + len(examples) > self.limits.max_queue:
+            if self.queued_sequences + rows > self.limits.max_queue:
                 self.stats["rejected_overload"] += 1
                 raise Overloaded(f"{self.queued_sequences} sequences are waiting (at most {self.limits.max_queue})")
-            self.queue.append(Pending(examples, future, time.perf_counter()))
-            self.queued_sequences += len(examples)
+            self.queue.append(Pending(examples, future, time.perf_counter(), rows))
+            self.queued_sequences += rows
             self.stats["requests"] += 1
             self.lock.notify()
         return future
@@ -217,11 +228,11 @@ class Batcher:
                     break
                 self.lock.wait(left)
             batch, size = [], 0
-            while self.queue and (not batch or size + len(self.queue[0].examples) <= self.limits.max_batch_size):
+            while self.queue and (not batch or size + self.queue[0].rows <= self.limits.max_batch_size):
                 pending = self.queue.popleft()
                 batch.append(pending)
-                size += len(pending.examples)
-                self.queued_sequences -= len(pending.examples)
+                size += pending.rows
+                self.queued_sequences -= pending.rows
             return batch
 
     def loop(self) -> None:
@@ -242,7 +253,8 @@ class Batcher:
 
     def run_batch(self, predictor, batch: List[Pending]) -> None:
         """Encode each request, run all of their features as one set of length-sorted batches, split the outputs
-        back by request and format each request's rows."""
+        back by request and format each request's rows. A batch that fails is run again request by request, so
+        that only the request that fails gets its error."""
         try:
             encoded = [
                 encode_examples(
@@ -269,10 +281,15 @@ class Batcher:
                 pending.future.set_result(prediction_rows(self.task, pending.examples, one, outputs, self.window_args))
             self.record(batch, len(features))
         except Exception as error:
-            logger.exception("a batch failed")
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(error)
+            if len(batch) > 1:
+                logger.warning("a batch of %d requests failed (%s); running them one by one", len(batch), error)
+                for pending in batch:
+                    if not pending.future.done():
+                        self.run_batch(predictor, [pending])
+                return
+            if not isinstance(error, UserError):
+                logger.exception("a request failed")
+            batch[0].future.set_exception(error)
 
     def count_error(self) -> None:
         with self.lock:

@@ -98,6 +98,12 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, g
     return [first] + batches
 
 
+def feature_length(feature: dict) -> int:
+    """Tokens of a feature's longest sequence (a multiple-choice feature holds one sequence a choice)."""
+    ids = feature["input_ids"]
+    return max(len(choice) for choice in ids) if ids and isinstance(ids[0], list) else len(ids)
+
+
 class LengthGroupedBatchSampler(paddle.io.Sampler):
     """Batches of similar lengths, reshuffled each epoch (set_epoch, which the Trainer calls)."""
 
@@ -146,7 +152,7 @@ class SuiteTrainer(Trainer):
                 self.args.world_size,
             )
             return super()._get_train_sampler()
-        lengths = [len(feature["input_ids"]) for feature in self.train_dataset]
+        lengths = [feature_length(feature) for feature in self.train_dataset]
         return LengthGroupedBatchSampler(lengths, self.args.per_device_train_batch_size, self.args.seed)
 
     def _save_checkpoint(self, model, metrics=None):

@@ -906,6 +906,20 @@ class ChoiceExample:
     label: Optional[int]  # the answer's index among the choices
     group: str  # CHID: the blanks sharing one candidate list, each candidate used at most once among them
     where: str
+    positions: Optional[List[int]] = None  # each choice's index in the row as given (repeats dropped); None: the same
+
+    def given_index(self, index: int) -> int:
+        """A choice's index among the choices as the row or request gave them (what submission files hold)."""
+        return self.positions[index] if self.positions else index
+
+
+def unique_choices(choices: Sequence[str]) -> Tuple[List[str], List[int]]:
+    """The non-blank choices kept once each (the first of repeats), and each one's index as given."""
+    kept = {}
+    for index, choice in enumerate(choices):
+        if choice.strip() and choice not in kept:
+            kept[choice] = index
+    return list(kept), list(kept.values())
 
 
 QUESTION_TOKEN_CAP = 64  # C3 questions and choices are kept whole up to these many tokens; the document gives way
@@ -1007,16 +1021,16 @@ def chid_line_rows(row: dict, where: str, answers: Optional[dict]):
     if not all(isinstance(p, str) for p in passages):
         raise UserError(f"{where}: field 'content' must be a passage or a list of passages (strings)")
     for passage in passages:
-        tags = CHID_BLANK.findall(passage)
-        if not tags:
+        if not CHID_BLANK.search(passage):
             raise UserError(f"{where}: a passage holds no #idiom# blank")
-        for tag in tags:
-            few_clue = tag == "#idiom#"
+        few_clue = "#idiom#" in passage  # FewCLUE's one unnumbered blank, its answer in the row
+        passage = numbered_blanks(passage)  # repeated blanks told apart, so each is its own example's target
+        for tag in CHID_BLANK.findall(passage):
             answer = row.get("answer") if few_clue else (answers or {}).get(tag)
             yield (
                 where,
                 {
-                    "id": row.get("id", tag) if few_clue else tag,
+                    "id": row.get("id", where) if few_clue else tag,
                     "context": passage,
                     "question": tag,
                     "choices": candidates,
@@ -1051,10 +1065,10 @@ def rows_to_choice_examples(task: "TaskSpec", rows, split: str) -> List[ChoiceEx
         choices = row.get("choices")
         if choices is not None and (not isinstance(choices, list) or not all(isinstance(c, str) for c in choices)):
             raise UserError(f"{where}: the choices must be a list of strings")
-        choices = list(dict.fromkeys(c for c in choices or [] if c.strip()))
-        answer = row["answer"]
-        if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(row["choices"]):
-            answer = row["choices"][answer]  # an index into the choices as given
+        choices, positions = unique_choices(choices or [])
+        answer, given = row["answer"], row.get("choices") or []
+        if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(given):
+            answer = given[answer]  # an index into the choices as given
         if len(choices) > task.max_choices:
             raise UserError(f"{where}: {len(choices)} choices; task {task.name} takes at most {task.max_choices}")
         reason = odd_choice_row(choices, answer, split)
@@ -1062,7 +1076,9 @@ def rows_to_choice_examples(task: "TaskSpec", rows, split: str) -> List[ChoiceEx
             left_out[reason] = left_out.get(reason, 0) + 1
             continue
         label = choices.index(answer) if answer is not None else None
-        examples.append(ChoiceExample(row["id"], row["context"], row["question"], choices, label, row["group"], where))
+        examples.append(
+            ChoiceExample(row["id"], row["context"], row["question"], choices, label, row["group"], where, positions)
+        )
     if left_out:
         reasons = ", ".join(f"{count} with {reason}" for reason, count in sorted(left_out.items()))
         logger.warning("%s %s: left out %d rows (%s)", task.name, split, sum(left_out.values()), reasons)
@@ -1079,13 +1095,15 @@ def c3_choice_inputs(example: ChoiceExample, tokenizer, max_seq_length: int) -> 
     """([CLS] document [SEP] question choice [SEP] of each choice, whether the document was cut): the question and
     each choice whole up to their caps, the document cut to what the longest question+choice leaves, the same for
     every choice of the question."""
-    question = token_ids(tokenizer, example.question)[:QUESTION_TOKEN_CAP]
-    answers = [question + token_ids(tokenizer, choice)[:CHOICE_TOKEN_CAP] for choice in example.choices]
+    question = token_ids(tokenizer, example.question)
+    choices = [token_ids(tokenizer, choice) for choice in example.choices]
+    capped = len(question) > QUESTION_TOKEN_CAP or any(len(c) > CHOICE_TOKEN_CAP for c in choices)
+    answers = [question[:QUESTION_TOKEN_CAP] + choice[:CHOICE_TOKEN_CAP] for choice in choices]
     budget = max_seq_length - tokenizer.num_special_tokens_to_add(pair=True) - max(len(a) for a in answers)
     if budget < 1:
-        raise UserError(f"{example.where}: --max_seq_length {max_seq_length} leaves no room for the document")
+        raise UserError(f"{example.where}: max_seq_length {max_seq_length} leaves no room for the document")
     document = token_ids(tokenizer, example.context)
-    return [(document[:budget], answer) for answer in answers], len(document) > budget
+    return [(document[:budget], answer) for answer in answers], capped or len(document) > budget
 
 
 def chid_choice_inputs(example: ChoiceExample, tokenizer, max_seq_length: int) -> Tuple[List[Tuple[list, list]], bool]:
@@ -1101,10 +1119,10 @@ def chid_choice_inputs(example: ChoiceExample, tokenizer, max_seq_length: int) -
         if index < len(blanks):
             position = len(tokens) if index == target else position
             tokens.extend([mask] * 4 if index == target else [unknown])
-    candidates = [token_ids(tokenizer, candidate) for candidate in example.choices]
+    candidates = [token_ids(tokenizer, candidate)[:CHOICE_TOKEN_CAP] for candidate in example.choices]
     budget = max_seq_length - tokenizer.num_special_tokens_to_add(pair=True) - max(len(c) for c in candidates)
     if budget < 4:
-        raise UserError(f"{example.where}: --max_seq_length {max_seq_length} leaves no room for the passage")
+        raise UserError(f"{example.where}: max_seq_length {max_seq_length} leaves no room for the passage")
     start = min(max(0, position + 2 - budget // 2), max(0, len(tokens) - budget))
     window = tokens[start : start + budget]
     return [(candidate, window) for candidate in candidates], False  # a window by design, as upstream: not a cut
@@ -1197,7 +1215,7 @@ def choice_training_loss(model, inputs: dict):
 
 
 def log_softmax(scores: np.ndarray) -> np.ndarray:
-    shifted = scores - scores.max()
+    shifted = np.asarray(scores, dtype="float64") - np.max(scores)
     return shifted - np.log(np.exp(shifted).sum())
 
 
@@ -1267,7 +1285,7 @@ def choice_rows(task, examples, encoded, outputs, window_args) -> List[dict]:
             "id": e.id,
             **({"question": e.question} if task.questions else {"blank": e.question}),
             "answer": e.choices[c],
-            "index": c,
+            "index": e.given_index(c),
             "probability": float(np.exp(s[c])),
         }
         for e, s, c in zip(examples, scores, chosen)
@@ -1290,16 +1308,22 @@ def numbered_blanks(passage: str) -> str:
 
 def choice_raw_examples(task: "TaskSpec", index: int, values: dict, where: str) -> List[ChoiceExample]:
     """One question (C3), or one example per blank of the passage (CHID: the blanks share the candidates)."""
-    choices = list(dict.fromkeys(values["choices"]))
+    choices, positions = unique_choices(values["choices"])
     if len(choices) > task.max_choices:
         raise UserError(f"{where}: {len(choices)} choices; task {task.name} takes at most {task.max_choices}")
     if task.questions:
-        return [ChoiceExample(str(index), values["context"], values["question"], choices, None, str(index), where)]
+        return [
+            ChoiceExample(
+                str(index), values["context"], values["question"], choices, None, str(index), where, positions
+            )
+        ]
     passage = numbered_blanks(values["context"])
     blanks = CHID_BLANK.findall(passage)
     if not blanks:
         raise UserError(f"{where}: the passage holds no #idiom# blank")
-    return [ChoiceExample(f"{index}-{tag}", passage, tag, choices, None, str(index), where) for tag in blanks]
+    return [
+        ChoiceExample(f"{index}-{tag}", passage, tag, choices, None, str(index), where, positions) for tag in blanks
+    ]
 
 
 def choice_line(task: "TaskSpec", line: str, where: str) -> dict:
@@ -1311,11 +1335,14 @@ def choice_line(task: "TaskSpec", line: str, where: str) -> dict:
     required, _ = choice_fields(task)
     if not isinstance(value, dict) or any(name not in value for name in required):
         raise UserError(f"{where}: expected a JSON object with {', '.join(required)}")
-    for name in required:
-        given = value[name] if name != "choices" else value[name] if isinstance(value[name], list) else None
-        if given is None or (name == "choices" and not all(isinstance(c, str) and c.strip() for c in given)):
-            raise UserError(f"{where}: field 'choices' must be a list of non-empty strings")
-        if name != "choices" and (not isinstance(given, str) or not given.strip()):
+    unused = sorted(set(value) & set(INPUT_FIELDS) - set(required))
+    if unused:
+        raise UserError(f"{where}: task {task.name} takes {input_description(required)}: {unused[0]!r} is not used")
+    choices = value["choices"]
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, str) and c.strip() for c in choices):
+        raise UserError(f"{where}: field 'choices' must be a non-empty list of non-empty strings")
+    for name in (n for n in required if n != "choices"):
+        if not isinstance(value[name], str) or not value[name].strip():
             raise UserError(f"{where}: field '{name}' must be a non-empty string")
     return {name: value[name] for name in required}
 

@@ -134,7 +134,7 @@ def export(model, directory: str) -> str:
         model,
         tokenizer,
         directory,
-        {"task_name": "tnews", "label_list": list(utils.TNEWS_LABELS), "max_seq_length": SEQ_LEN},
+        model_io.task_file(utils.SEQ_CLS_TASKS["tnews"], SEQ_LEN),
     )
     return directory
 

@@ -240,7 +240,7 @@ def compress_summary(results: dict) -> list:
                 ]
             )
     return [
-        f"Small ERNIE trained from scratch on real rows; points of accuracy (TNEWS) and entity F1 (MSRA_NER); "
+        f"Small ERNIE trained from scratch on real rows; points of each task's main metric (accuracy, entity F1); "
         f"{machine_line(results)}:",
         "",
     ] + markdown_table(header, lines)
@@ -270,7 +270,26 @@ def serve_tables(results: dict) -> list:
     ] + markdown_table(header, lines)
 
 
+def multiple_choice_table(results: dict) -> list:
+    """bench_multiple_choice: C3 questions end to end through infer.py's path, every way of serving them."""
+    header = ["path", "served as", "questions/s", "choice seq/s", "× float default"]
+    rows = results["c3_rows"]
+    lines = [
+        [r["path"], f"{r['backend']} {r['precision']}", f"{r['questions_per_second']:.2f}",
+         f"{r['sequences_per_second']:.1f}", f"{r['x_float_default']:.2f}×"]
+        for r in rows
+    ]  # fmt: skip
+    return [
+        f"ERNIE 3.0-{results['model'].capitalize()} shape with a multiple-choice head, {rows[0]['questions']} real C3 "
+        f"dev questions ({rows[0]['sequences']} choice rows, {rows[0]['mean_tokens']:.0f} tokens on average, at most "
+        f"{results['max_seq_length']}), end to end; {machine_line(results)}:",
+        "",
+    ] + markdown_table(header, lines)
+
+
 def tables(results: dict) -> list:
+    if "c3_rows" in results:
+        return multiple_choice_table(results)
     if "rows" in results:
         return deploy_tables(results)
     if "results" in results:
@@ -283,6 +302,8 @@ def tables(results: dict) -> list:
 HEADLINES = (
     ("deploy.json", "Speed of the deployment paths", deploy_tables),
     ("compress.json", "Accuracy cost of compression", compress_summary),
+    ("compress_c3_quick.json", "Accuracy cost of compression, C3", compress_summary),
+    ("multiple_choice.json", "Speed of C3-shaped deployment", multiple_choice_table),
     ("serve.json", "Serving", serve_tables),
 )
 

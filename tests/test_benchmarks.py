@@ -7,6 +7,7 @@ import os
 import pytest
 
 import dynabert
+import model_folder
 import runtime
 from benchmarks import tables
 from benchmarks.bench_infer import build_model, encoder_weight_bytes, model_flops
@@ -28,6 +29,16 @@ def test_model_flops_are_the_issue_formula_and_follow_the_pruned_widths(nano):
         2 * length * (4 * hidden * attention + 2 * hidden * intermediate) + 4 * length**2 * attention
     )
     assert model_flops(pruned, length) == pytest.approx(expected)
+
+
+def test_the_benchmarks_export_a_folder_infer_serves(nano, tmp_path):
+    """The benchmarks' own export writes the typed task file deployment reads (a dict once passed unnoticed)."""
+    from benchmarks.bench_infer import export
+
+    folder = export(nano, str(tmp_path / "export"))
+    assert model_folder.read_task_file(folder).task_name == "tnews"
+    files = model_folder.read_model_files(folder)
+    assert not files.quantized
 
 
 def test_encoder_weight_bytes_count_every_encoder_parameter_once(nano):

@@ -362,6 +362,20 @@ def test_serve_answers_as_infer_does(c3_server, c3_run):
     assert answer["result"][0]["probability"] == pytest.approx(expected["probability"], abs=1e-5)
 
 
+def test_serve_fills_the_blanks_of_a_chid_passage_as_infer_does(chid_run):
+    passage, candidates = "他做事总是#idiom#，从不拖延，大家都#idiom#。", ["雷厉风行", "赞不绝口", "拖泥带水"]
+    server = Server(os.path.join(chid_run, "export")).wait_ready()
+    try:
+        status, answer, _ = request(server, "POST", "/chid", {"data": {"context": [passage], "choices": [candidates]}})
+    finally:
+        server.stop()
+    assert status == 200
+    args = ["--model_path", os.path.join(chid_run, "export"), "--text", passage, "--num_threads", "1"]
+    expected = infer.main(args + sum((["--choice", c] for c in candidates), []))["predictions"]
+    assert [row["index"] for row in answer["result"]] == [row["index"] for row in expected]
+    assert len({row["index"] for row in answer["result"]}) == 2
+
+
 @pytest.mark.parametrize(
     "data, message",
     [
@@ -397,3 +411,70 @@ def test_compression_of_a_c3_reader_serves_its_best_as_measured(c3_run, tmp_path
     served = infer.main(["--model_path", best.path, "--dev_file", C3_TRAIN_FILES, "--batch_size", "8"])
     assert (served["backend"], served["precision"]) == (best.backend, best.precision)
     assert served["metrics"]["accuracy"] == pytest.approx(best.metrics["accuracy"], abs=1e-6)
+
+
+# ---- odd rows, the indices as given, one request's failure --------------------------------------------------------
+def test_an_input_line_with_no_choices_is_one_error():
+    with pytest.raises(runtime.UserError, match=r"f:1: field 'choices' must be a non-empty list"):
+        infer.line_examples(C3, json.dumps({"context": "d", "question": "q", "choices": []}), 0, "f:1")
+    with pytest.raises(runtime.UserError, match=r"f:1: field 'context' must be a non-empty string"):
+        infer.line_examples(C3, json.dumps({"context": None, "question": "q", "choices": ["a"]}), 0, "f:1")
+    with pytest.raises(runtime.UserError, match=r"'question' is not used"):
+        infer.line_examples(CHID, json.dumps({"context": "#idiom#", "question": "q", "choices": ["a"]}), 0, "f:1")
+
+
+def test_a_chid_row_without_candidates_is_left_out(tmp_path):
+    rows = [
+        {"id": 1, "content": "他#idiom#。", "answer": 0},
+        {"id": 2, "candidates": ["一心一意"], "content": "他#idiom#。", "answer": 0},
+    ]
+    (tmp_path / "few.json").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+    )
+    assert [e.id for e in utils.load_examples(CHID, "train", str(tmp_path / "few.json"))] == [2]
+
+
+def test_fewclue_rows_without_an_id_keep_distinct_ids(tmp_path):
+    row = {"candidates": ["一心一意", "三心二意"], "content": "他做事#idiom#。", "answer": 0}
+    (tmp_path / "few.json").write_text((json.dumps(row, ensure_ascii=False) + "\n") * 2, encoding="utf-8")
+    examples = utils.load_examples(CHID, "train", str(tmp_path / "few.json"))
+    assert len({e.id for e in examples}) == 2
+
+
+def test_predicted_indices_count_the_choices_as_given(tmp_path, c3_run):
+    """A repeated choice is kept once, but the index a row or a submission file reports is its place in the choices
+    as given."""
+    args = ["--model_path", os.path.join(c3_run, "export"), "--text", C3_INPUT["context"], "--question", "q"]
+    rows = infer.main(args + sum((["--choice", c] for c in ["商店", "商店", "图书馆"]), []))["predictions"]
+    given = ["商店", "商店", "图书馆"]
+    assert given[rows[0]["index"]] == rows[0]["answer"]
+    assert rows[0]["index"] in (0, 2)
+
+
+def test_one_failing_request_does_not_fail_the_requests_batched_with_it(c3_run):
+    """A question too long for the model's length (48 here) fails alone; the one batched with it is answered."""
+    import concurrent.futures
+
+    server = Server(os.path.join(c3_run, "export"), "--max_wait_ms", "800").wait_ready()
+    good = {"data": {k: [v] for k, v in C3_INPUT.items()}}
+    bad = {"data": {"context": ["文"], "question": ["问" * 80], "choices": [["甲" * 40, "乙"]]}}
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda body: request(server, "POST", "/c3", body), [good, bad]))
+    finally:
+        server.stop()
+    assert answers[0][0] == 200
+    assert answers[1][0] == 422
+    assert "leaves no room for the document" in answers[1][1]["error"]
+    assert "a batch of 2 requests failed" in server.process.stderr.read()  # they did share a batch
+
+
+def test_a_request_larger_than_the_queue_is_413_not_503(c3_run):
+    server = Server(os.path.join(c3_run, "export"), "--max_queue", "4").wait_ready()
+    body = {"data": {"context": ["d", "d"], "question": ["q", "q"], "choices": [["a", "b", "c"], ["a", "b"]]}}
+    try:
+        status, answer, _ = request(server, "POST", "/c3", body)
+    finally:
+        server.stop()
+    assert status == 413
+    assert "the request makes 5 sequences; at most 4" in answer["error"]
