@@ -28,6 +28,23 @@ class FieldError(Exception):
 # --------------------------------------------------------------------------------------------------
 # Reading the texts of classification rows
 # --------------------------------------------------------------------------------------------------
+def lone_surrogate(text: str) -> Optional[int]:
+    """Where text holds a lone surrogate (JSON's "\\ud800", or undecodable command-line bytes): such a string is not
+    Unicode text, and the tokenizers fail on it. None when it has none."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return error.start
+    return None
+
+
+def check_unicode(text: str, what: str) -> str:
+    position = lone_surrogate(text)
+    if position is not None:
+        raise UserError(f"{what} is not Unicode text: a lone surrogate ({text[position]!r}) at character {position}")
+    return text
+
+
 def _text_field(row: dict, name: str) -> str:
     if name not in row:
         raise FieldError(f"missing field '{name}'")
@@ -36,6 +53,8 @@ def _text_field(row: dict, name: str) -> str:
         raise FieldError(f"field '{name}' must be a string, got {type(value).__name__}")
     if not value.strip():
         raise FieldError(f"field '{name}' is empty")
+    if lone_surrogate(value) is not None:
+        raise FieldError(f"field '{name}' is not Unicode text (a lone surrogate at character {lone_surrogate(value)})")
     return value
 
 
@@ -592,6 +611,7 @@ def rows_to_qa_examples(task: TaskSpec, rows, split: str) -> List[QAExample]:
         for name in ("question", "context"):
             if not isinstance(row.get(name), str):
                 raise UserError(f"{where}: the {name} is missing or not a string")
+            check_unicode(row[name], f"{where}: the {name}")
         if row["id"] in seen:
             raise UserError(f"{where}: question id {row['id']!r} appears twice")
         seen.add(row["id"])
@@ -1062,9 +1082,12 @@ def rows_to_choice_examples(task: "TaskSpec", rows, split: str) -> List[ChoiceEx
         for name in ("context", "question"):
             if not isinstance(row.get(name), str):
                 raise UserError(f"{where}: the {name} is missing or not a string")
+            check_unicode(row[name], f"{where}: the {name}")
         choices = row.get("choices")
         if choices is not None and (not isinstance(choices, list) or not all(isinstance(c, str) for c in choices)):
             raise UserError(f"{where}: the choices must be a list of strings")
+        for number, choice in enumerate(choices or []):
+            check_unicode(choice, f"{where}: choice {number + 1}")
         choices, positions = unique_choices(choices or [])
         answer, given = row["answer"], row.get("choices") or []
         if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(given):
@@ -1496,7 +1519,11 @@ def truncation_extras(encoded) -> dict:
 def raw_examples(task: TaskSpec, index: int, values: dict, where: str) -> list:
     """The unlabelled examples of the task's family from one raw input's values keyed by field (Family.input_fields):
     a text and its pair (classification), a text whose characters are tagged (NER), a context with its question
-    (QA), or a question with its choices (multiple choice; CHID: one example a blank)."""
+    (QA), or a question with its choices (multiple choice; CHID: one example a blank). A value that is not Unicode
+    text is one error naming it, before any tokenizer sees it."""
+    for name, value in values.items():
+        for number, text in enumerate(value if isinstance(value, list) else [value]):
+            check_unicode(text, f"{where}: {name}" + (f"[{number}]" if isinstance(value, list) else ""))
     return task.family.raw_examples(task, index, values, where)
 
 

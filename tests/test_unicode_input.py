@@ -1,0 +1,45 @@
+"""A text that is not Unicode (a lone surrogate: JSON's "\\ud800", or bytes the command line could not decode) is one
+error naming it, before any tokenizer sees it: in data files, in infer.py's raw input, and in a serve.py request,
+where it fails alone and the requests batched with it are answered."""
+
+import concurrent.futures
+import os
+
+from test_serve import SENTENCES, Server, request
+
+import infer
+from conftest import clue_file, error_lines, run_cli
+
+
+def test_a_raw_text_with_a_lone_surrogate_is_one_error_line(tnews_run, capsys):
+    export = os.path.join(tnews_run, "export")
+    status, stderr = run_cli(infer.main, ["--model_path", export, "--text", "abc\udcff"], capsys)
+    assert status == 2
+    assert error_lines(stderr) == [
+        "error: --text 1: text is not Unicode text: a lone surrogate ('\\udcff') at character 3"
+    ]
+
+
+def test_a_data_row_with_a_lone_surrogate_names_its_file_and_line(tnews_run, tmp_path, capsys):
+    rows = open(clue_file("tnews", "dev"), encoding="utf-8").read().splitlines()[:3]
+    rows[1] = rows[1].replace('"sentence": "', '"sentence": "\\ud800', 1)
+    (tmp_path / "dev.json").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    args = ["--model_path", os.path.join(tnews_run, "export"), "--dev_file", str(tmp_path / "dev.json")]
+    status, stderr = run_cli(infer.main, args, capsys)
+    assert status == 2
+    assert error_lines(stderr) == [f"error: {tmp_path / 'dev.json'}:2: field 'sentence' is not Unicode text (a lone "
+                                   "surrogate at character 0)"]  # fmt: skip
+
+
+def test_a_poisoned_request_fails_alone_among_concurrent_ones(tnews_run):
+    server = Server(os.path.join(tnews_run, "export"), "--max_wait_ms", "300").wait_ready()
+    bodies = [{"data": {"text": [text]}} for text in SENTENCES * 2]
+    bodies.insert(3, {"data": {"text": ["\ud800"]}})
+    try:
+        with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+            answers = list(pool.map(lambda body: request(server, "POST", "/tnews", body), bodies))
+    finally:
+        server.stop()
+    statuses = [status for status, _, _ in answers]
+    assert statuses == [200] * 3 + [422] + [200] * (len(bodies) - 4)
+    assert answers[3][1]["error"].startswith("request 0: text is not Unicode text: a lone surrogate")
