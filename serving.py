@@ -19,7 +19,7 @@ import numpy as np
 
 from model_io import load_deployed_tokenizer
 from predictors import create_predictor, run_predictor, warm_up_buckets
-from runtime import UserError, logger
+from runtime import UserError, first_line, logger
 from utils import (
     INPUT_FIELDS,
     MISSING_FIELD_WORDING,
@@ -147,9 +147,12 @@ def input_rows(examples: list) -> int:
     return sum(len(getattr(example, "choices", None) or [None]) for example in examples)
 
 
-
 class Overloaded(Exception):
     """The queue is full: the client should retry later (503 with Retry-After)."""
+
+
+class Unavailable(Exception):
+    """The model could not be loaded: no request can be answered (503 at once, no retry)."""
 
 
 @dataclass
@@ -197,6 +200,8 @@ class Batcher:
         if rows > self.limits.max_queue:
             raise RequestError(413, f"the request makes {rows} sequences; at most {self.limits.max_queue} a request")
         with self.lock:
+            if self.failed:
+                raise Unavailable(f"the model could not be loaded: {self.failed}")
             if self.closing:
                 raise Overloaded("the server is shutting down")
             if self.queued_sequences + rows > self.limits.max_queue:
@@ -240,9 +245,8 @@ class Batcher:
             predictor = self.make_predictor()
             self.tokenizer = load_deployed_tokenizer(self.model_path)
             warm_up_buckets(predictor, self.limits.max_batch_size, self.max_seq_length)
-        except Exception as error:  # the server reports it on /health instead of dying silently
-            self.failed = f"{type(error).__name__}: {error}"
-            logger.error("the predictor could not start: %s", self.failed)
+        except Exception as error:  # the server reports it on /health and to every request instead of dying silently
+            self.fail_all(f"{type(error).__name__}: {first_line(error)}")
             return
         self.ready.set()
         while True:
@@ -290,6 +294,16 @@ class Batcher:
             if not isinstance(error, UserError):
                 logger.exception("a request failed")
             batch[0].future.set_exception(error)
+
+    def fail_all(self, reason: str) -> None:
+        """No predictor: later requests are refused at once, and those already queued get the reason."""
+        logger.error("the predictor could not start: %s", reason)
+        with self.lock:
+            self.failed = reason
+            while self.queue:
+                pending = self.queue.popleft()
+                self.queued_sequences -= pending.rows
+                pending.future.set_exception(Unavailable(f"the model could not be loaded: {reason}"))
 
     def count_error(self) -> None:
         with self.lock:
@@ -394,8 +408,12 @@ def create_app(batcher: Batcher, task, limits: ServingLimits):
             return error(refused.status, str(refused))
         except Overloaded as overloaded:
             return error(503, f"overloaded: {overloaded}; retry", headers={"Retry-After": "1"})
+        except Unavailable as unavailable:
+            return error(503, str(unavailable))
         try:
             return {"result": await asyncio.wrap_future(future)}
+        except Unavailable as unavailable:
+            return error(503, str(unavailable))
         except UserError as refused:  # e.g. a text longer than the model takes, with truncation off
             return error(422, str(refused))
         except Exception as failure:

@@ -1,6 +1,7 @@
-"""A text that is not Unicode (a lone surrogate: JSON's "\\ud800", or bytes the command line could not decode) is one
-error naming it, before any tokenizer sees it: in data files, in infer.py's raw input, and in a serve.py request,
-where it fails alone and the requests batched with it are answered."""
+"""One bad input fails alone. A text that is not Unicode (a lone surrogate: JSON's "\\ud800", or bytes the command line
+could not decode) is one error naming it, before any tokenizer sees it: in data files, in infer.py's raw input, and in
+a serve.py request, where it fails alone and the requests batched with it are answered. A server whose model failed
+to load refuses every request at once and stops on SIGTERM."""
 
 import concurrent.futures
 import os
@@ -43,3 +44,27 @@ def test_a_poisoned_request_fails_alone_among_concurrent_ones(tnews_run):
     statuses = [status for status, _, _ in answers]
     assert statuses == [200] * 3 + [422] + [200] * (len(bodies) - 4)
     assert answers[3][1]["error"].startswith("request 0: text is not Unicode text: a lone surrogate")
+
+
+def test_a_server_whose_model_failed_to_load_refuses_at_once_and_stops_on_sigterm(tnews_run, tmp_path):
+    import shutil
+    import time
+
+    broken = tmp_path / "export"
+    shutil.copytree(os.path.join(tnews_run, "export"), broken)
+    (broken / "model.pdiparams").write_bytes(b"")  # the program reads, the parameters do not
+    server = Server(str(broken))
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if request(server, "GET", "/health")[0] == 500:
+                break
+        except OSError:
+            time.sleep(0.2)
+    started = time.perf_counter()
+    status, answer, _ = request(server, "POST", "/tnews", {"data": {"text": ["上海"]}}, timeout=10)
+    assert time.perf_counter() - started < 5
+    assert status == 503
+    assert answer["error"].startswith("the model could not be loaded")
+    server.stop()  # SIGTERM, then at most 60 s
+    assert server.process.returncode == 0
