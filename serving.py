@@ -67,6 +67,10 @@ def read_body(raw: bytes) -> dict:
         raise RequestError(
             400, f"the body is not JSON ({error.msg} at line {error.lineno} column {error.colno})"
         ) from None
+    except RecursionError:  # thousands of nested brackets
+        raise RequestError(400, "the body nests too deeply") from None
+    except ValueError as error:  # an integer of more digits than Python converts (4,300)
+        raise RequestError(400, f"the body holds a number too large ({first_line(error)})") from None
     if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
         raise RequestError(422, 'expected {"data": {...}, "parameters": {...}} (PaddleNLP SimpleServer\'s body)')
     return body

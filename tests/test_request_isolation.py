@@ -6,9 +6,11 @@ to load refuses every request at once and stops on SIGTERM."""
 import concurrent.futures
 import os
 
+import pytest
 from test_serve import SENTENCES, Server, request
 
 import infer
+import serving
 from conftest import clue_file, error_lines, run_cli
 
 
@@ -68,3 +70,16 @@ def test_a_server_whose_model_failed_to_load_refuses_at_once_and_stops_on_sigter
     assert answer["error"].startswith("the model could not be loaded")
     server.stop()  # SIGTERM, then at most 60 s
     assert server.process.returncode == 0
+
+
+DEEP = b'{"data": ' + b"[" * 100000 + b"]" * 100000 + b"}"
+HUGE_NUMBER = b'{"data": {"text": [' + b"9" * 5000 + b"]}}"
+
+
+@pytest.mark.parametrize(
+    "raw, message", [(DEEP, "the body nests too deeply"), (HUGE_NUMBER, "the body holds a number too large")]
+)
+def test_bodies_that_would_exhaust_the_parser_are_a_400(raw, message):
+    with pytest.raises(serving.RequestError, match=message) as refused:
+        serving.read_body(raw)
+    assert refused.value.status == 400
