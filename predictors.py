@@ -21,7 +21,7 @@ import paddle
 
 from arguments import default_device
 from model_folder import EXPORT_INPUT_NAMES, ModelFiles, read_model_files
-from runtime import UserError, logger
+from runtime import UserError, first_line, logger
 
 
 @dataclass(frozen=True)
@@ -353,6 +353,21 @@ class PaddlePredictor:
 ORT_ERRORS_ONLY = 3  # ONNX Runtime log severity: errors and fatal only
 
 
+def refuse_unreadable_program(files: ModelFiles) -> None:
+    """paddle2onnx 2.1.0 ends the whole process (exit status 255) on a program it cannot parse: a PIR program is
+    JSON, so a damaged one is refused here first, with one line."""
+    if not files.program.endswith(".json"):
+        return
+    try:
+        with open(files.program, encoding="utf-8") as handle:
+            json.load(handle)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UserError(
+            f"{files.directory}: its program {os.path.basename(files.program)} is not valid JSON "
+            f"({first_line(error)}); export it again"
+        ) from None
+
+
 def onnx_conversion(files: ModelFiles) -> str:
     """model.onnx beside the exported program, converted once by paddle2onnx and shared by every ONNX-reading
     backend."""
@@ -361,6 +376,8 @@ def onnx_conversion(files: ModelFiles) -> str:
     if os.path.isfile(target) and os.path.getmtime(target) >= os.path.getmtime(params):
         return target
     import paddle2onnx
+
+    refuse_unreadable_program(files)
 
     temporary = f"{target}.tmp-{os.getpid()}"
     try:
@@ -377,6 +394,8 @@ def onnx_conversion(files: ModelFiles) -> str:
             optimize_tool="None",
             verbose=False,
         )
+        if not os.path.isfile(temporary):  # paddle2onnx 2.1.0 logs a failed conversion and returns
+            raise UserError(f"{files.directory}: paddle2onnx could not convert {program} to ONNX (its log says why)")
         os.replace(temporary, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -520,7 +539,15 @@ def create_predictor(model: Union[str, ModelFiles], options: PredictorOptions):
     """The backend's predictor for a model folder (or its files, already read), after the option checks."""
     files = model if isinstance(model, ModelFiles) else read_model_files(model)
     check_predictor_options(options, files)
-    return BACKENDS[options.backend](files, options)
+    try:
+        return BACKENDS[options.backend](files, options)
+    except UserError:
+        raise
+    except (RuntimeError, ValueError, OSError) as error:  # Paddle, ONNX Runtime and OpenVINO report broken files so
+        raise UserError(
+            f"{files.directory}: {options.backend} could not load the model ({first_line(error)}); its program or "
+            "parameter files are damaged or were not written by this suite: export it again"
+        ) from None
 
 
 BACKENDS = {backend.name: backend for backend in (PaddlePredictor, OnnxRuntimePredictor, OpenVinoPredictor)}

@@ -5,6 +5,7 @@ Imports nothing of the suite: every other module may import it.
 """
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -22,12 +23,36 @@ class UserError(Exception):
 
 
 def run_cli(main: Callable[[], object]) -> None:
-    """Run a script's main(); a UserError becomes one 'error: ...' line on stderr and exit status 2."""
+    """Run a script's main(); a UserError, or an error of the operating system about a file (unreadable, read-only,
+    full disk, a folder where a file was expected), becomes one 'error: ...' line on stderr and exit status 2."""
     try:
         main()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except OSError as error:
+        if error.filename is None:  # not about a file: a real failure, with its traceback
+            raise
+        print(f"error: {os_error_line(error)}", file=sys.stderr)
+        sys.exit(2)
+
+
+# what to do about an operating-system error on a file, by errno
+OS_ERROR_ADVICE = {
+    errno.EACCES: "check its permissions",
+    errno.EPERM: "check its permissions",
+    errno.EROFS: "the file system is read-only: choose a writable place",
+    errno.ENOSPC: "the disk is full: free some space or choose another place",
+    errno.EISDIR: "it is a folder: give a file",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "it already exists (another run may be writing it): choose another name",
+    errno.EIO: "the device failed to read or write it",
+}
+
+
+def os_error_line(error: OSError) -> str:
+    advice = OS_ERROR_ADVICE.get(error.errno, "")
+    return f"{error.filename}: {error.strerror or error}" + (f" ({advice})" if advice else "")
 
 
 def first_line(error: BaseException) -> str:

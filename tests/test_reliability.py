@@ -1,7 +1,8 @@
-"""One bad input fails alone. A text that is not Unicode (a lone surrogate: JSON's "\\ud800", or bytes the command line
-could not decode) is one error naming it, before any tokenizer sees it: in data files, in infer.py's raw input, and in
-a serve.py request, where it fails alone and the requests batched with it are answered. A server whose model failed
-to load refuses every request at once and stops on SIGTERM."""
+"""Reliability: one bad input fails alone, and a broken model folder is one line. A text that is not Unicode (a lone
+surrogate: JSON's "\\ud800", or bytes the command line could not decode) is one error naming it, before any tokenizer
+sees it: in data files, in infer.py's raw input, and in a serve.py request, where it fails alone and the requests
+batched with it are answered. A server whose model failed to load refuses every request at once and stops on SIGTERM.
+Damaged program or parameter files are one line naming the folder."""
 
 import concurrent.futures
 import os
@@ -83,3 +84,73 @@ def test_bodies_that_would_exhaust_the_parser_are_a_400(raw, message):
     with pytest.raises(serving.RequestError, match=message) as refused:
         serving.read_body(raw)
     assert refused.value.status == 400
+
+
+def broken_copy(tnews_run, tmp_path, name, content):
+    import shutil
+
+    broken = tmp_path / "export"
+    shutil.copytree(os.path.join(tnews_run, "export"), broken)
+    (broken / name).write_bytes(content)
+    return str(broken)
+
+
+@pytest.mark.parametrize(
+    "name, content, backend",
+    [
+        ("model.pdiparams", b"", "paddle"),
+        ("model.pdiparams", b"\x00" * 64, "paddle"),
+        ("model.json", b"{garbage", "paddle"),
+        ("model.json", b"{garbage", "onnxruntime"),
+    ],
+)
+def test_a_damaged_model_folder_is_one_error_line(tnews_run, tmp_path, capsys, name, content, backend):
+    folder = broken_copy(tnews_run, tmp_path, name, content)
+    status, stderr = run_cli(infer.main, ["--model_path", folder, "--backend", backend, "--text", "上海"], capsys)
+    assert status == 2
+    assert len(error_lines(stderr)) == 1
+    assert error_lines(stderr)[0].startswith(f"error: {folder}: ")
+    assert "export it again" in error_lines(stderr)[0]
+
+
+def test_a_task_file_with_another_label_list_says_so(tnews_run, tmp_path, capsys):
+    import json
+
+    folder = broken_copy(
+        tnews_run, tmp_path, "model.pdiparams", open(os.path.join(tnews_run, "export", "model.pdiparams"), "rb").read()
+    )
+    task_file = json.loads(open(os.path.join(folder, "task.json"), encoding="utf-8").read())
+    task_file["label_list"] = task_file["label_list"][::-1]
+    with open(os.path.join(folder, "task.json"), "w", encoding="utf-8") as out:
+        json.dump(task_file, out)
+    status, stderr = run_cli(infer.main, ["--model_path", folder, "--text", "上海"], capsys)
+    assert status == 2
+    assert error_lines(stderr) == [
+        f"error: {folder}: the label_list of its task.json is not task tnews's labels; export the model again"
+    ]
+
+
+def test_an_output_file_under_a_file_is_one_error_line_naming_it(tnews_run, tmp_path, capsys):
+    (tmp_path / "plain").write_text("not a folder", encoding="utf-8")
+    output = tmp_path / "plain" / "report.json"
+    args = ["--model_path", os.path.join(tnews_run, "export"), "--text", "上海", "--output_file", str(output)]
+    status, stderr = run_cli(infer.main, args, capsys)
+    assert status == 2
+    assert len(error_lines(stderr)) == 1
+    assert error_lines(stderr)[0].startswith(f"error: {tmp_path / 'plain'}")
+
+
+def test_operating_system_errors_on_files_are_one_line_with_advice(capsys):
+    import errno
+
+    import runtime
+
+    def full_disk():
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/out.json")
+
+    with pytest.raises(SystemExit) as stop:
+        runtime.run_cli(full_disk)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: /data/out.json: No space left on device (the disk is full: free some space or choose another place)\n"
+    )
