@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from arguments import check_minimums, default_device, default_output_dir
-from model_folder import ModelFiles, TaskFile, read_model_files, read_report, read_task_file, report_path
+from model_folder import (
+    ModelFiles,
+    TaskFile,
+    read_model_files,
+    read_report,
+    read_task_file,
+    report_path,
+    task_file_path,
+)
 from predictors import PredictorOptions, backends_help, check_predictor_options
 from runtime import UserError, logger
 from utils import ALL_TASKS, TaskSpec, custom_family, get_task_any_family
@@ -29,7 +37,8 @@ class DeployArguments:
     model_path: Optional[str] = field(
         default=None,
         metadata={
-            "help": "An export/ directory from run_*.py --do_export, or a compressed candidate's directory. Default: "
+            "help": "An export/ directory from run_*.py --do_export, a compressed candidate's directory, or a "
+            "compression's output folder (its report's best; with --precision int8 its best_int8). Default: "
             "output/<task>/export, or with --precision int8 the best int8 candidate of "
             "output/<task>/compress/compress_report.json (with --use_trt: its tensorrt_int8, a Paddle int8 program)."
         },
@@ -97,15 +106,7 @@ def default_model_path(task_name: str, precision: Optional[str], use_trt: bool =
                 f"no compressed model in {compress_dir}: make one with "
                 f"`python {family.compress_script} --task_name {task_name}`, or pass --model_path DIR"
             )
-        report = read_report(report_path(compress_dir))
-        best = report.tensorrt_int8 if use_trt else report.best_int8
-        if not best:
-            kind = "Paddle int8 candidate (what TensorRT runs)" if use_trt else "int8 candidate"
-            raise UserError(
-                f"{report_path(compress_dir)} has no {kind} within its --max_metric_drop; compress again (a larger "
-                "budget or another strategy) or pass --model_path DIR"
-            )
-        return best
+        return chosen_in_report(compress_dir, precision, use_trt)
     export_dir = os.path.join(folder, "export")
     if not os.path.isdir(export_dir):
         raise UserError(
@@ -113,6 +114,27 @@ def default_model_path(task_name: str, precision: Optional[str], use_trt: bool =
             f"{task_name} --do_train --do_eval --do_export`, or pass --model_path DIR"
         )
     return export_dir
+
+
+def chosen_in_report(compress_dir: str, precision: Optional[str], use_trt: bool) -> str:
+    """The candidate a compression folder's report chose: "best", or for int8 "best_int8" (with TensorRT
+    "tensorrt_int8", a Paddle int8 program, the only int8 TensorRT runs)."""
+    report = read_report(report_path(compress_dir))
+    if precision == "int8":
+        chosen = report.tensorrt_int8 if use_trt else report.best_int8
+        kind = "Paddle int8 candidate (what TensorRT runs)" if use_trt else "int8 candidate"
+    else:
+        chosen, kind = report.best, "candidate faster than its parent"
+    if not chosen:
+        raise UserError(
+            f"{report_path(compress_dir)} has no {kind} within its --max_metric_drop; compress again (a larger "
+            "budget or another strategy) or pass --model_path DIR"
+        )
+    return chosen
+
+
+def is_compression_folder(path: str) -> bool:
+    return os.path.isfile(report_path(path)) and not os.path.isfile(task_file_path(path))
 
 
 def check_model_task(task_file: TaskFile, model_dir: str, task: TaskSpec) -> None:
@@ -134,6 +156,10 @@ def resolve_deployment(args: DeployArguments) -> Deployment:
     if model_path is None:
         model_path = default_model_path(args.task_name or DEFAULT_TASK, args.precision, args.use_trt)
         logger.info("serving %s", model_path)
+    elif is_compression_folder(model_path):
+        chosen = chosen_in_report(model_path, args.precision, args.use_trt)
+        logger.info("%s is a compression output: serving the candidate its report chose, %s", model_path, chosen)
+        model_path = chosen
     task_file = read_task_file(model_path)
     task = get_task_any_family(args.task_name or task_file.task_name, task_file.label_list)
     check_model_task(task_file, model_path, task)

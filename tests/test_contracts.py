@@ -194,3 +194,14 @@ def test_infer_reads_the_model_folder_once_per_start(tnews_run, monkeypatch):
     report = infer.main(["--model_path", os.path.join(tnews_run, "export"), "--text", "上海天气"])
     assert report["predictions"][0]["label"] in utils.SEQ_CLS_TASKS["tnews"].labels
     assert reads == {"program": 1, "task_file": 1}
+
+
+def test_a_compression_folder_serves_the_candidate_its_report_chose(tnews_run, tmp_path):
+    import deployment
+
+    export = os.path.join(tnews_run, "export")
+    model_folder.write_report(str(tmp_path / "compress_report.json"), sample_report(best=export, best_int8=None))
+    served = deployment.resolve_deployment(deployment.DeployArguments(model_path=str(tmp_path)))
+    assert served.model_path == export
+    with pytest.raises(runtime.UserError, match=r"has no int8 candidate within its --max_metric_drop"):
+        deployment.resolve_deployment(deployment.DeployArguments(model_path=str(tmp_path), precision="int8"))
