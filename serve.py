@@ -9,7 +9,7 @@
 
 POST /<task> takes {"data": {"text": [...], "text_pair": [...]}, "parameters": {...}} (QA: "context" and "question"
 lists) and answers {"result": [...]}, the rows infer.py --text prints. GET /health is ready after the warm-up,
-GET /metrics counts requests, errors, batch sizes, queue depth and latency, GET / is a page to try it, GET /docs the
+GET /metrics counts requests, errors, batch sizes, queue depth and latency (Prometheus's text format; ?format=json), GET / is a page to try it, GET /docs the
 OpenAPI docs. The model folder, backend and precision options and their defaults are infer.py's.
 """
 

@@ -359,7 +359,7 @@ def create_app(batcher: Batcher, task, limits: ServingLimits):
 
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
     from starlette.exceptions import HTTPException
 
     @asynccontextmanager
@@ -394,8 +394,11 @@ def create_app(batcher: Batcher, task, limits: ServingLimits):
         return {"status": "ready", "task": task.name}
 
     @app.get("/metrics")
-    async def metrics():
-        return batcher.metrics()
+    async def metrics(format: str = "prometheus"):
+        """Prometheus's text format; ?format=json for the same numbers as one JSON object."""
+        if format == "json":
+            return batcher.metrics()
+        return PlainTextResponse(prometheus_text(batcher.metrics(), task.name), media_type=PROMETHEUS_TYPE)
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -425,6 +428,40 @@ def create_app(batcher: Batcher, task, limits: ServingLimits):
             return error(500, f"prediction failed: {type(failure).__name__}")
 
     return app
+
+
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# metric name, type and help of each number of Batcher.metrics
+PROMETHEUS_METRICS = (
+    ("requests", "ernie_requests_total", "counter", "Requests queued for prediction."),
+    ("errors", "ernie_errors_total", "counter", "Requests answered with an error (4xx or 5xx)."),
+    ("rejected_overload", "ernie_rejected_overload_total", "counter", "Requests refused with 503: the queue was full."),
+    ("batches", "ernie_batches_total", "counter", "Batches run."),
+    ("sequences", "ernie_sequences_total", "counter", "Model input rows run."),
+    ("ready", "ernie_ready", "gauge", "1 once the model is loaded and warmed up."),
+    ("queue_depth_sequences", "ernie_queue_depth_sequences", "gauge", "Model input rows waiting."),
+    ("queue_depth_requests", "ernie_queue_depth_requests", "gauge", "Requests waiting."),
+    ("max_batch_size_seen", "ernie_max_batch_size_seen", "gauge", "The largest batch run, in rows."),
+)
+
+
+def prometheus_text(metrics: dict, task_name: str) -> str:
+    """Batcher.metrics in Prometheus's text exposition format (version 0.0.4), labelled with the task."""
+    label = f'task="{task_name}"'
+    lines = []
+    for key, name, kind, help_text in PROMETHEUS_METRICS:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name}{{{label}}} {float(metrics[key]):g}"]
+    lines += ["# HELP ernie_request_latency_ms Queue-to-answer latency of recent requests.",
+              "# TYPE ernie_request_latency_ms summary"]  # fmt: skip
+    for quantile, key in (("0.5", "latency_ms_p50"), ("0.99", "latency_ms_p99")):
+        lines.append(f'ernie_request_latency_ms{{{label},quantile="{quantile}"}} {metrics[key]:.3f}')
+    lines += [
+        "# HELP ernie_batches_by_size Batches run, by their number of rows.",
+        "# TYPE ernie_batches_by_size gauge",
+    ]
+    for size, count in metrics["batch_sizes"].items():
+        lines.append(f'ernie_batches_by_size{{{label},rows="{size}"}} {count}')
+    return "\n".join(lines) + "\n"
 
 
 # The form's widget and placeholder of each input field

@@ -110,7 +110,7 @@ def serve(model_dir: str, texts, threads: int, concurrencies) -> list:
         url = f"http://127.0.0.1:{port}/tnews"
         load(url, texts[:64], 8)  # the client side warms up too
         rows = [load(url, texts, concurrency) for concurrency in concurrencies]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics?format=json", timeout=30) as response:
             metrics = json.loads(response.read())
         return rows, metrics
     finally:

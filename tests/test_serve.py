@@ -140,14 +140,14 @@ def test_200_concurrent_single_sentence_requests_are_answered_correctly_and_batc
         row["text"]: row["label"]
         for row in infer_rows(os.path.join(tnews_run, "export"), *sum((["--text", s] for s in SENTENCES), []))
     }
-    before = request(server, "GET", "/metrics")[1]
+    before = request(server, "GET", "/metrics?format=json")[1]
     texts = [SENTENCES[i % len(SENTENCES)] for i in range(200)]
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
         answers = list(pool.map(lambda text: request(server, "POST", "/tnews", {"data": {"text": [text]}}), texts))
     assert all(status == 200 for status, _, _ in answers)
     assert [body["result"][0]["text"] for _, body, _ in answers] == texts
     assert all(body["result"][0]["label"] == expected[text] for (_, body, _), text in zip(answers, texts))
-    after = request(server, "GET", "/metrics")[1]
+    after = request(server, "GET", "/metrics?format=json")[1]
     assert after["requests"] - before["requests"] == 200
     assert after["max_batch_size_seen"] > 1
     assert after["batches"] - before["batches"] < 200  # requests shared batches
@@ -342,3 +342,27 @@ def test_serve_options_out_of_range_are_one_error_line(tnews_run):
         assert result.returncode == 2, result.stderr[-1000:]
         assert len(lines) == 1, result.stderr[-1000:]
         assert message in lines[0], result.stderr[-1000:]
+
+
+def test_metrics_are_in_prometheus_text_format(servers):
+    request(servers["tnews"], "POST", "/tnews", {"data": {"text": SENTENCES[:1]}})
+    with urllib.request.urlopen(servers["tnews"].url + "/metrics", timeout=30) as response:
+        content_type, text = response.headers["Content-Type"], response.read().decode("utf-8")
+    assert content_type.startswith("text/plain; version=0.0.4")
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    assert float(samples['ernie_requests_total{task="tnews"}']) >= 1
+    assert samples['ernie_ready{task="tnews"}'] == "1"
+    assert 'ernie_request_latency_ms{task="tnews",quantile="0.99"}' in samples
+    assert all(line.startswith(("# HELP ", "# TYPE ", "ernie_")) for line in text.splitlines())
+
+
+def test_the_prometheus_text_holds_every_number_of_the_json_form():
+    metrics = {
+        "ready": True, "requests": 3, "errors": 1, "rejected_overload": 0, "batches": 2, "sequences": 5,
+        "queue_depth_sequences": 0, "queue_depth_requests": 0, "batch_sizes": {"2": 1, "3": 1},
+        "max_batch_size_seen": 3, "latency_ms_p50": 4.5, "latency_ms_p99": 9.25,
+    }  # fmt: skip
+    text = serving.prometheus_text(metrics, "afqmc")
+    assert 'ernie_errors_total{task="afqmc"} 1\n' in text
+    assert 'ernie_batches_by_size{task="afqmc",rows="3"} 1\n' in text
+    assert 'ernie_request_latency_ms{task="afqmc",quantile="0.5"} 4.500\n' in text
