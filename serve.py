@@ -8,9 +8,10 @@
          -d '{"data": {"text": ["以色列大规模空袭开始"]}, "parameters": {}}'
 
 POST /<task> takes {"data": {"text": [...], "text_pair": [...]}, "parameters": {...}} (QA: "context" and "question"
-lists) and answers {"result": [...]}, the rows infer.py --text prints. GET /health is ready after the warm-up,
-GET /metrics counts requests, errors, batch sizes, queue depth and latency (Prometheus's text format; ?format=json), GET / is a page to try it, GET /docs the
-OpenAPI docs. The model folder, backend and precision options and their defaults are infer.py's.
+lists; multiple choice: "context", "question" for C3, and "choices", a list for each context) and answers
+{"result": [...]}, the rows infer.py --text prints. GET /health is ready after the warm-up, GET /metrics counts
+requests, errors, batch sizes, queue depth and latency (Prometheus's text format; ?format=json), GET / is a page to
+try it, GET /docs the OpenAPI docs. The model folder, backend and precision options and their defaults are infer.py's.
 """
 
 import dataclasses
