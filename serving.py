@@ -44,7 +44,22 @@ class ServingLimits:
     max_texts_per_request: int = field(default=64, metadata={"help": "Texts one request may hold (more: 413)."})
     max_text_chars: int = field(default=2000, metadata={"help": "Characters one text may hold (more: 413)."})
 
-    MINIMUMS = {"max_batch_size": 1, "max_queue": 1, "max_texts_per_request": 1, "max_text_chars": 1, "max_wait_ms": 0}
+    max_body_bytes: int = field(
+        default=1 << 20, metadata={"help": "Bytes a request body may hold (more: 413, refused before reading it)."}
+    )
+    body_timeout_s: float = field(
+        default=10.0, metadata={"help": "Seconds a client may take to send its body (more: 408)."}
+    )
+
+    MINIMUMS = {
+        "max_batch_size": 1,
+        "max_queue": 1,
+        "max_texts_per_request": 1,
+        "max_text_chars": 1,
+        "max_wait_ms": 0,
+        "max_body_bytes": 1,
+        "body_timeout_s": 0.001,
+    }
 
 
 class RequestError(Exception):
@@ -142,6 +157,28 @@ def request_examples(task, body: dict, limits: ServingLimits) -> list:
         ]
     except UserError as refused:  # e.g. more choices than the task takes, a CHID passage without a blank
         raise RequestError(422, str(refused)) from None
+
+
+async def capped_body(request, limits: ServingLimits) -> bytes:
+    """The request's body, refused before it is read when its Content-Length is over max_body_bytes (413), cut off
+    when more arrives than that (413), and given up on when the client takes longer than body_timeout_s (408)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+        raise RequestError(413, f"the body has {int(declared)} bytes; at most {limits.max_body_bytes}")
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limits.max_body_bytes:
+                raise RequestError(413, f"the body has more than {limits.max_body_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read(), limits.body_timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestError(408, f"the body did not arrive within {limits.body_timeout_s:g} s") from None
 
 
 # ---- batching across requests --------------------------------------------------------------------------------------
@@ -409,7 +446,7 @@ def create_app(batcher: Batcher, task, limits: ServingLimits):
         if task_name != task.name:
             return error(404, f"this server serves {task.name}: POST /{task.name}")
         try:
-            examples = request_examples(task, read_body(await request.body()), limits)
+            examples = request_examples(task, read_body(await capped_body(request, limits)), limits)
             future = batcher.submit(examples)
         except RequestError as refused:
             return error(refused.status, str(refused))

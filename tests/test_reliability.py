@@ -154,3 +154,34 @@ def test_operating_system_errors_on_files_are_one_line_with_advice(capsys):
     assert capsys.readouterr().err == (
         "error: /data/out.json: No space left on device (the disk is full: free some space or choose another place)\n"
     )
+
+
+def raw_exchange(server, head: bytes, body: bytes, wait: float = 15.0) -> str:
+    """Send a request's head and (part of) its body over a socket; return the status line of the answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=wait) as connection:
+        connection.sendall(head + body)
+        return connection.recv(65536).decode("latin-1").split("\r\n", 1)[0]
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read_and_a_slow_one_408(tnews_run):
+    import time
+
+    server = Server(os.path.join(tnews_run, "export"), "--body_timeout_s", "1").wait_ready()
+    try:
+        head = (
+            b"POST /tnews HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        )
+        started = time.perf_counter()
+        too_large = raw_exchange(server, head % 50_000_000, b'{"data": ')  # 50 MB announced, 9 bytes sent
+        refused_after = time.perf_counter() - started
+        started = time.perf_counter()
+        too_slow = raw_exchange(server, head % 1000, b'{"data": ')  # 1,000 bytes announced, 9 sent, then nothing
+        timed_out_after = time.perf_counter() - started
+    finally:
+        server.stop()
+    assert too_large.startswith("HTTP/1.1 413")
+    assert refused_after < 5
+    assert too_slow.startswith("HTTP/1.1 408")
+    assert 0.9 < timed_out_after < 10
