@@ -36,9 +36,7 @@ FAMILY = utils.FAMILIES["multiple_choice"]
 def write_choices(output_dir, examples, encoded, outputs, task) -> None:
     """CLUE 1.1's submission files, keyed by the examples' own ids: c311_predict.json, one {"id", "label": choice
     index} a line; chid11_predict.json, one object of blank tag -> candidate index."""
-    logits = outputs[0]
-    scores = [utils.log_softmax(row[: len(example.choices)]) for row, example in zip(logits, examples)]
-    chosen = utils.predicted_choices(task, examples, scores)
+    chosen = utils.predicted_choices(task, examples, utils.question_scores(outputs[0], examples))
     path = os.path.join(output_dir, task.submission_file)
     given = [example.given_index(index) for example, index in zip(examples, chosen)]  # as the file lists them
     if task.assign_groups:

@@ -514,8 +514,7 @@ FIELD_WIDGETS = {
 def try_it_page(task) -> str:
     """A small form: type a sentence (or a context and a question, or a question and its choices), see the label,
     entities or answer."""
-    required, optional = task.family.input_fields(task)
-    names = list(required) + [name for name in optional if task.pairs is not None]
+    names = list(task.family.input_fields(task)[0])  # the required fields (a custom task's pair is optional)
     fields = [FIELD_WIDGETS[name] for name in names]
     return f"""<!doctype html>
 <html lang="zh"><head><meta charset="utf-8"><title>{task.name}</title>

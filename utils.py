@@ -53,8 +53,9 @@ def _text_field(row: dict, name: str) -> str:
         raise FieldError(f"field '{name}' must be a string, got {type(value).__name__}")
     if not value.strip():
         raise FieldError(f"field '{name}' is empty")
-    if lone_surrogate(value) is not None:
-        raise FieldError(f"field '{name}' is not Unicode text (a lone surrogate at character {lone_surrogate(value)})")
+    position = lone_surrogate(value)
+    if position is not None:
+        raise FieldError(f"field '{name}' is not Unicode text (a lone surrogate at character {position})")
     return value
 
 
@@ -1289,13 +1290,17 @@ def choice_output_metrics(task: "TaskSpec", examples, encoded, outputs, window_a
     return choice_accuracy(task, examples, choice_scores(encoded, outputs))
 
 
+def question_scores(logits, examples: Sequence[ChoiceExample]) -> List[np.ndarray]:
+    """Each question's log-probabilities over its real choices, from the Trainer's masked logits (one row a
+    question, padded choices at PADDED_CHOICE)."""
+    return [log_softmax(row[: len(e.choices)]) for row, e in zip(np.asarray(logits), examples)]
+
+
 def choice_compute_metrics(task: "TaskSpec", examples: Sequence[ChoiceExample]):
     """Trainer's compute_metrics: the masked logits of each question (padded choices at PADDED_CHOICE)."""
 
     def compute(eval_prediction) -> Dict[str, float]:
-        logits = np.asarray(eval_prediction.predictions)
-        scores = [log_softmax(row[: len(e.choices)]) for row, e in zip(logits, examples)]
-        return choice_accuracy(task, examples, scores)
+        return choice_accuracy(task, examples, question_scores(eval_prediction.predictions, examples))
 
     return compute
 
