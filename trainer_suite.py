@@ -1,6 +1,7 @@
 """The Trainer workflow that every run_*.py shares: the opening (arguments, logging, device, task, checkpoint,
-output-folder safety), data and model, the Trainer (paddlenlp's, with this suite's fixes and length-grouped
-batches), then train / evaluate / predict / export blocks, each writing its results file.
+output-folder safety), data and model, the Trainer (paddlenlp's, with this suite's fixes, length-grouped batches
+and checkpoints marked complete last, so that resuming never loads a half-written one), then train / evaluate /
+predict / export blocks, each writing its results file.
 
 Imports arguments.py, model_io.py, runtime.py and utils.py.
 """
@@ -8,13 +9,14 @@ Imports arguments.py, model_io.py, runtime.py and utils.py.
 import fnmatch
 import json
 import os
+import re
+import shutil
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import paddle
 from paddlenlp.trainer import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
-from paddlenlp.trainer.trainer_utils import get_last_checkpoint
 
 from arguments import DataArguments, ModelArguments, check_device, parse_arguments, user_argv
 from model_io import export_static_model, load_task_model, load_tokenizer, task_file
@@ -67,20 +69,88 @@ def check_output_dir(training_args, resume_checkpoint: Optional[str], submission
 
 
 def resolve_resume_checkpoint(training_args) -> Optional[str]:
-    """--resume_from_checkpoint DIR, or 'true'/'last' for the newest checkpoint-* in --output_dir."""
+    """--resume_from_checkpoint DIR (refused when incomplete), or 'true'/'last' for the newest complete checkpoint-*
+    in --output_dir (each newer, incomplete one is reported and skipped)."""
     value = training_args.resume_from_checkpoint
     if value is None or str(value).lower() in ("", "false", "none"):
         return None
     if str(value).lower() in ("true", "last"):
-        checkpoint = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        if checkpoint is None:
-            raise UserError(
-                f"--resume_from_checkpoint {value}: no checkpoint-* directory in {training_args.output_dir}"
-            )
-        return checkpoint
+        return newest_complete_checkpoint(training_args.output_dir, f"--resume_from_checkpoint {value}")
     if not os.path.isdir(value):
         raise UserError(f"--resume_from_checkpoint: no such checkpoint directory: {value}")
+    problem = checkpoint_problem(value)
+    if problem:
+        raise UserError(
+            f"--resume_from_checkpoint {value} is incomplete ({problem}): resume from a complete checkpoint, or "
+            "with 'true' for the newest complete one"
+        )
     return value
+
+
+# ---- checkpoints: complete (a marker written last lists every file and its size) or never loaded ------------------
+CHECKPOINT_MARKER = "checkpoint_complete.json"
+
+
+def checkpoint_folders(output_dir: str) -> List[str]:
+    """The checkpoint-<step> folders of output_dir, the newest (highest step) first."""
+    if not os.path.isdir(output_dir):
+        return []
+    steps = [
+        (int(match.group(1)), name)
+        for name in os.listdir(output_dir)
+        for match in [re.fullmatch(r"checkpoint-(\d+)", name)]
+        if match and os.path.isdir(os.path.join(output_dir, name))
+    ]
+    return [os.path.join(output_dir, name) for _, name in sorted(steps, reverse=True)]
+
+
+def newest_complete_checkpoint(output_dir: str, option: str) -> str:
+    folders = checkpoint_folders(output_dir)
+    if not folders:
+        raise UserError(f"{option}: no checkpoint-* directory in {output_dir}")
+    for folder in folders:
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            logger.info("resuming from %s, the newest complete checkpoint", folder)
+            return folder
+        logger.warning("%s is incomplete (%s): not loaded", folder, problem)
+    raise UserError(
+        f"{option}: no complete checkpoint in {output_dir} ({', '.join(os.path.basename(f) for f in folders)} "
+        f"incomplete: {checkpoint_problem(folders[0])}); train again without --resume_from_checkpoint"
+    )
+
+
+def checkpoint_problem(folder: str) -> Optional[str]:
+    """Why a checkpoint folder is not complete, or None: its marker is missing, or a file it lists is missing or of
+    another size (an interrupted save, a full disk)."""
+    marker = os.path.join(folder, CHECKPOINT_MARKER)
+    if not os.path.isfile(marker):
+        return f"no {CHECKPOINT_MARKER}: its saving was interrupted"
+    try:
+        with open(marker, encoding="utf-8") as handle:
+            files = json.load(handle)["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"{CHECKPOINT_MARKER} is damaged"
+    for name, size in sorted(files.items()):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"{name} is missing"
+        if os.path.getsize(path) != size:
+            return f"{name} holds {os.path.getsize(path)} bytes, not {size}"
+    return None
+
+
+def mark_checkpoint_complete(folder: str, global_step: int) -> None:
+    """Flush every file of a saved checkpoint to disk, then write the marker that lists them (written last)."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+            files[os.path.relpath(path, folder)] = os.path.getsize(path)
+    files.pop(CHECKPOINT_MARKER, None)
+    write_json_atomic(os.path.join(folder, CHECKPOINT_MARKER), {"global_step": global_step, "files": files})
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, group: int = 50) -> List[List[int]]:
@@ -156,10 +226,21 @@ class SuiteTrainer(Trainer):
         return LengthGroupedBatchSampler(lengths, self.args.per_device_train_batch_size, self.args.seed)
 
     def _save_checkpoint(self, model, metrics=None):
-        super()._save_checkpoint(model, metrics=metrics)
+        """Save checkpoint-<step> and mark it complete last; rotate old checkpoints only after that, so an interrupted
+        save never leaves fewer complete checkpoints than --save_total_limit."""
+        folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+        if self.args.should_save and os.path.isdir(folder):  # a dead run's incomplete save, or one resumed before it
+            shutil.rmtree(folder)
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, metrics=metrics)
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save:
+            mark_checkpoint_complete(folder, self.state.global_step)
         # paddlenlp 3.0.0b4 rotates checkpoints only when local_rank == 0, and local_rank is -1 in a
         # single-process run, so --save_total_limit was ignored and every checkpoint stayed on disk.
-        if self.args.local_rank == -1 and self.args.should_save:
+        if self.args.local_rank in (-1, 0) and self.args.should_save:
             self._rotate_checkpoints(use_mtime=True, output_dir=self.args.output_dir)
 
     def predict(self, test_dataset, ignore_keys=None, metric_key_prefix="test"):
