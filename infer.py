@@ -386,6 +386,12 @@ def main(argv=None):
     arguments.check_minimums(
         infer_args, {"max_eval_samples": 1, "warmup_batches": 0, "stream_window": 1, "num_shards": 1}
     )
+    with runtime.output_lock(infer_args.output_file, "--output_file"):  # one run writes an --output_file
+        return predict_and_report(deploy_args, infer_args, window_args)
+
+
+def predict_and_report(deploy_args, infer_args, window_args) -> dict:
+    """Load the deployment, then stream --input_file, predict raw input, or evaluate on the dev set."""
     if infer_args.output_file and os.path.exists(infer_args.output_file) and not infer_args.resume:
         raise runtime.UserError(
             f"--output_file {infer_args.output_file} already exists; choose another name or remove it"

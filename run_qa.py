@@ -43,26 +43,26 @@ def write_answers(output_dir, examples, features, outputs, task, window_args) ->
 
 
 def main(argv=None):
-    run = trainer_suite.start_run(FAMILY, __doc__, argv, extra_classes=(arguments.QAWindowArguments,))
-    (window_args,), data_args, training_args, task = run.extra, run.data_args, run.training_args, run.task
-    training_args.label_names = training_args.label_names or LABEL_NAMES
-    model, tokenizer = trainer_suite.load_model_and_tokenizer(run, AutoModelForQuestionAnswering)
-    splits = {
-        split: utils.load_encoded_split(task, split, data_args, tokenizer, window_args)
-        for split in trainer_suite.needed_splits(training_args)
-    }
-    dev_examples, dev_features = splits.get("dev", (None, None))
-    metrics = utils.qa_compute_metrics(dev_examples, dev_features, window_args) if dev_features else None
-    trainer = trainer_suite.build_trainer(
-        run, model, tokenizer, splits, utils.family_collator(task, tokenizer), metrics
-    )
+    with trainer_suite.start_run(FAMILY, __doc__, argv, extra_classes=(arguments.QAWindowArguments,)) as run:
+        (window_args,), data_args, training_args, task = run.extra, run.data_args, run.training_args, run.task
+        training_args.label_names = training_args.label_names or LABEL_NAMES
+        model, tokenizer = trainer_suite.load_model_and_tokenizer(run, AutoModelForQuestionAnswering)
+        splits = {
+            split: utils.load_encoded_split(task, split, data_args, tokenizer, window_args)
+            for split in trainer_suite.needed_splits(training_args)
+        }
+        dev_examples, dev_features = splits.get("dev", (None, None))
+        metrics = utils.qa_compute_metrics(dev_examples, dev_features, window_args) if dev_features else None
+        trainer = trainer_suite.build_trainer(
+            run, model, tokenizer, splits, utils.family_collator(task, tokenizer), metrics
+        )
 
-    trainer_suite.train_if_asked(run, trainer, splits)
-    trainer_suite.evaluate_if_asked(run, trainer, splits)
-    trainer_suite.predict_if_asked(
-        run, trainer, splits, functools.partial(write_answers, task=task, window_args=window_args)
-    )
-    trainer_suite.export_if_asked(run, trainer, tokenizer)
+        trainer_suite.train_if_asked(run, trainer, splits)
+        trainer_suite.evaluate_if_asked(run, trainer, splits)
+        trainer_suite.predict_if_asked(
+            run, trainer, splits, functools.partial(write_answers, task=task, window_args=window_args)
+        )
+        trainer_suite.export_if_asked(run, trainer, tokenizer)
 
 
 if __name__ == "__main__":

@@ -36,20 +36,22 @@ def write_entities(output_dir, examples, encoded, outputs, task) -> None:
 
 
 def main(argv=None):
-    run = trainer_suite.start_run(FAMILY, __doc__, argv)
-    data_args, training_args, task = run.data_args, run.training_args, run.task
-    model, tokenizer = trainer_suite.load_model_and_tokenizer(run, AutoModelForTokenClassification)
-    splits = {
-        split: utils.load_encoded_split(task, split, data_args, tokenizer)
-        for split in trainer_suite.needed_splits(training_args)
-    }
-    collator = utils.family_collator(task, tokenizer)
-    trainer = trainer_suite.build_trainer(run, model, tokenizer, splits, collator, utils.token_cls_metrics(task.labels))
+    with trainer_suite.start_run(FAMILY, __doc__, argv) as run:
+        data_args, training_args, task = run.data_args, run.training_args, run.task
+        model, tokenizer = trainer_suite.load_model_and_tokenizer(run, AutoModelForTokenClassification)
+        splits = {
+            split: utils.load_encoded_split(task, split, data_args, tokenizer)
+            for split in trainer_suite.needed_splits(training_args)
+        }
+        collator = utils.family_collator(task, tokenizer)
+        trainer = trainer_suite.build_trainer(
+            run, model, tokenizer, splits, collator, utils.token_cls_metrics(task.labels)
+        )
 
-    trainer_suite.train_if_asked(run, trainer, splits)
-    trainer_suite.evaluate_if_asked(run, trainer, splits)
-    trainer_suite.predict_if_asked(run, trainer, splits, functools.partial(write_entities, task=task))
-    trainer_suite.export_if_asked(run, trainer, tokenizer)
+        trainer_suite.train_if_asked(run, trainer, splits)
+        trainer_suite.evaluate_if_asked(run, trainer, splits)
+        trainer_suite.predict_if_asked(run, trainer, splits, functools.partial(write_entities, task=task))
+        trainer_suite.export_if_asked(run, trainer, tokenizer)
 
 
 if __name__ == "__main__":

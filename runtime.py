@@ -1,18 +1,23 @@
 """What every program of the suite runs on: the errors a user can cause (one line, exit status 2), logging, atomic
-writes of files and folders, and the description of the machine that measurements record.
+writes of files and folders, one writer per output (a lock; dead runs' staging folders removed), and the
+description of the machine that measurements record.
 
 Imports nothing of the suite: every other module may import it.
 """
 
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
-from typing import Callable, Sequence
+import time
+from typing import Callable, Optional, Sequence
 
 logger = logging.getLogger("ernie_suite")
 
@@ -111,34 +116,32 @@ def current_umask() -> int:
     return mask
 
 
+def split_output(path: str) -> tuple:
+    """(parent folder, name) of an output path, symbolic links resolved (one output, one lock, however spelt)."""
+    real = os.path.realpath(path)
+    return os.path.dirname(real), os.path.basename(real)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str):
-    """Yield a temporary directory beside path; on success it replaces path, on failure it is removed."""
-    parent = os.path.dirname(os.path.abspath(path))
+    """Yield a staging folder beside path; on success it takes path's place in one step (an old tree at path is kept
+    until the new one is in place, then removed); on failure it is removed and path is as it was."""
+    parent, name = split_output(path)
     os.makedirs(parent, exist_ok=True)
-    temporary = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(path)}-")
-    os.chmod(temporary, 0o777 & ~current_umask())  # mkdtemp makes 0700 directories
-    try:
-        yield temporary
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        os.rename(temporary, path)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+    with staging_folder(parent, f".tmp-{name}-") as staging:
+        yield staging
+        replace_path(staging, path)
 
 
 @contextlib.contextmanager
 def atomic_entries(path: str, overwrite: bool):
     """Like atomic_directory, but into a folder that may already hold other things (upstream compresses into
     ./): the staged entries move in at the end, never replacing an existing one unless overwrite. A clash is
-    found before anything moves, so the folder gets all of the entries or none."""
-    if not os.path.isdir(path):
-        with atomic_directory(path) as staging:
-            yield staging
-        return
-    staging = tempfile.mkdtemp(dir=path, prefix=".tmp-staging-")
-    try:
+    found before anything moves. A folder that holds nothing but what is replaced is replaced whole, in one step;
+    otherwise the entries are swapped and a failure puts the old ones back: the folder gets all of the entries
+    or none, and the old ones stay until the new ones are in place. The writer holds path's output_lock
+    throughout (a second one refuses)."""
+    with output_lock(path, "--output_dir"), staged_entries(path) as staging:
         yield staging
         entries = sorted(os.listdir(staging))
         clashes = [name for name in entries if os.path.lexists(os.path.join(path, name))]
@@ -147,15 +150,197 @@ def atomic_entries(path: str, overwrite: bool):
                 f"{path} already holds {', '.join(clashes[:5])}; pass --overwrite_output_dir to replace "
                 "them or choose another --output_dir"
             )
-        for name in entries:
-            target = os.path.join(path, name)
-            if os.path.isdir(target) and not os.path.islink(target):
-                shutil.rmtree(target)
-            elif os.path.lexists(target):
-                os.remove(target)
-            os.rename(os.path.join(staging, name), target)
+        if not os.path.lexists(path) or replaces_whole_folder(path, staging, entries):
+            replace_path(staging, path)
+        else:
+            swap_entries(staging, path, entries)
+
+
+def staged_entries(path: str):
+    """The staging folder of an output folder: beside it where its parent is writable (then it can take the
+    folder's place whole), else inside it."""
+    parent, name = split_output(path)
+    if not os.path.isdir(path):
+        os.makedirs(parent, exist_ok=True)
+    if not os.path.isdir(path) or os.access(parent, os.W_OK):
+        return staging_folder(parent, f".tmp-{name}-")
+    return staging_folder(path, ".tmp-staging-")
+
+
+def replaces_whole_folder(path: str, staging: str, entries: Sequence[str]) -> bool:
+    """Whether the staged entries replace everything path holds (never the working directory or a folder above
+    it, which would leave this process and the user's shell in the removed tree)."""
+    real = os.path.realpath(path)
+    if os.path.dirname(staging) == real or os.path.commonpath([os.getcwd(), real]) == real:
+        return False
+    return {name for name in os.listdir(path) if not STAGING_NAME.match(name)} <= set(entries)
+
+
+def swap_entries(staging: str, path: str, entries: Sequence[str]) -> None:
+    """Move the staged entries into path, each old one moved aside first (into the staging folder, removed with
+    it); a failure moves everything back. Plain files (a report naming the folders) leave first and arrive last."""
+    order = sorted(entries, key=lambda name: (os.path.isfile(os.path.join(staging, name)), name))
+    aside = tempfile.mkdtemp(dir=staging, prefix=".old-")
+    moved_out, moved_in = [], []
+    try:
+        for name in reversed(order):
+            if os.path.lexists(os.path.join(path, name)):
+                os.rename(os.path.join(path, name), os.path.join(aside, name))
+                moved_out.append(name)
+        for name in order:
+            os.rename(os.path.join(staging, name), os.path.join(path, name))
+            moved_in.append(name)
+    except BaseException:
+        for name in reversed(moved_in):
+            os.rename(os.path.join(path, name), os.path.join(staging, name))
+        for name in reversed(moved_out):
+            os.rename(os.path.join(aside, name), os.path.join(path, name))
+        raise
+
+
+def replace_path(new: str, path: str) -> None:
+    """Put new at path in one rename; over an existing path, in one exchange (Linux's renameat2), which leaves the
+    old tree at new for the caller to remove. Where the file system cannot exchange: path moved aside (to new's name
+    + '-old'), new moved in, and the old tree moved to new's name; a failure puts path back."""
+    if not os.path.lexists(path):
+        os.rename(new, path)
+        return
+    if exchange_paths(new, path):
+        return
+    aside = new + "-old"
+    os.rename(path, aside)
+    try:
+        os.rename(new, path)
+    except BaseException:
+        os.rename(aside, path)
+        raise
+    os.rename(aside, new)
+
+
+def exchange_paths(first: str, second: str) -> bool:
+    """Swap two paths atomically (renameat2 with RENAME_EXCHANGE); False where the system or file system cannot."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), second)
+
+
+# ---- staging folders: locked while their run lives, removed once it is dead ----------------------------------------
+STAGING_NAME = re.compile(r"^\.tmp-.+-[A-Za-z0-9_]{8}(-old)?$")  # what mkdtemp names staging folders here
+STALE_AFTER_S = 30  # a staging folder is locked a moment after it is made: a younger one is never taken for stale
+
+
+@contextlib.contextmanager
+def staging_folder(folder: str, prefix: str):
+    """A new folder, locked while this process lives (so that no other run takes it for a dead run's), removed on
+    the way out if still there (it was not moved into place, or it holds the tree it replaced)."""
+    staging = tempfile.mkdtemp(dir=folder, prefix=prefix)
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes 0700 directories
+    descriptor = lock_folder(staging)
+    try:
+        yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if descriptor is not None:
+            os.close(descriptor)
+
+
+def lock_folder(path: str) -> Optional[int]:
+    """A descriptor holding an exclusive flock on a folder; None when another process holds it (or the file system
+    cannot lock folders)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        return None
+    return descriptor
+
+
+def remove_stale_staging(path: str) -> None:
+    """Remove the staging folders of dead runs beside and inside the output path (a killed compression's is large):
+    those whose lock is free, older than STALE_AFTER_S. A tree that a dead run had moved aside while replacing
+    path is put back where path is missing (its own '-old' folders only: its lock is held by the caller)."""
+    parent, name = split_output(path)
+    for folder in (parent, os.path.realpath(path)):
+        for entry in os.listdir(folder) if os.path.isdir(folder) else []:
+            candidate = os.path.join(folder, entry)
+            if not STAGING_NAME.match(entry) or os.path.islink(candidate) or not os.path.isdir(candidate):
+                continue
+            if entry.endswith("-old"):
+                if folder == parent and entry.startswith(f".tmp-{name}-"):
+                    restore_or_remove_aside(candidate, path)
+            elif time.time() - os.path.getmtime(candidate) > STALE_AFTER_S:
+                remove_if_unlocked(candidate)
+
+
+def remove_if_unlocked(folder: str) -> None:
+    descriptor = lock_folder(folder)
+    if descriptor is None:
+        return
+    try:
+        shutil.rmtree(folder, ignore_errors=True)
+        logger.info("removed %s, the staging folder of a run that stopped before it finished", folder)
+    finally:
+        os.close(descriptor)
+
+
+def restore_or_remove_aside(aside: str, path: str) -> None:
+    if os.path.lexists(path):
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.rename(aside, path)
+        logger.warning("put %s back: a run stopped while replacing it", path)
+
+
+# ---- one writer per output -----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def output_lock(path: Optional[str], option: str):
+    """Hold the lock of an output (a file or folder; None: nothing to lock) while writing it, so that a second run
+    on it refuses with one line naming the first (its pid). The lock is an flock on a file beside the output
+    (.<name>.lock; inside an existing output folder whose parent is read-only), which the operating system releases
+    when the process ends, however it ends. Holding it, the staging folders of dead runs are removed."""
+    if path is None:
+        yield
+        return
+    with open_lock_file(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = handle.read().strip() or "which has not yet written its pid"
+            raise UserError(
+                f"{option} {path} is being written by another run ({holder}); wait for it to finish or choose "
+                f"another {option}"
+            ) from None
+        except OSError as error:
+            logger.warning("%s cannot be locked (%s): no check for another run writing it", path, error)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        remove_stale_staging(path)
+        yield
+
+
+def open_lock_file(path: str):
+    parent, name = split_output(path)
+    os.makedirs(parent, exist_ok=True)
+    try:
+        descriptor = os.open(os.path.join(parent, f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not os.path.isdir(path):
+            raise
+        descriptor = os.open(os.path.join(path, ".output.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    return os.fdopen(descriptor, "r+", encoding="utf-8")
 
 
 # ---- the machine measurements record -------------------------------------------------------------------------------

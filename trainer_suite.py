@@ -6,13 +6,14 @@ predict / export blocks, each writing its results file.
 Imports arguments.py, model_io.py, runtime.py and utils.py.
 """
 
+import contextlib
 import fnmatch
 import json
 import os
 import re
 import shutil
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import paddle
@@ -20,7 +21,7 @@ from paddlenlp.trainer import EarlyStoppingCallback, Trainer, TrainingArguments,
 
 from arguments import DataArguments, ModelArguments, check_device, parse_arguments, user_argv
 from model_io import export_static_model, load_task_model, load_tokenizer, task_file
-from runtime import UserError, logger, setup_logging, write_json_atomic
+from runtime import UserError, logger, output_lock, setup_logging, write_json_atomic
 from utils import Family, TaskSpec, get_task
 
 EARLIER_RESULTS = (
@@ -266,8 +267,10 @@ class Run:
     extra: tuple = ()  # instances of the script's extra argument dataclasses
 
 
-def start_run(family: Family, description: str, argv=None, extra_classes: tuple = ()) -> Run:
-    """The opening every run_*.py shares: arguments, logging, device, task, checkpoint, output-dir safety."""
+@contextlib.contextmanager
+def start_run(family: Family, description: str, argv=None, extra_classes: tuple = ()) -> Iterator[Run]:
+    """The opening every run_*.py shares: arguments, logging, device, task, checkpoint, output-dir safety; the run
+    holds --output_dir's lock until it ends (a second run on it refuses), as in `with start_run(...) as run:`."""
     (model_args, data_args, *extra, training_args), first = parse_arguments(
         (ModelArguments, DataArguments, *extra_classes, TrainingArguments), family, description, user_argv(argv)
     )
@@ -281,9 +284,11 @@ def start_run(family: Family, description: str, argv=None, extra_classes: tuple 
         )
     check_device(training_args.device)
     task = get_task(data_args.task_name, family, data_args.label_list)
-    resume_checkpoint = resolve_resume_checkpoint(training_args)
-    check_output_dir(training_args, resume_checkpoint, task.submission_file)
-    return Run(model_args, data_args, training_args, task, resume_checkpoint, tuple(extra))
+    # the process that writes output_dir holds its lock (the other ranks of a distributed run write nothing there)
+    with output_lock(training_args.output_dir if training_args.should_save else None, "--output_dir"):
+        resume_checkpoint = resolve_resume_checkpoint(training_args)
+        check_output_dir(training_args, resume_checkpoint, task.submission_file)
+        yield Run(model_args, data_args, training_args, task, resume_checkpoint, tuple(extra))
 
 
 def needed_splits(training_args) -> List[str]:
