@@ -52,6 +52,13 @@ class DeployArguments:
     )
     device: str = field(default=default_device(), metadata={"help": "cpu or gpu."})
     use_trt: bool = field(default=False, metadata={"help": "TensorRT through Paddle Inference (--device gpu)."})
+    allow_no_trt_engine: bool = field(
+        default=False,
+        metadata={
+            "help": "With --use_trt, run a model TensorRT takes no subgraph of as plain GPU Paddle Inference (and say "
+            "so) instead of stopping with an error."
+        },
+    )
     precision: Optional[str] = field(
         default=None,
         metadata={
@@ -175,6 +182,7 @@ def resolve_deployment(args: DeployArguments) -> Deployment:
         batch_size=args.batch_size,
         max_seq_length=args.max_seq_length or task_file.max_seq_length or task.max_seq_length,
         length_bucket=args.length_bucket,
+        allow_no_trt_engine=args.allow_no_trt_engine,
     )
     check_predictor_options(options, files)
     return Deployment(files, task_file, task, options)

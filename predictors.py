@@ -1,24 +1,23 @@
 """Deployment backends behind one interface (predictor.run(batch) -> outputs), chosen from one table (BACKENDS):
-Paddle Inference (CPU with oneDNN, GPU, TensorRT through PIR-TRT or the legacy engine, with its cache), ONNX Runtime
+Paddle Inference (CPU with oneDNN, GPU, and TensorRT, whose routes and cache tensorrt_routes.py holds), ONNX Runtime
 and OpenVINO over the ONNX conversion of an exported folder, and the dynamic-graph model for the compression loop.
 Each backend class owns its checks. Also the length-aware batching that infer.py, serve.py, the compression
 measurements and the benchmarks share. Which model to serve, and how, is deployment.py's.
 
-Imports arguments.py (the device check), model_folder.py and runtime.py.
+Imports arguments.py (the device check), model_folder.py, runtime.py and tensorrt_routes.py.
 """
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import paddle
 
+import tensorrt_routes
 from arguments import default_device
 from model_folder import EXPORT_INPUT_NAMES, ModelFiles, read_model_files
 from runtime import UserError, first_line, logger
@@ -35,6 +34,7 @@ class PredictorOptions:
     batch_size: int = 32
     max_seq_length: int = 128
     length_bucket: Optional[int] = None  # Paddle CPU: pad batches to a multiple of this many tokens; None: by kind
+    allow_no_trt_engine: bool = False  # --use_trt: run a program TensorRT took no subgraph of (else an error)
 
 
 def public_options(options: PredictorOptions) -> dict:
@@ -117,143 +117,26 @@ def steady_onednn_int8(config) -> None:
 
 
 def tensorrt_input_shapes(options: PredictorOptions) -> Tuple[dict, dict, dict]:
-    """TensorRT's (min, max, opt) shape of each model input, by input name: 1x1, batch x --max_seq_length, and
-    batch x a quarter of it (length-sorted batches of real sentences are mostly short). Set from the options,
-    never collected: collected files name intermediate tensors whose names change between processes."""
-    typical = max(1, options.max_seq_length // 4)
-    minimum = {name: [1, 1] for name in EXPORT_INPUT_NAMES}
-    maximum = {name: [options.batch_size, options.max_seq_length] for name in EXPORT_INPUT_NAMES}
-    optimum = {name: [options.batch_size, typical] for name in EXPORT_INPUT_NAMES}
-    return minimum, maximum, optimum
+    """TensorRT's (min, max, opt) shape of each model input for these options (tensorrt_routes.py's rule)."""
+    return tensorrt_routes.tensorrt_input_shapes(options.batch_size, options.max_seq_length)
 
 
-@dataclass
-class TensorRtPlan:
-    """How TensorRT is engaged for one model and options: the route, and where its converted program or serialized
-    engines are cached (a folder per key: GPU, TensorRT version, precision, input shapes and the model file)."""
-
-    route: str  # "pir-trt" (PIR programs, model.json) or "legacy" (.pdmodel programs: the int8 PTQ/QAT candidates)
-    precision: str
-    shapes: Tuple[dict, dict, dict]  # (min, max, opt) per input name
-    key: dict
-    cache_dir: str
+GPU_MEMORY_POOL_MB = 256
 
 
-def gpu_name() -> str:
-    return paddle.device.cuda.get_device_name() if paddle.is_compiled_with_cuda() else "no gpu"
-
-
-def tensorrt_version() -> str:
-    return ".".join(str(part) for part in paddle.inference.get_trt_runtime_version())
-
-
-def tensorrt_plan(program: str, options: PredictorOptions, gpu: str, trt_version: str) -> TensorRtPlan:
-    """PIR programs go through PIR-TRT (paddle.tensorrt.convert: Paddle Inference's enable_tensorrt_engine does not
-    apply to them); legacy programs through enable_tensorrt_engine, int8 ones with the scales they carry."""
-    shapes = tensorrt_input_shapes(options)
-    stat = os.stat(program)
-    key = {
-        "gpu": gpu,
-        "tensorrt": trt_version,
-        "precision": options.precision,
-        "min": shapes[0],
-        "max": shapes[1],
-        "opt": shapes[2],
-        "program": os.path.basename(program),
-        "program_bytes": stat.st_size,
-        "program_mtime": int(stat.st_mtime),
-    }
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    route = "pir-trt" if program.endswith(".json") else "legacy"
-    return TensorRtPlan(
-        route, options.precision, shapes, key, os.path.join(os.path.dirname(program), "tensorrt", digest)
-    )
-
-
-def cached_plan_matches(plan: TensorRtPlan) -> bool:
-    """Whether plan's cache folder holds what this key built (a stale or foreign cache is rebuilt, never used)."""
-    path = os.path.join(plan.cache_dir, "key.json")
-    if not os.path.isfile(path):
-        return False
-    with open(path, encoding="utf-8") as handle:
-        try:
-            return json.load(handle) == plan.key
-        except ValueError:
-            return False
-
-
-TENSORRT_VOCAB_RANGE = (1, 1000)  # ids the PIR-TRT warm-up feeds (any real token ids); token types: 0
-
-
-def pir_trt_program(plan: TensorRtPlan, program: str) -> Tuple[str, str]:
-    """The PIR program with TensorRT engine ops, converted once per key by paddle.tensorrt.convert and reloaded from
-    the cache after that. paddle.tensorrt exists only in GPU builds, so it is imported here, on this route alone."""
-    prefix = os.path.join(plan.cache_dir, "model")
-    if not cached_plan_matches(plan):
-        from paddle.tensorrt.export import Input, PrecisionMode, TensorRTConfig, convert
-
-        shutil.rmtree(plan.cache_dir, ignore_errors=True)
-        os.makedirs(plan.cache_dir)
-        minimum, maximum, optimum = plan.shapes
-        inputs = []
-        for name in EXPORT_INPUT_NAMES:
-            spec = Input(
-                min_input_shape=tuple(minimum[name]),
-                max_input_shape=tuple(maximum[name]),
-                optim_input_shape=tuple(optimum[name]),
-                input_data_type="int64",
-                input_range=TENSORRT_VOCAB_RANGE if name == "input_ids" else (0, 0),
-                name=name,
-            )
-            inputs.append(spec)
-        precision = {"fp32": PrecisionMode.FP32, "fp16": PrecisionMode.FP16, "int8": PrecisionMode.INT8}[plan.precision]
-        convert(
-            program[: -len(".json")],
-            TensorRTConfig(
-                inputs=inputs,
-                min_subgraph_size=5,
-                save_model_dir=prefix,
-                precision_mode=precision,
-                workspace_size=1 << 30,
-            ),
-        )
-        write_key(plan)
-        logger.info("converted %s for TensorRT (%s) into %s", program, plan.precision, plan.cache_dir)
-    return prefix + ".json", prefix + ".pdiparams"
-
-
-def configure_legacy_tensorrt(config, plan: TensorRtPlan) -> None:
-    """enable_tensorrt_engine on a legacy program: int8 from the scales the PTQ/QAT program carries (no calibration),
-    the input ranges set explicitly, the serialized engines kept in the plan's cache folder (use_static)."""
-    if not cached_plan_matches(plan):
-        shutil.rmtree(plan.cache_dir, ignore_errors=True)
-        os.makedirs(plan.cache_dir)
-        write_key(plan)
-    precision = {
-        "fp32": paddle.inference.PrecisionType.Float32,
-        "fp16": paddle.inference.PrecisionType.Half,
-        "int8": paddle.inference.PrecisionType.Int8,
-    }[plan.precision]
-    config.set_optim_cache_dir(plan.cache_dir)
-    config.enable_tensorrt_engine(
-        workspace_size=1 << 30,
-        max_batch_size=plan.shapes[1]["input_ids"][0],
-        min_subgraph_size=5,
-        precision_mode=precision,
-        use_static=True,
-        use_calib_mode=False,
-    )
-    config.set_trt_dynamic_shape_info(*plan.shapes)
-
-
-def write_key(plan: TensorRtPlan) -> None:
-    with open(os.path.join(plan.cache_dir, "key.json"), "w", encoding="utf-8") as out:
-        json.dump(plan.key, out, sort_keys=True)
+def gpu_config(program: str, params: str, mixed_precision: bool = False):
+    """A Paddle Inference config running program on GPU 0 (fp16 mixed precision when asked), with Paddle's logging
+    off."""
+    config = paddle.inference.Config(program, params)
+    config.disable_glog_info()
+    half = [paddle.inference.PrecisionType.Half] if mixed_precision else []
+    config.enable_use_gpu(GPU_MEMORY_POOL_MB, 0, *half)
+    return config
 
 
 class PaddlePredictor:
-    """Paddle Inference: CPU (oneDNN on or off, threads), GPU, or TensorRT with the input shape ranges set
-    explicitly."""
+    """Paddle Inference: CPU (oneDNN on or off, threads), GPU, or TensorRT (tensorrt_routes.py: the route, its
+    cache and what engaged)."""
 
     name = "paddle"
     help = "Paddle Inference (CPU with oneDNN fp32, bf16 or an int8 model; GPU; TensorRT)"
@@ -267,10 +150,6 @@ class PaddlePredictor:
                 "(see the README's GPU section)"
             )
         refuse_tensorrt_elsewhere(options)
-        if options.use_trt and tuple(paddle.inference.get_trt_compile_version()) == (0, 0, 0):
-            raise UserError(
-                "--use_trt needs a paddlepaddle-gpu build with TensorRT; this paddle was compiled without it"
-            )
         if options.precision == "bf16":
             check_bfloat16(options, quantized)
         if options.precision == "int8" and not quantized and options.use_trt:
@@ -294,53 +173,62 @@ class PaddlePredictor:
             raise UserError("int8 models run on oneDNN's int8 kernels: leave --enable_onednn on")
         if quantized and options.device == "gpu" and not options.use_trt:
             raise UserError("int8 models run on GPUs through TensorRT: add --use_trt")
+        if options.use_trt:
+            tensorrt_routes.check_tensorrt(pir=files.program.endswith(".json"))
 
     def __init__(self, files: ModelFiles, options: PredictorOptions):
         self.program, self.params = files.program, files.params
         self.model_dir, self.options = files.directory, options
         self.quantized = files.quantized
         self.model_files = [self.program, self.params]  # what is served
-        self.predictor = paddle.inference.create_predictor(self.config())
+        self.tensorrt: Optional[tensorrt_routes.TensorRtStart] = None  # with --use_trt: its plan and engines
+        self.predictor = self.start(files)
         self.input_names = self.predictor.get_input_names()
         onednn = options.device == "cpu" and options.enable_onednn
         # oneDNN builds primitives per input shape: a bounded set of lengths bounds that cost and its memory
         self.length_bucket = max(1, options.length_bucket or default_length_bucket(self.quantized)) if onednn else 1
         self.max_length = options.max_seq_length  # buckets stop here
 
-    def config(self):
+    def start(self, files: ModelFiles):
         options = self.options
-        program, params = self.program, self.params
-        if options.use_trt:
-            self.plan = tensorrt_plan(program, options, gpu_name(), tensorrt_version())
-            if self.plan.route == "pir-trt":
-                program, params = pir_trt_program(self.plan, program)
-        config = paddle.inference.Config(program, params)
-        config.disable_glog_info()
+        if not options.use_trt:
+            return paddle.inference.create_predictor(self.config())
+        self.tensorrt = tensorrt_routes.start_tensorrt(
+            files,
+            options.precision,
+            options.batch_size,
+            options.max_seq_length,
+            gpu_config,
+            options.allow_no_trt_engine,
+        )
+        self.engine = self.tensorrt.engine
+        return self.tensorrt.predictor
+
+    def config(self):
+        """The config without TensorRT: GPU (fp16 as mixed precision), or the CPU with oneDNN's kernels or not."""
+        options = self.options
         if options.device == "gpu":
-            mixed = options.precision == "fp16" and not options.use_trt
-            config.enable_use_gpu(256, 0, *([paddle.inference.PrecisionType.Half] if mixed else []))
+            mixed = options.precision == "fp16"
             self.engine = f"paddle-inference gpu {'fp16 mixed precision' if mixed else 'fp32'}"
-        else:
-            config.disable_gpu()
-            config.set_cpu_math_library_num_threads(options.num_threads)
-            config.enable_mkldnn() if options.enable_onednn else config.disable_mkldnn()
-            if options.precision == "bf16":
-                config.enable_mkldnn_bfloat16()
-            self.engine = f"paddle-inference cpu {'onednn ' if options.enable_onednn else ''}{options.precision}"
-            if self.quantized:
-                config.enable_mkldnn_int8(ONEDNN_INT8_OPS)
-                steady_onednn_int8(config)
-                # legacy programs keep every activation unless told to reuse memory: 2.7 GB against 1.7 GB for
-                # ERNIE 3.0-Medium at 32x128 (measured); PIR programs free them by themselves
-                config.enable_memory_optim()
-            elif options.enable_onednn:
-                # oneDNN keeps a copy of the reordered float weights for every input shape it has seen (about
-                # 160 MB a shape for ERNIE 3.0-Medium, measured); length-sorted batches meet each shape in a row
-                config.set_mkldnn_cache_capacity(FLOAT_ONEDNN_CACHED_SHAPES)
-        if options.use_trt:
-            if self.plan.route == "legacy":
-                configure_legacy_tensorrt(config, self.plan)
-            self.engine = f"tensorrt {options.precision} via {self.plan.route} (cache {self.plan.cache_dir})"
+            return gpu_config(self.program, self.params, mixed)
+        config = paddle.inference.Config(self.program, self.params)
+        config.disable_glog_info()
+        config.disable_gpu()
+        config.set_cpu_math_library_num_threads(options.num_threads)
+        config.enable_mkldnn() if options.enable_onednn else config.disable_mkldnn()
+        if options.precision == "bf16":
+            config.enable_mkldnn_bfloat16()
+        self.engine = f"paddle-inference cpu {'onednn ' if options.enable_onednn else ''}{options.precision}"
+        if self.quantized:
+            config.enable_mkldnn_int8(ONEDNN_INT8_OPS)
+            steady_onednn_int8(config)
+            # legacy programs keep every activation unless told to reuse memory: 2.7 GB against 1.7 GB for
+            # ERNIE 3.0-Medium at 32x128 (measured); PIR programs free them by themselves
+            config.enable_memory_optim()
+        elif options.enable_onednn:
+            # oneDNN keeps a copy of the reordered float weights for every input shape it has seen (about
+            # 160 MB a shape for ERNIE 3.0-Medium, measured); length-sorted batches meet each shape in a row
+            config.set_mkldnn_cache_capacity(FLOAT_ONEDNN_CACHED_SHAPES)
         return config
 
     def run(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
