@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+import types
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -120,7 +121,7 @@ def encode(task, examples, tokenizer, args, window_args, with_labels):
 
 
 def run(predictor, task, encoded, args, warmup_batches=0) -> predictors.PredictionRun:
-    return predictors.run_predictor(
+    result = predictors.run_predictor(
         predictor,
         list(encoded.sequences),
         args.batch_size,
@@ -129,6 +130,8 @@ def run(predictor, task, encoded, args, warmup_batches=0) -> predictors.Predicti
         pad_to=args.max_seq_length if args.pad_to_max_length else None,
         warmup_batches=warmup_batches,
     )
+    utils.check_output_width(task, result.outputs, args.model_path)
+    return result
 
 
 def evaluate(predictor, task, tokenizer, args, window_args) -> dict:
@@ -373,8 +376,6 @@ def print_report(report: dict) -> None:
 
 def merged(*parts):
     """One namespace of several argument dataclasses (their field names do not overlap)."""
-    import types
-
     return types.SimpleNamespace(**{k: v for part in parts for k, v in vars(part).items()})
 
 
@@ -398,7 +399,8 @@ def predict_and_report(deploy_args, infer_args, window_args) -> dict:
         )
     served = deployment.resolve_deployment(deploy_args)
     task, options = served.task, served.options
-    args = merged(infer_args, options)  # the options as resolved (batch size, sequence length), read-only here
+    # the options as resolved (batch size, sequence length), read-only here
+    args = merged(infer_args, options, types.SimpleNamespace(model_path=served.model_path))
     predictor = predictors.create_predictor(served.files, options)
     tokenizer = model_io.load_deployed_tokenizer(served.model_path)
     heading = {

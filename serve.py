@@ -11,7 +11,13 @@ POST /<task> takes {"data": {"text": [...], "text_pair": [...]}, "parameters": {
 lists; multiple choice: "context", "question" for C3, and "choices", a list for each context) and answers
 {"result": [...]}, the rows infer.py --text prints. GET /health is ready after the warm-up, GET /metrics counts
 requests, errors, batch sizes, queue depth and latency (Prometheus's text format; ?format=json), GET / is a page to
-try it, GET /docs the OpenAPI docs. The model folder, backend and precision options and their defaults are infer.py's.
+try it, GET /openapi.json the OpenAPI description (GET /docs and /redoc with --docs). The model folder, backend and
+precision options and their defaults are infer.py's.
+
+It listens on 127.0.0.1 by default and answers there only requests whose Host header names this machine (a
+DNS-rebinding page is refused) and bodies sent as application/json (a web page cannot send those to another site
+unasked); another --host prints a warning. --api_key (or $ERNIE_SERVE_API_KEY) requires 'Authorization: Bearer KEY'
+or 'X-API-Key: KEY' on every request but /health, / and the API description.
 """
 
 import dataclasses
@@ -36,13 +42,29 @@ class ServeArguments:
     workers: int = field(default=1, metadata={"help": "Processes, each with its own predictor and batcher."})
 
 
-def build_app(served: deployment.Deployment, window_args, limits: serving.ServingLimits):
+def build_app(served: deployment.Deployment, window_args, limits: serving.ServingLimits, access, host: str):
     """The app of one process: a batcher with its own predictor for the resolved deployment."""
     batcher = serving.start_batcher(served, window_args, limits)
-    return serving.create_app(batcher, served.task, limits)
+    return serving.create_app(batcher, served.task, limits, access, host)
 
 
-def worker_config(served: deployment.Deployment, deploy, window_args, limits) -> dict:
+def with_key_from_environment(access: serving.AccessRules) -> serving.AccessRules:
+    """--api_key, else the environment's (which the process list does not show)."""
+    return dataclasses.replace(access, api_key=access.api_key or os.environ.get(serving.API_KEY_VARIABLE) or None)
+
+
+def exposure_warning(host: str, access: serving.AccessRules):
+    """What to tell the user who listens beyond this machine (None on a loopback address)."""
+    if serving.is_loopback(host):
+        return None
+    without_key = "" if access.api_key else ", with no key (give --api_key to require one)"
+    return (
+        f"--host {host} listens beyond this machine: anyone who can reach it can use the model{without_key}; "
+        "requests and answers travel as plain HTTP (put a TLS proxy in front)"
+    )
+
+
+def worker_config(served: deployment.Deployment, deploy, window_args, limits, access, host) -> dict:
     """What each --workers process resolves its deployment from: the options as this process resolved them, so that
     every worker serves the same model the same way."""
     resolved = dataclasses.replace(
@@ -52,7 +74,13 @@ def worker_config(served: deployment.Deployment, deploy, window_args, limits) ->
         precision=served.options.precision,
         max_seq_length=served.options.max_seq_length,
     )
-    return {"deploy": vars(resolved), "window": vars(window_args), "limits": dataclasses.asdict(limits)}
+    return {
+        "deploy": vars(resolved),
+        "window": vars(window_args),
+        "limits": dataclasses.asdict(limits),
+        "access": dataclasses.asdict(access),
+        "host": host,
+    }
 
 
 def app_from_environment():
@@ -61,7 +89,8 @@ def app_from_environment():
     config = json.loads(os.environ[APP_CONFIG_VARIABLE])
     served = deployment.resolve_deployment(deployment.DeployArguments(**config["deploy"]))
     window_args = arguments.QAWindowArguments(**config["window"])
-    return build_app(served, window_args, serving.ServingLimits(**config["limits"]))
+    limits, access = serving.ServingLimits(**config["limits"]), serving.AccessRules(**config["access"])
+    return build_app(served, window_args, limits, access, config["host"])
 
 
 def exit_cleanly_on_sigterm() -> None:
@@ -73,10 +102,14 @@ def exit_cleanly_on_sigterm() -> None:
 def main(argv=None):
     import uvicorn
 
-    deploy, serve, limits, window_args = arguments.parse_plain_arguments(
-        (deployment.DeployArguments, ServeArguments, serving.ServingLimits, arguments.QAWindowArguments), __doc__, argv
+    deploy, serve, limits, access, window_args = arguments.parse_plain_arguments(
+        (deployment.DeployArguments, ServeArguments, serving.ServingLimits, serving.AccessRules)
+        + (arguments.QAWindowArguments,),
+        __doc__,
+        argv,
     )
     runtime.setup_logging()
+    access = with_key_from_environment(access)
     arguments.check_minimums(serve, {"workers": 1})
     arguments.check_minimums(limits, serving.ServingLimits.MINIMUMS)
     served = deployment.resolve_deployment(deploy)  # refuse a missing model or bad options before listening
@@ -91,9 +124,13 @@ def main(argv=None):
         task.name,
         serve.workers,
     )
+    warning = exposure_warning(serve.host, access)
+    if warning:
+        runtime.logger.warning(warning)
     exit_cleanly_on_sigterm()
     if serve.workers > 1:
-        os.environ[APP_CONFIG_VARIABLE] = json.dumps(worker_config(served, deploy, window_args, limits))
+        config = worker_config(served, deploy, window_args, limits, access, serve.host)
+        os.environ[APP_CONFIG_VARIABLE] = json.dumps(config)
         uvicorn.run(
             "serve:app_from_environment",
             factory=True,
@@ -103,7 +140,7 @@ def main(argv=None):
             log_level="warning",
         )
     else:
-        app = build_app(served, window_args, limits)
+        app = build_app(served, window_args, limits, access, serve.host)
         uvicorn.run(app, host=serve.host, port=serve.port, log_level="warning")
 
 

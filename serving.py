@@ -9,11 +9,13 @@ Imports model_io.py, predictors.py, runtime.py and utils.py.
 import asyncio
 import collections
 import concurrent.futures
+import hmac
+import ipaddress
 import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
@@ -23,6 +25,7 @@ from runtime import UserError, first_line, logger
 from utils import (
     INPUT_FIELDS,
     MISSING_FIELD_WORDING,
+    check_output_width,
     encode_examples,
     input_description,
     prediction_rows,
@@ -62,12 +65,117 @@ class ServingLimits:
     }
 
 
-class RequestError(Exception):
-    """A request the server refuses: its HTTP status and one message."""
+API_KEY_VARIABLE = "ERNIE_SERVE_API_KEY"
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+OPEN_PATHS = frozenset({"/", "/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})  # no key
 
-    def __init__(self, status: int, message: str):
+
+@dataclass(frozen=True)
+class AccessRules:
+    """Who may use the server, and by which names (serve.py's options of the same names)."""
+
+    api_key: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Require this key on every request but GET /health, GET / and the API docs: 'Authorization: "
+            f"Bearer KEY' or 'X-API-Key: KEY' (else 401). Default: ${API_KEY_VARIABLE} (out of the process list)."
+        },
+    )
+    allowed_hosts: Optional[List[str]] = field(
+        default=None,
+        metadata={
+            "help": "Host header names accepted besides the listening address's (on a loopback address: localhost, "
+            "127.0.0.1 and ::1 only, so that a DNS-rebinding web page is refused with 421)."
+        },
+    )
+    docs: bool = field(
+        default=False,
+        metadata={
+            "help": "Serve /docs and /redoc (their scripts come from a CDN: blank offline, and third-party code in "
+            "the browser); /openapi.json is always served."
+        },
+    )
+
+
+class RequestError(Exception):
+    """A request the server refuses: its HTTP status, one message, and any headers of the answer."""
+
+    def __init__(self, status: int, message: str, headers: Optional[dict] = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers
+
+
+# ---- who may call: the Host header, the API key, the content type ------------------------------------------------
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def accepted_hosts(bind_host: str, allowed_hosts: Optional[Sequence[str]]) -> Optional[frozenset]:
+    """The Host header names a server listening on bind_host answers: on a loopback address its own names and
+    allowed_hosts (a DNS-rebinding page sends its own name); elsewhere allowed_hosts, or any (None) without them."""
+    names = {name.lower() for name in allowed_hosts or ()}
+    if is_loopback(bind_host):
+        return frozenset(names | LOOPBACK_NAMES | {bind_host.lower()})
+    return frozenset(names | {bind_host.lower()}) if names else None
+
+
+def host_name(header: str) -> str:
+    """A Host header without its port: 'example.com:8189' -> 'example.com', '[::1]:8189' -> '[::1]'."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[: header.find("]") + 1]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def has_key(api_key: str, headers) -> bool:
+    authorization = headers.get("authorization", "")
+    given = authorization[len("bearer ") :] if authorization.lower().startswith("bearer ") else headers.get("x-api-key")
+    return given is not None and hmac.compare_digest(given.strip().encode(), api_key.encode())
+
+
+def is_json(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def access_refusal(access: AccessRules, hosts: Optional[frozenset], method: str, path: str, headers):
+    """The RequestError a request gets before it is routed, or None: a Host that is not this server's (421), no
+    valid API key where one is required (401), a POST body that is not declared JSON (415; a web page can send
+    text/plain to another site without asking, but not application/json)."""
+    host = headers.get("host")
+    if hosts is not None and host is not None and host_name(host) not in hosts:
+        return RequestError(421, f"Host {host!r} is not a name of this server (serve.py --allowed_hosts adds names)")
+    if access.api_key and path not in OPEN_PATHS and not has_key(access.api_key, headers):
+        return RequestError(
+            401,
+            "a valid API key is required: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    if method == "POST" and not is_json(headers.get("content-type", "")):
+        return RequestError(415, "the body must be JSON, sent with 'Content-Type: application/json'")
+    return None
+
+
+class AccessGuard:
+    """ASGI middleware: a request that access_refusal refuses is answered by answer(refusal), before routing."""
+
+    def __init__(self, app, refusal: Callable, answer: Callable):
+        self.app, self.refusal, self.answer = app, refusal, answer
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            from starlette.datastructures import Headers
+
+            refused = self.refusal(scope["method"], scope["path"], Headers(scope=scope))
+            if refused is not None:
+                await self.answer(refused)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 # ---- the request body ----------------------------------------------------------------------------------------------
@@ -318,6 +426,8 @@ class Batcher:
             result = run_predictor(
                 predictor, features, self.limits.max_batch_size, per_token=self.task.per_token_outputs
             )
+            if not self.fits_task(result.outputs, batch):
+                return
             start = 0
             for pending, one in zip(batch, encoded):
                 count = len(one.sequences)
@@ -335,6 +445,17 @@ class Batcher:
             if not isinstance(error, UserError):
                 logger.exception("a request failed")
             batch[0].future.set_exception(error)
+
+    def fits_task(self, outputs, batch: List[Pending]) -> bool:
+        """Whether the model's outputs fit its task.json's task; if not, no request can be answered (503)."""
+        try:
+            check_output_width(self.task, outputs, self.model_path)
+        except UserError as misfit:
+            self.fail_all(str(misfit))
+            for pending in batch:
+                pending.future.set_exception(Unavailable(f"the model could not be loaded: {misfit}"))
+            return False
+        return True
 
     def fail_all(self, reason: str) -> None:
         """No predictor: later requests are refused at once, and those already queued get the reason."""
@@ -391,7 +512,9 @@ def start_batcher(served, window_args, limits: ServingLimits) -> Batcher:
 
 
 # ---- the app -------------------------------------------------------------------------------------------------------
-def create_app(batcher: Batcher, task, limits: ServingLimits):
+def create_app(
+    batcher: Batcher, task, limits: ServingLimits, access: AccessRules = AccessRules(), bind_host: str = "127.0.0.1"
+):
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
@@ -408,19 +531,34 @@ def create_app(batcher: Batcher, task, limits: ServingLimits):
         title=f"ERNIE 3.0 {task.name} server",
         lifespan=lifespan,
         description=f"POST /{task.name} with PaddleNLP SimpleServer's body; GET /health, /metrics, /.",
+        docs_url="/docs" if access.docs else None,
+        redoc_url="/redoc" if access.docs else None,
     )
 
     def error(status: int, message: str, headers: Optional[dict] = None):
         batcher.count_error()
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
+    hosts = accepted_hosts(bind_host, access.allowed_hosts)
+    app.add_middleware(
+        AccessGuard,
+        refusal=lambda method, path, headers: access_refusal(access, hosts, method, path, headers),
+        answer=lambda refused: error(refused.status, str(refused), refused.headers),
+    )
+
     @app.exception_handler(HTTPException)
     async def http_error(request, exc):
-        return error(exc.status_code, str(exc.detail))
+        if exc.status_code == 405 and request.url.path not in known_paths(app, task):  # GET /anything matched POST's
+            return error(404, f"no such path: {request.url.path}; this server serves POST /{task.name}")
+        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request, exc):
         return error(422, "the request does not match this endpoint")
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request, exc):  # counted too; ServerErrorMiddleware logs the traceback
+        return error(500, f"internal error: {type(exc).__name__}")
 
     @app.get("/health")
     async def health():
@@ -439,9 +577,9 @@ def create_app(batcher: Batcher, task, limits: ServingLimits):
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
-        return try_it_page(task)
+        return try_it_page(task, asks_for_key=bool(access.api_key))
 
-    @app.post("/{task_name}")
+    @app.post("/{task_name}", openapi_extra=openapi_operation(task))
     async def predict(task_name: str, request: Request):
         if task_name != task.name:
             return error(404, f"this server serves {task.name}: POST /{task.name}")
@@ -449,7 +587,7 @@ def create_app(batcher: Batcher, task, limits: ServingLimits):
             examples = request_examples(task, read_body(await capped_body(request, limits)), limits)
             future = batcher.submit(examples)
         except RequestError as refused:
-            return error(refused.status, str(refused))
+            return error(refused.status, str(refused), refused.headers)
         except Overloaded as overloaded:
             return error(503, f"overloaded: {overloaded}; retry", headers={"Retry-After": "1"})
         except Unavailable as unavailable:
@@ -465,6 +603,51 @@ def create_app(batcher: Batcher, task, limits: ServingLimits):
             return error(500, f"prediction failed: {type(failure).__name__}")
 
     return app
+
+
+def known_paths(app, task) -> set:
+    """The paths this app answers (its routes, with POST's /{task_name} as the task's path)."""
+    return {route.path for route in app.routes if "{" not in route.path} | {f"/{task.name}"}
+
+
+# ---- the OpenAPI description of POST /<task> ---------------------------------------------------------------------
+def openapi_operation(task) -> dict:
+    """POST /<task>'s body (data's input fields of the task: each a list of strings, choices a list of string lists)
+    and answers ({"result": [...]}, or {"error": "..."})."""
+    required, optional = task.family.input_fields(task)
+    strings = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+    fields = {name: {"type": "array", "items": strings} if name in LIST_FIELDS else strings for name in required}
+    fields.update({name: strings for name in optional})
+    data = {"type": "object", "required": list(required), "properties": fields, "additionalProperties": False}
+    body = {"type": "object", "required": ["data"], "properties": {"data": data, "parameters": {"type": "object"}}}
+    example = {"data": {name: [["选项一", "选项二"]] if name in LIST_FIELDS else ["..."] for name in required}}
+    error_body = {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}
+    result = {"type": "object", "properties": {"result": {"type": "array", "items": {"type": "object"}}}}
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body, "example": example}}},
+        "responses": {
+            "200": {
+                "description": "one row a text, as infer.py --text prints it",
+                "content": {"application/json": {"schema": result}},
+            },
+            **{
+                str(status): {"description": meaning, "content": error_body}
+                for status, meaning in ERROR_MEANINGS.items()
+            },
+        },
+    }
+
+
+ERROR_MEANINGS = {
+    400: "not UTF-8, not JSON, or too deeply nested",
+    401: "no valid API key (serve.py --api_key)",
+    408: "the body did not arrive in time",
+    413: "too large: the body, the number of texts, or a text",
+    415: "not sent as application/json",
+    421: "a Host header that is not this server's",
+    422: "valid JSON that is not a request for this task",
+    503: "overloaded (retry after Retry-After), or no model",
+}
 
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -511,11 +694,14 @@ FIELD_WIDGETS = {
 }
 
 
-def try_it_page(task) -> str:
+KEY_WIDGET = '<input id="api_key" type="password" placeholder="API key">'
+
+
+def try_it_page(task, asks_for_key: bool = False) -> str:
     """A small form: type a sentence (or a context and a question, or a question and its choices), see the label,
-    entities or answer."""
+    entities or answer; with asks_for_key, the API key too (sent as X-API-Key)."""
     names = list(task.family.input_fields(task)[0])  # the required fields (a custom task's pair is optional)
-    fields = [FIELD_WIDGETS[name] for name in names]
+    fields = [FIELD_WIDGETS[name] for name in names] + ([KEY_WIDGET] if asks_for_key else [])
     return f"""<!doctype html>
 <html lang="zh"><head><meta charset="utf-8"><title>{task.name}</title>
 <style>body{{font-family:sans-serif;max-width:40em;margin:2em auto}}
@@ -533,7 +719,10 @@ async function send() {{
     // a list field (choices) is typed one item a line
     data[name] = {json.dumps(list(LIST_FIELDS))}.includes(name) ? [value.split("\\n").filter(x => x.trim())] : [value];
   }}
-  const response = await fetch("/{task.name}", {{method: "POST", headers: {{"Content-Type": "application/json"}},
+  const headers = {{"Content-Type": "application/json"}};
+  const key = document.getElementById("api_key");
+  if (key) headers["X-API-Key"] = key.value;
+  const response = await fetch("/{task.name}", {{method: "POST", headers: headers,
                                                body: JSON.stringify({{data: data}})}});
   const body = await response.json();
   document.getElementById("result").textContent = JSON.stringify(body.result ? body.result[0] : body, null, 2);

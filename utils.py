@@ -1577,6 +1577,17 @@ def prediction_rows(task, examples, encoded, outputs, window_args) -> List[dict]
     return task.family.prediction_rows(task, examples, encoded, outputs, window_args)
 
 
+def check_output_width(task, outputs, model_path: str) -> None:
+    """A model whose head is sized by its labels has one score a label of its task.json's task: a task.json of
+    another task would index past the labels, or name the wrong ones. outputs: per model output, one array a feature."""
+    width = outputs[0][0].shape[-1] if outputs and len(outputs[0]) else None
+    if task.family.labels_in_head and width is not None and width != len(task.labels):
+        raise UserError(
+            f"{model_path}: the model gives {width} scores but its task.json's task {task.name} has "
+            f"{len(task.labels)} labels (a task.json of another task?); export the model again"
+        )
+
+
 @dataclass(frozen=True)
 class Family:
     """Everything that differs between task families. Adding a family is one row of FAMILIES and its functions."""

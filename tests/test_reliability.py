@@ -185,3 +185,54 @@ def test_a_body_over_the_limit_is_413_before_it_is_read_and_a_slow_one_408(tnews
     assert refused_after < 5
     assert too_slow.startswith("HTTP/1.1 408")
     assert 0.9 < timed_out_after < 10
+
+
+def with_task_file_of(tnews_run, tmp_path, task_name):
+    """A copy of the TNEWS export (15 scores a text) whose task.json says it is another task's model."""
+    import json
+    import shutil
+
+    import utils
+
+    folder = tmp_path / "export"
+    shutil.copytree(os.path.join(tnews_run, "export"), folder)
+    task_file = json.loads((folder / "task.json").read_text(encoding="utf-8"))
+    task_file.update(task_name=task_name, label_list=list(utils.ALL_TASKS[task_name].labels))
+    (folder / "task.json").write_text(json.dumps(task_file), encoding="utf-8")
+    return str(folder)
+
+
+def test_a_task_file_of_another_task_is_one_error_line(tnews_run, tmp_path, capsys):
+    folder = with_task_file_of(tnews_run, tmp_path, "afqmc")
+    argv = ["--model_path", folder, "--text", "上海", "--text_pair", "北京"]
+    status, stderr = run_cli(infer.main, argv, capsys)
+    assert status == 2
+    assert error_lines(stderr) == [
+        f"error: {folder}: the model gives 15 scores but its task.json's task afqmc has 2 labels (a task.json of "
+        "another task?); export the model again"
+    ]
+
+
+class FifteenScores:
+    """A predictor that gives TNEWS's 15 scores a text."""
+
+    def run(self, batch):
+        import numpy as np
+
+        return [np.zeros((len(batch["input_ids"]), 15), dtype="float32")]
+
+
+def test_a_server_whose_task_file_is_another_tasks_answers_503(tnews_run, tmp_path):
+    import utils
+
+    folder = with_task_file_of(tnews_run, tmp_path, "afqmc")
+    task, limits = utils.ALL_TASKS["afqmc"], serving.ServingLimits()
+    batcher = serving.Batcher(FifteenScores, folder, task, None, 128, limits).start()
+    examples = serving.request_examples(task, {"data": {"text": ["上海"], "text_pair": ["北京"]}}, limits)
+    try:
+        with pytest.raises(serving.Unavailable, match="the model gives 15 scores but its task.json's task afqmc"):
+            batcher.submit(examples).result(timeout=60)
+        with pytest.raises(serving.Unavailable):
+            batcher.submit(examples)  # refused at once from now on
+    finally:
+        batcher.close()
