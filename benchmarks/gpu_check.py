@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -163,7 +164,7 @@ def measure_here(spec: dict) -> dict:
         (deployment.DeployArguments, infer.InferArguments, arguments.QAWindowArguments), infer.__doc__, infer_argv(spec)
     )
     served = deployment.resolve_deployment(deploy_args)
-    args = infer.merged(infer_args, served.options)
+    args = infer.merged(infer_args, served.options, types.SimpleNamespace(model_path=served.model_path))
     started = time.perf_counter()
     predictor = predictors.create_predictor(served.files, served.options)
     start_seconds = time.perf_counter() - started
