@@ -1,16 +1,21 @@
 """The compression pipeline of compress_*.py: its arguments, the strategies as steps that hand each other what the
 next one needs (one table, STRATEGIES, whose help text and checks are generated from it), every candidate measured on
 the dev set as it is served, the choice of the best within the accuracy budget, and the report. The algorithms live
-in dynabert.py (width pruning, distillation) and quantization.py (PTQ, QAT, NNCF).
+in dynabert.py (width and depth pruning, distillation), students.py (distillation into a smaller student),
+vocabulary.py (vocabulary pruning) and quantization.py (PTQ, QAT, NNCF).
 
-Imports arguments.py, dynabert.py, model_folder.py, model_io.py, predictors.py, quantization.py, runtime.py and
-utils.py.
+Imports arguments.py, dynabert.py, model_folder.py, model_io.py, predictors.py, quantization.py, runtime.py,
+students.py, utils.py and vocabulary.py.
 """
 
+import copy
 import dataclasses
 import functools
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -27,7 +32,7 @@ from arguments import (
     user_argv,
     with_task_name,
 )
-from dynabert import DistillationSettings, dynabert_width_pruning, parameter_count
+from dynabert import DistillationSettings, dynabert_pruning, encoder_layers, parameter_count
 from model_folder import (
     EXPORT_INPUT_NAMES,
     REPORT_FILE,
@@ -69,7 +74,8 @@ from quantization import (
     quantization_aware_training,
     quantization_grid,
 )
-from runtime import UserError, atomic_entries, logger, machine_details, setup_logging
+from runtime import UserError, atomic_entries, logger, machine_details, read_json_file, setup_logging
+from students import StudentSpec, distilled_student
 from utils import (
     Family,
     TaskSpec,
@@ -80,6 +86,7 @@ from utils import (
     load_examples,
     metric_points,
 )
+from vocabulary import embedding_rows, kept_vocabulary, prune_vocabulary, used_token_counts
 
 
 @dataclass
@@ -109,7 +116,48 @@ class CompressArguments:
     )
     strategy: str = field(default="dynabert+ptq", metadata={"help": "What to try (the strategies are listed below)."})
     width_mult_list: List[str] = field(
-        default_factory=lambda: ["3/4"], metadata={"help": "Widths to prune to, as fractions (3/4) or decimals."}
+        default_factory=lambda: ["3/4"],
+        metadata={
+            "help": "Widths to prune to (attention heads and feed-forward neurons kept), as fractions or decimals."
+        },
+    )
+    depth_mult_list: List[str] = field(
+        default_factory=lambda: ["1"],
+        metadata={
+            "help": "Depths to prune to (layers kept, by DynaBERT's rule: evenly spaced), e.g. 1 2/3 1/2; every "
+            "width is trained and exported at every depth."
+        },
+    )
+    student: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "distill strategies: the student, a PaddleNLP name (ernie-3.0-nano-zh, -micro-, -mini-) or a "
+            "pretrained folder sharing the teacher's vocabulary; default: layers and width cut from the teacher "
+            "(--student_layers, --student_width)."
+        },
+    )
+    student_layers: int = field(
+        default=0, metadata={"help": "A student cut from the teacher: its layers (DynaBERT's rule); 0: half."}
+    )
+    student_width: str = field(
+        default="1", metadata={"help": "A student cut from the teacher: the share of heads and neurons it keeps."}
+    )
+    hidden_distillation_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "distill strategies: weight of TinyBERT's hidden-state loss beside the soft cross-entropy on the "
+            "teacher's predictions; 0: predictions only."
+        },
+    )
+    prune_vocabulary: bool = field(
+        default=False,
+        metadata={
+            "help": "Also make each float model with only the tokens the training data uses (plus the special "
+            "tokens; any other token reads as [UNK]), and offer those to every later step."
+        },
+    )
+    max_vocab_size: Optional[int] = field(
+        default=None, metadata={"help": "--prune_vocabulary: keep at most this many tokens, the most frequent first."}
     )
     algo_list: List[str] = field(
         default_factory=lambda: ["hist", "mse"],
@@ -146,6 +194,13 @@ class CompressArguments:
             "onnxruntime, openvino."
         },
     )
+    measure_memory: bool = field(
+        default=True,
+        metadata={
+            "help": "Measure each candidate's peak resident memory as served: infer.py --perf on the dev set in a "
+            "process of its own (a few seconds a candidate)."
+        },
+    )
     precisions: List[str] = field(
         default_factory=lambda: ["fp32", "bf16", "int8"],
         metadata={"help": "Precisions a candidate may run in: fp32, bf16 (CPUs with native bfloat16 only), int8."},
@@ -160,24 +215,43 @@ avg (mean of per-batch maxima), abs_max (the largest value seen), KL (the range 
 very slow), emd. Calibration batches come from the training data, never from the dev set.
 
 Writes into --output_dir (default <model_name_or_path>/compress): parent/ (the float parent, exported for
-comparison), width_mult_0.75/ (the pruned float model), [width_mult_0.75/]<algo><batch size>_<batches>/ (each
-PTQ candidate), [width_mult_0.75/]qat/ (the QAT model), and compress_report.json. Every candidate directory is
-servable by infer.py.
+comparison), width_mult_0.75/ (the pruned float model; width_mult_0.75_depth_mult_0.5/ with --depth_mult_list),
+student/ (the distilled student), vocab_pruned/ and <model>_vocab_pruned/ (--prune_vocabulary),
+[<model>/]<algo><batch size>_<batches>/ (each PTQ candidate), [<model>/]qat/ (the QAT model),
+[<model>/]onnxruntime_int8/ and the other ways of serving each float model, and compress_report.json. Every
+candidate directory is servable by infer.py.
 """
 
 
-def parse_width(text: str) -> float:
+def parse_fraction(text: str, option: str) -> float:
+    """A width or depth: a fraction (3/4) or a decimal, above 0 and at most 1."""
     try:
         numerator, _, denominator = str(text).partition("/")
-        width = float(numerator) / float(denominator or 1)
+        value = float(numerator) / float(denominator or 1)
     except (ValueError, ZeroDivisionError):
-        raise UserError(f"--width_mult_list: {text!r} is not a width such as 3/4 or 0.75") from None
-    if not 0 < width < 1:
-        raise UserError(f"--width_mult_list: {text!r} must be between 0 and 1")
-    return width
+        raise UserError(f"{option}: {text!r} is not a fraction such as 3/4 or 0.75") from None
+    if not 0 < value <= 1:
+        raise UserError(f"{option}: {text!r} must be above 0 and at most 1")
+    return value
 
 
-def check_compress_arguments(args: CompressArguments) -> List[float]:
+def pruned_shapes(args: CompressArguments) -> List[Tuple[float, float]]:
+    """Every (width, depth) of --width_mult_list x --depth_mult_list but the parent's own (1, 1)."""
+    widths = [parse_fraction(w, "--width_mult_list") for w in args.width_mult_list]
+    depths = [parse_fraction(d, "--depth_mult_list") for d in args.depth_mult_list]
+    shapes = [(w, d) for d in dict.fromkeys(depths) for w in dict.fromkeys(widths) if (w, d) != (1.0, 1.0)]
+    if not shapes:
+        raise UserError("--width_mult_list and --depth_mult_list give no smaller model than the parent (both 1)")
+    return shapes
+
+
+def shape_folder(width: float, depth: float) -> str:
+    """width_mult_0.75, width_mult_0.75_depth_mult_0.5, width_mult_1_depth_mult_0.5: upstream's width folder name,
+    the depth added when layers are dropped."""
+    return f"width_mult_{width:g}" + (f"_depth_mult_{depth:g}" if depth < 1 else "")
+
+
+def check_compress_arguments(args: CompressArguments) -> List[Tuple[float, float]]:
     if args.strategy not in STRATEGIES:
         raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, not {args.strategy!r}")
     unknown = [algo for algo in args.algo_list if algo not in PTQ_ALGORITHMS]
@@ -192,7 +266,7 @@ def check_compress_arguments(args: CompressArguments) -> List[float]:
         unknown = [value for value in given if value not in known]
         if unknown:
             raise UserError(f"{option}: unknown {unknown[0]!r}; choose from {', '.join(known)}")
-    return [parse_width(width) for width in args.width_mult_list]
+    return pruned_shapes(args)
 
 
 def within_budget(parent: Candidate, candidate: Candidate, max_drop: float) -> bool:
@@ -220,6 +294,33 @@ def choose_for_tensorrt(parent: Candidate, candidates: Sequence[Candidate], max_
         c for c in candidates if c.backend == "paddle" and c.precision == "int8" and within_budget(parent, c, max_drop)
     ]
     return max(qualifying, key=lambda c: (c.metric_points, -c.size_bytes)) if qualifying else None
+
+
+INFER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "infer.py")
+
+
+def served_peak_memory(model_dir: str, run: "CompressionRun") -> Optional[int]:
+    """Peak resident memory (bytes) of `infer.py --perf` serving the folder on the dev set in a process of its own, as a
+    user runs it (its task.json says the backend and precision); None, with a warning, when that run fails."""
+    with tempfile.TemporaryDirectory() as scratch:
+        output = os.path.join(scratch, "perf.json")
+        command = [sys.executable, INFER_SCRIPT, "--model_path", model_dir, "--perf", "--output_file", output]
+        command += [
+            "--num_threads",
+            str(run.args.num_threads),
+            "--batch_size",
+            str(run.args.per_device_eval_batch_size),
+        ]
+        for option, value in (
+            ("--dev_file", run.data_args.dev_file),
+            ("--max_eval_samples", run.data_args.max_eval_samples),
+        ):
+            command += [option, str(value)] if value is not None else []
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            logger.warning("%s: no peak memory, infer.py --perf failed: %s", model_dir, done.stderr.strip()[-300:])
+            return None
+        return int(read_json_file(output, "infer.py --perf's report")["perf"]["peak_rss_mb"] * 2**20)
 
 
 @dataclass(frozen=True)
@@ -299,6 +400,7 @@ class Source:
     model: object
     directory: str  # where the float model is (for the report)
     prefix: str  # candidates made from it go under this relative path
+    dimensions: Dict[str, object] = field(default_factory=dict)  # its Candidate fields: width, depth, student, ...
 
 
 @dataclass(frozen=True)
@@ -306,7 +408,7 @@ class PipelineState:
     """What one strategy step hands the next."""
 
     sources: Tuple[Source, ...]  # the float models the next step starts from
-    float_models: Tuple[Source, ...]  # every float model made so far (the parent, pruned widths)
+    float_models: Tuple[Source, ...]  # every float model made so far (the parent, pruned ones, students)
 
 
 @dataclass
@@ -319,7 +421,7 @@ class CompressionRun:
     tokenizer: object
     parent: object
     info: TaskFile
-    widths: List[float]
+    shapes: List[Tuple[float, float]]  # (width, depth) of each pruned model
     train_encoded: object
     selection: Tuple[list, object]  # (examples, encoded) held out from the training data
     dev_examples: list
@@ -327,6 +429,8 @@ class CompressionRun:
     calibration: List[dict]
     staging: str
     output_dir: str
+    model_class: object  # the family's model class (a named --student is loaded with it)
+    data_args: object  # the data files (infer.py --perf measures peak memory on the same dev set)
 
     @property
     def distillation(self) -> DistillationSettings:
@@ -350,12 +454,14 @@ class CompressionRun:
             backend,
             precision,
         )
+        peak_memory = served_peak_memory(directory, self) if self.args.measure_memory else None
         return Candidate(
             path=os.path.join(self.output_dir, relative),
             relative_path=relative,
             kind=kind,
             source=source,
             parameters=parameter_count(model),
+            peak_memory_bytes=peak_memory,
             **dataclasses.asdict(measurement),
             **details,
         )
@@ -368,25 +474,70 @@ StepResult = Tuple[List[Candidate], PipelineState]
 
 
 def prune_step(run: CompressionRun, state: PipelineState) -> StepResult:
-    """DynaBERT width pruning of the parent: one pruned float candidate per width, and the pruned models become
-    the sources of any later quantization step."""
-    pruned = dynabert_width_pruning(
+    """DynaBERT width and depth pruning of the parent: one pruned float candidate per (width, depth), and the pruned
+    models become the sources of any later quantization step."""
+    pruned = dynabert_pruning(
         run.parent,
         run.tokenizer,
         run.task,
-        run.widths,
+        run.shapes,
         run.train_encoded,
         *run.selection,
         run.window_args,
         run.distillation,
     )
     candidates, pruned_sources = [], []
-    for width, model in pruned.items():
-        relative = f"width_mult_{width:g}"
+    for (width, depth), model in pruned.items():
+        relative = shape_folder(width, depth)
         export_static_model(model, run.tokenizer, os.path.join(run.staging, relative), run.info)
-        candidates.append(run.measured(relative, "pruned float", run.args.model_name_or_path, model, width=width))
-        pruned_sources.append(Source(model, os.path.join(run.output_dir, relative), relative))
+        source = Source(model, os.path.join(run.output_dir, relative), relative, dict(width=width, depth=depth))
+        candidates.append(
+            run.measured(relative, "pruned float", run.args.model_name_or_path, model, **source.dimensions)
+        )
+        pruned_sources.append(source)
     return candidates, PipelineState(tuple(pruned_sources), state.float_models + tuple(pruned_sources))
+
+
+def distill_step(run: CompressionRun, state: PipelineState) -> StepResult:
+    """Distillation of the parent into a smaller student (students.py): one float candidate, the source of any
+    later quantization step."""
+    spec = StudentSpec(
+        run.args.student, run.args.student_layers, parse_fraction(run.args.student_width, "--student_width")
+    )
+    student = distilled_student(
+        run.parent, spec, run.model_class, run.task, run.tokenizer, run.train_encoded, run.selection,
+        run.window_args, run.distillation, run.info.max_seq_length, run.args.hidden_distillation_weight,
+    )  # fmt: skip
+    relative = "student"
+    export_static_model(student, run.tokenizer, os.path.join(run.staging, relative), run.info)
+    described = spec.describe(len(encoder_layers(run.parent)))
+    source = Source(student, os.path.join(run.output_dir, relative), relative, dict(student=described))
+    candidate = run.measured(relative, "student float", run.args.model_name_or_path, student, **source.dimensions)
+    return [candidate], PipelineState((source,), state.float_models + (source,))
+
+
+def vocabulary_folder(prefix: str) -> str:
+    return f"{prefix}_vocab_pruned" if prefix else "vocab_pruned"
+
+
+def vocabulary_step(run: CompressionRun, state: PipelineState) -> StepResult:
+    """--prune_vocabulary: each source again with only the tokens the training data uses (vocabulary.py), a float
+    candidate each; the later steps get both."""
+    counts = used_token_counts([*run.train_encoded.sequences, *run.selection[1].sequences])
+    kept = kept_vocabulary(
+        counts, run.tokenizer.all_special_ids, run.tokenizer.unk_token_id, embedding_rows(run.parent),
+        run.args.max_vocab_size,
+    )  # fmt: skip
+    logger.info("vocabulary pruning keeps %d of %d tokens", len(kept.kept_ids), kept.full_size)
+    candidates, pruned = [], []
+    for source in state.sources:
+        model = prune_vocabulary(copy.deepcopy(source.model), kept)
+        relative = vocabulary_folder(source.prefix)
+        export_static_model(model, run.tokenizer, os.path.join(run.staging, relative), run.info)
+        dimensions = dict(source.dimensions, vocabulary_size=len(kept.kept_ids))
+        pruned.append(Source(model, os.path.join(run.output_dir, relative), relative, dimensions))
+        candidates.append(run.measured(relative, "pruned float", source.directory, model, **dimensions))
+    return candidates, PipelineState(state.sources + tuple(pruned), state.float_models + tuple(pruned))
 
 
 def ptq_step(run: CompressionRun, state: PipelineState) -> StepResult:
@@ -412,6 +563,7 @@ def ptq_step(run: CompressionRun, state: PipelineState) -> StepResult:
                     algo=setting.algo,
                     calibration_batch_size=setting.batch_size,
                     calibration_batches=setting.batches,
+                    **source.dimensions,
                 )
             )
     return candidates, state
@@ -429,7 +581,11 @@ def qat_step(run: CompressionRun, state: PipelineState) -> StepResult:
             source.model, run.parent, run.tokenizer, run.task, run.train_encoded, target, run.distillation
         )
         save_deployable(target, run.tokenizer, run.info)
-        candidates.append(run.measured(relative, "int8", source.directory, source.model, "paddle", "int8", algo="qat"))
+        candidates.append(
+            run.measured(
+                relative, "int8", source.directory, source.model, "paddle", "int8", algo="qat", **source.dimensions
+            )
+        )
     return candidates, state
 
 
@@ -477,7 +633,14 @@ def deployment_step(run: CompressionRun, state: PipelineState) -> StepResult:
             details = way.prepare(run, folder) if way.prepare else {}
             candidates.append(
                 run.measured(
-                    relative, way.precision, source.directory, source.model, way.backend, way.precision, **details
+                    relative,
+                    way.precision,
+                    source.directory,
+                    source.model,
+                    way.backend,
+                    way.precision,
+                    **details,
+                    **source.dimensions,
                 )
             )
     return candidates, state
@@ -521,7 +684,18 @@ STRATEGIES = {
         (prune_step, qat_step, deployment_step),
         "DynaBERT width pruning, then quantization-aware training of each pruned model",
     ),
+    "distill": Strategy(
+        (distill_step, deployment_step),
+        "distillation into a smaller student (--student; predictions and hidden states), float candidates",
+    ),
+    "distill+ptq": Strategy(
+        (distill_step, ptq_step, deployment_step),
+        "distillation into a smaller student, then int8 post-training quantization of it over the calibration grid",
+    ),
 }
+
+# --prune_vocabulary runs vocabulary_step before the first of these (on the parent, the pruned models or the student)
+STEPS_AFTER_MODELS = (ptq_step, qat_step, deployment_step)
 
 
 def check_compression_output(output_dir: str, overwrite: bool) -> None:
@@ -598,12 +772,21 @@ def load_training_and_selection(task: TaskSpec, data_args, tokenizer, window_arg
     return encode("train", training, with_labels=True), (selection, encode("selection", selection, with_labels=False))
 
 
+def strategy_steps(args: CompressArguments) -> List[Callable]:
+    """--strategy's steps, with vocabulary_step before the first that works on the models made (--prune_vocabulary)."""
+    steps = list(STRATEGIES[args.strategy].steps)
+    if args.prune_vocabulary:
+        first = next(i for i, step in enumerate(steps) if step in STEPS_AFTER_MODELS)
+        steps.insert(first, vocabulary_step)
+    return steps
+
+
 def run_strategy(run: CompressionRun, parent: Candidate) -> List[Candidate]:
     """The steps of --strategy, each from the state the one before left; every candidate with its drop."""
     parent_source = Source(run.parent, run.args.model_name_or_path, "")
     state = PipelineState((parent_source,), (parent_source,))
     candidates = []
-    for step in STRATEGIES[run.args.strategy].steps:
+    for step in strategy_steps(run.args):
         made, state = step(run, state)
         candidates.extend(made)
     return [dataclasses.replace(c, drop_points=parent.metric_points - c.metric_points) for c in candidates]
@@ -651,7 +834,7 @@ def run_compression(family: Family, model_class, description: str, argv=None) ->
     check_device(args.device)
     paddle.set_device(args.device)
     task = get_task(data_args.task_name, family, data_args.label_list)
-    widths = check_compress_arguments(args)
+    shapes = check_compress_arguments(args)
     config = load_model_config(args.model_name_or_path)
     if model_head_family(config) is None:
         raise UserError(
@@ -677,8 +860,8 @@ def run_compression(family: Family, model_class, description: str, argv=None) ->
 
     with atomic_entries(output_dir, args.overwrite_output_dir) as staging:
         run = CompressionRun(
-            args, task, window_args, tokenizer, parent, info, widths, train_encoded, selection, dev_examples,
-            dev_encoded, calibration, staging, output_dir,
+            args, task, window_args, tokenizer, parent, info, shapes, train_encoded, selection, dev_examples,
+            dev_encoded, calibration, staging, output_dir, model_class, data_args,
         )  # fmt: skip
         export_static_model(parent, tokenizer, os.path.join(staging, "parent"), info)
         parent_entry = run.measured("parent", "float parent", args.model_name_or_path, parent)

@@ -1,11 +1,13 @@
-"""DynaBERT width pruning and distillation: head and neuron importance from the task loss, reordering every layer
-most important first, masks that train the narrower networks together, slicing a model to a width, and the
-distillation that trains a student on its teacher's outputs (the loss chosen by the family's kind of outputs).
+"""DynaBERT width and depth pruning and distillation: head and neuron importance from the task loss, reordering every
+layer most important first, masks that train the narrower networks together, DynaBERT's rule for the layers a depth
+keeps, slicing a model to a width and a depth, and the distillation that trains a student on its teacher's outputs
+(the loss chosen by the family's kind of outputs, optionally with TinyBERT's hidden-state loss).
 
 Imports model_io.py, predictors.py (to measure a width on held-out examples), runtime.py and utils.py.
 """
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -37,15 +39,51 @@ class DistillationSettings:
         return cls(**{item.name: getattr(arguments, item.name) for item in dataclasses.fields(cls)})
 
 
-def encoder_layers(model) -> list:
-    """The encoder layers width pruning works on: paddle.nn.TransformerEncoderLayer (ERNIE, BERT, RoBERTa)."""
+def model_encoder(model):
+    """The encoder pruning works on: a paddle.nn.TransformerEncoder of TransformerEncoderLayer (ERNIE, BERT)."""
     base = getattr(model, model.base_model_prefix, None)
-    layers = getattr(getattr(base, "encoder", None), "layers", None)
+    encoder = getattr(base, "encoder", None)
+    layers = getattr(encoder, "layers", None)
     if not layers or not all(isinstance(layer, paddle.nn.TransformerEncoderLayer) for layer in layers):
         raise UserError(
-            f"width pruning needs an encoder of paddle.nn.TransformerEncoderLayer; {type(model).__name__} has none"
+            f"pruning needs an encoder of paddle.nn.TransformerEncoderLayer; {type(model).__name__} has none"
         )
-    return list(layers)
+    return encoder
+
+
+def encoder_layers(model) -> list:
+    """The encoder layers width pruning works on (those the model runs now)."""
+    return list(model_encoder(model).layers)
+
+
+def kept_layers(depth: float, total: int) -> List[int]:
+    """The layers DynaBERT keeps at a depth (its rule): the i-th kept layer is floor(i / depth), for i below
+    round(depth x total), so the dropped layers are evenly spaced: 12 layers at 1/2 keep 0, 2, ..., 10; at 3/4 every
+    fourth (3, 7, 11) is dropped; 6 at 2/3 keep 0, 1, 3, 4."""
+    count = max(1, round(depth * total))
+    return [math.floor(i / depth + 1e-9) for i in range(count)]
+
+
+class LayerDropping:
+    """Runs a model at a depth by giving its encoder only the kept layers (their parameters shared, not copied);
+    set_depth(1.0) gives every layer back (state_dict() then names them all again)."""
+
+    def __init__(self, model):
+        self.encoder = model_encoder(model)
+        self.layers = list(self.encoder.layers)
+
+    def set_depth(self, depth: float) -> None:
+        kept = kept_layers(depth, len(self.layers)) if depth < 1 else range(len(self.layers))
+        self.encoder.layers = paddle.nn.LayerList([self.layers[i] for i in kept])
+        self.encoder.num_layers = len(self.encoder.layers)
+
+
+def slice_to_depth(model, depth: float):
+    """Keep only the layers DynaBERT's rule keeps at this depth (the model's config says how many remain)."""
+    if depth < 1:
+        LayerDropping(model).set_depth(depth)
+        model.config.num_hidden_layers = len(model_encoder(model).layers)
+    return model
 
 
 def kept_units(width: float, total: int) -> int:
@@ -143,6 +181,8 @@ def sliced_linear(linear, inputs: Optional[int] = None, outputs: Optional[int] =
 
 def slice_to_width(model, width: float):
     """Cut every layer down to its first width share of heads and neurons: the pruned model really is smaller."""
+    if width >= 1:
+        return model
     for layer in encoder_layers(model):
         attention = layer.self_attn
         heads = kept_units(width, attention.num_heads)
@@ -207,6 +247,66 @@ def distillation_loss(task: TaskSpec, student_outputs, teacher_outputs, batch: d
     return DISTILLATION_LOSSES[task.family.outputs](student_outputs, teacher_outputs, real, batch)
 
 
+class LayerOutputs:
+    """Each running encoder layer's output on the model's last forward (hooks: the encoder's pre-hook starts a new
+    list, each layer's post-hook adds to it; remove() takes them off)."""
+
+    def __init__(self, model):
+        self.outputs = []
+        self.handles = [model_encoder(model).register_forward_pre_hook(self._restart)]
+        self.handles += [layer.register_forward_post_hook(self._record) for layer in encoder_layers(model)]
+
+    def _restart(self, encoder, inputs):
+        self.outputs = []
+
+    def _record(self, layer, inputs, output):
+        self.outputs.append(output)
+
+    def take(self) -> list:
+        outputs, self.outputs = self.outputs, []
+        return outputs
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def uniform_layer_map(student_layers: int, teacher_layers: int) -> List[int]:
+    """TinyBERT's uniform mapping: student layer j (of m) learns teacher layer (j + 1) x n / m - 1 (of n), so the
+    last learns the last."""
+    return [(j + 1) * teacher_layers // student_layers - 1 for j in range(student_layers)]
+
+
+class HiddenStateDistillation(paddle.nn.Layer):
+    """TinyBERT's hidden-state loss: the mean squared error, over real tokens, between each student layer's output
+    (through a trained linear map when the student is narrower) and the teacher layer uniform_layer_map gives it.
+    No attention-matrix loss: paddle's TransformerEncoderLayer does not return its attention probabilities."""
+
+    def __init__(self, student, teacher, weight: float):
+        super().__init__()
+        self.weight = weight
+        self.student_outputs, self.teacher_outputs = LayerOutputs(student), LayerOutputs(teacher)
+        student_width = encoder_layers(student)[0].linear2.weight.shape[1]
+        teacher_width = encoder_layers(teacher)[0].linear2.weight.shape[1]
+        self.projection = paddle.nn.Linear(student_width, teacher_width) if student_width != teacher_width else None
+        self.layer_map = uniform_layer_map(len(encoder_layers(student)), len(encoder_layers(teacher)))
+
+    def forward(self, teacher_states: list, real):
+        """The weighted loss of the student's last forward against teacher_states (the teacher's, same batch)."""
+        student_states = self.student_outputs.take()
+        real = real.reshape([-1, real.shape[-1]])  # multiple choice: a row per choice, as the encoder ran them
+        tokens = real.sum() * teacher_states[0].shape[-1]
+        loss = 0.0
+        for state, target in zip(student_states, (teacher_states[i] for i in self.layer_map)):
+            mapped = self.projection(state) if self.projection is not None else state
+            loss = loss + (((mapped - target) ** 2).sum(axis=-1) * real).sum() / tokens
+        return self.weight * loss / len(student_states)
+
+    def remove(self) -> None:
+        self.student_outputs.remove()
+        self.teacher_outputs.remove()
+
+
 def model_outputs(model, batch: dict) -> list:
     outputs = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"])
     return list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
@@ -221,10 +321,11 @@ def training_batches(features: Sequence[dict], collator, batch_size: int, shuffl
         yield collator([features[i] for i in order[start : start + batch_size]])
 
 
-def width_points(
-    student, masks: WidthMasks, width: float, task: TaskSpec, dev_examples, dev_encoded, window_args, batch_size: int
+def shape_points(
+    student, shape: Callable[[], None], task: TaskSpec, dev_examples, dev_encoded, window_args, batch_size: int
 ) -> float:
-    masks.set_width(width)
+    """The task's metric in points of student set to a shape (shape() sets its width and depth)."""
+    shape()
     with each_row_scored(student):  # the rows of dev_encoded.sequences, as the exported program scores them
         result = run_predictor(
             DygraphPredictor(student), list(dev_encoded.sequences), batch_size, per_token=task.per_token_outputs
@@ -244,9 +345,11 @@ def distillation_training(
     variants: Sequence[Callable[[], None]],
     on_epoch_end: Callable[[], None],
     description: str,
+    hidden: Optional[HiddenStateDistillation] = None,
 ) -> None:
-    """Train student to match teacher's outputs (distillation_loss) on the training features. Each batch runs
-    once per variant (DynaBERT: one per width, set by the variant), gradients summed, then one optimizer step."""
+    """Train student to match teacher's outputs (distillation_loss, plus hidden's layer loss when given) on the
+    training features. Each batch runs once per variant (DynaBERT: one per shape, set by the variant), gradients
+    summed, then one optimizer step."""
 
     from paddlenlp.transformers import LinearDecayWithWarmup
     from tqdm import tqdm
@@ -259,10 +362,11 @@ def distillation_training(
         else max(1, math.ceil(settings.num_train_epochs * batches_per_epoch))
     )
     scheduler = LinearDecayWithWarmup(settings.learning_rate, total_steps, 0.1)
-    no_decay = {p.name for n, p in student.named_parameters() if "bias" in n or "norm" in n}
+    trained = list(student.named_parameters()) + (list(hidden.named_parameters()) if hidden is not None else [])
+    no_decay = {p.name for n, p in trained if "bias" in n or "norm" in n}
     optimizer = paddle.optimizer.AdamW(
         learning_rate=scheduler,
-        parameters=student.parameters(),
+        parameters=[p for _, p in trained],
         weight_decay=0.01,
         apply_decay_param_fun=lambda name: name not in no_decay,
         grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0),
@@ -276,6 +380,7 @@ def distillation_training(
         ):
             with paddle.no_grad():
                 teacher_outputs = model_outputs(teacher, batch)
+            teacher_states = hidden.teacher_outputs.take() if hidden is not None else None
             student.train()
             loss_sum = 0.0
             for prepare in variants:
@@ -287,6 +392,10 @@ def distillation_training(
                     batch,
                     tokenizer.pad_token_id,
                 )
+                if hidden is not None:
+                    loss = loss + hidden(
+                        teacher_states, (batch["input_ids"] != tokenizer.pad_token_id).astype("float32")
+                    )
                 loss.backward()
                 loss_sum += float(loss)
             optimizer.step()
@@ -310,25 +419,28 @@ def distillation_training(
     progress.close()
 
 
-def dynabert_width_pruning(
+Shape = Tuple[float, float]  # (width, depth)
+
+
+def dynabert_pruning(
     parent,
     tokenizer,
     task: TaskSpec,
-    widths: List[float],
+    shapes: List[Shape],
     train_encoded,
     selection_examples,
     selection_encoded,
     window_args,
     settings: "DistillationSettings",
-) -> Dict[float, object]:
-    """DynaBERT's width stage: rank heads and neurons by importance, reorder them, then train the narrower
-    networks by distillation from the parent, every width on every batch; keep each width's best state on the
-    selection examples (held out from training, never the dev set) and cut it to size."""
+) -> Dict[Shape, object]:
+    """DynaBERT: rank heads and neurons by importance, reorder them, then train the narrower and shallower networks by
+    distillation from the parent, every (width, depth) on every batch; keep each shape's best state on the selection
+    examples (held out from training, never the dev set) and cut it to its layers and width."""
     import copy
 
     features = list(train_encoded.dataset)
     student = copy.deepcopy(parent)
-    masks = WidthMasks(student)
+    masks, depths = WidthMasks(student), LayerDropping(student)
     importance_batches = list(
         training_batches(
             features, family_collator(task, tokenizer), settings.per_device_train_batch_size, shuffle=False
@@ -338,32 +450,43 @@ def dynabert_width_pruning(
         student, masks, importance_batches[: settings.importance_batches], task.family.training_loss
     )
     reorder_by_importance(masks, *importance)
-    best = {width: (-float("inf"), None) for width in widths}
+    best = {shape: (-float("inf"), None) for shape in shapes}
+
+    def set_shape(shape: Shape) -> None:
+        masks.set_width(shape[0])
+        depths.set_depth(shape[1])
 
     def keep_best():
-        for width in widths:
-            points = width_points(
+        for shape in shapes:
+            points = shape_points(
                 student,
-                masks,
-                width,
+                functools.partial(set_shape, shape),
                 task,
                 selection_examples,
                 selection_encoded,
                 window_args,
                 settings.per_device_eval_batch_size,
             )
-            logger.info("DynaBERT width %g: held-out selection %s %.4f points", width, task.metric, points)
-            if points > best[width][0]:
-                best[width] = (points, {k: v.numpy().copy() for k, v in student.state_dict().items()})
+            logger.info("DynaBERT width %g depth %g: held-out selection %s %.4f points", *shape, task.metric, points)
+            if points > best[shape][0]:
+                depths.set_depth(1.0)  # every layer's parameters in the snapshot
+                best[shape] = (points, {k: v.numpy().copy() for k, v in student.state_dict().items()})
 
-    variants = [lambda width=width: masks.set_width(width) for width in widths]
+    variants = [functools.partial(set_shape, shape) for shape in shapes]
     distillation_training(
         student, parent, task, features, tokenizer, settings, variants, keep_best, "DynaBERT distillation"
     )
     masks.remove()
+    depths.set_depth(1.0)
     pruned = {}
-    for width in widths:
+    for width, depth in shapes:
         model = copy.deepcopy(student)
-        model.set_state_dict(best[width][1])
-        pruned[width] = slice_to_width(model, width)
+        model.set_state_dict(best[(width, depth)][1])
+        pruned[(width, depth)] = slice_to_width(slice_to_depth(model, depth), width)
+    if any(depth < 1 for _, depth in shapes):
+        logger.info(
+            "DynaBERT depth keeps layers %s of %d",
+            "; ".join(f"{d:g}: {kept_layers(d, len(depths.layers))}" for d in sorted({d for _, d in shapes})),
+            len(depths.layers),
+        )
     return pruned

@@ -106,7 +106,7 @@ class Candidate:
 
     path: str  # the candidate's folder
     relative_path: str  # the same, under the report's folder
-    kind: str  # "float parent", "pruned float", "int8" or "bf16"
+    kind: str  # "float parent", "pruned float", "student float", "int8" or "bf16"
     source: str  # the float model it was made from
     backend: str
     precision: str
@@ -118,6 +118,10 @@ class Candidate:
     parameters: int
     drop_points: Optional[float] = None  # below the parent (None for the parent itself)
     width: Optional[float] = None  # DynaBERT width of a pruned model
+    depth: Optional[float] = None  # DynaBERT depth of a pruned model (the share of layers kept)
+    student: Optional[str] = None  # the student distilled from the parent (its name, or how it was cut)
+    vocabulary_size: Optional[int] = None  # tokens kept by vocabulary pruning (any other reads as [UNK])
+    peak_memory_bytes: Optional[int] = None  # peak resident memory of infer.py --perf serving it (its own process)
     algo: Optional[str] = None  # quantization: PTQ algorithm, qat or NNCF's estimator
     calibration_batch_size: Optional[int] = None
     calibration_batches: Optional[int] = None

@@ -22,6 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TNEWS_DATA = ["--train_file", clue_file("tnews", "train"), "--dev_file", clue_file("tnews", "dev")]
 QA_DATA = ["--train_file", qa_file("train.json"), "--dev_file", qa_file("dev.json"), *QA_SMALL]
 COMPRESS_FAST = [
+    "--measure_memory",
+    "false",
     "--max_steps",
     "2",
     "--per_device_train_batch_size",

@@ -35,6 +35,8 @@ from conftest import (
 )
 
 FAST = [
+    "--measure_memory",
+    "false",
     "--max_steps",
     "3",
     "--per_device_train_batch_size",
@@ -103,11 +105,11 @@ def test_reordering_by_importance_keeps_the_function_and_masks_equal_slicing(tne
 
 
 def test_widths_parse_as_fractions_or_decimals():
-    assert compression.parse_width("3/4") == 0.75
-    assert compression.parse_width("0.5") == 0.5
-    for bad in ("1", "5/4", "abc", "3/0"):
+    assert compression.parse_fraction("3/4", "--width_mult_list") == 0.75
+    assert compression.parse_fraction("0.5", "--width_mult_list") == 0.5
+    for bad in ("0", "5/4", "abc", "3/0"):
         with pytest.raises(runtime.UserError, match="--width_mult_list"):
-            compression.parse_width(bad)
+            compression.parse_fraction(bad, "--width_mult_list")
 
 
 def test_selection_picks_the_fastest_candidate_within_the_allowed_drop_and_never_one_slower_than_the_parent():

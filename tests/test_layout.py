@@ -33,8 +33,10 @@ ALLOWED_IMPORTS = {
     "deployment": {"arguments", "model_folder", "predictors", "runtime", "utils"},
     "dynabert": {"model_io", "predictors", "runtime", "utils"},
     "quantization": {"dynabert", "model_folder", "model_io", "predictors", "runtime", "utils"},
+    "students": {"dynabert", "model_io", "runtime", "utils"},
+    "vocabulary": {"runtime"},
     "compression": {"arguments", "dynabert", "model_folder", "model_io", "predictors", "quantization", "runtime"}
-    | {"utils"},
+    | {"students", "utils", "vocabulary"},
     "trainer_suite": {"arguments", "model_io", "runtime", "utils"},
     "serving": {"model_io", "predictors", "runtime", "utils"},
 }
