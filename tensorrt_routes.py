@@ -386,10 +386,13 @@ def configure_legacy_tensorrt(config, plan: TensorRtPlan, folder: str) -> None:
 
 
 def build_legacy_engines(plan: TensorRtPlan, files: ModelFiles, gpu_config: Callable, staging: str) -> dict:
-    """The shape ranges collected, then one TensorRT predictor created (and dropped) to build and serialize the
-    engines into staging; every file Paddle wrote there besides the shape file is an engine."""
+    """The shape ranges collected, then one TensorRT predictor created, run once at the opt shape and dropped, to
+    build and serialize the engines into staging (Paddle builds them when the predictor is created, or at the first
+    run where it defers them); every file Paddle wrote there besides the shape file is an engine."""
     collect_shape_ranges(gpu_config(files.program, files.params), plan, os.path.join(staging, SHAPE_FILE))
-    paddle.inference.create_predictor(legacy_config(plan, files, gpu_config, staging))
+    builder = paddle.inference.create_predictor(legacy_config(plan, files, gpu_config, staging))
+    run_synthetic_batches(builder, collection_shapes(plan)[1:2])
+    del builder
     gc.collect()
     engines = sorted(
         os.path.relpath(os.path.join(folder, name), staging)

@@ -136,15 +136,20 @@ class FakePredictor:
                 for path in named_engines(json.load(handle)):
                     if not os.path.isfile(path):  # a relative name is the working directory's
                         raise RuntimeError(f"(NotFound) Failed to open file {path}")
-        cache = [args[0] for args, _ in config.called("set_optim_cache_dir")]
-        if config.tensorrt and cache:
-            for index in range(world.legacy_engines):
+        self.world = world
+        if world.legacy_build_at == "create":
+            self.build_legacy_engines()
+        self.shape_file = next((args[0] for args, _ in config.called("collect_shape_range_info")), None)
+
+    def build_legacy_engines(self):
+        cache = [args[0] for args, _ in self.config.called("set_optim_cache_dir")]
+        if self.config.tensorrt and cache:
+            for index in range(self.world.legacy_engines):
                 path = os.path.join(cache[-1], f"trt_serialized_{index}")
                 if not os.path.isfile(path):
-                    world.legacy_builds += 1
+                    self.world.legacy_builds += 1
                     with open(path, "w") as out:
                         out.write("engine")
-        self.shape_file = next((args[0] for args, _ in config.called("collect_shape_range_info")), None)
 
     def get_input_names(self):
         return list(model_folder.EXPORT_INPUT_NAMES)
@@ -160,6 +165,8 @@ class FakePredictor:
 
     def run(self):
         self.feeds.append(dict(self.current))
+        if self.world.legacy_build_at == "first run":
+            self.build_legacy_engines()
 
     def __del__(self):
         if self.shape_file:
@@ -223,6 +230,7 @@ class GpuWorld:
 
     def __init__(self, tmp_path):
         self.engine_place, self.engines, self.legacy_engines = "home", 2, 2
+        self.legacy_build_at = "create"  # or "first run", where Paddle defers building an engine
         self.delay, self.legacy_builds, self.predictors = 0.0, 0, []
         self.conversions = []
         self.log = tmp_path / "conversions.log"
@@ -479,6 +487,14 @@ def test_legacy_int8_programs_get_tensorrt_after_the_gpu_with_collected_shapes_a
     )
     again = legacy_predictor(files)
     assert (again.tensorrt.built, gpu.legacy_builds, len(gpu.predictors)) == (False, 2, 4)
+
+
+def test_legacy_engines_built_at_the_first_run_are_cached_and_counted_too(tmp_path, gpu):
+    gpu.legacy_build_at = "first run"
+    files = model_files(tmp_path, "int8.pdmodel", quantized=True)
+    assert legacy_predictor(files).tensorrt.engines == 2
+    assert legacy_predictor(files).tensorrt.built is False
+    assert gpu.legacy_builds == 2
 
 
 def test_enable_tensorrt_engine_without_the_gpu_is_refused_not_claimed(tmp_path, gpu):
