@@ -202,7 +202,8 @@ def engine_attributes(node) -> list:
 
 def complete_manifest(plan: TensorRtPlan) -> Optional[dict]:
     """The cache folder's manifest when it was built for this key and every file it lists, and every engine file its
-    program names, exists; None otherwise (a stale, foreign, unfinished or damaged cache is rebuilt, never used)."""
+    program names, exists (in this folder); None otherwise: a stale, foreign, unfinished, damaged or copied cache is
+    rebuilt, never used."""
     try:
         with open(os.path.join(plan.cache_dir, KEY_FILE), encoding="utf-8") as handle:
             manifest = json.load(handle)
@@ -218,7 +219,8 @@ def complete_manifest(plan: TensorRtPlan) -> Optional[dict]:
             named = program_engine_paths(cached_program(plan)[0])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if not all(os.path.isabs(path) and os.path.isfile(path) for path in named):
+        inside = os.path.join(plan.cache_dir, "")  # a copied model folder's cache names the original's engines
+        if not all(path.startswith(inside) and os.path.isfile(path) for path in named):
             return None
     return manifest
 

@@ -10,6 +10,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 import types
@@ -397,6 +398,19 @@ def test_a_cache_that_lost_a_file_its_program_names_is_rebuilt(tmp_path, gpu):
     os.remove(tensorrt_routes.program_engine_paths(tensorrt_routes.cached_program(first.plan)[0])[0])
     assert start(files).built is True
     assert len(gpu.conversions) == 2
+
+
+def test_a_copied_model_folder_builds_its_own_cache_instead_of_naming_the_originals_engines(tmp_path, gpu):
+    files = model_files(tmp_path, "model.json")
+    start(files)
+    shutil.copytree(files.directory, tmp_path / "copy")  # times kept: the same key
+    copy = model_folder.ModelFiles(
+        str(tmp_path / "copy"), str(tmp_path / "copy" / "model.json"), str(tmp_path / "copy" / "model.pdiparams"), False
+    )
+    copied = start(copy)
+    assert copied.built is True
+    engines = tensorrt_routes.program_engine_paths(tensorrt_routes.cached_program(copied.plan)[0])
+    assert all(path.startswith(str(tmp_path / "copy")) for path in engines)
 
 
 def test_a_foreign_or_unfinished_cache_is_rebuilt_never_used(tmp_path, gpu):
