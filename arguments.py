@@ -123,7 +123,7 @@ def args_file_to_argv(path: str) -> List[str]:
     if not os.path.isfile(path):
         raise UserError(f"arguments file not found: {path}")
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # a UTF-8 BOM some editors write is dropped
             values = json.load(handle) if path.endswith(".json") else yaml.safe_load(handle)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         raise UserError(f"{path}: cannot parse arguments file ({first_line(error)})") from None

@@ -85,6 +85,13 @@ class InferArguments:
     stream_window: int = field(
         default=2048, metadata={"help": "Lines read, length-sorted and predicted together when streaming --input_file."}
     )
+    max_line_bytes: int = field(
+        default=1 << 18,
+        metadata={
+            "help": "Longest --input_file line streamed, in bytes (longer: an error naming the line): what bounds "
+            "the memory of streaming."
+        },
+    )
     num_shards: int = field(
         default=1,
         metadata={
@@ -240,22 +247,15 @@ def predict_raw(predictor, task, tokenizer, args, window_args) -> dict:
 
 
 # ---- streaming a file of lines ---------------------------------------------------------------------------------
-def shard_lines(path: str, num_shards: int, shard_index: int, after: int):
-    """(line index, text) of this shard's non-blank lines past index after, read lazily, and the bytes read so far."""
-    if not os.path.isfile(path):
-        raise runtime.UserError(f"--input_file: file not found: {path}")
-    with open(path, "rb") as handle:
-        for index, raw in enumerate(handle):
-            if index % num_shards != shard_index or index <= after:
-                yield None, None, handle.tell()
-                continue
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as error:
-                raise runtime.UserError(
-                    f"{path}: not UTF-8 text (line {index + 1}: {error.reason} at byte {error.start})"
-                ) from None
-            yield (index, line, handle.tell()) if line.strip() else (None, None, handle.tell())
+def shard_lines(path: str, num_shards: int, shard_index: int, after: int, max_line_bytes: int):
+    """(line index, text) of this shard's non-blank lines past index after, read lazily, and the bytes read so far;
+    a line over max_line_bytes is an error naming it."""
+    for number, line, read in runtime.file_lines(path, "--input_file", max_line_bytes):
+        index = number - 1
+        if index % num_shards != shard_index or index <= after or not line.strip():
+            yield None, None, read
+        else:
+            yield index, line, read
 
 
 def last_written_line(output_file: str) -> int:
@@ -297,6 +297,7 @@ def stream_file(predictor, task, tokenizer, args, window_args) -> dict:
 
     if not 0 <= args.shard_index < args.num_shards:
         raise runtime.UserError(f"--shard_index must be between 0 and --num_shards - 1 ({args.num_shards - 1})")
+    runtime.check_file(args.input_file, "--input_file")
     output, after = open_stream_output(args)
     written, window = 0, []
     progress = tqdm(
@@ -323,7 +324,8 @@ def stream_file(predictor, task, tokenizer, args, window_args) -> dict:
     completed = False
     try:
         position = 0
-        for index, line, read in shard_lines(args.input_file, args.num_shards, args.shard_index, after):
+        lines = shard_lines(args.input_file, args.num_shards, args.shard_index, after, args.max_line_bytes)
+        for index, line, read in lines:
             progress.update(read - position)
             position = read
             if index is not None:
@@ -385,7 +387,8 @@ def main(argv=None):
     )
     runtime.setup_logging()
     arguments.check_minimums(
-        infer_args, {"max_eval_samples": 1, "warmup_batches": 0, "stream_window": 1, "num_shards": 1}
+        infer_args,
+        {"max_eval_samples": 1, "warmup_batches": 0, "stream_window": 1, "num_shards": 1, "max_line_bytes": 1},
     )
     with runtime.output_lock(infer_args.output_file, "--output_file"):  # one run writes an --output_file
         return predict_and_report(deploy_args, infer_args, window_args)

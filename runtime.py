@@ -8,6 +8,7 @@ Imports nothing of the suite: every other module may import it.
 import contextlib
 import errno
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -65,17 +66,70 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def read_json_file(path: str, option: str):
-    """One JSON document; a missing file, non-UTF-8 bytes or invalid JSON is a one-line UserError."""
-    if not os.path.isfile(path):
+# ---- reading the user's files ---------------------------------------------------------------------------------------
+UTF8_BOM = b"\xef\xbb\xbf"  # some editors start UTF-8 files with it: dropped
+
+
+def check_file(path: str, option: str) -> None:
+    """A path to read as a file: missing, a folder, or not a regular file (a FIFO, a device) is one UserError."""
+    if not os.path.exists(path):
         raise UserError(f"{option}: file not found: {path}")
+    if os.path.isdir(path):
+        raise UserError(f"{option}: {path} is a folder: give a file")
+    if not os.path.isfile(path):
+        raise UserError(f"{option}: {path} is not a regular file (a FIFO or a device): give a file")
+
+
+def read_json_file(path: str, option: str):
+    """One JSON document (a UTF-8 BOM allowed); a missing file, a folder, non-UTF-8 bytes or invalid JSON is a
+    one-line UserError."""
+    check_file(path, option)
+    with open(path, "rb") as handle:
+        text = decoded_text(handle.read(), path)
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        return json.loads(text)
     except json.JSONDecodeError as error:
-        raise UserError(f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno})") from None
+        raise UserError(f"{path}:{error.lineno}: not valid JSON ({json_error_reason(error)})") from None
+
+
+def json_error_reason(error: json.JSONDecodeError, line: bool = False) -> str:
+    """What the JSON parser found wrong and where (its 'Invalid control character at' loses the dangling 'at')."""
+    where = f"line {error.lineno} column {error.colno}" if line else f"column {error.colno}"
+    return f"{error.msg.removesuffix(' at')} at {where}"
+
+
+def decoded_text(data: bytes, path: str, first_line: int = 1, offset: int = 0) -> str:
+    """Bytes of path from byte offset (line first_line on) as text, a BOM at the file's start dropped; invalid UTF-8
+    is one UserError naming the line and the byte of the file where it is."""
+    if offset == 0 and data.startswith(UTF8_BOM):
+        data, offset = data[len(UTF8_BOM) :], len(UTF8_BOM)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = first_line + data.count(b"\n", 0, error.start)
+        raise UserError(
+            f"{path}: not UTF-8 text (line {line}: {error.reason} at byte {offset + error.start} of the file)"
+        ) from None
+
+
+def file_lines(path: str, option: str, max_line_bytes: Optional[int] = None):
+    """(line number, text without its line end, bytes read so far) of each line of a UTF-8 text file, read lazily
+    (see decoded_text). With max_line_bytes, a longer line is one UserError before it is read whole: its memory, and
+    the tokenizer's on it, stay bounded."""
+    check_file(path, option)
+    with open(path, "rb") as handle:
+        offset = 0
+        for number in itertools.count(1):
+            raw = handle.readline(max_line_bytes + 2) if max_line_bytes else handle.readline()  # + 2: '\r\n'
+            if not raw:
+                return
+            if max_line_bytes and len(raw.rstrip(b"\r\n")) > max_line_bytes:
+                raise UserError(
+                    f"{path}:{number}: the line is longer than {max_line_bytes} bytes (--max_line_bytes): split it "
+                    "or raise the limit"
+                )
+            yield number, decoded_text(raw, path, number, offset).rstrip("\r\n"), offset + len(raw)
+            offset += len(raw)
 
 
 # ---- logging -------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import numpy as np
 
 from model_io import load_deployed_tokenizer
 from predictors import create_predictor, run_predictor, warm_up_buckets
-from runtime import UserError, first_line, logger
+from runtime import UserError, first_line, json_error_reason, logger
 from utils import (
     INPUT_FIELDS,
     MISSING_FIELD_WORDING,
@@ -187,9 +187,7 @@ def read_body(raw: bytes) -> dict:
     try:
         body = json.loads(text)
     except json.JSONDecodeError as error:
-        raise RequestError(
-            400, f"the body is not JSON ({error.msg} at line {error.lineno} column {error.colno})"
-        ) from None
+        raise RequestError(400, f"the body is not JSON ({json_error_reason(error, line=True)})") from None
     except RecursionError:  # thousands of nested brackets
         raise RequestError(400, "the body nests too deeply") from None
     except ValueError as error:  # an integer of more digits than Python converts (4,300)

@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from runtime import UserError, first_line, logger, read_json_file
+from runtime import UserError, file_lines, first_line, json_error_reason, logger, read_json_file
 
 # --------------------------------------------------------------------------------------------------
 # Errors a user can cause
@@ -164,23 +164,17 @@ class TextExample:
 
 def read_json_lines(path: str, option: str):
     """Yield ("path:line", row) for each non-blank line; malformed lines are errors naming file and line."""
-    if not os.path.isfile(path):
-        raise UserError(f"{option}: file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{line_number}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise UserError(f"{where}: not a valid JSON line ({error.msg} at column {error.colno})") from None
-                if not isinstance(row, dict):
-                    raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
-                yield where, row
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    for line_number, line, _ in file_lines(path, option):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{where}: not a valid JSON line ({json_error_reason(error)})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        yield where, row
 
 
 def hub_rows(dataset, where_prefix: str):
@@ -335,13 +329,7 @@ def read_ner_file(path: str, option: str):
 
 
 def numbered_text_lines(path: str, option: str):
-    if not os.path.isfile(path):
-        raise UserError(f"{option}: file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            yield from ((number, line.rstrip("\r\n")) for number, line in enumerate(handle, 1))
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    yield from ((number, line) for number, line, _ in file_lines(path, option))
 
 
 def read_ner_tsv_lines(path: str, lines):
@@ -1359,7 +1347,7 @@ def choice_line(task: "TaskSpec", line: str, where: str) -> dict:
     try:
         value = json.loads(line)
     except json.JSONDecodeError as error:
-        raise UserError(f"{where}: not a valid JSON line ({error.msg} at column {error.colno})") from None
+        raise UserError(f"{where}: not a valid JSON line ({json_error_reason(error)})") from None
     required, _ = choice_fields(task)
     if not isinstance(value, dict) or any(name not in value for name in required):
         raise UserError(f"{where}: expected a JSON object with {', '.join(required)}")

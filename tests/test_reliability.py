@@ -6,12 +6,15 @@ Damaged program or parameter files are one line naming the folder."""
 
 import concurrent.futures
 import os
+import re
 
 import pytest
 from test_serve import SENTENCES, Server, request
 
 import infer
+import runtime
 import serving
+import utils
 from conftest import clue_file, error_lines, run_cli
 
 
@@ -192,8 +195,6 @@ def with_task_file_of(tnews_run, tmp_path, task_name):
     import json
     import shutil
 
-    import utils
-
     folder = tmp_path / "export"
     shutil.copytree(os.path.join(tnews_run, "export"), folder)
     task_file = json.loads((folder / "task.json").read_text(encoding="utf-8"))
@@ -223,8 +224,6 @@ class FifteenScores:
 
 
 def test_a_server_whose_task_file_is_another_tasks_answers_503(tnews_run, tmp_path):
-    import utils
-
     folder = with_task_file_of(tnews_run, tmp_path, "afqmc")
     task, limits = utils.ALL_TASKS["afqmc"], serving.ServingLimits()
     batcher = serving.Batcher(FifteenScores, folder, task, None, 128, limits).start()
@@ -236,3 +235,70 @@ def test_a_server_whose_task_file_is_another_tasks_answers_503(tnews_run, tmp_pa
             batcher.submit(examples)  # refused at once from now on
     finally:
         batcher.close()
+
+
+# ---- reading the user's files: a BOM, folders and FIFOs, where invalid UTF-8 is, a line cap --------------------------
+def test_a_utf8_bom_is_dropped_from_json_files_and_data_lines(tmp_path):
+    (tmp_path / "args.json").write_bytes(runtime.UTF8_BOM + b'{"task_name": "tnews"}')
+    (tmp_path / "rows.json").write_bytes(runtime.UTF8_BOM + b'{"sentence": "a"}\n{"sentence": "b"}\n')
+    assert runtime.read_json_file(str(tmp_path / "args.json"), "--config") == {"task_name": "tnews"}
+    rows = [row for _, row in utils.read_json_lines(str(tmp_path / "rows.json"), "--dev_file")]
+    assert rows == [{"sentence": "a"}, {"sentence": "b"}]
+
+
+def test_a_bom_is_not_part_of_the_first_streamed_text(tnews_run, tmp_path, capsys):
+    import json
+
+    (tmp_path / "in.txt").write_bytes(runtime.UTF8_BOM + "上海\n北京\n".encode())
+    argv = ["--model_path", os.path.join(tnews_run, "export"), "--input_file", str(tmp_path / "in.txt")]
+    argv += ["--output_file", str(tmp_path / "out.jsonl")]
+    assert run_cli(infer.main, argv, capsys)[0] == 0
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [row["text"] for row in rows] == ["上海", "北京"]
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_folder_or_a_fifo_given_as_a_file_says_what_it_is(tmp_path, kind):
+    path = str(tmp_path / "given")
+    os.mkdir(path) if kind == "folder" else os.mkfifo(path)
+    expected = "is a folder: give a file" if kind == "folder" else "is not a regular file (a FIFO or a device)"
+    with pytest.raises(runtime.UserError, match=rf"^--dev_file: {path} {re.escape(expected)}"):
+        runtime.read_json_file(path, "--dev_file")
+
+
+def test_invalid_utf8_names_its_line_and_its_byte_in_the_file(tmp_path):
+    data = b'{"sentence": "a"}\n' * 1000 + b'{"sentence": "\xff"}\n'
+    (tmp_path / "rows.json").write_bytes(data)
+    offset = data.index(b"\xff")
+    with pytest.raises(runtime.UserError) as refused:
+        list(utils.read_json_lines(str(tmp_path / "rows.json"), "--dev_file"))
+    assert str(refused.value) == (
+        f"{tmp_path / 'rows.json'}: not UTF-8 text (line 1001: invalid start byte at byte {offset} of the file)"
+    )
+
+
+def test_a_control_character_in_a_json_line_reads_without_a_doubled_at(tmp_path):
+    (tmp_path / "rows.json").write_bytes(b'{"sentence": "a\x00b"}\n')
+    with pytest.raises(runtime.UserError) as refused:
+        list(utils.read_json_lines(str(tmp_path / "rows.json"), "--dev_file"))
+    assert str(refused.value) == (
+        f"{tmp_path / 'rows.json'}:1: not a valid JSON line (Invalid control character at column 16)"
+    )
+
+
+def test_a_streamed_line_over_the_cap_is_one_error_line_naming_it(tnews_run, tmp_path, capsys):
+    (tmp_path / "in.txt").write_text("上海\n" + "长" * 100_000 + "\n", encoding="utf-8")  # 300,000 bytes
+    argv = ["--model_path", os.path.join(tnews_run, "export"), "--input_file", str(tmp_path / "in.txt")]
+    status, stderr = run_cli(infer.main, argv + ["--output_file", str(tmp_path / "out.jsonl")], capsys)
+    assert status == 2
+    assert error_lines(stderr) == [
+        f"error: {tmp_path / 'in.txt'}:2: the line is longer than 262144 bytes (--max_line_bytes): split it or raise "
+        "the limit"
+    ]
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
+def test_a_line_of_exactly_the_cap_is_read(tmp_path, ending):
+    (tmp_path / "in.txt").write_bytes(b"x" * 10 + ending + b"y")
+    lines = [line for _, line, _ in runtime.file_lines(str(tmp_path / "in.txt"), "--input_file", 10)]
+    assert lines == ["x" * 10, "y"]
