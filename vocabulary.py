@@ -67,6 +67,9 @@ class PrunedWordEmbedding(paddle.nn.Layer):
     def __init__(self, embedding: paddle.nn.Embedding, vocabulary: KeptVocabulary):
         super().__init__()
         weight = embedding.weight.numpy()[vocabulary.kept_ids]
+        padding = getattr(embedding, "_padding_idx", None)
+        if padding is not None and padding >= 0:  # Paddle's lookup gives zeros for its padding id: so does this one
+            weight[vocabulary.id_map()[padding]] = 0.0
         self.register_buffer("id_map", paddle.to_tensor(vocabulary.id_map()))
         self.weight = self.create_parameter(list(weight.shape), dtype=str(weight.dtype))
         self.weight.set_value(weight)

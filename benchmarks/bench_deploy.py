@@ -14,10 +14,20 @@ For an ERNIE 3.0 shape (random weights: speed does not depend on them) it writes
   "best" of compress_seq_cls.py (dynabert+ptq, a few distillation steps) on that model, served as measured.
 Results, with the CPU and its flags, go to benchmarks/results/deploy[_quick].json; `python -m benchmarks.tables
 benchmarks/results/deploy.json` prints the README's tables.
+
+    python -m benchmarks.bench_deploy --dimensions    # compression that removes work (about 15 min, 2 cores)
+
+measures instead the candidates that do fewer operations, each served by infer.py --perf in its own process on the
+same real sentences against the float default of the Medium shape: DynaBERT width x depth (3/4 x 1, 3/4 x 1/2,
+1/2 x 1/2), a Nano-shaped student (4 layers, hidden 312), and each of those with its vocabulary pruned to the tokens
+of 7,000 other TNEWS dev sentences (the evaluated ones read their other tokens as [UNK]); int8 through OpenVINO (NNCF)
+and ONNX Runtime; end-to-end seq/s, latency, peak memory and the files each predictor loads. Results:
+benchmarks/results/deploy_dimensions.json.
 """
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import subprocess
@@ -38,6 +48,7 @@ import predictors
 import quantization
 import runtime
 import utils
+import vocabulary
 from benchmarks.bench_infer import (
     ROOT,
     SEQ_LEN,
@@ -269,6 +280,71 @@ def compressed_best_rows(name: str, workdir: str, threads: int, examples, dev_fi
     return rows
 
 
+def served_bytes(folder: str, backend: str, precision: str) -> int:
+    """The size of the files the predictor loads for this folder, backend and precision."""
+    predictor = predictors.create_predictor(folder, options(backend, precision, 1))
+    return sum(os.path.getsize(path) for path in predictor.model_files)
+
+
+def served_as(folder: str, backend: str, precision: str) -> str:
+    """folder's task.json set to be served this way (infer.py then serves it so with no flags)."""
+    info = model_folder.read_task_file(folder)
+    model_folder.write_task_file(folder, dataclasses.replace(info, serving=model_folder.Serving(backend, precision)))
+    return folder
+
+
+def int8_folders(model, workdir: str, label: str, calibration) -> dict:
+    """{row label: folder} for the model exported and served in int8 by OpenVINO (NNCF) and ONNX Runtime."""
+    exported = export(model, os.path.join(workdir, label.replace(" ", "_").replace("/", "")))
+    openvino = exported + "_openvino"
+    compression.link_model_folder(exported, openvino)
+    quantization.nncf_quantize(openvino, calibration, "hist")
+    return {
+        f"{label}, openvino int8": served_as(openvino, "openvino", "int8"),
+        f"{label}, onnxruntime int8": served_as(exported, "onnxruntime", "int8"),
+    }
+
+
+def dimension_models(name: str, kept) -> dict:
+    """{label: model} for every shape that does fewer operations than the float default of the shape name."""
+    model = build_model(name)
+    shapes = {"width 3/4": (0.75, 1.0), "width 3/4 depth 1/2": (0.75, 0.5), "width 1/2 depth 1/2": (0.5, 0.5)}
+    models = {
+        label: dynabert.slice_to_width(dynabert.slice_to_depth(copy.deepcopy(model), depth), width)
+        for label, (width, depth) in shapes.items()
+    }
+    models["nano-shaped student"] = build_model("nano")
+    for label in list(models):
+        models[f"{label}, vocabulary {len(kept.kept_ids)}"] = vocabulary.prune_vocabulary(
+            copy.deepcopy(models[label]), kept
+        )
+    return models
+
+
+def dimension_rows(name: str, workdir: str, threads: int, examples, vocabulary_examples, dev_file, calibration):
+    """infer.py --perf, in its own process, of the float default and of every candidate that does less work."""
+    tokenizer = ErnieTokenizer(vocab_file=VOCAB_FILE)
+    encoded = utils.encode_text_examples(vocabulary_examples, tokenizer, TNEWS, SEQ_LEN).dataset
+    kept = vocabulary.kept_vocabulary(
+        vocabulary.used_token_counts(encoded), tokenizer.all_special_ids, tokenizer.unk_token_id, 40000
+    )
+    folders = {f"{name} float default (paddle fp32)": export(build_model(name), os.path.join(workdir, "float"))}
+    for label, model in dimension_models(name, kept).items():
+        folders.update(int8_folders(model, workdir, label, calibration))
+    rows = []
+    for label, folder in folders.items():
+        row = infer_process_row(label, folder, dev_file, len(examples), threads)
+        row["served_bytes"] = served_bytes(folder, row["backend"], row["precision"])
+        row["x_float_default"] = row["sequences_per_second"] / (rows or [row])[0]["sequences_per_second"]
+        rows.append(row)
+        print(
+            f"{label}: {row['sequences_per_second']:.1f} seq/s ({row['x_float_default']:.2f}x), "
+            f"{row['served_bytes'] / 2**20:.1f} MB, peak {row['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
@@ -280,6 +356,7 @@ def main(argv=None):
         "--sentences", type=int, default=None, help="real TNEWS dev sentences (default 3000; 512 quick)"
     )
     parser.add_argument("--output", default=None, help="results file (default benchmarks/results/deploy[_quick].json)")
+    parser.add_argument("--dimensions", action="store_true", help="the candidates that do fewer operations (see above)")
     args = parser.parse_args(argv)
     name = args.model or ("nano" if args.quick else "medium")
     dev_file = TNEWS_FULL if os.path.isfile(TNEWS_FULL) else TNEWS_SLICE
@@ -291,6 +368,15 @@ def main(argv=None):
     ]
     paddle.base.core.set_num_threads(args.threads)
     started, rows = time.perf_counter(), []
+    if args.dimensions:
+        with tempfile.TemporaryDirectory() as workdir:
+            rows = dimension_rows(
+                name, workdir, args.threads, examples, utils.load_examples(TNEWS, "dev", dev_file)[3000:10000],
+                dev_file, calibration,
+            )  # fmt: skip
+        write_results(args.output or os.path.join(ROOT, "benchmarks", "results", "deploy_dimensions.json"),
+                      name, args, examples, rows, started)  # fmt: skip
+        return
     with tempfile.TemporaryDirectory() as workdir:
         paths = deployments(workdir, name, calibration)
         for label, (folder, backend, precision) in paths.items():
@@ -310,6 +396,13 @@ def main(argv=None):
                 f"default), peak {row['peak_rss_mb']:.0f} MB",
                 flush=True,
             )
+    output = args.output or os.path.join(
+        ROOT, "benchmarks", "results", "deploy" + ("_quick" if args.quick else "") + ".json"
+    )
+    write_results(output, name, args, examples, rows, started)
+
+
+def write_results(output: str, name: str, args, examples, rows: list, started: float) -> None:
     results = {
         "machine": runtime.machine_details(),
         "model": name,
@@ -318,9 +411,6 @@ def main(argv=None):
         "rows": rows,
         "seconds": time.perf_counter() - started,
     }
-    output = args.output or os.path.join(
-        ROOT, "benchmarks", "results", "deploy" + ("_quick" if args.quick else "") + ".json"
-    )
     runtime.write_json_atomic(output, results)
     print(f"wrote {output} ({results['seconds']:.0f} s)")
 

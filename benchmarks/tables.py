@@ -287,7 +287,35 @@ def multiple_choice_table(results: dict) -> list:
     ] + markdown_table(header, lines)
 
 
+def dimensions_table(results: dict) -> list:
+    """bench_deploy --dimensions: each candidate that does less work through infer.py, against the float default."""
+    rows = results["rows"]
+    base = rows[0]
+    header = ["infer.py --perf, one process each", "served as", "seq/s end to end", "× float default", "p50 (ms)"]
+    header += ["files (MB)", "files / float default's", "peak memory (GB)"]
+    lines = [
+        [
+            r["path"],
+            f"{r['backend']} {r['precision']}",
+            f"{r['sequences_per_second']:.0f}",
+            f"{r['sequences_per_second'] / base['sequences_per_second']:.2f}×",
+            f"{r['latency_ms_p50']:.0f}",
+            f"{r['served_bytes'] / 2**20:.1f}",
+            f"{r['served_bytes'] / base['served_bytes']:.1%}",
+            f"{r['peak_rss_mb'] / 1024:.2f}",
+        ]
+        for r in rows
+    ]
+    return [
+        f"ERNIE 3.0-{results['model'].capitalize()} shape, {results['sentences']} real TNEWS sentences, batch 32; "
+        f"{machine_line(results)}:",
+        "",
+    ] + markdown_table(header, lines)
+
+
 def tables(results: dict) -> list:
+    if "rows" in results and all("served_bytes" in r for r in results["rows"]):
+        return dimensions_table(results)
     if "c3_rows" in results:
         return multiple_choice_table(results)
     if "rows" in results:
@@ -301,6 +329,7 @@ def tables(results: dict) -> list:
 
 HEADLINES = (
     ("deploy.json", "Speed of the deployment paths", deploy_tables),
+    ("deploy_dimensions.json", "Compression that removes work (random weights: speed, size, memory)", dimensions_table),
     ("compress.json", "Accuracy cost of compression", compress_summary),
     ("compress_c3_quick.json", "Accuracy cost of compression, C3 (on the questions it fitted)", compress_summary),
     ("multiple_choice.json", "Speed of C3-shaped deployment", multiple_choice_table),

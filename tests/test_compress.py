@@ -407,7 +407,8 @@ def compress_bad_cases(tmp_path, tnews_run, tiny_ernie):
         "unknown strategy": (
             compress_seq_cls,
             ["--task_name", "tnews", "--model_name_or_path", tnews_run, "--strategy", "prune"],
-            r"--strategy must be one of dynabert\+ptq, dynabert, ptq, qat, dynabert\+qat, not 'prune'",
+            r"--strategy must be one of dynabert\+ptq, dynabert, ptq, qat, dynabert\+qat, distill, distill\+ptq, "
+            r"not 'prune'",
         ),
         "missing model": (
             compress_seq_cls,

@@ -377,3 +377,14 @@ def test_each_candidate_s_peak_memory_is_measured_as_served(tnews_run, tmp_path)
     assert [c.relative_path for c in report.candidates] == ["onnxruntime_int8"]
     for entry in (report.parent, *report.candidates):
         assert entry.peak_memory_bytes > entry.size_bytes  # infer.py's whole process, the model's files in it
+
+
+def test_the_pruned_embedding_looks_up_as_paddle_s_own_padding_included():
+    paddle.seed(3)
+    embedding = paddle.nn.Embedding(10, 4, padding_idx=0)
+    kept = vocabulary.kept_vocabulary(Counter({5: 2, 7: 1}), [0, 1], unknown_id=1, full_size=10)
+    pruned = vocabulary.PrunedWordEmbedding(embedding, kept)
+    looked_up = pruned(paddle.to_tensor([[0, 5, 7, 8]])).numpy()
+    np.testing.assert_array_equal(looked_up, embedding(paddle.to_tensor([[0, 5, 7, 1]])).numpy())
+    assert not looked_up[0, 0].any()  # the padding id reads zeros, as Paddle's lookup with padding_idx gives
+    assert list(pruned.weight.shape) == [4, 4]
