@@ -413,7 +413,8 @@ def predict_and_report(deploy_args, infer_args, window_args) -> dict:
         "engine": predictor.engine,
     }
     if infer_args.input_file and task.family.input_line is not None:
-        return {**heading, **stream_file(predictor, task, tokenizer, args, window_args)}
+        with runtime.errors_of(infer_args.output_file, unnamed_only=True):  # a full disk's error names no file
+            return {**heading, **stream_file(predictor, task, tokenizer, args, window_args)}
     raw = bool(infer_args.text or infer_args.input_file)
     run_raw_or_dev = predict_raw if raw else evaluate
     report = {**heading, **run_raw_or_dev(predictor, task, tokenizer, args, window_args)}

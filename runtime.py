@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -71,12 +72,15 @@ UTF8_BOM = b"\xef\xbb\xbf"  # some editors start UTF-8 files with it: dropped
 
 
 def check_file(path: str, option: str) -> None:
-    """A path to read as a file: missing, a folder, or not a regular file (a FIFO, a device) is one UserError."""
-    if not os.path.exists(path):
-        raise UserError(f"{option}: file not found: {path}")
-    if os.path.isdir(path):
+    """A path to read as a file: missing, a folder, or not a regular file (a FIFO, a device) is one UserError (a
+    folder on the way that may not be entered is the OSError it is, which run_cli prints as one line)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UserError(f"{option}: file not found: {path}") from None
+    if stat.S_ISDIR(mode):
         raise UserError(f"{option}: {path} is a folder: give a file")
-    if not os.path.isfile(path):
+    if not stat.S_ISREG(mode):
         raise UserError(f"{option}: {path} is not a regular file (a FIFO or a device): give a file")
 
 
@@ -148,8 +152,26 @@ def write_json_lines_atomic(path: str, rows: Sequence[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+@contextlib.contextmanager
+def errors_of(path: Optional[str], unnamed_only: bool = False):
+    """Operating-system errors inside are path's (None: left as they are): a write to a full disk names no file,
+    and a temporary or lock file beside path is not what the user gave. unnamed_only: only those naming no file."""
+    try:
+        yield
+    except OSError as error:
+        if path is None or error.errno is None or (unnamed_only and error.filename is not None):
+            raise
+        raise OSError(error.errno, error.strerror, path) from None
+
+
 def write_text_atomic(path: str, text: str) -> None:
-    """Write to a temporary file beside path, then rename: readers never see a half-written file."""
+    """Write to a temporary file beside path, then rename: readers never see a half-written file (on a full or
+    read-only disk, nothing is left behind and the error names path)."""
+    with errors_of(path):
+        write_text_beside(path, text)
+
+
+def write_text_beside(path: str, text: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
@@ -366,35 +388,39 @@ def output_lock(path: Optional[str], option: str):
     if path is None:
         yield
         return
-    with open_lock_file(path) as handle:
+    with errors_of(path):
+        descriptor = open_lock_file(path)
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = handle.read().strip() or "which has not yet written its pid"
+            holder = os.pread(descriptor, 4096, 0).decode("utf-8", "replace").strip()
             raise UserError(
-                f"{option} {path} is being written by another run ({holder}); wait for it to finish or choose "
-                f"another {option}"
+                f"{option} {path} is being written by another run ({holder or 'which has not yet written its pid'}); "
+                f"wait for it to finish or choose another {option}"
             ) from None
         except OSError as error:
             logger.warning("%s cannot be locked (%s): no check for another run writing it", path, error)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        handle.flush()
+        with contextlib.suppress(OSError):  # who holds it, for a refusal's message (a full disk cannot say)
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"pid {os.getpid()} on {socket.gethostname()}, started {time.ctime()}".encode(), 0)
         remove_stale_staging(path)
         yield
+    finally:
+        os.close(descriptor)
 
 
-def open_lock_file(path: str):
+def open_lock_file(path: str) -> int:
+    """A descriptor of the output's lock file: .<name>.lock beside it, or .output.lock inside an existing output
+    folder whose parent cannot hold it."""
     parent, name = split_output(path)
     os.makedirs(parent, exist_ok=True)
     try:
-        descriptor = os.open(os.path.join(parent, f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+        return os.open(os.path.join(parent, f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as error:
         if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not os.path.isdir(path):
             raise
-        descriptor = os.open(os.path.join(path, ".output.lock"), os.O_RDWR | os.O_CREAT, 0o666)
-    return os.fdopen(descriptor, "r+", encoding="utf-8")
+        return os.open(os.path.join(path, ".output.lock"), os.O_RDWR | os.O_CREAT, 0o666)
 
 
 # ---- the machine measurements record -------------------------------------------------------------------------------

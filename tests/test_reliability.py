@@ -302,3 +302,102 @@ def test_a_line_of_exactly_the_cap_is_read(tmp_path, ending):
     (tmp_path / "in.txt").write_bytes(b"x" * 10 + ending + b"y")
     lines = [line for _, line, _ in runtime.file_lines(str(tmp_path / "in.txt"), "--input_file", 10)]
     assert lines == ["x" * 10, "y"]
+
+
+# ---- a full disk, a read-only one, an unreadable file: one line naming the path, exit 2, nothing half-written -----
+@pytest.fixture()
+def small_tmpfs(tmp_path):
+    """A 1 MiB tmpfs mounted at tmp_path/disk (root only; else the test is skipped, saying why)."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk):
+    with open(disk / "filler", "wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError:
+            pass
+
+
+def os_error_case(small_tmpfs, case):
+    import subprocess
+
+    if case == "full disk":
+        fill(small_tmpfs)
+        return "No space left on device (the disk is full: free some space or choose another place)"
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    return "Read-only file system (the file system is read-only: choose a writable place)"
+
+
+@pytest.mark.parametrize("case", ["full disk", "read-only disk"])
+def test_an_output_file_on_a_full_or_read_only_disk_is_one_line_and_nothing_is_left(
+    tnews_run, small_tmpfs, capsys, case
+):
+    message = os_error_case(small_tmpfs, case)
+    output = small_tmpfs / "report.json"
+    args = ["--model_path", os.path.join(tnews_run, "export"), "--text", "上海", "--output_file", str(output)]
+    status, stderr = run_cli(infer.main, args, capsys)
+    assert status == 2
+    assert error_lines(stderr) == [f"error: {output}: {message}"]
+    assert [name for name in os.listdir(small_tmpfs) if name not in ("filler", ".report.json.lock")] == []
+
+
+@pytest.mark.parametrize("case", ["full disk", "read-only disk"])
+def test_a_stream_onto_a_full_or_read_only_disk_is_one_line(tnews_run, small_tmpfs, tmp_path, capsys, case):
+    (tmp_path / "in.txt").write_text("上海\n" * 50, encoding="utf-8")
+    message = os_error_case(small_tmpfs, case)
+    output = small_tmpfs / "out.jsonl"
+    args = ["--model_path", os.path.join(tnews_run, "export"), "--input_file", str(tmp_path / "in.txt")]
+    status, stderr = run_cli(infer.main, args + ["--output_file", str(output)], capsys)
+    assert status == 2
+    assert error_lines(stderr) == [f"error: {output}: {message}"]
+
+
+def test_a_fine_tuning_output_dir_on_a_read_only_disk_is_one_line(tiny_ernie, small_tmpfs, capsys):
+    import run_seq_cls
+
+    message = os_error_case(small_tmpfs, "read-only disk")
+    output = small_tmpfs / "run"
+    argv = ["--task_name", "tnews", "--model_name_or_path", tiny_ernie, "--output_dir", str(output)]
+    status, stderr = run_cli(
+        run_seq_cls.main, argv + ["--train_file", clue_file("tnews", "train"), "--do_train"], capsys
+    )
+    assert status == 2
+    assert error_lines(stderr) == [f"error: {output}: {message}"]
+
+
+def test_an_unreadable_input_file_is_one_line(tmp_path):
+    """Root reads any file whatever its mode: where the test runs as root, the reader becomes nobody once it has
+    imported the suite."""
+    import subprocess
+    import sys
+
+    (tmp_path / "dev.json").write_text('{"sentence": "a"}\n', encoding="utf-8")
+    os.chmod(tmp_path / "dev.json", 0)
+    read = (
+        "import os, sys, runtime, utils\n"
+        "if os.geteuid() == 0:\n    os.setuid(65534)\n"
+        "runtime.run_cli(lambda: list(utils.read_json_lines(sys.argv[1], '--dev_file')))"
+    )
+    finished = subprocess.run(
+        [sys.executable, "-c", read, str(tmp_path / "dev.json")],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        capture_output=True,
+        text=True,
+    )
+    assert (finished.returncode, finished.stderr) == (
+        2,
+        f"error: {tmp_path / 'dev.json'}: Permission denied (check its permissions)\n",
+    )
