@@ -266,7 +266,26 @@ def check_compress_arguments(args: CompressArguments) -> List[Tuple[float, float
         unknown = [value for value in given if value not in known]
         if unknown:
             raise UserError(f"{option}: unknown {unknown[0]!r}; choose from {', '.join(known)}")
+    check_options_used(args)
     return pruned_shapes(args)
+
+
+def option_default(name: str):
+    item = next(f for f in dataclasses.fields(CompressArguments) if f.name == name)
+    return item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+
+
+def check_options_used(args: CompressArguments) -> None:
+    """No option is silently ignored: each one a step reads needs a strategy (or flag) that runs that step."""
+    steps = strategy_steps(args)
+    for step, options in STEP_OPTIONS.items():
+        given = [name for name in options if getattr(args, name) != option_default(name)]
+        if given and step not in steps:
+            users = [name for name, strategy in STRATEGIES.items() if step in strategy.steps]
+            needs = f"--strategy {' or '.join(users)}" if users else "--prune_vocabulary"
+            raise UserError(f"--{given[0]} needs {needs}; --strategy {args.strategy} does not use it")
+    if args.student and (args.student_layers or args.student_width != option_default("student_width")):
+        raise UserError("--student_layers and --student_width cut a student from the teacher; --student names one")
 
 
 def within_budget(parent: Candidate, candidate: Candidate, max_drop: float) -> bool:
@@ -696,6 +715,12 @@ STRATEGIES = {
 
 # --prune_vocabulary runs vocabulary_step before the first of these (on the parent, the pruned models or the student)
 STEPS_AFTER_MODELS = (ptq_step, qat_step, deployment_step)
+# the options each step reads (check_options_used)
+STEP_OPTIONS = {
+    prune_step: ("width_mult_list", "depth_mult_list"),
+    distill_step: ("student", "student_layers", "student_width", "hidden_distillation_weight"),
+    vocabulary_step: ("max_vocab_size",),
+}
 
 
 def check_compression_output(output_dir: str, overwrite: bool) -> None:

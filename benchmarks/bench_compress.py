@@ -4,6 +4,8 @@
     python -m benchmarks.bench_compress --quick      # smaller model and data, ptq only (about 5 min)
     python -m benchmarks.bench_compress --quick --tasks c3 --strategies dynabert+ptq --output \
         benchmarks/results/compress_c3_quick.json    # the C3 reader (800 questions; about 20 min)
+    python -m benchmarks.bench_compress --tasks tnews --strategies "dynabert+ptq depth+vocabulary" distill+ptq \
+        --output benchmarks/results/compress_dimensions.json   # depth, students, vocabulary (about 50 min)
 
 No pretrained ERNIE 3.0 weights are available offline, and random-weight models say nothing about what int8 costs.
 So a small ERNIE (the real vocabulary, 4 layers, hidden 256) is trained from scratch on real rows until it is clearly
@@ -215,11 +217,26 @@ def fine_tune(name: str, encoder: str, workdir: str, quick: bool):
         return output_dir, train_file, dev_file, json.load(handle), time.perf_counter() - started
 
 
+# --strategies names beyond compress_*.py's own: a strategy with the options that make it remove more work
+STRATEGY_OPTIONS = {
+    "dynabert+ptq depth+vocabulary": [
+        "--strategy", "dynabert+ptq", "--width_mult_list", "3/4", "1/2", "--depth_mult_list", "1", "1/2",
+        "--prune_vocabulary",
+    ],
+    "distill+ptq": ["--strategy", "distill+ptq", "--student_layers", "2", "--learning_rate", "5e-4",
+                    "--num_train_epochs", "2", "--prune_vocabulary"],
+}  # fmt: skip
+
+
+def strategy_arguments(strategy: str) -> list:
+    return STRATEGY_OPTIONS.get(strategy, ["--strategy", strategy])
+
+
 def compress(
     name: str, model_dir: str, train_file: str, dev_file: str, strategy: str, workdir: str, threads: int
 ) -> dict:
     task = TASKS[name]
-    output_dir = os.path.join(workdir, f"{name}-{strategy.replace('+', '_')}")
+    output_dir = os.path.join(workdir, f"{name}-{strategy.replace('+', '_').replace(' ', '-')}")
     started = time.perf_counter()
     try:
         task.compression.main(
@@ -233,8 +250,7 @@ def compress(
                 dev_file,
                 "--output_dir",
                 output_dir,
-                "--strategy",
-                strategy,
+                *strategy_arguments(strategy),
                 "--max_metric_drop",
                 str(task.max_metric_drop),
                 "--num_threads",
@@ -256,6 +272,12 @@ def compress(
         "drop_points",
         "size_bytes",
         "sequences_per_second",
+        "width",
+        "depth",
+        "student",
+        "vocabulary_size",
+        "parameters",
+        "peak_memory_bytes",
     )
     return {
         "strategy": strategy,

@@ -171,7 +171,7 @@ def infer_process_table(rows: list) -> list:
 
 def compress_tables(results: dict) -> list:
     """bench_compress: every candidate of every strategy on a model trained from scratch."""
-    header = ["task", "strategy", "candidate", "served as", "metric", "drop", "seq/s", "× parent", "chosen"]
+    header = ["task", "strategy", "candidate", "served as", "metric", "drop", "seq/s", "× parent", "MB", "chosen"]
     lines = []
     for task, entry in results["results"].items():
         for run in entry["strategies"]:
@@ -186,6 +186,7 @@ def compress_tables(results: dict) -> list:
                     "",
                     f"{parent['sequences_per_second']:.0f}",
                     "1.00×",
+                    f"{parent['size_bytes'] / 2**20:.1f}",
                     "",
                 ]
             )
@@ -205,6 +206,7 @@ def compress_tables(results: dict) -> list:
                         f"{c['drop_points']:.2f}",
                         f"{c['sequences_per_second']:.0f}",
                         f"{c['sequences_per_second'] / parent['sequences_per_second']:.2f}×",
+                        f"{c['size_bytes'] / 2**20:.1f}",
                         chosen,
                     ]
                 )

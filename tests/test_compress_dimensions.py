@@ -278,9 +278,9 @@ def test_students_distill_for_tokens_spans_and_choices(ner_run, c3_run, qa_run, 
     c3 = compress_multiple_choice.main(
         ["--task_name", "c3", "--model_name_or_path", c3_run, "--train_file", choice_file("c3"),
          "--dev_file", C3_TRAIN_FILES, "--output_dir", str(tmp_path / "c3"), "--max_seq_length", "48",
-         "--strategy", "distill", "--student_layers", "1"] + ONE_BACKEND
+         "--strategy", "distill", "--student_layers", "1", "--prune_vocabulary"] + ONE_BACKEND
     )  # fmt: skip
-    assert [c.relative_path for c in c3.candidates] == ["student"]
+    assert [c.relative_path for c in c3.candidates] == ["student", "student_vocab_pruned"]
     assert c3.candidates[0].student == "teacher's layers (1 of 2), width 1"
     qa = compress_qa.main(
         ["--task_name", "cmrc2018", "--model_name_or_path", qa_run, "--train_file", qa_file("train.json"),
@@ -388,3 +388,24 @@ def test_the_pruned_embedding_looks_up_as_paddle_s_own_padding_included():
     np.testing.assert_array_equal(looked_up, embedding(paddle.to_tensor([[0, 5, 7, 1]])).numpy())
     assert not looked_up[0, 0].any()  # the padding id reads zeros, as Paddle's lookup with padding_idx gives
     assert list(pruned.weight.shape) == [4, 4]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--strategy", "ptq", "--depth_mult_list", "1/2"], "--depth_mult_list needs --strategy dynabert+ptq or "),
+        (
+            ["--strategy", "dynabert", "--student_layers", "1"],
+            "--student_layers needs --strategy distill or distill+ptq",
+        ),
+        (["--strategy", "ptq", "--max_vocab_size", "100"], "--max_vocab_size needs --prune_vocabulary"),
+        (["--strategy", "distill", "--student", "x", "--student_layers", "1"], "--student names one"),
+        (["--strategy", "dynabert", "--width_mult_list", "1"], "give no smaller model than the parent"),
+    ],
+)
+def test_an_option_the_strategy_would_ignore_is_refused(options, message, tnews_run, tmp_path, capsys):
+    argv = clue_data_args("tnews") + ["--model_name_or_path", tnews_run, "--output_dir", str(tmp_path / "out")]
+    status, stderr = run_cli(compress_seq_cls.main, argv + options, capsys)
+    assert status == 2
+    assert message in error_lines(stderr)[0]
+    assert not os.path.exists(str(tmp_path / "out"))
