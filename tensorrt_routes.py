@@ -75,31 +75,53 @@ def major(version: str) -> str:
     return version.split(".", 1)[0]
 
 
+def major_minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
 def missing_for_tensorrt(pir: bool) -> List[str]:
-    """What this machine lacks for --use_trt (for PIR programs, pir=True), each with how to install it."""
+    """What this machine lacks for --use_trt (for PIR programs, pir=True), each with how to install it. A serialized
+    engine runs only on the TensorRT version that built it: the library paddle loads must be of the major version
+    paddle was compiled against (Paddle itself only warns), and PIR-TRT's engines, built by the tensorrt Python
+    package and run by that library, need the package of the library's major.minor."""
     compile_version, runtime_version = tensorrt_library_versions()
     if not compile_version:
         return ["a paddlepaddle-gpu build with TensorRT (this paddle was compiled without it)"]
-    missing = []
-    if not runtime_version:
-        missing.append(
-            f"the TensorRT {compile_version} library (libnvinfer.so.{major(compile_version)}): "
-            f"`pip install tensorrt=={compile_version}`, or NVIDIA's TensorRT with its lib folder on LD_LIBRARY_PATH"
-        )
+    missing = missing_library(compile_version, runtime_version)
     if pir:
-        python_version = tensorrt_python_version()
-        wanted = runtime_version or compile_version
-        if not python_version:
-            missing.append(
-                f"the tensorrt Python package, which PIR-TRT (model.json programs) imports: "
-                f"`pip install tensorrt=={wanted}`"
-            )
-        elif python_version != "unknown" and major(python_version) != major(wanted):
-            missing.append(
-                f"a tensorrt Python package of TensorRT {major(wanted)} (it has {python_version}, paddle loads "
-                f"{wanted}): `pip install tensorrt=={wanted}`"
-            )
+        missing += missing_python_package(runtime_version if not missing else compile_version)
     return missing
+
+
+def missing_library(compile_version: str, runtime_version: str) -> List[str]:
+    install = (
+        f"`pip install tensorrt=={compile_version}` with its site-packages/tensorrt_libs on LD_LIBRARY_PATH, or "
+        "NVIDIA's TensorRT with its lib folder on LD_LIBRARY_PATH"
+    )
+    if not runtime_version:
+        return [f"the TensorRT {compile_version} library (libnvinfer.so.{major(compile_version)}): {install}"]
+    if major(runtime_version) != major(compile_version):
+        return [
+            f"the TensorRT {compile_version} library in place of the TensorRT {runtime_version} one it loads (paddle "
+            f"was compiled against TensorRT {major(compile_version)}): {install}"
+        ]
+    return []
+
+
+def missing_python_package(library_version: str) -> List[str]:
+    python_version = tensorrt_python_version()
+    if not python_version:
+        return [
+            "the tensorrt Python package, which PIR-TRT (model.json programs) imports: "
+            f"`pip install tensorrt=={library_version}`"
+        ]
+    if python_version != "unknown" and major_minor(python_version) != major_minor(library_version):
+        return [
+            f"a tensorrt Python package of TensorRT {major_minor(library_version)} (it has {python_version}, the "
+            f"library {library_version}; an engine runs only on the TensorRT that built it): "
+            f"`pip install tensorrt=={library_version}`"
+        ]
+    return []
 
 
 def check_tensorrt(pir: bool) -> None:

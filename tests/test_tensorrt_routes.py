@@ -604,6 +604,12 @@ MISSING = {
     "libnvinfer reports nothing": ({"get_trt_runtime_version": lambda: (0, 0, 0)}, None, r"libnvinfer\.so\.8"),
     "no tensorrt package": ({}, None, r"the tensorrt Python package, which PIR-TRT .* imports"),
     "another tensorrt package": ({}, types.SimpleNamespace(__version__="10.0.1"), r"it has 10\.0\.1"),
+    "a tensorrt package of another minor": ({}, types.SimpleNamespace(__version__="8.5.3"), r"TensorRT 8\.6 \(it has"),
+    "libnvinfer of another major": (
+        {"get_trt_runtime_version": lambda: (10, 0, 1)},
+        types.SimpleNamespace(__version__="10.0.1"),
+        r"the TensorRT 8\.6\.1 library in place of the TensorRT 10\.0\.1 one it loads",
+    ),
 }
 
 
@@ -621,6 +627,18 @@ def test_what_tensorrt_lacks_is_one_line_naming_what_to_install(gpu, monkeypatch
 def test_legacy_programs_need_no_tensorrt_python_package(gpu, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     check("int8", use_trt=True, quantized=True, program="int8.pdmodel")
+
+
+def test_legacy_programs_refuse_a_tensorrt_library_of_another_major_than_paddles(gpu, monkeypatch):
+    monkeypatch.setattr(paddle.inference, "get_trt_runtime_version", lambda: (10, 0, 1))
+    with pytest.raises(predictors.UserError, match=r"paddle was compiled against TensorRT 8\)"):
+        check("int8", use_trt=True, quantized=True, program="int8.pdmodel")
+
+
+def test_a_tensorrt_package_and_library_of_one_major_minor_pass_whatever_their_patch(gpu, monkeypatch):
+    monkeypatch.setattr(paddle.inference, "get_trt_runtime_version", lambda: (8, 6, 0))
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="8.6.1.post1"))
+    check("fp16", use_trt=True, quantized=False)
 
 
 def test_a_missing_tensorrt_library_stops_infer_with_one_line(tnews_run, gpu, monkeypatch, capsys):
