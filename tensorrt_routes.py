@@ -456,7 +456,7 @@ def start_tensorrt(
     """A predictor running TensorRT for files, its engines built once into the cache or loaded from it.
     gpu_config(program, params) is the plain GPU config of a program (enable_use_gpu already called)."""
     plan = tensorrt_plan(files, precision, batch_size, max_seq_length, gpu_environment())
-    with paddle_errors_as_one_line(plan):
+    with paddle_errors_as_one_line(plan, files.directory):
         if plan.route == "pir-trt":
             manifest, built = cached_or_built(plan, functools.partial(convert_pir_program, plan, files.program))
             config = gpu_config(*cached_program(plan))
@@ -470,16 +470,26 @@ def start_tensorrt(
 
 
 @contextlib.contextmanager
-def paddle_errors_as_one_line(plan: TensorRtPlan):
-    """Paddle and TensorRT report a failed conversion, build or start as RuntimeError or ValueError (and the files
-    as OSError): one line naming the step's cache, not a traceback from deep inside Paddle."""
+def paddle_errors_as_one_line(plan: TensorRtPlan, model_dir: str):
+    """Whatever a failed conversion, build or start raises (Paddle's RuntimeError and ValueError, an ImportError from
+    paddle.tensorrt, the converter's TypeError, AssertionError or KeyError, an OSError of the files) is one line
+    naming the model folder and the error's first line, not a traceback from deep inside Paddle; a UserError is
+    already one line and passes through."""
     try:
         yield
-    except (RuntimeError, ValueError, OSError) as error:
+    except UserError:
+        raise
+    except Exception as error:  # any failure of Paddle's or TensorRT's here is the model's start failing
         raise UserError(
-            f"TensorRT ({plan.route}, {plan.precision}) could not build or start the engines of {plan.cache_dir}: "
-            f"{first_line(error)}"
+            f"TensorRT ({plan.route}, {plan.precision}) could not build or start the engines of {model_dir} "
+            f"(cache {plan.cache_dir}): {error_line(error)}"
         ) from None
+
+
+def error_line(error: BaseException) -> str:
+    """The error's type and first line (a KeyError's text alone is the bare key)."""
+    text, name = first_line(error), type(error).__name__
+    return text if text == name else f"{name}: {text}"
 
 
 def engine_description(plan: TensorRtPlan, engines: int, allow_no_engine: bool) -> str:

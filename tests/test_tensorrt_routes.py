@@ -437,6 +437,48 @@ def test_a_failed_conversion_leaves_no_cache_and_says_one_line(tmp_path, gpu):
     assert os.listdir(os.path.join(files.directory, "tensorrt")) == [".lock"]  # no cache, no staging left
 
 
+def convert_raising(error):
+    def convert(model_path, config):
+        raise error
+
+    return convert
+
+
+def convert_writing_an_engine_attribute_without_its_value(model_path, config):
+    ops = [{"#": "1.tensorrt_engine", "A": [{"AT": {"#": "0.a_str"}, "N": "engine_serialized_data"}]}]
+    with open(config.save_model_dir + ".json", "w") as out:
+        json.dump({"program": {"regions": [{"blocks": [{"ops": ops}]}]}}, out)
+
+
+CONVERTER_FAILURES = {
+    "TypeError": (convert_raising(TypeError("'NoneType' object is not subscriptable")), r"TypeError: 'NoneType'"),
+    "AssertionError": (convert_raising(AssertionError()), r": AssertionError$"),
+    "KeyError of an engine attribute": (convert_writing_an_engine_attribute_without_its_value, r"KeyError: 'D'$"),
+    "ImportError from paddle.tensorrt": (None, r"ImportError: cannot import name 'Input'"),
+}
+
+
+@pytest.mark.parametrize("case", CONVERTER_FAILURES)
+def test_any_error_of_the_converter_is_one_line_naming_the_model_folder(tmp_path, gpu, monkeypatch, case):
+    convert, message = CONVERTER_FAILURES[case]
+    if convert is None:
+        # a paddle.tensorrt without what it should hold: `from paddle.tensorrt.export import Input` is an ImportError
+        monkeypatch.setitem(sys.modules, "paddle.tensorrt.export", types.ModuleType("paddle.tensorrt.export"))
+    else:
+        sys.modules["paddle.tensorrt.export"].convert = convert
+    files = model_files(tmp_path, "model.json")
+    with pytest.raises(predictors.UserError, match=message) as refused:
+        start(files)
+    assert "\n" not in str(refused.value)
+    assert f"could not build or start the engines of {files.directory} " in str(refused.value)
+
+
+def test_a_user_error_inside_the_start_passes_through_unchanged(tmp_path, gpu):
+    gpu.engines = 0
+    with pytest.raises(predictors.UserError, match=r"^--use_trt: TensorRT took no subgraph"):
+        start(model_files(tmp_path, "model.json"))
+
+
 def start_in_worker(files, results):
     try:
         results.put(("ok", start(files).built))
