@@ -36,6 +36,9 @@ KEY_FILE = "key.json"  # written last: a folder without it was never finished
 SHAPE_FILE = "shape_range_info.pbtxt"  # the legacy route's collected shape ranges
 ENGINE_FOLDER = "engines"  # the PIR route's engine files, copied in from wherever paddle.tensorrt wrote them
 ENGINE_ATTRIBUTE = "engine_serialized_data"  # the tensorrt_engine op's attribute naming its engine file
+# what the legacy route names each serialized engine in the optim cache folder: trt_serialized_<engine key>
+# (paddle/fluid/inference/analysis/helper.h, GetTrtEngineSerializedPath)
+LEGACY_ENGINE_PREFIX = "trt_serialized_"
 
 
 # ---- what the machine must have --------------------------------------------------------------------------------------
@@ -412,19 +415,18 @@ def configure_legacy_tensorrt(config, plan: TensorRtPlan, folder: str) -> None:
 def build_legacy_engines(plan: TensorRtPlan, files: ModelFiles, gpu_config: Callable, staging: str) -> dict:
     """The shape ranges collected, then one TensorRT predictor created, run once at the opt shape and dropped, to
     build and serialize the engines into staging (Paddle builds them when the predictor is created, or at the first
-    run where it defers them); every file Paddle wrote there besides the shape file is an engine."""
+    run where it defers them). The engines are the trt_serialized_* files there; whatever else Paddle writes is kept
+    but not counted."""
     collect_shape_ranges(gpu_config(files.program, files.params), plan, os.path.join(staging, SHAPE_FILE))
     builder = paddle.inference.create_predictor(legacy_config(plan, files, gpu_config, staging))
     run_synthetic_batches(builder, collection_shapes(plan)[1:2])
     del builder
     gc.collect()
-    engines = sorted(
-        os.path.relpath(os.path.join(folder, name), staging)
-        for folder, _, names in os.walk(staging)
-        for name in names
-        if name != SHAPE_FILE
+    written = sorted(
+        os.path.relpath(os.path.join(folder, name), staging) for folder, _, names in os.walk(staging) for name in names
     )
-    return {"files": [SHAPE_FILE, *engines], "tensorrt_engines": len(engines)}
+    engines = [name for name in written if name.startswith(LEGACY_ENGINE_PREFIX)]
+    return {"files": written, "tensorrt_engines": len(engines)}
 
 
 def legacy_config(plan: TensorRtPlan, files: ModelFiles, gpu_config: Callable, folder: str):

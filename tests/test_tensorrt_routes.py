@@ -145,6 +145,9 @@ class FakePredictor:
     def build_legacy_engines(self):
         cache = [args[0] for args, _ in self.config.called("set_optim_cache_dir")]
         if self.config.tensorrt and cache:
+            for name in self.world.legacy_other_files:
+                with open(os.path.join(cache[-1], name), "w") as out:
+                    out.write("not an engine")
             for index in range(self.world.legacy_engines):
                 path = os.path.join(cache[-1], f"trt_serialized_{index}")
                 if not os.path.isfile(path):
@@ -232,6 +235,7 @@ class GpuWorld:
     def __init__(self, tmp_path):
         self.engine_place, self.engines, self.legacy_engines = "home", 2, 2
         self.legacy_build_at = "create"  # or "first run", where Paddle defers building an engine
+        self.legacy_other_files = []  # what else the legacy builder writes beside its trt_serialized_* engines
         self.delay, self.legacy_builds, self.predictors = 0.0, 0, []
         self.conversions = []
         self.log = tmp_path / "conversions.log"
@@ -551,6 +555,18 @@ def test_legacy_engines_built_at_the_first_run_are_cached_and_counted_too(tmp_pa
     assert legacy_predictor(files).tensorrt.engines == 2
     assert legacy_predictor(files).tensorrt.built is False
     assert gpu.legacy_builds == 2
+
+
+def test_only_serialized_engine_files_count_as_legacy_engines(tmp_path, gpu):
+    gpu.legacy_other_files = ["_optimized.pdmodel"]
+    files = model_files(tmp_path, "int8.pdmodel", quantized=True)
+    assert legacy_predictor(files).tensorrt.engines == 2
+
+
+def test_a_file_beside_no_legacy_engine_does_not_hide_that_tensorrt_took_no_subgraph(tmp_path, gpu):
+    gpu.legacy_engines, gpu.legacy_other_files = 0, ["_optimized.pdmodel"]
+    with pytest.raises(predictors.UserError, match="TensorRT took no subgraph"):
+        legacy_predictor(model_files(tmp_path, "int8.pdmodel", quantized=True))
 
 
 def test_enable_tensorrt_engine_without_the_gpu_is_refused_not_claimed(tmp_path, gpu):
