@@ -170,7 +170,7 @@ class TensorRtPlan:
     precision: str
     shapes: Tuple[dict, dict, dict]  # (min, max, opt) per input name
     key: dict
-    cache_dir: str  # absolute: the converted program names its engine files by absolute path
+    cache_dir: str  # real and absolute: the converted program names its engine files by this path
 
 
 def file_signature(path: str) -> dict:
@@ -199,7 +199,8 @@ def tensorrt_plan(
         "params": file_signature(files.params),
     }
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    cache_dir = os.path.join(os.path.abspath(files.directory), "tensorrt", digest)
+    # real: the folder reached through a symbolic link and by its own path is one cache, one lock
+    cache_dir = os.path.join(os.path.realpath(files.directory), "tensorrt", digest)
     return TensorRtPlan(route, precision, shapes, key, cache_dir)
 
 
@@ -245,7 +246,7 @@ def complete_manifest(plan: TensorRtPlan) -> Optional[dict]:
         except (OSError, ValueError, KeyError, TypeError):
             return None
         inside = os.path.join(plan.cache_dir, "")  # a copied model folder's cache names the original's engines
-        if not all(path.startswith(inside) and os.path.isfile(path) for path in named):
+        if not all(os.path.realpath(path).startswith(inside) and os.path.isfile(path) for path in named):
             return None
     return manifest
 

@@ -396,6 +396,20 @@ def test_a_cache_built_from_one_working_directory_serves_from_another(tmp_path, 
     assert start(absolute).built is False  # and the fake predictor opened every engine the program names
 
 
+def test_a_model_folder_reached_through_a_symbolic_link_shares_the_cache_of_its_real_path(tmp_path, gpu):
+    files = model_files(tmp_path, "model.json")
+    os.symlink(files.directory, tmp_path / "link")
+    link = str(tmp_path / "link")
+    linked = model_folder.ModelFiles(
+        link, os.path.join(link, "model.json"), os.path.join(link, "model.pdiparams"), False
+    )
+    through_link = start(linked)
+    by_real_path = start(files)
+    assert through_link.plan.cache_dir == by_real_path.plan.cache_dir
+    assert (through_link.built, by_real_path.built, start(linked).built) == (True, False, False)
+    assert len(gpu.conversions) == 1
+
+
 def test_a_cache_that_lost_a_file_its_program_names_is_rebuilt(tmp_path, gpu):
     files = model_files(tmp_path, "model.json")
     first = start(files)
