@@ -25,7 +25,7 @@ import numpy as np
 import paddle
 
 from model_folder import EXPORT_INPUT_NAMES, ModelFiles
-from runtime import UserError, atomic_directory, first_line, logger
+from runtime import UserError, atomic_directory, first_line, logger, remove_stale_staging
 
 MIN_SUBGRAPH_SIZE = 5  # ops; smaller TensorRT subgraphs cost more in copies than they save
 WORKSPACE_BYTES = 1 << 30
@@ -252,15 +252,20 @@ def complete_manifest(plan: TensorRtPlan) -> Optional[dict]:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: str):
-    """An advisory lock on path (created) across processes, held for the block; waits while another holds it."""
+def exclusive_lock(path: str, wait: bool = True):
+    """An advisory lock on path (created) across processes, held for the block; yields whether it is held (it waits
+    while another holds it, unless not wait)."""
     import fcntl  # POSIX only, like paddlepaddle-gpu's TensorRT builds
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "a", encoding="utf-8") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
@@ -268,11 +273,17 @@ def exclusive_lock(path: str):
 def cached_or_built(plan: TensorRtPlan, build: Callable[[str], dict]) -> Tuple[dict, bool]:
     """(the cache's manifest, whether this process built it). A cold or stale cache is built by build(staging) into
     a staging folder beside it, which takes its place when complete, under a lock: of several processes starting
-    at once, the first builds and the others wait for it and then load what it built."""
+    at once, the first builds and the others wait for it and then load what it built. Holding the lock, the staging
+    folders of builders that died are removed (also by a start that finds the cache complete and the lock free)."""
+    lock = os.path.join(os.path.dirname(plan.cache_dir), ".lock")
     manifest = complete_manifest(plan)
     if manifest is not None:
+        with exclusive_lock(lock, wait=False) as held:
+            if held:
+                remove_stale_staging(plan.cache_dir)
         return manifest, False
-    with exclusive_lock(os.path.join(os.path.dirname(plan.cache_dir), ".lock")):
+    with exclusive_lock(lock):
+        remove_stale_staging(plan.cache_dir)
         manifest = complete_manifest(plan)
         if manifest is not None:  # another process built it while this one waited
             return manifest, False

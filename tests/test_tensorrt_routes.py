@@ -497,6 +497,36 @@ def test_a_user_error_inside_the_start_passes_through_unchanged(tmp_path, gpu):
         start(model_files(tmp_path, "model.json"))
 
 
+def dead_builders_staging(plan, suffix, age_s=3600):
+    """A staging folder beside the cache as a builder killed mid-build leaves it (its lock gone with it)."""
+    folder = os.path.join(os.path.dirname(plan.cache_dir), f".tmp-{os.path.basename(plan.cache_dir)}-{suffix}")
+    os.makedirs(os.path.join(folder, "engines"))
+    past = time.time() - age_s
+    os.utime(folder, (past, past))
+    return folder
+
+
+def test_a_killed_builders_staging_folder_is_removed_by_the_next_build(tmp_path, gpu):
+    files = model_files(tmp_path, "model.json")
+    plan = plan_for(files, environment=tensorrt_routes.gpu_environment())
+    stale, young = dead_builders_staging(plan, "deadbeef"), dead_builders_staging(plan, "youngone", age_s=0)
+    assert start(files).built is True
+    assert not os.path.exists(stale)
+    assert os.path.isdir(young)  # younger than runtime.STALE_AFTER_S: perhaps a builder that has not yet locked it
+
+
+def test_a_start_on_a_complete_cache_removes_stale_staging_when_no_build_holds_the_lock(tmp_path, gpu):
+    files = model_files(tmp_path, "model.json")
+    plan = start(files).plan
+    lock = os.path.join(os.path.dirname(plan.cache_dir), ".lock")
+    stale = dead_builders_staging(plan, "deadbeef")
+    with tensorrt_routes.exclusive_lock(lock):  # another key being built: this start neither waits nor cleans
+        assert start(files).built is False
+    assert os.path.isdir(stale)
+    assert start(files).built is False
+    assert not os.path.exists(stale)
+
+
 def start_in_worker(files, results):
     try:
         results.put(("ok", start(files).built))
