@@ -30,7 +30,8 @@ from runtime import UserError, atomic_directory, first_line, logger, remove_stal
 MIN_SUBGRAPH_SIZE = 5  # ops; smaller TensorRT subgraphs cost more in copies than they save
 WORKSPACE_BYTES = 1 << 30
 # [low, high) of the values PIR-TRT's warm-up and the legacy shape collection feed: any real token ids; token types 0
-# ((0, 0) is np.random.randint(0, 0), a ValueError, in Paddle 3.0's Input.generate_input_data; (0, 1) gives zeros)
+# ((0, 1) gives zeros on every version; (0, 0) is np.random.randint(0, 0), a ValueError, where Input's
+# generate_input_data has no low == high case, as the issue read it in 3.0; later versions fill with low)
 INPUT_VALUE_RANGES = {"input_ids": (1, 1000), "token_type_ids": (0, 1)}
 KEY_FILE = "key.json"  # written last: a folder without it was never finished
 SHAPE_FILE = "shape_range_info.pbtxt"  # the legacy route's collected shape ranges
