@@ -333,12 +333,25 @@ def convert_pir_program(plan: TensorRtPlan, program: str, staging: str) -> dict:
         precision_mode=getattr(PrecisionMode, plan.precision.upper()),
         workspace_size=WORKSPACE_BYTES,
     )
-    with exclusive_lock(paddle_engine_lock()):
+    with exclusive_lock(paddle_engine_lock()), scope_of_its_own():
         convert(program[: -len(".json")], config)
         engines = gather_engine_files(os.path.join(staging, "model.json"), staging, plan.cache_dir)
     shutil.rmtree(os.path.join(staging, "model"), ignore_errors=True)  # where some builds write engines and dumps
     logger.info("converted %s for TensorRT (%s): %d engines", program, plan.precision, len(engines))
     return {"files": ["model.json", "model.pdiparams", *engines], "tensorrt_engines": len(engines)}
+
+
+@contextlib.contextmanager
+def scope_of_its_own():
+    """paddle.tensorrt.convert loads the parameters into paddle.static.global_scope() on CUDAPlace(0), which a serving
+    process would keep, beside its predictor's copy: the conversion gets a scope of its own instead, dropped after it,
+    and the GPU memory Paddle's allocator then holds is released (never measured on a GPU here)."""
+    try:
+        with paddle.static.scope_guard(paddle.static.Scope()):
+            yield
+    finally:
+        gc.collect()
+        paddle.device.cuda.empty_cache()
 
 
 def gather_engine_files(program_json: str, staging: str, cache_dir: str) -> List[str]:

@@ -239,12 +239,14 @@ class GpuWorld:
         self.legacy_other_files = []  # what else the legacy builder writes beside its trt_serialized_* engines
         self.delay, self.legacy_builds, self.predictors = 0.0, 0, []
         self.conversions, self.named_at_conversion = [], []  # each conversion's arguments; the engines it named
+        self.scopes, self.gpu_caches_emptied = [], 0
         self.log = tmp_path / "conversions.log"
 
     def convert(self, model_path, config):
         """paddle.tensorrt.export.convert(model_path, config) as 3.0 writes its files."""
         if not os.path.isfile(model_path + ".json"):
             raise ValueError(f"No valid model file found in the directory '{model_path}'")
+        self.scopes.append(paddle.static.global_scope())  # where the real one loads the parameters
         warmup = [spec.generate_input_data() for spec in config.inputs]
         self.conversions.append((model_path, config, warmup))
         with open(self.log, "a") as log:
@@ -295,6 +297,11 @@ def gpu(monkeypatch, tmp_path):
     monkeypatch.setattr(predictors, "default_device", lambda: "gpu")
     monkeypatch.setattr(paddle.inference, "Config", RecordingConfig)
     monkeypatch.setattr(paddle.inference, "create_predictor", lambda config: FakePredictor(config, world))
+
+    def empty_cache():
+        world.gpu_caches_emptied += 1
+
+    monkeypatch.setattr(paddle.device.cuda, "empty_cache", empty_cache)
     return world
 
 
@@ -372,6 +379,15 @@ def test_pir_programs_are_converted_once_into_a_cache_that_holds_every_engine(tm
     again = start(files)
     assert (first.built, again.built) == (True, False)
     assert len(gpu.conversions) == 1  # the second start reuses the converted program
+
+
+def test_the_conversion_loads_the_parameters_into_a_scope_of_its_own_then_frees_gpu_memory(tmp_path, gpu):
+    process_scope = paddle.static.global_scope()
+    start(model_files(tmp_path, "model.json"))
+    (conversion_scope,) = gpu.scopes
+    assert conversion_scope is not process_scope
+    assert paddle.static.global_scope() is process_scope
+    assert gpu.gpu_caches_emptied == 1
 
 
 def test_fp32_and_fp16_conversions_keep_their_own_engines_though_paddle_names_them_alike(tmp_path, gpu):
