@@ -2,7 +2,8 @@
 .yml arguments file in place of flags, per-task defaults from configs/ that the command line overrides, and
 the device checks. The fine-tuning scripts parse with paddlenlp's PdArgumentParser (TrainingArguments); the
 scripts without training (infer.py, serve.py, compress_*.py) with DataclassParser, so that the deployment
-scripts never import paddlenlp.
+scripts never import paddlenlp; paddle is imported only by the device check, so that they run without it (a
+deploy-only install, requirements-deploy.txt).
 
 Imports runtime.py and utils.py.
 """
@@ -16,7 +17,6 @@ import typing
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import paddle
 import yaml
 
 from runtime import UserError, first_line
@@ -437,6 +437,11 @@ def apply_requested_actions(requested: dict, parsed) -> None:
 
 
 def default_device() -> str:
+    """gpu when paddle sees one (paddlepaddle-gpu), else cpu (also where paddle is not installed)."""
+    try:
+        import paddle
+    except ImportError:
+        return "cpu"
     return "gpu" if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0 else "cpu"
 
 

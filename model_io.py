@@ -1,7 +1,8 @@
 """Models in and out: loading a tokenizer and a model by name or from a directory (with the checks that a
 model fits its task), the deployment tokenizer (WordPiece on the Rust tokenizers library, no paddlenlp), and
 static export (the PIR program infer.py serves, and the legacy program quantization reads) into the folder format
-that model_folder.py owns.
+that model_folder.py owns. paddle and paddlenlp are imported inside the functions that load, convert or export
+a model: the deployment tokenizer needs neither (a deploy-only install, requirements-deploy.txt, has neither).
 
 Imports model_folder.py, runtime.py and utils.py.
 """
@@ -9,8 +10,6 @@ Imports model_folder.py, runtime.py and utils.py.
 import contextlib
 import os
 from typing import List, Optional, Tuple
-
-import paddle
 
 from model_folder import EXPORT_INPUT_NAMES, TaskFile, write_task_file
 from runtime import UserError, atomic_directory, first_line, logger, read_json_file
@@ -62,7 +61,7 @@ def load_deployed_tokenizer(model_dir: str):
 
     A saved ErnieTokenizer or BertTokenizer (vocab.txt, no added tokens) is read into WordPieceTokenizer, which
     gives the same ids, token types and offsets without importing paddlenlp; any other tokenizer goes through
-    paddlenlp (load_tokenizer)."""
+    paddlenlp (load_tokenizer), and an install without paddlenlp gets one line saying so."""
     config, vocab_file = saved_tokenizer_config(model_dir), os.path.join(model_dir, "vocab.txt")
     if (
         config.get("tokenizer_class") in WORDPIECE_TOKENIZER_CLASSES
@@ -70,7 +69,15 @@ def load_deployed_tokenizer(model_dir: str):
         and os.path.isfile(vocab_file)
     ):
         return WordPieceTokenizer(vocab_file, bool(config.get("do_lower_case", True)))
-    return load_tokenizer(model_dir)
+    try:
+        return load_tokenizer(model_dir)
+    except ImportError as error:
+        kind = config.get("tokenizer_class") or "no saved tokenizer_config.json"
+        raise UserError(
+            f"{model_dir}: its tokenizer ({kind}) is not a WordPiece one (ErnieTokenizer or BertTokenizer with "
+            f"vocab.txt) and needs paddlenlp, which this install lacks ({first_line(error)}; a deploy-only install, "
+            "requirements-deploy.txt?): serve it with the full install (requirements.txt)"
+        ) from None
 
 
 class WordPieceTokenizer:
@@ -233,6 +240,8 @@ def load_task_model(
     if positions and max_seq_length > positions:
         raise UserError(f"--max_seq_length {max_seq_length} exceeds the model's {positions} position embeddings")
     configure_for_task(config, task, dropout)
+    import paddle
+
     try:
         # Fresh parameter names (embedding_0, ...) however many models this process built before: the
         # optimizer state in a checkpoint is keyed by them, so resuming needs the same names.
@@ -298,6 +307,8 @@ def without_dropout(model):
     """Dropout is the identity at inference, but an exported dropout op still runs (and copies) in Paddle
     Inference: without them batch-1 latency at 26 tokens drops 16% for nano and 6% for medium. With p = 0,
     paddle's dropout returns its input, so no op is exported. Only for copies that are converted."""
+    import paddle
+
     for layer in model.sublayers(include_self=True):
         if isinstance(layer, paddle.nn.Dropout):
             layer.p = 0.0
@@ -309,6 +320,8 @@ def without_dropout(model):
 def export_static_model(model, tokenizer, export_dir: str, info: TaskFile) -> str:
     """Save model as a static inference model (model.json or model.pdmodel + model.pdiparams), with the
     tokenizer files and task.json, into export_dir, atomically."""
+    import paddle
+
     static_model = paddle.jit.to_static(static_copy(model), input_spec=export_input_spec(), full_graph=True)
     with atomic_directory(export_dir) as staging:
         paddle.jit.save(static_model, os.path.join(staging, "model"))
@@ -320,6 +333,8 @@ def export_static_model(model, tokenizer, export_dir: str, info: TaskFile) -> st
 def export_legacy_static_model(model, directory: str) -> Tuple[str, str]:
     """model.pdmodel + model.pdiparams in the legacy program format, which Paddle's post-training
     quantization reads (paddle 3.0.0: inside OldIrGuard; later releases can no longer export ERNIE this way)."""
+    import paddle
+
     duplicate = static_copy(model)  # parameters can only be built outside OldIrGuard
     with paddle.pir_utils.OldIrGuard():
         paddle.jit.save(

@@ -4,23 +4,26 @@ and OpenVINO over the ONNX conversion of an exported folder, and the dynamic-gra
 Each backend class owns its checks. Also the length-aware batching that infer.py, serve.py, the compression
 measurements and the benchmarks share. Which model to serve, and how, is deployment.py's.
 
-Imports arguments.py (the device check), model_folder.py, runtime.py and tensorrt_routes.py.
+paddle, paddle2onnx and tensorrt_routes.py are imported only where a Paddle program is run or converted
+(full_install_module), so that an install without them (requirements-deploy.txt) serves the ONNX Runtime and OpenVINO
+files of a model folder.
+
+Imports arguments.py (the device check), model_folder.py, runtime.py and tensorrt_routes.py (for TensorRT only).
 """
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import paddle
 
-import tensorrt_routes
 from arguments import default_device
 from model_folder import EXPORT_INPUT_NAMES, ModelFiles, read_model_files
-from runtime import UserError, first_line, logger
+from runtime import UserError, cpu_model_and_flags, first_line, logger
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,51 @@ class PredictorOptions:
 
 def public_options(options: PredictorOptions) -> dict:
     return dataclasses.asdict(options)
+
+
+def full_install_module(name: str, needed_for: str, instead: str):
+    """A module of the full install (requirements.txt: paddle, paddle2onnx, ONNX Runtime's quantization tools),
+    imported where it is needed; an install without it (requirements-deploy.txt) gets one line saying what needed it
+    and what to do instead."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise UserError(
+            f"{needed_for} needs {name.split('.')[0]}, which this install lacks ({first_line(error)}; a deploy-only "
+            f"install, requirements-deploy.txt?): {instead}"
+        ) from None
+
+
+def installed(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+def paddle_inference(files: ModelFiles):
+    """paddle, for the paddle backend, or one line for an install without it."""
+    return full_install_module(
+        "paddle",
+        f"{files.directory}: its Paddle program ({os.path.basename(files.program)}) on the paddle backend",
+        "serve it with the full install (requirements.txt), or serve a compressed candidate folder that holds its "
+        "ONNX Runtime or OpenVINO files (compress_*.py's onnxruntime_int8/ or openvino_int8/)",
+    )
+
+
+def served_as_it_is(target: str, source: str, tool: str) -> bool:
+    """Whether the file target, made from source, is served without being made again: it is newer than source, or
+    it exists and cannot be made again here (a read-only folder, or a deploy-only install without the tool), so that
+    a folder copied without its files' times (as cp -r copies) serves the files it was measured with."""
+    if not os.path.isfile(target):
+        return False
+    if os.path.getmtime(target) >= os.path.getmtime(source):
+        return True
+    if os.access(os.path.dirname(target), os.W_OK) and installed(tool):
+        return False
+    logger.info("%s is older than %s and cannot be made again here (%s): served as it is", target, source, tool)
+    return True
 
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -68,9 +116,14 @@ def refuse_tensorrt_elsewhere(options: PredictorOptions) -> None:
 
 
 def native_bfloat16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere oneDNN would emulate it, slower than
-    fp32."""
-    return bool(paddle.base.core.supports_bfloat16_fast_performance())
+    """Whether this CPU computes bf16 natively (AVX512-BF16, which AMX CPUs have too); elsewhere oneDNN would emulate
+    it, slower than fp32. It is the instruction Paddle's supports_bfloat16_fast_performance asks for, read here from
+    /proc/cpuinfo so that OpenVINO's bf16 needs no paddle (Paddle's own check where there is no /proc/cpuinfo)."""
+    try:
+        return "avx512_bf16" in cpu_model_and_flags()[1]
+    except OSError:
+        paddle = full_install_module("paddle", "checking for native bfloat16", "use --precision fp32")
+        return bool(paddle.base.core.supports_bfloat16_fast_performance())
 
 
 def check_bfloat16(options: PredictorOptions, quantized: bool) -> None:
@@ -118,6 +171,8 @@ def steady_onednn_int8(config) -> None:
 
 def tensorrt_input_shapes(options: PredictorOptions) -> Tuple[dict, dict, dict]:
     """TensorRT's (min, max, opt) shape of each model input for these options (tensorrt_routes.py's rule)."""
+    import tensorrt_routes  # imports paddle
+
     return tensorrt_routes.tensorrt_input_shapes(options.batch_size, options.max_seq_length)
 
 
@@ -127,6 +182,8 @@ GPU_MEMORY_POOL_MB = 256
 def gpu_config(program: str, params: str, mixed_precision: bool = False):
     """A Paddle Inference config running program on GPU 0 (fp16 mixed precision when asked), with Paddle's logging
     off."""
+    import paddle
+
     config = paddle.inference.Config(program, params)
     config.disable_glog_info()
     half = [paddle.inference.PrecisionType.Half] if mixed_precision else []
@@ -144,6 +201,7 @@ class PaddlePredictor:
     @staticmethod
     def check(options: PredictorOptions, files: ModelFiles) -> None:
         quantized, model_dir = files.quantized, files.directory
+        paddle_inference(files)
         if options.device == "gpu" and default_device() != "gpu":
             raise UserError(
                 "--device gpu needs paddlepaddle-gpu and a visible GPU, but this paddle is CPU-only or sees no GPU "
@@ -174,6 +232,8 @@ class PaddlePredictor:
         if quantized and options.device == "gpu" and not options.use_trt:
             raise UserError("int8 models run on GPUs through TensorRT: add --use_trt")
         if options.use_trt:
+            import tensorrt_routes
+
             tensorrt_routes.check_tensorrt(pir=files.program.endswith(".json"))
 
     def __init__(self, files: ModelFiles, options: PredictorOptions):
@@ -181,7 +241,7 @@ class PaddlePredictor:
         self.model_dir, self.options = files.directory, options
         self.quantized = files.quantized
         self.model_files = [self.program, self.params]  # what is served
-        self.tensorrt: Optional[tensorrt_routes.TensorRtStart] = None  # with --use_trt: its plan and engines
+        self.tensorrt = None  # with --use_trt: its plan and engines (a tensorrt_routes.TensorRtStart)
         self.predictor = self.start(files)
         self.input_names = self.predictor.get_input_names()
         onednn = options.device == "cpu" and options.enable_onednn
@@ -192,7 +252,9 @@ class PaddlePredictor:
     def start(self, files: ModelFiles):
         options = self.options
         if not options.use_trt:
-            return paddle.inference.create_predictor(self.config())
+            return paddle_inference(files).inference.create_predictor(self.config())
+        import tensorrt_routes
+
         self.tensorrt = tensorrt_routes.start_tensorrt(
             files,
             options.precision,
@@ -211,6 +273,8 @@ class PaddlePredictor:
             mixed = options.precision == "fp16"
             self.engine = f"paddle-inference gpu {'fp16 mixed precision' if mixed else 'fp32'}"
             return gpu_config(self.program, self.params, mixed)
+        import paddle
+
         config = paddle.inference.Config(self.program, self.params)
         config.disable_glog_info()
         config.disable_gpu()
@@ -261,10 +325,14 @@ def onnx_conversion(files: ModelFiles) -> str:
     backend."""
     program, params = files.program, files.params
     target = os.path.join(files.directory, "model.onnx")
-    if os.path.isfile(target) and os.path.getmtime(target) >= os.path.getmtime(params):
+    if served_as_it_is(target, params, "paddle2onnx"):
         return target
-    import paddle2onnx
-
+    paddle2onnx = full_install_module(
+        "paddle2onnx",
+        f"{files.directory} holds no model.onnx: converting its Paddle program",
+        "run it once with the full install (requirements.txt), which writes model.onnx beside the program, or serve "
+        "a compressed candidate folder (compress_*.py's onnxruntime_int8/ or openvino_int8/)",
+    )
     refuse_unreadable_program(files)
 
     temporary = f"{target}.tmp-{os.getpid()}"
@@ -340,8 +408,14 @@ class OnnxRuntimePredictor:
     @staticmethod
     def quantized(onnx_file: str) -> str:
         target = onnx_file.replace(".onnx", ".int8.onnx")
-        if os.path.isfile(target) and os.path.getmtime(target) >= os.path.getmtime(onnx_file):
+        if served_as_it_is(target, onnx_file, "onnxruntime.quantization"):
             return target
+        full_install_module(  # its tools import the onnx package
+            "onnxruntime.quantization",
+            f"{os.path.dirname(target)} holds no {os.path.basename(target)}: ONNX Runtime's dynamic quantization",
+            "run it once with the full install (requirements.txt), which writes it beside model.onnx, or serve a "
+            "compressed candidate folder (compress_*.py's onnxruntime_int8/)",
+        )
         import onnxruntime
         from onnxruntime.quantization import QuantType, quantize_dynamic
         from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -402,7 +476,9 @@ class OpenVinoPredictor:
         model_dir = files.directory
         source = os.path.join(model_dir, self.INT8_FILE) if options.precision == "int8" else onnx_conversion(files)
         core = openvino.Core()
-        core.set_property({"CACHE_DIR": os.path.join(model_dir, ".ov_cache")})
+        cache = self.compiled_model_cache(model_dir)
+        if cache:
+            core.set_property({"CACHE_DIR": cache})
         hint = {"bf16": "bf16"}.get(options.precision, "f32")  # int8 layers run int8 whatever the hint of the rest
         self.compiled = core.compile_model(
             source,
@@ -417,6 +493,14 @@ class OpenVinoPredictor:
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         self.model_files = [source] + ([source[:-4] + ".bin"] if source.endswith(".xml") else [])
         self.engine = f"openvino cpu {options.precision}"
+
+    @staticmethod
+    def compiled_model_cache(model_dir: str) -> Optional[str]:
+        """.ov_cache beside the model, where OpenVINO keeps what it compiled so that later starts are fast; None
+        (compile at every start) in a read-only folder without one, where OpenVINO fails to create it (a candidate
+        folder copied into a read-only image; one copied with its .ov_cache reads it)."""
+        cache = os.path.join(model_dir, ".ov_cache")
+        return cache if os.path.isdir(cache) or os.access(model_dir, os.W_OK) else None
 
     def run(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
         results = self.request.infer({name: batch[name] for name in self.input_names})
@@ -536,6 +620,8 @@ class DygraphPredictor:
         self.model = model
 
     def run(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        import paddle
+
         self.model.eval()
         with paddle.no_grad():
             outputs = self.model(**{name: paddle.to_tensor(value) for name, value in batch.items()})
