@@ -1,7 +1,9 @@
 """Which model to deploy, and how, for infer.py and serve.py: the deployment options, the default model of a task
 (output/<task>/export, or the compression report's choice), and the policy that resolves them with the model's
 task.json into one frozen Deployment (the model's files, its task, the backend options) that is read once and
-passed on.
+passed on. Nothing here imports paddle: an ONNX Runtime or OpenVINO model is resolved and served without it (a
+deploy-only install, requirements-deploy.txt), and a compression folder moved or copied elsewhere serves its own
+candidates (the report's relative paths).
 
 Imports arguments.py, model_folder.py, predictors.py, runtime.py and utils.py.
 """
@@ -12,6 +14,7 @@ from typing import Optional
 
 from arguments import check_minimums, default_device, default_output_dir
 from model_folder import (
+    CompressionReport,
     ModelFiles,
     TaskFile,
     read_model_files,
@@ -50,7 +53,13 @@ class DeployArguments:
             + backends_help()
         },
     )
-    device: str = field(default=default_device(), metadata={"help": "cpu or gpu."})
+    device: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "cpu or gpu. Default: gpu for --backend paddle when paddle sees one (paddlepaddle-gpu), else cpu "
+            "(onnxruntime and openvino default to the CPU without importing paddle)."
+        },
+    )
     use_trt: bool = field(default=False, metadata={"help": "TensorRT through Paddle Inference (--device gpu)."})
     allow_no_trt_engine: bool = field(
         default=False,
@@ -127,6 +136,11 @@ def chosen_in_report(compress_dir: str, precision: Optional[str], use_trt: bool)
     """The candidate a compression folder's report chose: "best", or for int8 "best_int8" (with TensorRT
     "tensorrt_int8", a Paddle int8 program, the only int8 TensorRT runs)."""
     report = read_report(report_path(compress_dir))
+    return candidate_folder(compress_dir, report, chosen_path(report, precision, use_trt, compress_dir))
+
+
+def chosen_path(report: CompressionReport, precision: Optional[str], use_trt: bool, compress_dir: str) -> str:
+    """The path the report records for its choice ("best", "best_int8" or "tensorrt_int8"); none is one line."""
     if precision == "int8":
         chosen = report.tensorrt_int8 if use_trt else report.best_int8
         kind = "Paddle int8 candidate (what TensorRT runs)" if use_trt else "int8 candidate"
@@ -138,6 +152,14 @@ def chosen_in_report(compress_dir: str, precision: Optional[str], use_trt: bool)
             "budget or another strategy) or pass --model_path DIR"
         )
     return chosen
+
+
+def candidate_folder(compress_dir: str, report: CompressionReport, chosen: str) -> str:
+    """Where a candidate of the report is now: its relative path under the report's folder, made absolute as the
+    report records paths, so that a compression folder moved or copied to another place (or machine) serves its own
+    candidates, not the old place's. A path that names no candidate of the report is returned as it is."""
+    candidate = report.candidate(chosen)
+    return os.path.abspath(os.path.join(compress_dir, candidate.relative_path)) if candidate else chosen
 
 
 def is_compression_folder(path: str) -> bool:
@@ -152,6 +174,12 @@ def check_model_task(task_file: TaskFile, model_dir: str, task: TaskSpec) -> Non
         raise UserError(
             f"{model_dir}: the label_list of its task.json is not task {task.name}'s labels; export the model again"
         )
+
+
+def backend_default_device(backend: str) -> str:
+    """--device's default: Paddle's GPU when it sees one for the paddle backend; the CPU for the others, which are
+    then served without importing paddle (--device gpu asks for onnxruntime-gpu)."""
+    return default_device() if backend == "paddle" else "cpu"
 
 
 def resolve_deployment(args: DeployArguments) -> Deployment:
@@ -172,9 +200,10 @@ def resolve_deployment(args: DeployArguments) -> Deployment:
     check_model_task(task_file, model_path, task)
     files = read_model_files(model_path)
     serving = task_file.serving
+    backend = args.backend or (serving.backend if serving else "paddle")
     options = PredictorOptions(
-        backend=args.backend or (serving.backend if serving else "paddle"),
-        device=args.device,
+        backend=backend,
+        device=args.device or backend_default_device(backend),
         use_trt=args.use_trt,
         precision=args.precision or (serving.precision if serving else ("int8" if files.quantized else "fp32")),
         num_threads=args.num_threads,
