@@ -152,14 +152,15 @@ def machine() -> dict:
 
 # ---- one start, in a process of its own ------------------------------------------------------------------------------
 def infer_argv(spec: dict) -> List[str]:
-    argv = ["--model_path", spec["path"], "--dev_file", spec["dev_file"], "--device", spec["device"]]
+    argv = ["--model_path", spec["path"], "--dev_file", spec["dev_file"], "--device", spec["device"], "--perf"]
     argv += ["--precision", spec["precision"], "--batch_size", str(spec["batch_size"])]
     return argv + (["--use_trt"] if spec["use_trt"] else [])
 
 
 def measure_here(spec: dict) -> dict:
-    """One start and one pass over the dev set in this process, as infer.py runs them: what ran, how long the start
-    took, whether it built a TensorRT cache, the metrics and timing; every example's logits go to spec["logits"]."""
+    """One start and infer.py --perf's pass over the dev set (infer.evaluate itself: the bucket warm-up, the warm-up
+    batches, the metrics and timing) in this process: what ran, how long the start took, whether it built a
+    TensorRT cache; then one more pass (infer.run) whose every example's logits go to spec["logits"]."""
     deploy_args, infer_args, window_args = arguments.parse_plain_arguments(
         (deployment.DeployArguments, infer.InferArguments, arguments.QAWindowArguments), infer.__doc__, infer_argv(spec)
     )
@@ -169,21 +170,26 @@ def measure_here(spec: dict) -> dict:
     predictor = predictors.create_predictor(served.files, served.options)
     start_seconds = time.perf_counter() - started
     tokenizer = model_io.load_deployed_tokenizer(served.model_path)
-    examples = utils.load_examples(served.task, "dev", args.dev_file)
-    encoded, tokenize_seconds = infer.encode(served.task, examples, tokenizer, args, window_args, with_labels=True)
-    result = infer.run(predictor, served.task, encoded, args, warmup_batches=args.warmup_batches)
-    np.save(spec["logits"], np.stack(result.outputs[0]))
+    evaluation = infer.evaluate(predictor, served.task, tokenizer, args, window_args)
+    np.save(spec["logits"], dev_logits(predictor, served.task, tokenizer, args, window_args))
     tensorrt = getattr(predictor, "tensorrt", None)
     return {
         "engine": predictor.engine,
         "start_seconds": start_seconds,
-        "metrics": utils.deployed_metrics(served.task, examples, encoded, result.outputs, window_args),
-        "perf": infer.perf_summary(result, len(encoded.sequences), tokenize_seconds),
+        "metrics": evaluation["metrics"],
+        "perf": evaluation["perf"],
         "tensorrt_engines": tensorrt.engines if tensorrt else None,
         "cache_dir": tensorrt.plan.cache_dir if tensorrt else None,
         "built_cache": tensorrt.built if tensorrt else None,
         "logits": spec["logits"],
     }
+
+
+def dev_logits(predictor, task, tokenizer, args, window_args) -> np.ndarray:
+    """Every dev example's logits, in the file's order (infer.evaluate keeps them to itself)."""
+    examples = utils.load_examples(task, "dev", args.dev_file, args.max_eval_samples)
+    encoded, _ = infer.encode(task, examples, tokenizer, args, window_args, with_labels=True)
+    return np.stack(infer.run(predictor, task, encoded, args).outputs[0])
 
 
 def child_main(spec_path: str) -> None:

@@ -138,9 +138,12 @@ def test_a_machine_without_a_gpu_is_one_line_before_anything_runs(tmp_path, caps
 def test_one_start_measured_in_a_child_process_and_its_failure_as_one_line(tnews_run, tmp_path):
     specs = gpu_check.spec_maker(str(tmp_path), clue_file("tnews", "dev"))
     measured = gpu_check.measure_in_child(specs("cpu", os.path.join(tnews_run, "export"), "fp32", False, "cpu"), 600)
-    report = infer.main(["--model_path", os.path.join(tnews_run, "export"), "--dev_file", clue_file("tnews", "dev")])
+    export = os.path.join(tnews_run, "export")
+    report = infer.main(["--model_path", export, "--dev_file", clue_file("tnews", "dev"), "--perf"])
     assert measured["engine"] == report["engine"]
     assert measured["metrics"]["accuracy"] == pytest.approx(report["metrics"]["accuracy"])
+    assert set(measured["perf"]) == set(report["perf"])  # infer.py --perf's own figures
+    assert measured["perf"]["warmed_shapes"] == report["perf"]["warmed_shapes"] > 0  # the bucket warm-up ran
     logits = np.load(measured["logits"])
     assert logits.shape[0] == report["metrics"]["eval_samples"]
     assert measured["built_cache"] is None
