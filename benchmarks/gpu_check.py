@@ -11,11 +11,11 @@ TensorRT subgraph with the model's own scales for int8 programs).
 
 Every start runs in a process of its own, so one failing row (an error, a crash, a timeout) is that row marked
 failed with its error while the others are still measured, and the results file is rewritten after every row. A row
-compares each dev example's predicted label and logits with the same model on the CPU (fp32, or oneDNN int8 for the
-int8 model; allowances in TOLERANCES), and for TensorRT starts once with the model's tensorrt/ cache removed (it
-builds) and once more in a new process, which must build nothing, leave every cache file's time as it was, and start
-faster. Results (and the GPU, driver, CUDA, cuDNN, TensorRT and Paddle versions) go to
-benchmarks/results/gpu_check.json; the exit status is 1 if any row failed.
+starts the model twice, for TensorRT once with the model's tensorrt/ cache removed (it builds) and once more in a new
+process, which must build nothing, leave every cache file's time as it was, and start faster. Each start's dev
+examples' predicted labels and logits are compared with the same model's on the CPU (fp32, or oneDNN int8 for the
+int8 model; allowances in TOLERANCES), and the second start's with the first's. Results (and the GPU, driver, CUDA,
+cuDNN, TensorRT and Paddle versions) go to benchmarks/results/gpu_check.json; the exit status is 1 if any row failed.
 """
 
 import argparse
@@ -268,7 +268,8 @@ def cache_reuse(first: dict, second: dict, after_first: dict, after_second: dict
 
 def measure_row(row: tuple, measure: Callable[[dict], dict], specs: Callable, references: dict) -> dict:
     """One row: the CPU reference (once per model and precision), a first GPU start (for TensorRT with the model's
-    cache removed), a second start, the per-example comparison and, for TensorRT, the cache reuse."""
+    cache removed), a second start, each start's labels and logits against the CPU's and the second's against the
+    first's (a cached engine that loads but computes otherwise fails its row), and, for TensorRT, the cache reuse."""
     label, path, precision, use_trt = row
     cpu_precision = "int8" if precision == "int8" else "fp32"
     if (path, cpu_precision) not in references:
@@ -279,19 +280,25 @@ def measure_row(row: tuple, measure: Callable[[dict], dict], specs: Callable, re
     first = measure(specs("gpu", path, precision, use_trt, "first"))
     after_first = cache_snapshot(first["cache_dir"])
     second = measure(specs("gpu", path, precision, use_trt, "second"))
-    comparison = compare_outputs(np.load(cpu["logits"]), np.load(first["logits"]), precision)
+    cpu_logits, first_logits, second_logits = (np.load(start["logits"]) for start in (cpu, first, second))
+    comparisons = {
+        "comparison": compare_outputs(cpu_logits, first_logits, precision),
+        "second_comparison": compare_outputs(cpu_logits, second_logits, precision),
+        "second_against_first": compare_outputs(first_logits, second_logits, precision),
+    }
     reuse = cache_reuse(first, second, after_first, cache_snapshot(second["cache_dir"])) if use_trt else None
     return {
         "engine": first["engine"],
         "tensorrt_engines": first["tensorrt_engines"],
         "cpu_metrics": cpu["metrics"],
         "gpu_metrics": first["metrics"],
-        "comparison": comparison,
+        "second_gpu_metrics": second["metrics"],
+        **comparisons,
         "cache_reuse": reuse,
         "perf": first["perf"],
         "first_start_seconds": first["start_seconds"],
         "second_start_seconds": second["start_seconds"],
-        "ok": comparison["ok"] and (reuse is None or reuse["ok"]),
+        "ok": all(comparison["ok"] for comparison in comparisons.values()) and (reuse is None or reuse["ok"]),
     }
 
 
@@ -316,10 +323,12 @@ def print_row(result: dict) -> None:
     if "error" in result:
         print(f"{where}: FAILED: {result['error']}", flush=True)
         return
-    comparison = result["comparison"]
+    first, second = result["comparison"], result["second_comparison"]
     print(
-        f"{where}: {result['engine']}; labels differing {comparison.get('labels_differing')}, logits p99 "
-        f"{comparison.get('logit_deviation_p99', float('nan')):.4f}; starts {result['first_start_seconds']:.1f} s "
+        f"{where}: {result['engine']}; labels differing from the CPU's {first.get('labels_differing')} then "
+        f"{second.get('labels_differing')}, logits p99 {first.get('logit_deviation_p99', float('nan')):.4f} then "
+        f"{second.get('logit_deviation_p99', float('nan')):.4f}; second start like the first: "
+        f"{result['second_against_first']['ok']}; starts {result['first_start_seconds']:.1f} s "
         f"then {result['second_start_seconds']:.1f} s; {result['perf']['sequences_per_second']:.0f} seq/s; "
         f"{'ok' if result['ok'] else 'MISMATCH'}",
         flush=True,

@@ -22,8 +22,9 @@ ROWS = [
 class FakeStarts:
     """In-process starts: each writes its logits; TensorRT ones build their cache on the first start only."""
 
-    def __init__(self, tmp_path, output, fail=None):
+    def __init__(self, tmp_path, output, fail=None, broken_second_start=False):
         self.tmp_path, self.output, self.fail = tmp_path, output, fail
+        self.broken_second_start = broken_second_start  # the cached engine loads but computes something else
         self.seen, self.files_before_each = [], []
         self.logits = np.random.default_rng(0).normal(size=(50, 3)).astype("float32")
 
@@ -32,7 +33,10 @@ class FakeStarts:
         self.files_before_each.append(json.load(open(self.output)) if os.path.exists(self.output) else None)
         if self.fail and self.fail(spec):
             raise gpu_check.RowFailure("error: TensorRT could not build the engines")
-        np.save(spec["logits"], self.logits + (0.001 if spec["device"] == "gpu" else 0.0))
+        logits = self.logits + (0.001 if spec["device"] == "gpu" else 0.0)
+        if self.broken_second_start and spec["output"].endswith("-second.json"):
+            logits = logits[np.random.default_rng(1).permutation(len(logits))]
+        np.save(spec["logits"], logits)
         cache = str(self.tmp_path / "cache" / spec["precision"]) if spec["use_trt"] else None
         built = None
         if cache:
@@ -52,9 +56,9 @@ class FakeStarts:
         }
 
 
-def run_fake_matrix(tmp_path, fail=None):
+def run_fake_matrix(tmp_path, fail=None, broken_second_start=False):
     output = str(tmp_path / "gpu_check.json")
-    starts = FakeStarts(tmp_path, output, fail)
+    starts = FakeStarts(tmp_path, output, fail, broken_second_start)
     results = gpu_check.run_matrix(ROWS, starts, gpu_check.spec_maker(str(tmp_path), "dev.json"), output, {"cpu": "x"})
     return results, starts, json.load(open(output))
 
@@ -86,6 +90,22 @@ def test_a_tensorrt_rows_second_start_is_a_new_start_that_must_reuse_the_cache(t
     assert results[0]["cache_reuse"] is None  # no TensorRT, no cache
     outputs = [seen[-1] for seen in starts.seen]
     assert len(set(outputs)) == len(outputs)  # every start its own (in gpu_check: its own process)
+
+
+def test_both_starts_are_compared_with_the_cpu_and_with_each_other(tmp_path):
+    results, _, _ = run_fake_matrix(tmp_path)
+    for result in results:
+        assert result["comparison"]["ok"] and result["second_comparison"]["ok"], result["model"]
+        assert result["second_against_first"]["logit_deviation_max"] == 0.0
+        assert result["ok"]
+
+
+def test_a_second_start_computing_otherwise_than_the_first_fails_its_row(tmp_path):
+    results, _, _ = run_fake_matrix(tmp_path, broken_second_start=True)
+    assert all(result["comparison"]["ok"] for result in results)  # the first starts are right
+    assert not any(result["second_comparison"]["ok"] for result in results)
+    assert not any(result["second_against_first"]["ok"] for result in results)
+    assert not any(result["ok"] for result in results)
 
 
 def test_a_second_start_that_converts_again_fails_its_row():
