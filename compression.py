@@ -197,8 +197,8 @@ class CompressArguments:
     measure_memory: bool = field(
         default=True,
         metadata={
-            "help": "Measure each candidate's peak resident memory as served: infer.py --perf on the dev set in a "
-            "process of its own (a few seconds a candidate)."
+            "help": "Measure each candidate's peak resident memory as served: infer.py --perf on the first 512 dev "
+            "examples in a process of its own (a few seconds a candidate)."
         },
     )
     precisions: List[str] = field(
@@ -251,7 +251,8 @@ def shape_folder(width: float, depth: float) -> str:
     return f"width_mult_{width:g}" + (f"_depth_mult_{depth:g}" if depth < 1 else "")
 
 
-def check_compress_arguments(args: CompressArguments) -> List[Tuple[float, float]]:
+def check_compress_arguments(args: CompressArguments, given: Sequence[str] = ()) -> List[Tuple[float, float]]:
+    """The (width, depth) shapes to prune to, after every check; given: the options the command line named."""
     if args.strategy not in STRATEGIES:
         raise UserError(f"--strategy must be one of {', '.join(STRATEGIES)}, not {args.strategy!r}")
     unknown = [algo for algo in args.algo_list if algo not in PTQ_ALGORITHMS]
@@ -259,14 +260,14 @@ def check_compress_arguments(args: CompressArguments) -> List[Tuple[float, float
         raise UserError(f"--algo_list: unknown algorithm {unknown[0]!r}; choose from {', '.join(PTQ_ALGORITHMS)}")
     if any(size < 1 for size in args.batch_size_list + args.batch_num_list):
         raise UserError("--batch_size_list and --batch_num_list take positive numbers")
-    for option, given, known in (
+    for option, values, known in (
         ("--backends", args.backends, BACKENDS),
         ("--precisions", args.precisions, PRECISIONS),
     ):
-        unknown = [value for value in given if value not in known]
+        unknown = [value for value in values if value not in known]
         if unknown:
             raise UserError(f"{option}: unknown {unknown[0]!r}; choose from {', '.join(known)}")
-    check_options_used(args)
+    check_options_used(args, given)
     return pruned_shapes(args)
 
 
@@ -275,11 +276,17 @@ def option_default(name: str):
     return item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
 
 
-def check_options_used(args: CompressArguments) -> None:
-    """No option is silently ignored: each one a step reads needs a strategy (or flag) that runs that step."""
+def options_named(argv: Sequence[str]) -> List[str]:
+    """The option names a command line gives (--name or --name=value), without the dashes."""
+    return [token[2:].split("=", 1)[0] for token in argv if token.startswith("--")]
+
+
+def check_options_used(args: CompressArguments, named: Sequence[str] = ()) -> None:
+    """No option is silently ignored: each one a step reads (named on the command line, or set to other than its
+    default by an arguments file) needs a strategy (or flag) that runs that step."""
     steps = strategy_steps(args)
     for step, options in STEP_OPTIONS.items():
-        given = [name for name in options if getattr(args, name) != option_default(name)]
+        given = [name for name in options if name in named or getattr(args, name) != option_default(name)]
         if given and step not in steps:
             users = [name for name, strategy in STRATEGIES.items() if step in strategy.steps]
             needs = f"--strategy {' or '.join(users)}" if users else "--prune_vocabulary"
@@ -687,11 +694,11 @@ class Strategy:
 STRATEGIES = {
     "dynabert+ptq": Strategy(
         (prune_step, ptq_step, deployment_step),
-        "DynaBERT width pruning with distillation, then int8 post-training quantization of each pruned model over the "
-        "calibration grid",
+        "DynaBERT width (and --depth_mult_list depth) pruning with distillation, then int8 post-training quantization "
+        "of each pruned model over the calibration grid",
     ),
     "dynabert": Strategy(
-        (prune_step, deployment_step), "DynaBERT width pruning with distillation only (float candidates)"
+        (prune_step, deployment_step), "DynaBERT width and depth pruning with distillation only (float candidates)"
     ),
     "ptq": Strategy(
         (ptq_step, deployment_step), "int8 post-training quantization of the parent over the calibration grid"
@@ -701,7 +708,7 @@ STRATEGIES = {
     ),
     "dynabert+qat": Strategy(
         (prune_step, qat_step, deployment_step),
-        "DynaBERT width pruning, then quantization-aware training of each pruned model",
+        "DynaBERT width and depth pruning, then quantization-aware training of each pruned model",
     ),
     "distill": Strategy(
         (distill_step, deployment_step),
@@ -739,8 +746,8 @@ def strategies_help() -> str:
 
 
 def parse_compress_arguments(family: Family, description: str, argv=None):
-    """(args, data_args, window_args or None), with the task from --task_name, upstream's --dataset, or the family's
-    only task, and the parent model defaulting to output/<task>."""
+    """(args, data_args, window_args or None, the option names given), with the task from --task_name, upstream's
+    --dataset, or the family's only task, and the parent model defaulting to output/<task>."""
     extra_classes = (QAWindowArguments,) if family.uses_windows else ()
     argv, _ = with_task_name(user_argv(argv), family)
     args, data_args, *extra = parse_plain_arguments(
@@ -755,7 +762,7 @@ def parse_compress_arguments(family: Family, description: str, argv=None):
                 f"no fine-tuned model in {args.model_name_or_path}: make one with `python {family.script} "
                 f"--task_name {data_args.task_name}` (it writes there), or pass --model_name_or_path DIR"
             )
-    return args, data_args, extra[0] if extra else None
+    return args, data_args, extra[0] if extra else None, options_named(argv)
 
 
 def split_selection(examples: list, requested: Optional[int], seed: int) -> Tuple[list, list]:
@@ -854,12 +861,12 @@ def compression_report(run: CompressionRun, parent: Candidate, candidates: List[
 def run_compression(family: Family, model_class, description: str, argv=None) -> CompressionReport:
     """compress_*.py: the steps of --strategy over a fine-tuned model, every candidate measured on the dev set, the
     best one within --max_metric_drop of the parent chosen, all in compress_report.json."""
-    args, data_args, window_args = parse_compress_arguments(family, description, argv)
+    args, data_args, window_args, given = parse_compress_arguments(family, description, argv)
     setup_logging()
     check_device(args.device)
     paddle.set_device(args.device)
     task = get_task(data_args.task_name, family, data_args.label_list)
-    shapes = check_compress_arguments(args)
+    shapes = check_compress_arguments(args, given)
     config = load_model_config(args.model_name_or_path)
     if model_head_family(config) is None:
         raise UserError(

@@ -280,7 +280,9 @@ def uniform_layer_map(student_layers: int, teacher_layers: int) -> List[int]:
 class HiddenStateDistillation(paddle.nn.Layer):
     """TinyBERT's hidden-state loss: the mean squared error, over real tokens, between each student layer's output
     (through a trained linear map when the student is narrower) and the teacher layer uniform_layer_map gives it.
-    No attention-matrix loss: paddle's TransformerEncoderLayer does not return its attention probabilities."""
+    Not implemented: TinyBERT's attention-matrix loss and its embedding-layer loss. A student cut from the teacher
+    starts from the teacher's layers DynaBERT keeps (0, 2, ...) but is trained toward the uniform map (1, 3, ...): its
+    last layer must match the teacher's last, whose output the head reads."""
 
     def __init__(self, student, teacher, weight: float):
         super().__init__()

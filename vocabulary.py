@@ -47,7 +47,8 @@ def used_token_counts(sequences: Iterable[dict]) -> Counter:
 def kept_vocabulary(
     counts: Counter, special_ids: List[int], unknown_id: int, full_size: int, max_size: Optional[int] = None
 ) -> KeptVocabulary:
-    """The special tokens and the used tokens, the most frequent first when max_size caps them (ties: lower id)."""
+    """The special tokens (the padding one among them) and the used tokens, the most frequent first when max_size
+    caps them (ties: lower id)."""
     special = sorted(set(special_ids) | {unknown_id})
     if max_size is not None and max_size < len(special) + 1:
         raise UserError(f"--max_vocab_size {max_size} leaves no room beside the {len(special)} special tokens")
@@ -69,6 +70,9 @@ class PrunedWordEmbedding(paddle.nn.Layer):
         weight = embedding.weight.numpy()[vocabulary.kept_ids]
         padding = getattr(embedding, "_padding_idx", None)
         if padding is not None and padding >= 0:  # Paddle's lookup gives zeros for its padding id: so does this one
+            if padding not in vocabulary.kept_ids:
+                raise UserError(f"the kept vocabulary lacks the padding token (id {padding})")
+            # zeroed, not looked up with padding_idx: paddle2onnx would store a second, masked copy of the table
             weight[vocabulary.id_map()[padding]] = 0.0
         self.register_buffer("id_map", paddle.to_tensor(vocabulary.id_map()))
         self.weight = self.create_parameter(list(weight.shape), dtype=str(weight.dtype))

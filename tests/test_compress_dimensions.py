@@ -34,9 +34,9 @@ FAST = ["--max_steps", "3", "--per_device_train_batch_size", "8", "--algo_list",
         "--backends", "paddle", "onnxruntime", "--max_metric_drop", "100"]  # fmt: skip
 
 
-def four_layer_model():
+def four_layer_model(labels=3):
     paddle.seed(1)
-    config = ErnieConfig(**{**TINY_ENCODER, "num_hidden_layers": 4}, **ERNIE_EXTRAS, num_labels=3)
+    config = ErnieConfig(**{**TINY_ENCODER, "num_hidden_layers": 4}, **ERNIE_EXTRAS, num_labels=labels)
     model = ErnieForSequenceClassification(config)
     model.eval()
     return model
@@ -94,6 +94,26 @@ def test_a_dropped_depth_runs_fewer_layers_and_full_depth_gives_every_layer_back
     dropping.set_depth(1.0)
     np.testing.assert_allclose(logits(model, features), full, atol=1e-6)
     assert sum(".encoder.layers.3." in key for key in model.state_dict()) > 0
+
+
+def test_dynabert_depth_exports_the_kept_layers_of_the_trained_state(tokenizer):
+    """Four layers, depth 1/2: the pruned model holds the snapshot's layers 0 and 2 (marked by their norms), whatever
+    depth the selection ran at before the snapshot."""
+    task = utils.SEQ_CLS_TASKS["tnews"]
+    model = four_layer_model(labels=15)
+    for index, layer in enumerate(dynabert.encoder_layers(model)):
+        layer.norm1.weight.set_value(np.full([32], index + 1.0, dtype="float32"))
+    examples = utils.load_examples(task, "train", clue_file("tnews", "train"))
+    encode = lambda rows, labels: utils.encode_examples(task, "train", rows, tokenizer, 64, True, with_labels=labels)  # noqa: E731
+    settings = dynabert.DistillationSettings(0.0, 1.0, 2, 8, 8, 1, 50, 0)  # learning rate 0: weights unchanged
+    pruned = dynabert.dynabert_pruning(
+        model, tokenizer, task, [(1.0, 0.5), (1.0, 1.0)], encode(examples[:40], True), examples[40:],
+        encode(examples[40:], False), None, settings,
+    )  # fmt: skip
+    half = [float(layer.norm1.weight.numpy()[0]) for layer in dynabert.encoder_layers(pruned[(1.0, 0.5)])]
+    full = [float(layer.norm1.weight.numpy()[0]) for layer in dynabert.encoder_layers(pruned[(1.0, 1.0)])]
+    assert half == [1.0, 3.0]
+    assert full == [1.0, 2.0, 3.0, 4.0]
 
 
 def test_every_width_and_depth_but_the_parent_is_a_shape_and_folders_name_both():
@@ -401,6 +421,7 @@ def test_the_pruned_embedding_looks_up_as_paddle_s_own_padding_included():
         (["--strategy", "ptq", "--max_vocab_size", "100"], "--max_vocab_size needs --prune_vocabulary"),
         (["--strategy", "distill", "--student", "x", "--student_layers", "1"], "--student names one"),
         (["--strategy", "dynabert", "--width_mult_list", "1"], "give no smaller model than the parent"),
+        (["--strategy", "ptq", "--width_mult_list", "3/4"], "--width_mult_list needs --strategy dynabert+ptq or "),
     ],
 )
 def test_an_option_the_strategy_would_ignore_is_refused(options, message, tnews_run, tmp_path, capsys):
