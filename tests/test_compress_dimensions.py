@@ -430,3 +430,25 @@ def test_an_option_the_strategy_would_ignore_is_refused(options, message, tnews_
     assert status == 2
     assert message in error_lines(stderr)[0]
     assert not os.path.exists(str(tmp_path / "out"))
+
+
+def test_the_exported_programs_hold_the_word_embedding_once_and_score_as_the_model(tnews_run, tnews_rows, tmp_path):
+    import onnx
+
+    task = utils.SEQ_CLS_TASKS["tnews"]
+    model = AutoModelForSequenceClassification.from_pretrained(tnews_run)
+    model.eval()
+    folder = model_io.export_static_model(model, model_io.load_tokenizer(tnews_run), str(tmp_path / "export"),
+                                          model_io.task_file(task, 64))  # fmt: skip
+    rows = [{k: r[k] for k in ("input_ids", "token_type_ids")} for r in tnews_rows["dev"]]
+    served = served_logits(folder, rows, "onnxruntime")  # converts model.onnx
+    tables = [
+        tensor for tensor in onnx.load(os.path.join(folder, "model.onnx")).graph.initializer
+        if list(tensor.dims) == [40000, 32]
+    ] + [
+        node for node in onnx.load(os.path.join(folder, "model.onnx")).graph.node
+        if node.op_type == "Constant" and list(node.attribute[0].t.dims) == [40000, 32]
+    ]  # fmt: skip
+    assert len(tables) == 1
+    np.testing.assert_allclose(served, logits(model, rows), atol=1e-5)
+    np.testing.assert_allclose(served_logits(folder, rows, "paddle"), served, atol=1e-5)
