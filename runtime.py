@@ -62,9 +62,18 @@ def os_error_line(error: OSError) -> str:
     return f"{error.filename}: {error.strerror or error}" + (f" ({advice})" if advice else "")
 
 
+PADDLE_SUMMARY = "Error Message Summary:"  # Paddle's C++ errors: a C++ traceback, then this, then the message
+PADDLE_SOURCE = re.compile(r"\s*\[Hint: [^\]]*\]|\s*\(at /[^()]*\)")  # "[Hint: ...]", "(at /paddle/...cc:63)"
+
+
 def first_line(error: BaseException) -> str:
+    """The error's message in one line: for Paddle's C++ errors the summary's first line, without the hint and the
+    source path of the build machine (which told a user nothing, and /health showed them)."""
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    if PADDLE_SUMMARY in text:
+        text = text.split(PADDLE_SUMMARY, 1)[1].strip().lstrip("-").strip()
+    line = PADDLE_SOURCE.sub("", text.splitlines()[0]).strip() if text else ""
+    return line or type(error).__name__
 
 
 # ---- reading the user's files ---------------------------------------------------------------------------------------

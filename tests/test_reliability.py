@@ -401,3 +401,38 @@ def test_an_unreadable_input_file_is_one_line(tmp_path):
         2,
         f"error: {tmp_path / 'dev.json'}: Permission denied (check its permissions)\n",
     )
+
+
+def test_a_device_error_reading_the_dev_file_is_one_line_naming_it(tnews_run, monkeypatch, capsys):
+    """EIO cannot be made on demand here: the read of the user's file fails with it as a failing disk would."""
+    import builtins
+    import errno
+
+    path = clue_file("tnews", "dev")
+    real_open = builtins.open
+
+    def failing_open(file, *args, **kwargs):
+        if os.fspath(file) == path:
+            raise OSError(errno.EIO, "Input/output error", path)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+    status, stderr = run_cli(
+        infer.main, ["--model_path", os.path.join(tnews_run, "export"), "--dev_file", path], capsys
+    )
+    assert status == 2
+    assert error_lines(stderr) == [f"error: {path}: Input/output error (the device failed to read or write it)"]
+
+
+def test_paddle_s_errors_are_their_summary_without_the_build_machine_s_paths():
+    error = RuntimeError(
+        "\n\n--------------------------------------\nC++ Traceback (most recent call last):\n"
+        "--------------------------------------\n0   paddle::AnalysisPredictor::Init()\n\n"
+        "----------------------\nError Message Summary:\n----------------------\n"
+        "NotFoundError: Cannot open file /m/model.pdiparams. [Hint: Expected fin.is_open() == true, but received "
+        "0.] (at /paddle/paddle/fluid/inference/api/analysis_predictor.cc:1234)\n"
+    )
+    assert runtime.first_line(error) == "NotFoundError: Cannot open file /m/model.pdiparams."
+    short = IndexError("(OutOfRange) label 9 is out of range (at /paddle/paddle/phi/kernels/funcs/cross_entropy.cc:63)")
+    assert runtime.first_line(short) == "(OutOfRange) label 9 is out of range"
+    assert runtime.first_line(ValueError("")) == "ValueError"
