@@ -40,12 +40,35 @@ class ServeArguments:
     host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (0.0.0.0: every interface)."})
     port: int = field(default=8189, metadata={"help": "Port to listen on."})
     workers: int = field(default=1, metadata={"help": "Processes, each with its own predictor and batcher."})
+    loop: str = field(
+        default="auto",
+        metadata={"help": "uvicorn's event loop: auto (uvloop where installed), uvloop or asyncio."},
+    )
+    http: str = field(
+        default="auto",
+        metadata={"help": "uvicorn's HTTP parser: auto (httptools where installed), httptools or h11."},
+    )
+    access_log: bool = field(
+        default=False,
+        metadata={"help": "Log one line a request: its id (X-Request-ID), method, path, status and milliseconds."},
+    )
 
 
-def build_app(served: deployment.Deployment, window_args, limits: serving.ServingLimits, access, host: str):
+SERVER_CHOICES = {"loop": ("auto", "uvloop", "asyncio"), "http": ("auto", "httptools", "h11")}
+
+
+def check_server_choices(serve: ServeArguments) -> None:
+    for name, choices in SERVER_CHOICES.items():
+        if getattr(serve, name) not in choices:
+            raise runtime.UserError(f"--{name} must be one of {', '.join(choices)}, not {getattr(serve, name)!r}")
+
+
+def build_app(
+    served: deployment.Deployment, window_args, limits: serving.ServingLimits, access, host: str, access_log=False
+):
     """The app of one process: a batcher with its own predictor for the resolved deployment."""
     batcher = serving.start_batcher(served, window_args, limits)
-    return serving.create_app(batcher, served.task, limits, access, host)
+    return serving.create_app(batcher, served.task, limits, access, host, access_log)
 
 
 def with_key_from_environment(access: serving.AccessRules) -> serving.AccessRules:
@@ -64,7 +87,7 @@ def exposure_warning(host: str, access: serving.AccessRules):
     )
 
 
-def worker_config(served: deployment.Deployment, deploy, window_args, limits, access, host) -> dict:
+def worker_config(served: deployment.Deployment, deploy, window_args, limits, access, host, access_log=False) -> dict:
     """What each --workers process resolves its deployment from: the options as this process resolved them, so that
     every worker serves the same model the same way."""
     resolved = dataclasses.replace(
@@ -80,6 +103,7 @@ def worker_config(served: deployment.Deployment, deploy, window_args, limits, ac
         "limits": dataclasses.asdict(limits),
         "access": dataclasses.asdict(access),
         "host": host,
+        "access_log": access_log,
     }
 
 
@@ -90,7 +114,7 @@ def app_from_environment():
     served = deployment.resolve_deployment(deployment.DeployArguments(**config["deploy"]))
     window_args = arguments.QAWindowArguments(**config["window"])
     limits, access = serving.ServingLimits(**config["limits"]), serving.AccessRules(**config["access"])
-    return build_app(served, window_args, limits, access, config["host"])
+    return build_app(served, window_args, limits, access, config["host"], config.get("access_log", False))
 
 
 def exit_cleanly_on_sigterm() -> None:
@@ -111,6 +135,7 @@ def main(argv=None):
     runtime.setup_logging()
     access = with_key_from_environment(access)
     arguments.check_minimums(serve, {"workers": 1})
+    check_server_choices(serve)
     arguments.check_minimums(limits, serving.ServingLimits.MINIMUMS)
     served = deployment.resolve_deployment(deploy)  # refuse a missing model or bad options before listening
     task, options = served.task, served.options
@@ -129,7 +154,7 @@ def main(argv=None):
         runtime.logger.warning(warning)
     exit_cleanly_on_sigterm()
     if serve.workers > 1:
-        config = worker_config(served, deploy, window_args, limits, access, serve.host)
+        config = worker_config(served, deploy, window_args, limits, access, serve.host, serve.access_log)
         os.environ[APP_CONFIG_VARIABLE] = json.dumps(config)
         uvicorn.run(
             "serve:app_from_environment",
@@ -138,10 +163,12 @@ def main(argv=None):
             port=serve.port,
             workers=serve.workers,
             log_level="warning",
+            loop=serve.loop,
+            http=serve.http,
         )
     else:
-        app = build_app(served, window_args, limits, access, serve.host)
-        uvicorn.run(app, host=serve.host, port=serve.port, log_level="warning")
+        app = build_app(served, window_args, limits, access, serve.host, serve.access_log)
+        uvicorn.run(app, host=serve.host, port=serve.port, log_level="warning", loop=serve.loop, http=serve.http)
 
 
 if __name__ == "__main__":

@@ -9,18 +9,23 @@ Imports model_io.py, predictors.py, runtime.py and utils.py.
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
+import contextvars
 import hmac
 import ipaddress
 import json
+import logging
+import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
 from model_io import load_deployed_tokenizer
-from predictors import create_predictor, run_predictor, warm_up_buckets
+from predictors import EXPORT_INPUT_NAMES, create_predictor, run_predictor, warm_up_buckets
 from runtime import UserError, first_line, json_error_reason, logger
 from utils import (
     INPUT_FIELDS,
@@ -32,14 +37,37 @@ from utils import (
     raw_examples,
 )
 
+try:  # a faster JSON encoder for the answers, where installed (requirements.txt); the standard library's otherwise
+    import orjson
+except ImportError:
+    orjson = None
+
 
 @dataclass(frozen=True)
 class ServingLimits:
     """The batcher's and the request checks' limits (serve.py's options of the same names)."""
 
     max_batch_size: int = field(default=32, metadata={"help": "Sequences run together, across requests."})
+    max_batch_tokens: int = field(
+        default=16384,
+        metadata={
+            "help": "Tokens run together: a batch takes requests up to this many tokens, and each model call holds at "
+            "most this many counted padded to its longest sequence (a longer single sequence runs alone)."
+        },
+    )
+    split_by_length: bool = field(
+        default=True,
+        metadata={
+            "help": "Run a batch as length-sorted model calls, cut where the padding saved outweighs another call's "
+            "cost (measured at start); false: one padded call per max_batch_size sequences."
+        },
+    )
     max_wait_ms: float = field(
-        default=5.0, metadata={"help": "How long a request waits for others to share its batch."}
+        default=5.0,
+        metadata={
+            "help": "How long a request waits at most for others to share its batch; it waits only while fewer "
+            "requests are queued than were in flight around the last batch."
+        },
     )
     max_queue: int = field(
         default=1024, metadata={"help": "Sequences that may wait; beyond it requests get 503 with Retry-After."}
@@ -56,6 +84,7 @@ class ServingLimits:
 
     MINIMUMS = {
         "max_batch_size": 1,
+        "max_batch_tokens": 1,
         "max_queue": 1,
         "max_texts_per_request": 1,
         "max_text_chars": 1,
@@ -287,13 +316,82 @@ async def capped_body(request, limits: ServingLimits) -> bytes:
         raise RequestError(408, f"the body did not arrive within {limits.body_timeout_s:g} s") from None
 
 
+# ---- request ids: in the answer's X-Request-ID header and in every log line about the request -------------------
+REQUEST_ID: contextvars.ContextVar = contextvars.ContextVar("request_id", default=None)
+GIVEN_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")  # a client's own id, kept when it is one of these
+
+
+def request_id_of(headers: Sequence) -> str:
+    """The client's X-Request-ID when it is a plain token of at most 128 characters, else a new one."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            given = value.decode("latin-1").strip()
+            if GIVEN_REQUEST_ID.fullmatch(given):
+                return given
+    return uuid.uuid4().hex
+
+
+@contextlib.contextmanager
+def request_context(request_id: str):
+    """Log lines inside are about this request (the batcher's thread, which no request's context reaches)."""
+    token = REQUEST_ID.set(request_id)
+    try:
+        yield
+    finally:
+        REQUEST_ID.reset(token)
+
+
+class RequestIdFilter(logging.Filter):
+    """Prefixes a log line logged while a request is handled with the request's id."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request_id = REQUEST_ID.get()
+        if request_id is not None and not hasattr(record, "request_id"):
+            record.request_id = request_id
+            record.msg = f"request {request_id}: {record.msg}"
+        return True
+
+
+def log_request_ids() -> None:
+    if not any(isinstance(f, RequestIdFilter) for f in logger.filters):
+        logger.addFilter(RequestIdFilter())
+
+
+class RequestIds:
+    """ASGI middleware, outermost: each HTTP request's id (request_id_of) in REQUEST_ID while it is handled and in
+    its answer's X-Request-ID header; with access_log, one log line a request (method, path, status, milliseconds);
+    an unexpected error is logged with its traceback and the id (and answered 500 by answer_error() if the app's
+    own handler has not answered it)."""
+
+    def __init__(self, app, access_log: bool, answer_error: Callable):
+        self.app, self.access_log, self.answer_error = app, access_log, answer_error
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_of(scope["headers"])
+        header, status, started = (b"x-request-id", request_id.encode()), [None], time.perf_counter()
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        with request_context(request_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception as failure:  # answered 500 by the app's handler already, or here
+                logger.error("%s %s failed", scope["method"], scope["path"], exc_info=failure)
+                if status[0] is None:
+                    await self.answer_error(failure)(scope, receive, send_with_id)
+            if self.access_log:
+                milliseconds = 1000 * (time.perf_counter() - started)
+                logger.info("%s %s %s %.1f ms", scope["method"], scope["path"], status[0], milliseconds)
+
+
 # ---- batching across requests --------------------------------------------------------------------------------------
-def input_rows(examples: list) -> int:
-    """The model input rows examples make at least: one a choice of a multiple-choice question, else one each (QA
-    contexts may make more windows, known only once encoded)."""
-    return sum(len(getattr(example, "choices", None) or [None]) for example in examples)
-
-
 class Overloaded(Exception):
     """The queue is full: the client should retry later (503 with Retry-After)."""
 
@@ -304,16 +402,85 @@ class Unavailable(Exception):
 
 @dataclass
 class Pending:
+    """A request waiting for the model: its examples, encoded when it arrived (one feature a model input row)."""
+
     examples: list
+    encoded: object  # utils' encoded examples: .sequences, one feature a model input row
     future: concurrent.futures.Future
     queued_at: float
-    rows: int  # model input rows its examples make at least (a multiple-choice question: one a choice)
+    request_id: str = "-"
+
+    def __post_init__(self):
+        self.rows = len(self.encoded.sequences)
+        self.tokens = sum(len(feature["input_ids"]) for feature in self.encoded.sequences)
+
+
+@dataclass(frozen=True)
+class CallCost:
+    """What one model call costs, in tokens' worth of time: a fixed part (reading the weights, starting kernels) and
+    one a padded token. Measured on the predictor at start (measure_call_cost)."""
+
+    fixed_tokens: float = 0.0
+    bucket: int = 1  # the predictor pads each call to a multiple of this many tokens
+
+    def padded_length(self, longest: int) -> int:
+        return -(-longest // self.bucket) * self.bucket
+
+    def of(self, rows: int, longest: int) -> float:
+        return self.fixed_tokens + rows * self.padded_length(longest)
+
+
+def length_sorted_calls(lengths: Sequence[int], cost: CallCost, max_rows: int, max_tokens: int) -> List[List[int]]:
+    """The model calls to run features of these lengths in: indices sorted by length, cut where the padding a cut
+    saves outweighs another call's fixed cost (the cheapest cutting, by dynamic programming over the sorted lengths);
+    a call holds at most max_rows rows and max_tokens padded tokens (one row is always a call)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    best, cut = [0.0] + [float("inf")] * len(order), [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        longest = lengths[order[end - 1]]
+        for start in range(end - 1, max(-1, end - 1 - max_rows), -1):
+            rows = end - start
+            if rows > 1 and rows * cost.padded_length(longest) > max_tokens:
+                break
+            total = best[start] + cost.of(rows, longest)
+            if total < best[end]:
+                best[end], cut[end] = total, start
+    calls, end = [], len(order)
+    while end:
+        calls.append(order[cut[end] : end])
+        end = cut[end]
+    return calls[::-1]
+
+
+def measure_call_cost(predictor, max_rows: int, length: int = 32, repeats: int = 3) -> CallCost:
+    """The fixed part of a call's cost from the median times of a 1-row and a max_rows-row call of length tokens:
+    t = fixed + rows * length * per_token."""
+    bucket = getattr(predictor, "length_bucket", 1)
+    length = -(-length // bucket) * bucket
+    times = {}
+    for rows in sorted({1, max_rows}):
+        ids = np.ones((rows, length), dtype="int64")
+        batch = {name: ids for name in EXPORT_INPUT_NAMES}
+        predictor.run(batch)  # a new shape may build kernels first
+        runs = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            predictor.run(batch)
+            runs.append(time.perf_counter() - started)
+        times[rows] = float(np.median(runs))
+    if max_rows == 1:
+        return CallCost(0.0, bucket)
+    per_token = max((times[max_rows] - times[1]) / ((max_rows - 1) * length), 1e-9)
+    return CallCost(max(0.0, times[1] / per_token - length), bucket)
 
 
 class Batcher:
-    """Runs the queued requests' examples together on one predictor in its own thread: up to max_batch_size
-    sequences, or what arrived within max_wait_ms of the first; features sorted by length and padded per batch (the
-    infer.py path); each request gets its own rows back, in order."""
+    """Runs the queued requests together on one predictor in its own thread. Each request is checked and encoded as
+    it arrives (submit: its own errors are its own), then waits for company: up to max_batch_size sequences and
+    max_batch_tokens tokens, for at most max_wait_ms, and only while fewer requests are queued than were in flight
+    around the last batch (a lone client is not kept waiting). A batch runs as length-sorted model calls cut where
+    padding would cost more than another call (split_by_length); each request is answered as soon as its own rows
+    have run, in order."""
 
     def __init__(
         self, make_predictor: Callable, model_path: str, task, window_args, max_seq_length: int, limits: ServingLimits
@@ -321,77 +488,131 @@ class Batcher:
         self.make_predictor, self.model_path, self.task = make_predictor, model_path, task
         self.window_args, self.max_seq_length, self.limits = window_args, max_seq_length, limits
         self.queue = collections.deque()
-        self.queued_sequences = 0
+        self.queued_sequences = self.queued_tokens = 0
+        self.in_flight = 0  # requests submitted and not yet answered
+        self.expected_requests = float("inf")  # in flight around the last batch (unknown before the first: wait)
         self.lock = threading.Condition()
         self.ready = threading.Event()
         self.closing = False
         self.failed: Optional[str] = None
+        self.tokenizer = None
+        self.call_cost = CallCost()
         self.stats = {
             "requests": 0,
             "errors": 0,
             "rejected_overload": 0,
             "batches": 0,
             "sequences": 0,
+            "model_calls": 0,
+            "tokens": 0,
+            "padded_tokens": 0,
             "batch_sizes": collections.Counter(),
             "latency_ms": collections.deque(maxlen=2000),
         }
         self.thread = threading.Thread(target=self.loop, name="batcher", daemon=True)
 
     def start(self) -> "Batcher":
+        """Load the tokenizer (requests are encoded as they arrive), then make the predictor in the thread."""
+        try:
+            self.tokenizer = load_deployed_tokenizer(self.model_path)
+        except Exception as error:  # reported on /health and to every request instead of dying silently
+            self.fail_all(f"{type(error).__name__}: {first_line(error)}")
+            return self
         self.thread.start()
         return self
 
+    def encode(self, examples: list):
+        """The request's model features (its windows, its choices), as infer.py encodes them."""
+        return encode_examples(
+            self.task, "request", examples, self.tokenizer, self.max_seq_length, True, self.window_args,
+            with_labels=False,
+        )  # fmt: skip
+
     def submit(self, examples: list) -> concurrent.futures.Future:
-        future = concurrent.futures.Future()
-        rows = input_rows(examples)
-        if rows > self.limits.max_queue:
-            raise RequestError(413, f"the request makes {rows} sequences; at most {self.limits.max_queue} a request")
+        """Encode the request's examples (a UserError is the request's own) and queue them, with the id of the
+        request being handled (REQUEST_ID)."""
+        if self.failed:
+            raise Unavailable(f"the model could not be loaded: {self.failed}")
+        encoded, request_id = self.encode(examples), REQUEST_ID.get() or "-"
+        pending = Pending(examples, encoded, concurrent.futures.Future(), time.perf_counter(), request_id)
+        if pending.rows > self.limits.max_queue:
+            raise RequestError(
+                413, f"the request makes {pending.rows} sequences; at most {self.limits.max_queue} a request"
+            )
         with self.lock:
             if self.failed:
                 raise Unavailable(f"the model could not be loaded: {self.failed}")
             if self.closing:
                 raise Overloaded("the server is shutting down")
-            if self.queued_sequences + rows > self.limits.max_queue:
+            if self.queued_sequences + pending.rows > self.limits.max_queue:
                 self.stats["rejected_overload"] += 1
                 raise Overloaded(f"{self.queued_sequences} sequences are waiting (at most {self.limits.max_queue})")
-            self.queue.append(Pending(examples, future, time.perf_counter(), rows))
-            self.queued_sequences += rows
+            self.queue.append(pending)
+            self.queued_sequences += pending.rows
+            self.queued_tokens += pending.tokens
+            self.in_flight += 1
+            self.expected_requests = max(self.expected_requests, self.in_flight)
             self.stats["requests"] += 1
             self.lock.notify()
-        return future
+        return pending.future
 
     def close(self) -> None:
         """Stop taking requests, finish the queued ones, stop the thread."""
         with self.lock:
             self.closing = True
             self.lock.notify()
-        self.thread.join()
+        if self.thread.ident is not None:
+            self.thread.join()
+
+    def batch_is_full(self) -> bool:
+        return (
+            len(self.queue) >= self.expected_requests
+            or self.queued_sequences >= self.limits.max_batch_size
+            or self.queued_tokens >= self.limits.max_batch_tokens
+        )
 
     def next_batch(self) -> List[Pending]:
+        """The next batch, once it is full (batch_is_full) or max_wait_ms after the first request could have run:
+        the later of its arrival and the model's last batch (else a busy model would never wait, and batches that
+        start small would stay small)."""
+        model_free = time.perf_counter()
         with self.lock:
             while not self.queue and not self.closing:
                 self.lock.wait()
             if not self.queue:
                 return []
-            deadline = self.queue[0].queued_at + self.limits.max_wait_ms / 1000.0
-            while self.queued_sequences < self.limits.max_batch_size and not self.closing:
+            deadline = max(self.queue[0].queued_at, model_free) + self.limits.max_wait_ms / 1000.0
+            while not self.batch_is_full() and not self.closing:
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     break
                 self.lock.wait(left)
-            batch, size = [], 0
-            while self.queue and (not batch or size + self.queue[0].rows <= self.limits.max_batch_size):
-                pending = self.queue.popleft()
-                batch.append(pending)
-                size += pending.rows
-                self.queued_sequences -= pending.rows
+            batch = self.take_batch()
+            self.expected_requests = self.in_flight  # this batch's and those queued; later arrivals raise it
             return batch
+
+    def take_batch(self) -> List[Pending]:
+        """The queued requests, first come first, that fit max_batch_size sequences and max_batch_tokens tokens
+        (the first always does)."""
+        batch, rows, tokens = [], 0, 0
+        while self.queue:
+            pending = self.queue[0]
+            fits = rows + pending.rows <= self.limits.max_batch_size
+            if batch and not (fits and tokens + pending.tokens <= self.limits.max_batch_tokens):
+                break
+            batch.append(self.queue.popleft())
+            rows, tokens = rows + pending.rows, tokens + pending.tokens
+            self.queued_sequences -= pending.rows
+            self.queued_tokens -= pending.tokens
+        return batch
 
     def loop(self) -> None:
         try:
             predictor = self.make_predictor()
-            self.tokenizer = load_deployed_tokenizer(self.model_path)
             warm_up_buckets(predictor, self.limits.max_batch_size, self.max_seq_length)
+            if self.limits.split_by_length:
+                self.call_cost = measure_call_cost(predictor, self.limits.max_batch_size)
+                logger.info("a model call costs %.0f tokens' worth besides its tokens", self.call_cost.fixed_tokens)
         except Exception as error:  # the server reports it on /health and to every request instead of dying silently
             self.fail_all(f"{type(error).__name__}: {first_line(error)}")
             return
@@ -402,47 +623,71 @@ class Batcher:
                 return
             self.run_batch(predictor, batch)
 
+    def model_calls(self, features: list) -> List[List[int]]:
+        lengths = [len(feature["input_ids"]) for feature in features]
+        if not self.limits.split_by_length:
+            cost = CallCost(1e12, self.call_cost.bucket)  # one call, unless the limits cut it
+            return length_sorted_calls(lengths, cost, self.limits.max_batch_size, self.limits.max_batch_tokens)
+        return length_sorted_calls(lengths, self.call_cost, self.limits.max_batch_size, self.limits.max_batch_tokens)
+
     def run_batch(self, predictor, batch: List[Pending]) -> None:
-        """Encode each request, run all of their features as one set of length-sorted batches, split the outputs
-        back by request and format each request's rows. A batch that fails is run again request by request, so
-        that only the request that fails gets its error."""
+        """Run the batch's features in model calls (model_calls), answering each request once its last row has run
+        (its outputs split back and formatted). A batch that fails is run again request by request, so that only the
+        request that fails gets its error."""
         try:
-            encoded = [
-                encode_examples(
-                    self.task,
-                    "request",
-                    p.examples,
-                    self.tokenizer,
-                    self.max_seq_length,
-                    True,
-                    self.window_args,
-                    with_labels=False,
+            features = [feature for pending in batch for feature in pending.encoded.sequences]
+            owner = [index for index, pending in enumerate(batch) for _ in range(pending.rows)]
+            outputs, left = [None] * len(features), [pending.rows for pending in batch]
+            for call in self.model_calls(features):
+                result = run_predictor(
+                    predictor, [features[i] for i in call], len(call), self.task.per_token_outputs, False
                 )
-                for p in batch
-            ]
-            features = [feature for one in encoded for feature in one.sequences]
-            result = run_predictor(
-                predictor, features, self.limits.max_batch_size, per_token=self.task.per_token_outputs
-            )
-            if not self.fits_task(result.outputs, batch):
-                return
-            start = 0
-            for pending, one in zip(batch, encoded):
-                count = len(one.sequences)
-                outputs = [output[start : start + count] for output in result.outputs]
-                start += count
-                pending.future.set_result(prediction_rows(self.task, pending.examples, one, outputs, self.window_args))
+                if not self.fits_task(result.outputs, batch):
+                    return
+                self.record_call(features, call)
+                for row, index in enumerate(call):
+                    outputs[index] = [output[row] for output in result.outputs]
+                    left[owner[index]] -= 1
+                    if not left[owner[index]]:
+                        self.answer(batch, owner[index], outputs)
             self.record(batch, len(features))
         except Exception as error:
-            if len(batch) > 1:
-                logger.warning("a batch of %d requests failed (%s); running them one by one", len(batch), error)
-                for pending in batch:
-                    if not pending.future.done():
-                        self.run_batch(predictor, [pending])
-                return
-            if not isinstance(error, UserError):
-                logger.exception("a request failed")
-            batch[0].future.set_exception(error)
+            self.run_alone(predictor, batch, error)
+
+    def answer(self, batch: List[Pending], index: int, outputs: list) -> None:
+        """Answer batch[index] with its rows of outputs (one list of model outputs a feature of the batch)."""
+        pending = batch[index]
+        start = sum(p.rows for p in batch[:index])
+        mine = outputs[start : start + pending.rows]
+        per_output = [[feature[k] for feature in mine] for k in range(len(mine[0]))] if mine else []
+        rows = prediction_rows(self.task, pending.examples, pending.encoded, per_output, self.window_args)
+        self.finish(pending)
+        pending.future.set_result(rows)
+
+    def finish(self, pending: Pending) -> None:
+        with self.lock:
+            self.in_flight -= 1
+            self.stats["latency_ms"].append(1000.0 * (time.perf_counter() - pending.queued_at))
+
+    def run_alone(self, predictor, batch: List[Pending], error: Exception) -> None:
+        """After a failed batch: run its unanswered requests one by one; a request that fails alone gets the error."""
+        if len(batch) > 1:
+            unanswered = [pending for pending in batch if not pending.future.done()]
+            logger.warning(
+                "a batch of %d requests failed (%s); running the %d unanswered one by one (requests %s)",
+                len(batch), error, len(unanswered), ", ".join(p.request_id for p in unanswered),
+            )  # fmt: skip
+            for pending in unanswered:
+                self.run_batch(predictor, [pending])
+            return
+        pending = batch[0]
+        if pending.future.done():
+            return
+        if not isinstance(error, UserError):
+            with request_context(pending.request_id):
+                logger.error("a request failed", exc_info=error)
+        self.finish(pending)
+        pending.future.set_exception(error)
 
     def fits_task(self, outputs, batch: List[Pending]) -> bool:
         """Whether the model's outputs fit its task.json's task; if not, no request can be answered (503)."""
@@ -451,7 +696,8 @@ class Batcher:
         except UserError as misfit:
             self.fail_all(str(misfit))
             for pending in batch:
-                pending.future.set_exception(Unavailable(f"the model could not be loaded: {misfit}"))
+                if not pending.future.done():
+                    pending.future.set_exception(Unavailable(f"the model could not be loaded: {misfit}"))
             return False
         return True
 
@@ -463,19 +709,25 @@ class Batcher:
             while self.queue:
                 pending = self.queue.popleft()
                 self.queued_sequences -= pending.rows
+                self.queued_tokens -= pending.tokens
                 pending.future.set_exception(Unavailable(f"the model could not be loaded: {reason}"))
 
     def count_error(self) -> None:
         with self.lock:
             self.stats["errors"] += 1
 
+    def record_call(self, features: list, call: List[int]) -> None:
+        longest = max(len(features[i]["input_ids"]) for i in call)
+        with self.lock:
+            self.stats["model_calls"] += 1
+            self.stats["tokens"] += sum(len(features[i]["input_ids"]) for i in call)
+            self.stats["padded_tokens"] += len(call) * self.call_cost.padded_length(longest)
+
     def record(self, batch: List[Pending], sequences: int) -> None:
-        now = time.perf_counter()
         with self.lock:
             self.stats["batches"] += 1
             self.stats["sequences"] += sequences
             self.stats["batch_sizes"][sequences] += 1
-            self.stats["latency_ms"].extend(1000.0 * (now - p.queued_at) for p in batch)
 
     def metrics(self) -> dict:
         with self.lock:
@@ -488,6 +740,9 @@ class Batcher:
                 "rejected_overload": self.stats["rejected_overload"],
                 "batches": self.stats["batches"],
                 "sequences": self.stats["sequences"],
+                "model_calls": self.stats["model_calls"],
+                "tokens": self.stats["tokens"],
+                "padded_tokens": self.stats["padded_tokens"],
                 "queue_depth_sequences": self.queued_sequences,
                 "queue_depth_requests": len(self.queue),
                 "batch_sizes": {str(size): count for size, count in sorted(sizes.items())},
@@ -509,10 +764,25 @@ def start_batcher(served, window_args, limits: ServingLimits) -> Batcher:
     ).start()
 
 
+def json_answer(value, status: int = 200, headers: Optional[dict] = None):
+    """value as a JSON answer, encoded by orjson where it is installed (the same bytes as Starlette's JSONResponse,
+    in a fraction of the time)."""
+    from starlette.responses import Response
+
+    body = orjson.dumps(value) if orjson is not None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
 # ---- the app -------------------------------------------------------------------------------------------------------
 def create_app(
-    batcher: Batcher, task, limits: ServingLimits, access: AccessRules = AccessRules(), bind_host: str = "127.0.0.1"
+    batcher: Batcher,
+    task,
+    limits: ServingLimits,
+    access: AccessRules = AccessRules(),
+    bind_host: str = "127.0.0.1",
+    access_log: bool = False,
 ):
+    """The FastAPI app, wrapped in RequestIds (so that every answer, a refusal or a 500 too, carries its id)."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
@@ -555,7 +825,7 @@ def create_app(
         return error(422, "the request does not match this endpoint")
 
     @app.exception_handler(Exception)
-    async def unexpected_error(request, exc):  # counted too; ServerErrorMiddleware logs the traceback
+    async def unexpected_error(request, exc):  # counted too; RequestIds logs the traceback with the request's id
         return error(500, f"internal error: {type(exc).__name__}")
 
     @app.get("/health")
@@ -583,24 +853,27 @@ def create_app(
             return error(404, f"this server serves {task.name}: POST /{task.name}")
         try:
             examples = request_examples(task, read_body(await capped_body(request, limits)), limits)
-            future = batcher.submit(examples)
+            future = batcher.submit(examples)  # checked and encoded here, before it joins a batch
         except RequestError as refused:
             return error(refused.status, str(refused), refused.headers)
+        except UserError as refused:  # e.g. a text longer than the model takes, with truncation off
+            return error(422, str(refused))
         except Overloaded as overloaded:
             return error(503, f"overloaded: {overloaded}; retry", headers={"Retry-After": "1"})
         except Unavailable as unavailable:
             return error(503, str(unavailable))
         try:
-            return {"result": await asyncio.wrap_future(future)}
+            return json_answer({"result": await asyncio.wrap_future(future)})
         except Unavailable as unavailable:
             return error(503, str(unavailable))
-        except UserError as refused:  # e.g. a text longer than the model takes, with truncation off
+        except UserError as refused:
             return error(422, str(refused))
         except Exception as failure:
-            logger.exception("prediction failed")
+            logger.error("prediction failed", exc_info=failure)
             return error(500, f"prediction failed: {type(failure).__name__}")
 
-    return app
+    log_request_ids()
+    return RequestIds(app, access_log, lambda failure: error(500, f"internal error: {type(failure).__name__}"))
 
 
 def known_paths(app, task) -> set:
@@ -656,6 +929,9 @@ PROMETHEUS_METRICS = (
     ("rejected_overload", "ernie_rejected_overload_total", "counter", "Requests refused with 503: the queue was full."),
     ("batches", "ernie_batches_total", "counter", "Batches run."),
     ("sequences", "ernie_sequences_total", "counter", "Model input rows run."),
+    ("model_calls", "ernie_model_calls_total", "counter", "Model calls run (a batch runs as length-sorted calls)."),
+    ("tokens", "ernie_tokens_total", "counter", "Tokens run, without padding."),
+    ("padded_tokens", "ernie_padded_tokens_total", "counter", "Tokens run, with each call's padding."),
     ("ready", "ernie_ready", "gauge", "1 once the model is loaded and warmed up."),
     ("queue_depth_sequences", "ernie_queue_depth_sequences", "gauge", "Model input rows waiting."),
     ("queue_depth_requests", "ernie_queue_depth_requests", "gauge", "Requests waiting."),

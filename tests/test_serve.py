@@ -184,6 +184,16 @@ def test_bad_requests_get_one_json_message_and_the_server_keeps_serving(servers,
     assert request(servers["tnews"], "GET", "/health")[0] == 200
 
 
+def test_a_live_server_echoes_the_clients_request_id(servers):
+    req = urllib.request.Request(
+        servers["tnews"].url + "/tnews",
+        data=json.dumps({"data": {"text": SENTENCES[:1]}}).encode(),
+        headers={"Content-Type": "application/json", "X-Request-ID": "client-42"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as response:
+        assert response.headers["X-Request-ID"] == "client-42"
+
+
 def test_unknown_paths_and_methods_are_json_4xx(servers):
     status, body, _ = request(servers["tnews"], "POST", "/afqmc", {"data": {"text": ["a"]}})
     assert status == 404
@@ -324,6 +334,8 @@ def test_serve_options_out_of_range_are_one_error_line(tnews_run):
     for option, value, message in (
         ("--workers", "0", "--workers must be at least 1, not 0"),
         ("--max_wait_ms", "-1", "--max_wait_ms must not be negative"),
+        ("--max_batch_tokens", "0", "--max_batch_tokens must be at least 1, not 0"),
+        ("--loop", "bogus", "--loop must be one of auto, uvloop, asyncio, not 'bogus'"),
     ):
         result = subprocess.run(
             [
@@ -359,10 +371,12 @@ def test_metrics_are_in_prometheus_text_format(servers):
 def test_the_prometheus_text_holds_every_number_of_the_json_form():
     metrics = {
         "ready": True, "requests": 3, "errors": 1, "rejected_overload": 0, "batches": 2, "sequences": 5,
+        "model_calls": 3, "tokens": 40, "padded_tokens": 52,
         "queue_depth_sequences": 0, "queue_depth_requests": 0, "batch_sizes": {"2": 1, "3": 1},
         "max_batch_size_seen": 3, "latency_ms_p50": 4.5, "latency_ms_p99": 9.25,
     }  # fmt: skip
     text = serving.prometheus_text(metrics, "afqmc")
     assert 'ernie_errors_total{task="afqmc"} 1\n' in text
+    assert 'ernie_padded_tokens_total{task="afqmc"} 52\n' in text
     assert 'ernie_batches_by_size{task="afqmc",rows="3"} 1\n' in text
     assert 'ernie_request_latency_ms{task="afqmc",quantile="0.5"} 4.500\n' in text

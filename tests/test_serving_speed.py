@@ -1,0 +1,275 @@
+"""The server's speed levers as behaviour (their speed is measured by benchmarks/bench_serve.py, not here): every
+request is checked and encoded when it arrives, before it joins a batch, so a text the tokenizer refuses fails its
+own request; batches and model calls are bounded by tokens as well as sequences; a batch is cut into length-sorted
+calls where padding would cost more than another call; a lone client is not kept waiting for company; each request
+has an id (the client's X-Request-ID, else a new one) in its answer's header and in the log lines about it."""
+
+import concurrent.futures
+import json
+import logging
+import os
+import shutil
+import threading
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+import serving
+import utils
+from runtime import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TNEWS = utils.SEQ_CLS_TASKS["tnews"]
+
+
+# ---- model calls: length-sorted, bounded by rows and padded tokens --------------------------------------------------
+def call_lengths(calls, lengths):
+    return [[lengths[i] for i in call] for call in calls]
+
+
+def test_calls_are_cut_where_padding_costs_more_than_a_call():
+    lengths = [60, 4, 4, 4, 4, 60, 4, 4]
+    calls = serving.length_sorted_calls(lengths, serving.CallCost(fixed_tokens=10), 32, 10_000)
+    assert call_lengths(calls, lengths) == [[4] * 6, [60, 60]]
+
+
+def test_a_costly_call_keeps_the_batch_whole():
+    lengths = [60, 4, 4, 4, 4, 60, 4, 4]
+    calls = serving.length_sorted_calls(lengths, serving.CallCost(fixed_tokens=10_000), 32, 10_000)
+    assert call_lengths(calls, lengths) == [[4] * 6 + [60, 60]]
+
+
+def test_a_call_holds_at_most_max_batch_tokens_padded_tokens():
+    calls = serving.length_sorted_calls([10] * 8, serving.CallCost(fixed_tokens=1e12), 32, 40)
+    assert [len(call) for call in calls] == [4, 4]
+
+
+def test_a_call_holds_at_most_max_batch_size_rows():
+    calls = serving.length_sorted_calls([10] * 8, serving.CallCost(fixed_tokens=1e12), 3, 10_000)
+    assert [len(call) for call in calls] == [3, 3, 2]
+
+
+def test_a_sequence_longer_than_the_token_bound_runs_alone():
+    lengths = [100, 5, 5]
+    calls = serving.length_sorted_calls(lengths, serving.CallCost(fixed_tokens=1e12), 32, 50)
+    assert call_lengths(calls, lengths) == [[5, 5], [100]]
+
+
+def test_padding_is_counted_to_the_predictors_length_bucket():
+    calls = serving.length_sorted_calls([9, 9, 9], serving.CallCost(fixed_tokens=1e12, bucket=16), 32, 40)
+    assert [len(call) for call in calls] == [2, 1]  # 2 x 16 fits 40 tokens, 3 x 16 does not
+
+
+# ---- the batcher, on a stub predictor -------------------------------------------------------------------------------
+class RecordingPredictor:
+    """Gives TNEWS's 15 scores a row and records each call's shape; with hold set, calls wait until it is released."""
+
+    def __init__(self):
+        self.shapes, self.hold, self.entered = [], False, threading.Event()
+        self.release = threading.Event()
+
+    def run(self, batch):
+        if self.hold:
+            self.entered.set()
+            self.release.wait(60)
+        self.shapes.append(batch["input_ids"].shape)
+        return [np.zeros((len(batch["input_ids"]), 15), dtype="float32")]
+
+
+@pytest.fixture()
+def tokenizer_folder(tmp_path):
+    shutil.copy(os.path.join(ROOT, "tests", "data", "ernie-3.0-vocab.txt"), tmp_path / "vocab.txt")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "ErnieTokenizer"}))
+    return str(tmp_path)
+
+
+def started_batcher(folder, predictor, **limits):
+    batcher = serving.Batcher(lambda: predictor, folder, TNEWS, None, 128, serving.ServingLimits(**limits)).start()
+    assert batcher.ready.wait(60)
+    return batcher
+
+
+def examples(*texts):
+    return serving.request_examples(TNEWS, {"data": {"text": list(texts)}}, serving.ServingLimits())
+
+
+def test_each_request_is_encoded_when_it_arrives_before_it_joins_a_batch(tokenizer_folder):
+    predictor = RecordingPredictor()
+    batcher = started_batcher(tokenizer_folder, predictor, max_wait_ms=0)
+    try:
+        predictor.hold = True
+        first = batcher.submit(examples("以色列大规模空袭开始"))
+        assert predictor.entered.wait(60)  # the model is busy with the first request
+        second = batcher.submit(examples("华为发布新款手机", "出栏一头猪"))
+        waiting = batcher.queue[0]
+        assert [len(f["input_ids"]) for f in waiting.encoded.sequences] == [10, 7]  # [CLS] ... [SEP], encoded
+        predictor.release.set()
+        assert [row["text"] for row in second.result(60)] == ["华为发布新款手机", "出栏一头猪"]
+        assert first.result(60)[0]["text"] == "以色列大规模空袭开始"
+    finally:
+        predictor.release.set()
+        batcher.close()
+
+
+class RefusingTokenizer:
+    """The deployed tokenizer, refusing any text holding 坏 (as a tokenizer refuses what it cannot encode)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def tokenize(self, text):
+        if "坏" in text:
+            raise UserError("this text cannot be encoded")
+        return self.tokenizer.tokenize(text)
+
+
+def test_a_text_the_tokenizer_refuses_fails_its_own_request_at_submit(tokenizer_folder):
+    batcher = started_batcher(tokenizer_folder, RecordingPredictor())
+    batcher.tokenizer = RefusingTokenizer(batcher.tokenizer)
+    try:
+        with pytest.raises(UserError, match="cannot be encoded"):
+            batcher.submit(examples("坏句子"))
+        assert not batcher.queue
+        assert batcher.submit(examples("好句子")).result(60)[0]["text"] == "好句子"
+    finally:
+        batcher.close()
+
+
+def test_a_batch_takes_requests_up_to_max_batch_tokens(tokenizer_folder):
+    predictor = RecordingPredictor()
+    batcher = started_batcher(tokenizer_folder, predictor, max_batch_tokens=24, max_wait_ms=0)
+    try:
+        predictor.hold = True
+        futures = [batcher.submit(examples("以色列大规模空袭开始"))]  # 12 tokens
+        assert predictor.entered.wait(60)
+        futures += [batcher.submit(examples("以色列大规模空袭开始")) for _ in range(5)]  # queued while it runs
+        predictor.hold = False
+        predictor.release.set()
+        assert all(len(future.result(60)) == 1 for future in futures)
+        assert predictor.shapes[-4:] == [(1, 12), (2, 12), (2, 12), (1, 12)]  # two of 12 tokens fit 24
+        assert batcher.metrics()["max_batch_size_seen"] == 2
+    finally:
+        predictor.release.set()
+        batcher.close()
+
+
+def test_a_lone_client_is_not_kept_waiting_for_company(tokenizer_folder):
+    """After the first batch (before it, the batcher knows nothing and waits), a request with no other in flight runs
+    at once, though max_wait_ms would let it wait a minute."""
+    batcher = started_batcher(tokenizer_folder, RecordingPredictor(), max_wait_ms=60_000)
+    try:
+        batcher.expected_requests = 1  # as the first batch leaves it, without waiting a minute here
+        for text in ("以色列大规模空袭开始", "华为发布新款手机"):
+            assert batcher.submit(examples(text)).result(timeout=30)[0]["text"] == text
+    finally:
+        batcher.close()
+
+
+def test_the_metrics_count_model_calls_and_padding(tokenizer_folder):
+    batcher = started_batcher(tokenizer_folder, RecordingPredictor(), max_wait_ms=0)
+    try:
+        batcher.submit(examples("以色列大规模空袭开始", "出栏一头猪")).result(60)
+        metrics = batcher.metrics()
+        assert metrics["tokens"] == 12 + 7
+        assert metrics["padded_tokens"] >= metrics["tokens"]
+        assert metrics["model_calls"] >= 1
+    finally:
+        batcher.close()
+
+
+# ---- request ids ---------------------------------------------------------------------------------------------------
+class EchoBatcher:
+    """What create_app needs of a Batcher: each text answered with itself; a text 'crash' raises in submit."""
+
+    def __init__(self):
+        self.failed, self.ready, self.errors = None, threading.Event(), 0
+        self.ready.set()
+
+    def submit(self, examples):
+        if examples[0].text_a == "crash":
+            raise RuntimeError("a bug")
+        serving.logger.info("queued %d texts", len(examples))
+        future = concurrent.futures.Future()
+        future.set_result([{"text": example.text_a} for example in examples])
+        return future
+
+    def count_error(self):
+        self.errors += 1
+
+    def metrics(self):
+        return {"errors": self.errors}
+
+    def close(self):
+        pass
+
+
+def client(access_log=False):
+    app = serving.create_app(EchoBatcher(), TNEWS, serving.ServingLimits(), access_log=access_log)
+    return TestClient(app, base_url="http://127.0.0.1:8189", raise_server_exceptions=False)
+
+
+def test_a_clients_request_id_is_kept_and_echoed():
+    answer = client().post("/tnews", json={"data": {"text": ["上海"]}}, headers={"X-Request-ID": "abc-123"})
+    assert answer.status_code == 200
+    assert answer.headers["x-request-id"] == "abc-123"
+
+
+def test_a_request_without_an_id_gets_a_new_one():
+    http = client()
+    first, second = (http.post("/tnews", json={"data": {"text": ["上海"]}}) for _ in range(2))
+    assert len(first.headers["x-request-id"]) == 32
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("given", ["has spaces in it", "x" * 129, "bad\tid"])
+def test_an_implausible_request_id_is_replaced(given):
+    answer = client().post("/tnews", json={"data": {"text": ["上海"]}}, headers={"X-Request-ID": given})
+    assert answer.headers["x-request-id"] != given
+
+
+def test_refusals_and_errors_carry_the_request_id_too():
+    http = client()
+    refused = http.post("/tnews", content=b"{", headers={"X-Request-ID": "r1", "Content-Type": "application/json"})
+    assert (refused.status_code, refused.headers["x-request-id"]) == (400, "r1")
+    wrong_host = http.post("/tnews", json={"data": {"text": ["a"]}}, headers={"X-Request-ID": "r2", "Host": "evil"})
+    assert (wrong_host.status_code, wrong_host.headers["x-request-id"]) == (421, "r2")
+    crashed = http.post("/tnews", json={"data": {"text": ["crash"]}}, headers={"X-Request-ID": "r3"})
+    assert (crashed.status_code, crashed.headers["x-request-id"]) == (500, "r3")
+    assert crashed.json() == {"error": "internal error: RuntimeError"}
+
+
+def test_every_log_line_about_a_request_names_its_id(caplog):
+    http = client(access_log=True)
+    with caplog.at_level(logging.INFO, logger=serving.logger.name):
+        http.post("/tnews", json={"data": {"text": ["上海"]}}, headers={"X-Request-ID": "id-7"})
+        http.post("/tnews", json={"data": {"text": ["crash"]}}, headers={"X-Request-ID": "id-8"})
+    lines = [record.getMessage() for record in caplog.records if record.name == serving.logger.name]
+    assert "request id-7: queued 1 texts" in lines
+    assert "request id-7: POST /tnews 200" in [line.rsplit(" ", 2)[0] for line in lines]  # the access log line
+    assert "request id-8: POST /tnews failed" in lines  # with its traceback
+    assert all(line.startswith(("request id-7: ", "request id-8: ")) for line in lines)
+
+
+def test_the_batchers_log_lines_about_a_request_name_its_id(tokenizer_folder, caplog):
+    class FailingPredictor(RecordingPredictor):
+        def run(self, batch):
+            if batch["input_ids"].shape[0] and self.entered.is_set():
+                raise RuntimeError("the model broke")
+            return super().run(batch)
+
+    predictor = FailingPredictor()
+    batcher = started_batcher(tokenizer_folder, predictor, max_wait_ms=0)
+    serving.log_request_ids()
+    predictor.entered.set()  # from now on every call fails
+    try:
+        with caplog.at_level(logging.INFO, logger=serving.logger.name), serving.request_context("id-9"):
+            future = batcher.submit(examples("上海"))
+        with pytest.raises(RuntimeError, match="the model broke"):
+            future.result(60)
+    finally:
+        batcher.close()
+    assert "request id-9: a request failed" in [record.getMessage() for record in caplog.records]
