@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -417,17 +417,26 @@ class Pending:
 
 @dataclass(frozen=True)
 class CallCost:
-    """What one model call costs, in tokens' worth of time: a fixed part (reading the weights, starting kernels) and
-    one a padded token. Measured on the predictor at start (measure_call_cost)."""
+    """What a model call of n rows costs, measured at start (measure_call_cost): the time of a call of n rows of
+    `length` tokens for each n (row_times[n]; a call of fewer rows does less work, but often less of it a row),
+    taken to grow with the padded length in proportion."""
 
-    fixed_tokens: float = 0.0
+    row_times: Tuple[float, ...] = (0.0, 1.0)  # [0, t(1), t(2), ...]: one row a time unit, no fixed part
+    length: int = 1
     bucket: int = 1  # the predictor pads each call to a multiple of this many tokens
+
+    @classmethod
+    def linear(cls, fixed_tokens: float, rows: int = 32, bucket: int = 1, length: int = 32) -> "CallCost":
+        """A call costing fixed_tokens' worth of time besides one unit a padded token."""
+        return cls(tuple([0.0] + [fixed_tokens + n * length for n in range(1, rows + 1)]), length, bucket)
 
     def padded_length(self, longest: int) -> int:
         return -(-longest // self.bucket) * self.bucket
 
     def of(self, rows: int, longest: int) -> float:
-        return self.fixed_tokens + rows * self.padded_length(longest)
+        last = len(self.row_times) - 1
+        per_call = self.row_times[rows] if rows <= last else self.row_times[last] * rows / last
+        return per_call * self.padded_length(longest) / self.length
 
 
 def length_sorted_calls(lengths: Sequence[int], cost: CallCost, max_rows: int, max_tokens: int) -> List[List[int]]:
@@ -453,25 +462,23 @@ def length_sorted_calls(lengths: Sequence[int], cost: CallCost, max_rows: int, m
 
 
 def measure_call_cost(predictor, max_rows: int, length: int = 32, repeats: int = 3) -> CallCost:
-    """The fixed part of a call's cost from the median times of a 1-row and a max_rows-row call of length tokens:
-    t = fixed + rows * length * per_token."""
+    """The median time of a call of n rows of length tokens, for n = 1, 2, 4, 8, ... max_rows (between them:
+    interpolated), each at least that of fewer rows."""
     bucket = getattr(predictor, "length_bucket", 1)
     length = -(-length // bucket) * bucket
-    times = {}
-    for rows in sorted({1, max_rows}):
-        ids = np.ones((rows, length), dtype="int64")
-        batch = {name: ids for name in EXPORT_INPUT_NAMES}
+    measured = {}
+    for rows in sorted({min(2**k, max_rows) for k in range(max_rows.bit_length() + 1)}):
+        batch = {name: np.ones((rows, length), dtype="int64") for name in EXPORT_INPUT_NAMES}
         predictor.run(batch)  # a new shape may build kernels first
         runs = []
         for _ in range(repeats):
             started = time.perf_counter()
             predictor.run(batch)
             runs.append(time.perf_counter() - started)
-        times[rows] = float(np.median(runs))
-    if max_rows == 1:
-        return CallCost(0.0, bucket)
-    per_token = max((times[max_rows] - times[1]) / ((max_rows - 1) * length), 1e-9)
-    return CallCost(max(0.0, times[1] / per_token - length), bucket)
+        measured[rows] = max([float(np.median(runs))] + list(measured.values()))
+    sizes = sorted(measured)
+    times = np.interp(np.arange(1, max_rows + 1), sizes, [measured[n] for n in sizes])
+    return CallCost(tuple([0.0] + [float(t) for t in times]), length, bucket)
 
 
 class Batcher:
@@ -612,7 +619,10 @@ class Batcher:
             warm_up_buckets(predictor, self.limits.max_batch_size, self.max_seq_length)
             if self.limits.split_by_length:
                 self.call_cost = measure_call_cost(predictor, self.limits.max_batch_size)
-                logger.info("a model call costs %.0f tokens' worth besides its tokens", self.call_cost.fixed_tokens)
+                logger.info(
+                    "a model call of %d tokens takes %s ms for 1, 2, ... rows", self.call_cost.length,
+                    " ".join(f"{1000 * t:.1f}" for t in self.call_cost.row_times[1:]),
+                )  # fmt: skip
         except Exception as error:  # the server reports it on /health and to every request instead of dying silently
             self.fail_all(f"{type(error).__name__}: {first_line(error)}")
             return
@@ -626,7 +636,7 @@ class Batcher:
     def model_calls(self, features: list) -> List[List[int]]:
         lengths = [len(feature["input_ids"]) for feature in features]
         if not self.limits.split_by_length:
-            cost = CallCost(1e12, self.call_cost.bucket)  # one call, unless the limits cut it
+            cost = CallCost.linear(1e12, bucket=self.call_cost.bucket)  # one call, unless the limits cut it
             return length_sorted_calls(lengths, cost, self.limits.max_batch_size, self.limits.max_batch_tokens)
         return length_sorted_calls(lengths, self.call_cost, self.limits.max_batch_size, self.limits.max_batch_tokens)
 

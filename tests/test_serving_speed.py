@@ -30,34 +30,34 @@ def call_lengths(calls, lengths):
 
 def test_calls_are_cut_where_padding_costs_more_than_a_call():
     lengths = [60, 4, 4, 4, 4, 60, 4, 4]
-    calls = serving.length_sorted_calls(lengths, serving.CallCost(fixed_tokens=10), 32, 10_000)
+    calls = serving.length_sorted_calls(lengths, serving.CallCost.linear(fixed_tokens=10), 32, 10_000)
     assert call_lengths(calls, lengths) == [[4] * 6, [60, 60]]
 
 
 def test_a_costly_call_keeps_the_batch_whole():
     lengths = [60, 4, 4, 4, 4, 60, 4, 4]
-    calls = serving.length_sorted_calls(lengths, serving.CallCost(fixed_tokens=10_000), 32, 10_000)
+    calls = serving.length_sorted_calls(lengths, serving.CallCost.linear(fixed_tokens=10_000), 32, 10_000)
     assert call_lengths(calls, lengths) == [[4] * 6 + [60, 60]]
 
 
 def test_a_call_holds_at_most_max_batch_tokens_padded_tokens():
-    calls = serving.length_sorted_calls([10] * 8, serving.CallCost(fixed_tokens=1e12), 32, 40)
+    calls = serving.length_sorted_calls([10] * 8, serving.CallCost.linear(fixed_tokens=1e12), 32, 40)
     assert [len(call) for call in calls] == [4, 4]
 
 
 def test_a_call_holds_at_most_max_batch_size_rows():
-    calls = serving.length_sorted_calls([10] * 8, serving.CallCost(fixed_tokens=1e12), 3, 10_000)
+    calls = serving.length_sorted_calls([10] * 8, serving.CallCost.linear(fixed_tokens=1e12), 3, 10_000)
     assert [len(call) for call in calls] == [3, 3, 2]
 
 
 def test_a_sequence_longer_than_the_token_bound_runs_alone():
     lengths = [100, 5, 5]
-    calls = serving.length_sorted_calls(lengths, serving.CallCost(fixed_tokens=1e12), 32, 50)
+    calls = serving.length_sorted_calls(lengths, serving.CallCost.linear(fixed_tokens=1e12), 32, 50)
     assert call_lengths(calls, lengths) == [[5, 5], [100]]
 
 
 def test_padding_is_counted_to_the_predictors_length_bucket():
-    calls = serving.length_sorted_calls([9, 9, 9], serving.CallCost(fixed_tokens=1e12, bucket=16), 32, 40)
+    calls = serving.length_sorted_calls([9, 9, 9], serving.CallCost.linear(fixed_tokens=1e12, bucket=16), 32, 40)
     assert [len(call) for call in calls] == [2, 1]  # 2 x 16 fits 40 tokens, 3 x 16 does not
 
 
