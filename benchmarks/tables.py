@@ -316,7 +316,40 @@ def dimensions_table(results: dict) -> list:
     ] + markdown_table(header, lines)
 
 
+def footprint_table(results: dict) -> list:
+    """bench_footprint: each install serving each kind of the compressed best, against the targets."""
+    targets, sizes = results["targets"], {i["install"]: i["size_mb"] for i in results["installs"]}
+    header = [
+        "compressed best",
+        "install (size on disk)",
+        "start to first prediction (s)",
+        "serve.py's first answer (s)",
+    ]
+    header += ["peak memory, infer.py --perf (MB)", "peak memory, serve.py (MB)", "seq/s end to end", "files (MB)"]
+    lines = [
+        [
+            r["path"],
+            f"{r['install']} ({sizes[r['install']] / 1024:.2f} GB)",
+            f"{r['start_to_first_prediction_s']:.2f}",
+            f"{r['serve_start_to_first_answer_s']:.2f}",
+            f"{r['perf_peak_rss_mb']:.0f}",
+            f"{r['serve_peak_rss_mb']:.0f}",
+            f"{r['perf_sequences_per_second']:.0f}",
+            f"{r['served_mb']:.0f}",
+        ]
+        for r in results["rows"]
+    ]
+    return [
+        f"ERNIE 3.0-{results['model'].capitalize()} shape, {results['shape']}, {results['sentences']} real TNEWS "
+        f"sentences; targets: start <= {targets['start_to_first_prediction_s']:g} s, peak <= "
+        f"{targets['peak_rss_mb']:.0f} MB; {machine_line(results)}:",
+        "",
+    ] + markdown_table(header, lines)
+
+
 def tables(results: dict) -> list:
+    if "installs" in results:
+        return footprint_table(results)
     if results.get("rows") and all("served_bytes" in r for r in results["rows"]):
         return dimensions_table(results)
     if "c3_rows" in results:
