@@ -12,7 +12,8 @@ lists; multiple choice: "context", "question" for C3, and "choices", a list for 
 {"result": [...]}, the rows infer.py --text prints. GET /health is ready after the warm-up, GET /metrics counts
 requests, errors, batch sizes, queue depth and latency (Prometheus's text format; ?format=json), GET / is a page to
 try it, GET /openapi.json the OpenAPI description (GET /docs and /redoc with --docs). The model folder, backend and
-precision options and their defaults are infer.py's.
+precision options and their defaults are infer.py's. Every answer carries X-Request-ID (the client's, else a new
+one), which every log line about the request names (--access_log: one line a request).
 
 It listens on 127.0.0.1 by default and answers there only requests whose Host header names this machine (a
 DNS-rebinding page is refused) and bodies sent as application/json (a web page cannot send those to another site

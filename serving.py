@@ -419,11 +419,13 @@ class Pending:
 class CallCost:
     """What a model call of n rows costs, measured at start (measure_call_cost): the time of a call of n rows of
     `length` tokens for each n (row_times[n]; a call of fewer rows does less work, but often less of it a row),
-    taken to grow with the padded length in proportion."""
+    taken to grow with the padded length in proportion; a shape (rows x padded length) not run before costs new_shape
+    more (Paddle's oneDNN builds its kernels for each new shape)."""
 
     row_times: Tuple[float, ...] = (0.0, 1.0)  # [0, t(1), t(2), ...]: one row a time unit, no fixed part
     length: int = 1
     bucket: int = 1  # the predictor pads each call to a multiple of this many tokens
+    new_shape: float = 0.0
 
     @classmethod
     def linear(cls, fixed_tokens: float, rows: int = 32, bucket: int = 1, length: int = 32) -> "CallCost":
@@ -433,16 +435,20 @@ class CallCost:
     def padded_length(self, longest: int) -> int:
         return -(-longest // self.bucket) * self.bucket
 
-    def of(self, rows: int, longest: int) -> float:
-        last = len(self.row_times) - 1
+    def of(self, rows: int, longest: int, shapes_run=None) -> float:
+        last, padded = len(self.row_times) - 1, self.padded_length(longest)
         per_call = self.row_times[rows] if rows <= last else self.row_times[last] * rows / last
-        return per_call * self.padded_length(longest) / self.length
+        new = self.new_shape if shapes_run is not None and (rows, padded) not in shapes_run else 0.0
+        return per_call * padded / self.length + new
 
 
-def length_sorted_calls(lengths: Sequence[int], cost: CallCost, max_rows: int, max_tokens: int) -> List[List[int]]:
+def length_sorted_calls(
+    lengths: Sequence[int], cost: CallCost, max_rows: int, max_tokens: int, shapes_run=None
+) -> List[List[int]]:
     """The model calls to run features of these lengths in: indices sorted by length, cut where the padding a cut
-    saves outweighs another call's fixed cost (the cheapest cutting, by dynamic programming over the sorted lengths);
-    a call holds at most max_rows rows and max_tokens padded tokens (one row is always a call)."""
+    saves outweighs another call's cost (the cheapest cutting, by dynamic programming over the sorted lengths; a shape
+    not in shapes_run, when given, costs cost.new_shape more); a call holds at most max_rows rows and max_tokens padded
+    tokens (one row is always a call)."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     best, cut = [0.0] + [float("inf")] * len(order), [0] * (len(order) + 1)
     for end in range(1, len(order) + 1):
@@ -451,7 +457,7 @@ def length_sorted_calls(lengths: Sequence[int], cost: CallCost, max_rows: int, m
             rows = end - start
             if rows > 1 and rows * cost.padded_length(longest) > max_tokens:
                 break
-            total = best[start] + cost.of(rows, longest)
+            total = best[start] + cost.of(rows, longest, shapes_run)
             if total < best[end]:
                 best[end], cut[end] = total, start
     calls, end = [], len(order)
@@ -461,24 +467,38 @@ def length_sorted_calls(lengths: Sequence[int], cost: CallCost, max_rows: int, m
     return calls[::-1]
 
 
+def calibration_sizes(max_rows: int) -> List[int]:
+    return sorted({min(2**k, max_rows) for k in range(max_rows.bit_length() + 1)})
+
+
 def measure_call_cost(predictor, max_rows: int, length: int = 32, repeats: int = 3) -> CallCost:
     """The median time of a call of n rows of length tokens, for n = 1, 2, 4, 8, ... max_rows (between them:
-    interpolated), each at least that of fewer rows."""
+    interpolated), each at least that of fewer rows; and what a shape's first call takes more (the median over those
+    sizes)."""
     bucket = getattr(predictor, "length_bucket", 1)
     length = -(-length // bucket) * bucket
-    measured = {}
-    for rows in sorted({min(2**k, max_rows) for k in range(max_rows.bit_length() + 1)}):
+    measured, first_more = {}, []
+    for rows in calibration_sizes(max_rows):
         batch = {name: np.ones((rows, length), dtype="int64") for name in EXPORT_INPUT_NAMES}
-        predictor.run(batch)  # a new shape may build kernels first
         runs = []
-        for _ in range(repeats):
+        for _ in range(repeats + 1):  # the first may build the shape's kernels
             started = time.perf_counter()
             predictor.run(batch)
             runs.append(time.perf_counter() - started)
-        measured[rows] = max([float(np.median(runs))] + list(measured.values()))
+        steady = float(np.median(runs[1:]))
+        measured[rows] = max([steady] + list(measured.values()))
+        first_more.append(max(0.0, runs[0] - steady))
     sizes = sorted(measured)
     times = np.interp(np.arange(1, max_rows + 1), sizes, [measured[n] for n in sizes])
-    return CallCost(tuple([0.0] + [float(t) for t in times]), length, bucket)
+    return CallCost(tuple([0.0] + [float(t) for t in times]), length, bucket, float(np.median(first_more)))
+
+
+def warmed_shapes(predictor, max_rows: int, max_seq_length: int) -> set:
+    """The (rows, padded length) shapes warm_up_buckets ran: max_rows rows at every bucket length."""
+    bucket = getattr(predictor, "length_bucket", 1)
+    if bucket <= 1:
+        return set()
+    return {(max_rows, length) for length in set(range(bucket, max_seq_length + 1, bucket)) | {max_seq_length}}
 
 
 class Batcher:
@@ -504,6 +524,7 @@ class Batcher:
         self.failed: Optional[str] = None
         self.tokenizer = None
         self.call_cost = CallCost()
+        self.shapes = set()  # (rows, padded length) of every call run so far
         self.stats = {
             "requests": 0,
             "errors": 0,
@@ -617,11 +638,14 @@ class Batcher:
         try:
             predictor = self.make_predictor()
             warm_up_buckets(predictor, self.limits.max_batch_size, self.max_seq_length)
+            self.shapes = warmed_shapes(predictor, self.limits.max_batch_size, self.max_seq_length)
             if self.limits.split_by_length:
                 self.call_cost = measure_call_cost(predictor, self.limits.max_batch_size)
+                self.shapes |= {(rows, self.call_cost.length) for rows in calibration_sizes(self.limits.max_batch_size)}
                 logger.info(
-                    "a model call of %d tokens takes %s ms for 1, 2, ... rows", self.call_cost.length,
-                    " ".join(f"{1000 * t:.1f}" for t in self.call_cost.row_times[1:]),
+                    "a model call of %d tokens takes %s ms for 1, 2, ... rows; a new shape %.1f ms more",
+                    self.call_cost.length, " ".join(f"{1000 * t:.1f}" for t in self.call_cost.row_times[1:]),
+                    1000 * self.call_cost.new_shape,
                 )  # fmt: skip
         except Exception as error:  # the server reports it on /health and to every request instead of dying silently
             self.fail_all(f"{type(error).__name__}: {first_line(error)}")
@@ -638,7 +662,8 @@ class Batcher:
         if not self.limits.split_by_length:
             cost = CallCost.linear(1e12, bucket=self.call_cost.bucket)  # one call, unless the limits cut it
             return length_sorted_calls(lengths, cost, self.limits.max_batch_size, self.limits.max_batch_tokens)
-        return length_sorted_calls(lengths, self.call_cost, self.limits.max_batch_size, self.limits.max_batch_tokens)
+        limits = self.limits
+        return length_sorted_calls(lengths, self.call_cost, limits.max_batch_size, limits.max_batch_tokens, self.shapes)
 
     def run_batch(self, predictor, batch: List[Pending]) -> None:
         """Run the batch's features in model calls (model_calls), answering each request once its last row has run
@@ -728,6 +753,7 @@ class Batcher:
 
     def record_call(self, features: list, call: List[int]) -> None:
         longest = max(len(features[i]["input_ids"]) for i in call)
+        self.shapes.add((len(call), self.call_cost.padded_length(longest)))
         with self.lock:
             self.stats["model_calls"] += 1
             self.stats["tokens"] += sum(len(features[i]["input_ids"]) for i in call)
@@ -779,7 +805,10 @@ def json_answer(value, status: int = 200, headers: Optional[dict] = None):
     in a fraction of the time)."""
     from starlette.responses import Response
 
-    body = orjson.dumps(value) if orjson is not None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if orjson is not None:
+        body = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)  # a numpy number as its value, not an error
+    else:
+        body = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 

@@ -5,6 +5,7 @@ calls where padding would cost more than another call; a lone client is not kept
 has an id (the client's X-Request-ID, else a new one) in its answer's header and in the log lines about it."""
 
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import os
@@ -38,6 +39,15 @@ def test_a_costly_call_keeps_the_batch_whole():
     lengths = [60, 4, 4, 4, 4, 60, 4, 4]
     calls = serving.length_sorted_calls(lengths, serving.CallCost.linear(fixed_tokens=10_000), 32, 10_000)
     assert call_lengths(calls, lengths) == [[4] * 6 + [60, 60]]
+
+
+def test_a_shape_run_before_is_preferred_to_a_new_one_where_new_shapes_are_costly():
+    lengths = [60, 4, 4, 4, 4, 60, 4, 4]
+    cost = dataclasses.replace(serving.CallCost.linear(fixed_tokens=10), new_shape=1e6)
+    calls = serving.length_sorted_calls(lengths, cost, 32, 10_000, shapes_run={(8, 60)})
+    assert call_lengths(calls, lengths) == [[4] * 6 + [60, 60]]
+    calls = serving.length_sorted_calls(lengths, cost, 32, 10_000, shapes_run={(6, 4), (2, 60)})
+    assert call_lengths(calls, lengths) == [[4] * 6, [60, 60]]
 
 
 def test_a_call_holds_at_most_max_batch_tokens_padded_tokens():
@@ -141,7 +151,7 @@ def test_a_text_the_tokenizer_refuses_fails_its_own_request_at_submit(tokenizer_
 
 def test_a_batch_takes_requests_up_to_max_batch_tokens(tokenizer_folder):
     predictor = RecordingPredictor()
-    batcher = started_batcher(tokenizer_folder, predictor, max_batch_tokens=24, max_wait_ms=0)
+    batcher = started_batcher(tokenizer_folder, predictor, max_batch_tokens=24, max_wait_ms=0, split_by_length=False)
     try:
         predictor.hold = True
         futures = [batcher.submit(examples("以色列大规模空袭开始"))]  # 12 tokens
