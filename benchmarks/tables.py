@@ -222,14 +222,32 @@ def compress_tables(results: dict) -> list:
     ] + markdown_table(header, lines)
 
 
+def vocabulary_twins(run: dict) -> list:
+    """(pruned, unpruned) candidate pairs of one strategy run: each pruned-vocabulary candidate and the same model,
+    precision and backend with the full vocabulary."""
+    by_path = {c["relative_path"]: c for c in run["candidates"]}
+    by_path["parent"] = run["parent"]
+    pairs = []
+    for path, candidate in by_path.items():
+        if "vocab_pruned" in path:
+            twin = path.replace("_vocab_pruned", "") if "_vocab_pruned" in path else path.replace("vocab_pruned", "")
+            twin = twin.strip("/") or "parent"
+            if twin in by_path:
+                pairs.append((candidate, by_path[twin]))
+    return pairs
+
+
 def compress_summary(results: dict) -> list:
-    """bench_compress in a few lines: per task and strategy, the parent, the chosen candidate, and the int8 drops."""
+    """bench_compress in a few lines: per task and strategy, the parent, the chosen candidate, and the int8 drops;
+    for pruned vocabularies, the largest metric change against the same candidate unpruned and the files' share."""
     header = ["task", "strategy", "parent", "best (served as)", "its drop", "× parent speed", "int8 drops (min–max)"]
+    header += ["pruned vocabulary: largest change", "its files (largest share)"]
     lines = []
     for task, entry in results["results"].items():
         for run in entry["strategies"]:
             best = next((c for c in run["candidates"] if c["relative_path"] == run["best"]), None)
             drops = [c["drop_points"] for c in run["candidates"] if c["precision"] == "int8"]
+            twins = vocabulary_twins(run)
             lines.append(
                 [
                     task,
@@ -239,6 +257,10 @@ def compress_summary(results: dict) -> list:
                     f"{best['drop_points']:.2f}" if best else "",
                     f"{best['sequences_per_second'] / run['parent']['sequences_per_second']:.2f}×" if best else "",
                     f"{min(drops):.2f} – {max(drops):.2f}" if drops else "",
+                    f"{max(abs(p['metric_points'] - u['metric_points']) for p, u in twins):.2f} points"
+                    if twins
+                    else "",
+                    f"{max(p['size_bytes'] / u['size_bytes'] for p, u in twins):.0%}" if twins else "",
                 ]
             )
     return [
@@ -249,27 +271,45 @@ def compress_summary(results: dict) -> list:
 
 
 def serve_tables(results: dict) -> list:
-    """bench_serve: the server at each concurrency against infer.py offline, same sentences, same run."""
-    offline = results["offline"]
-    header = ["path", "seq/s", "latency p50 (ms)", "latency p99 (ms)"]
-    lines = [
-        ["infer.py offline, batch 32", f"{offline['batch_32_sequences_per_second']:.0f}", "", ""],
-        ["infer.py offline, batch 1", "", f"{offline['batch_1_latency_ms_p50']:.1f}", ""],
-    ]
-    lines += [
-        [
-            f"serve.py, concurrency {row['concurrency']}",
-            f"{row['sequences_per_second']:.0f}",
-            f"{row['latency_ms_p50']:.1f}",
-            f"{row['latency_ms_p99']:.1f}",
+    """bench_serve: the server at each concurrency against infer.py offline, same sentences, same run, for each
+    model; then the targets, and each lever turned off in turn where measured."""
+    header = ["model", "path", "seq/s", "latency p50 (ms)", "latency p99 (ms)", "client CPU (ms a request)"]
+    lines, verdicts = [], []
+    for model in results["models"]:
+        offline = model["offline"]
+        batch_32 = f"{offline['batch_32_sequences_per_second']:.1f}"
+        lines += [
+            [model["path"], "infer.py offline, batch 32", batch_32, "", "", ""],
+            ["", "infer.py offline, batch 1", "", f"{offline['batch_1_latency_ms_p50']:.1f}", "", ""],
         ]
-        for row in results["server"]
-    ]
-    return [
-        f"ERNIE 3.0-{results['model'].capitalize()} shape, {results['sentences']} real TNEWS sentences, one a request; "
-        f"{machine_line(results)}:",
+        lines += [
+            ["", f"serve.py, concurrency {row['concurrency']}", f"{row['sequences_per_second']:.1f}",
+             f"{row['latency_ms_p50']:.1f}", f"{row['latency_ms_p99']:.1f}", f"{row['client_cpu_ms_per_request']:.2f}"]
+            for row in model["server"]
+        ]  # fmt: skip
+        verdicts.append(
+            f"{model['path']}: concurrency 32 gives {model['concurrency_32_over_offline']:.0%} of offline batch 32 "
+            f"(target 85%: {'met' if model['met_85_percent'] else 'not met'}); concurrency 1 adds "
+            f"{model['concurrency_1_p50_minus_offline_batch_1_ms']:+.1f} ms to batch 1's p50 (target 2 ms: "
+            f"{'met' if model['met_2_ms'] else 'not met'})."
+        )
+    text = [
+        f"ERNIE 3.0-{results['model'].capitalize()} shape, {results['sentences']} real TNEWS sentences, one a request "
+        f"(an asyncio client on keep-alive sockets); infer.py offline: the faster of its runs before and after the "
+        f"server; {machine_line(results)}; load average {' '.join(results['loadavg_before'])} before, "
+        f"{' '.join(results['loadavg_after'])} after (the cores are shared):",
         "",
     ] + markdown_table(header, lines)
+    text += [""] + [f"- {verdict}" for verdict in verdicts]
+    levers = [(model["path"], lever) for model in results["models"] for lever in model.get("levers", [])]
+    if levers:
+        text += ["", "Each lever off in turn (its own server start, fewer sentences):", ""]
+        text += markdown_table(
+            ["model", "server", "concurrency 1 p50 (ms)", "concurrency 32 seq/s"],
+            [[path, lever["server"], f"{lever['rows'][0]['latency_ms_p50']:.1f}",
+              f"{lever['rows'][-1]['sequences_per_second']:.1f}"] for path, lever in levers],
+        )  # fmt: skip
+    return text
 
 
 def multiple_choice_table(results: dict) -> list:
@@ -325,7 +365,8 @@ def footprint_table(results: dict) -> list:
         "start to first prediction (s)",
         "serve.py's first answer (s)",
     ]
-    header += ["peak memory, infer.py --perf (MB)", "peak memory, serve.py (MB)", "seq/s end to end", "files (MB)"]
+    header += ["peak memory, infer.py --perf (MB)", "peak memory, serve.py (MB)", "seq/s end to end"]
+    header += ["files served (MB)", "folder (MB)"]
     lines = [
         [
             r["path"],
@@ -336,6 +377,7 @@ def footprint_table(results: dict) -> list:
             f"{r['serve_peak_rss_mb']:.0f}",
             f"{r['perf_sequences_per_second']:.0f}",
             f"{r['served_mb']:.0f}",
+            f"{r['folder_mb']:.0f}",
         ]
         for r in results["rows"]
     ]
@@ -358,7 +400,7 @@ def tables(results: dict) -> list:
         return deploy_tables(results)
     if "results" in results:
         return compress_tables(results)
-    if "server" in results:
+    if "load_generator" in results:
         return serve_tables(results)
     return infer_tables(results)
 
@@ -367,6 +409,11 @@ HEADLINES = (
     ("deploy.json", "Speed of the deployment paths", deploy_tables),
     ("deploy_dimensions.json", "Compression that removes work (random weights: speed, size, memory)", dimensions_table),
     ("compress.json", "Accuracy cost of compression", compress_summary),
+    (
+        "compress_dimensions.json",
+        "Accuracy cost of depth, a student and a pruned vocabulary (a 4-layer teacher)",
+        compress_summary,
+    ),
     ("compress_c3_quick.json", "Accuracy cost of compression, C3 (on the questions it fitted)", compress_summary),
     ("multiple_choice.json", "Speed of C3-shaped deployment", multiple_choice_table),
     ("serve.json", "Serving", serve_tables),
