@@ -7,7 +7,7 @@ the install's size on disk, with the full install (requirements.txt) and the dep
 The ERNIE 3.0-Medium shape (random weights) cut to width 3/4 and served in int8 by ONNX Runtime (dynamic
 quantization) and OpenVINO (NNCF): the kinds of the Medium shape's compressed best (benchmarks/results/deploy.json),
 each in a folder like the candidate compress_*.py leaves (its task.json says how to serve it). For each install and
-folder, every process of its own, 2 threads:
+folder, every process of its own, 2 threads, with bytecode caches as a user's install has them:
 - infer.py --text (one sentence): from the process's start to its exit after printing the prediction (the median of
   --runs after one run that fills the page cache and OpenVINO's compiled-model cache, recorded as first_run_s);
 - serve.py: from the process's start to the first answered POST /tnews (polled every 10 ms);
@@ -41,19 +41,37 @@ SENTENCE = "以色列大规模空袭开始"
 REQUIREMENTS = {"full": "requirements.txt", "deploy-only": "requirements-deploy.txt"}
 
 
+def user_environment() -> dict:
+    """The environment of a user's process: Python keeps its bytecode caches (a session that sets
+    PYTHONDONTWRITEBYTECODE would compile every module again at every start, and pip installs without them)."""
+    return {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+
+
 def deploy_python(venv: str) -> str:
     """The deploy-only install's interpreter: venv's, made first with `python3 -m venv` and `pip install -r
-    requirements-deploy.txt` when it is missing; checked to hold none of the full install's packages."""
+    requirements-deploy.txt` when it is missing, its packages' bytecode compiled as pip does by default; checked to
+    hold none of the full install's packages."""
     python = os.path.join(venv, "bin", "python")
     if not os.path.isfile(python):
         subprocess.run([sys._base_executable, "-m", "venv", venv], check=True)
         requirements = os.path.join(ROOT, REQUIREMENTS["deploy-only"])
-        subprocess.run([python, "-m", "pip", "install", "-q", "-r", requirements], check=True)
+        subprocess.run([python, "-m", "pip", "install", "-q", "-r", requirements], check=True, env=user_environment())
+    subprocess.run([python, "-m", "compileall", "-q", site_packages(python)], check=True, env=user_environment())
     probe = f"import importlib.util as u; print([n for n in {FULL_INSTALL_ONLY!r} if u.find_spec(n)])"
     found = json.loads(subprocess.run([python, "-c", probe], check=True, capture_output=True, text=True).stdout)
     if found:
         raise runtime.UserError(f"{venv} is no deploy-only install: it holds {', '.join(found)}")
     return python
+
+
+def site_packages(python: str) -> str:
+    done = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip()
 
 
 def installed_packages(python: str) -> list:
@@ -72,13 +90,7 @@ def disk_usage_mb(path: str) -> float:
 
 def largest_packages(python: str, count: int = 5) -> dict:
     """The count largest entries of the install's site-packages, in MB."""
-    done = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    site = done.stdout.strip()
+    site = site_packages(python)
     sizes = {name: disk_usage_mb(os.path.join(site, name)) for name in os.listdir(site)}
     return {name: round(size, 1) for name, size in sorted(sizes.items(), key=lambda item: -item[1])[:count]}
 
@@ -123,7 +135,7 @@ def infer_command(python: str, folder: str, threads: int, *flags: str) -> list:
 
 
 def run_checked(command: list, timeout: int = 900) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=user_environment())
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed: {done.stderr[-2000:]}")
     return done
@@ -167,7 +179,11 @@ def serve_footprint(python: str, folder: str, threads: int, texts: list) -> dict
     command = [python, os.path.join(ROOT, "serve.py"), "--model_path", folder, "--port", str(port)]
     started = time.perf_counter()
     process = subprocess.Popen(
-        command + ["--num_threads", str(threads)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        command + ["--num_threads", str(threads)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=user_environment(),
     )
     try:
         first = None
@@ -217,6 +233,7 @@ def footprint_row(label, install: str, python: str, folder: str, served_mb: floa
         "install": install,
         "threads": args.threads,
         "served_mb": served_mb,
+        "folder_mb": disk_usage_mb(folder),  # what copying the candidate folder carries
         "first_run_s": first,
         "start_to_first_prediction_s": statistics.median(starts),
         "start_runs_s": starts,
