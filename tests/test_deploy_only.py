@@ -203,3 +203,19 @@ def test_a_needed_conversion_is_one_error_line_without_paddle2onnx(tnews_run, de
     (line,) = error_lines(stderr)
     assert f"{export} holds no model.onnx: converting its Paddle program needs paddle2onnx" in line
     assert "run it once with the full install" in line
+
+
+def pinned(path):
+    """{package name: version} of a requirements file's name==version lines."""
+    with open(os.path.join(ROOT, path), encoding="utf-8") as handle:
+        lines = [line.split("#")[0].strip() for line in handle]
+    return dict(line.lower().split("==") for line in lines if "==" in line)
+
+
+def test_the_deploy_requirements_hold_no_paddle_and_pin_the_full_installs_versions():
+    deploy, full = pinned("requirements-deploy.txt"), pinned("requirements.txt")
+    assert not set(deploy) & {"paddlepaddle", "paddlepaddle-gpu", "paddlenlp", "paddleslim", "paddle2onnx"}
+    assert {name: deploy[name] for name in set(deploy) & set(full)} == {
+        name: full[name] for name in set(deploy) & set(full)
+    }
+    assert {"onnxruntime", "openvino", "tokenizers", "numpy", "fastapi", "uvicorn"} <= set(deploy)
