@@ -325,28 +325,38 @@ def choose_for_tensorrt(parent: Candidate, candidates: Sequence[Candidate], max_
 INFER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "infer.py")
 
 
-def served_peak_memory(model_dir: str, run: "CompressionRun") -> Optional[int]:
-    """Peak resident memory (bytes) of `infer.py --perf` serving the folder on the dev set in a process of its own, as a
-    user runs it (its task.json says the backend and precision); None, with a warning, when that run fails."""
+def perf_in_own_process(model_dir: str, options: Sequence[str], timeout: Optional[float] = None) -> dict:
+    """`infer.py --model_path model_dir --perf <options>` run as a user runs it, in a process of its own: its report
+    (task.json says the backend and precision unless options do). UserError when it fails or runs out of time."""
     with tempfile.TemporaryDirectory() as scratch:
         output = os.path.join(scratch, "perf.json")
-        command = [sys.executable, INFER_SCRIPT, "--model_path", model_dir, "--perf", "--output_file", output]
-        command += [
-            "--num_threads",
-            str(run.args.num_threads),
-            "--batch_size",
-            str(run.args.per_device_eval_batch_size),
-        ]
-        for option, value in (
-            ("--dev_file", run.data_args.dev_file),
-            ("--max_eval_samples", run.data_args.max_eval_samples),
-        ):
-            command += [option, str(value)] if value is not None else []
-        done = subprocess.run(command, capture_output=True, text=True)
+        command = [sys.executable, INFER_SCRIPT, "--model_path", model_dir, "--perf", *options, "--output_file", output]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise UserError(f"infer.py --perf on {model_dir} took more than {timeout:.0f} s") from None
         if done.returncode:
-            logger.warning("%s: no peak memory, infer.py --perf failed: %s", model_dir, done.stderr.strip()[-300:])
-            return None
-        return int(read_json_file(output, "infer.py --perf's report")["perf"]["peak_rss_mb"] * 2**20)
+            raise UserError(f"infer.py --perf on {model_dir} failed: {done.stderr.strip()[-300:]}")
+        return read_json_file(output, "infer.py --perf's report")
+
+
+MEMORY_SAMPLES = 512  # dev examples infer.py --perf runs to measure a candidate's peak memory
+MEMORY_TIMEOUT_S = 600
+
+
+def served_peak_memory(model_dir: str, run: "CompressionRun") -> Optional[int]:
+    """Peak resident memory (bytes) of infer.py --perf serving the folder on the first MEMORY_SAMPLES dev examples (or
+    --max_eval_samples) in a process of its own; None, with a warning, when that run fails."""
+    samples = min(MEMORY_SAMPLES, run.data_args.max_eval_samples or MEMORY_SAMPLES)
+    options = ["--num_threads", str(run.args.num_threads), "--batch_size", str(run.args.per_device_eval_batch_size)]
+    options += ["--max_eval_samples", str(samples)]
+    options += ["--dev_file", run.data_args.dev_file] if run.data_args.dev_file else []
+    try:
+        report = perf_in_own_process(model_dir, options, MEMORY_TIMEOUT_S)
+    except UserError as error:
+        logger.warning("%s: no peak memory (%s)", model_dir, error)
+        return None
+    return int(report["perf"]["peak_rss_mb"] * 2**20)
 
 
 @dataclass(frozen=True)

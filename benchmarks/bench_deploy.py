@@ -315,7 +315,7 @@ def dimension_rows(name: str, workdir: str, threads: int, examples, vocabulary_e
         folders.update(int8_folders(model, workdir, label, calibration))
     rows = []
     for label, folder in folders.items():
-        serving = model_folder.read_task_file(folder).serving
+        serving = model_folder.read_task_file(folder).serving or model_folder.Serving("paddle", "fp32")
         fixed = fixed_shape_row(label, folder, serving.backend, serving.precision, threads, 6)
         row = infer_process_row(label, folder, dev_file, len(examples), threads)
         row["fixed_32x128_ms"] = fixed["latency_ms"]

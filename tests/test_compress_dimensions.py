@@ -452,3 +452,30 @@ def test_the_exported_programs_hold_the_word_embedding_once_and_score_as_the_mod
     assert len(tables) == 1
     np.testing.assert_allclose(served, logits(model, rows), atol=1e-5)
     np.testing.assert_allclose(served_logits(folder, rows, "paddle"), served, atol=1e-5)
+
+
+def test_a_candidate_s_memory_run_is_capped_and_a_failed_one_is_no_number(monkeypatch):
+    import types
+
+    calls = []
+
+    def fake_perf(model_dir, options, timeout=None):
+        calls.append((list(options), timeout))
+        if model_dir == "broken":
+            raise runtime.UserError("infer.py --perf on broken failed: boom")
+        return {"perf": {"peak_rss_mb": 300.0}}
+
+    monkeypatch.setattr(compression, "perf_in_own_process", fake_perf)
+    run = types.SimpleNamespace(
+        args=types.SimpleNamespace(num_threads=2, per_device_eval_batch_size=32),
+        data_args=types.SimpleNamespace(max_eval_samples=None, dev_file="dev.json"),
+    )
+    assert compression.served_peak_memory("folder", run) == 300 * 2**20
+    options, timeout = calls[0]
+    assert options[options.index("--max_eval_samples") + 1] == "512"
+    assert options[options.index("--dev_file") + 1] == "dev.json"
+    assert timeout == compression.MEMORY_TIMEOUT_S
+    run.data_args.max_eval_samples = 40
+    compression.served_peak_memory("folder", run)
+    assert calls[1][0][calls[1][0].index("--max_eval_samples") + 1] == "40"
+    assert compression.served_peak_memory("broken", run) is None
