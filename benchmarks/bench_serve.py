@@ -263,6 +263,23 @@ def measure_model(label, model_dir, backend, precision, examples, texts, args) -
     return result
 
 
+def busy_note(results: dict) -> str:
+    """Whether other work shared the cores: the highest 1-minute load average seen against the core count, and how
+    many cores the server got at concurrency 32."""
+    loads = [float(results["loadavg_before"][0]), float(results["loadavg_after"][0])]
+    loads += [float(row["loadavg_after"][0]) for model in results["models"] for row in model["server"]]
+    cores = results["machine"]["cores"]
+    got = ", ".join(
+        f"{model['path']}: {model['server'][-1]['server_cpu_cores_busy']:.2f}" for model in results["models"]
+    )
+    if max(loads) <= cores:
+        return f"no: 1-minute load average at most {max(loads):.1f} on {cores} cores"
+    return (
+        f"yes: 1-minute load average up to {max(loads):.1f} on {cores} cores (other runs); the server used "
+        f"{got} cores at concurrency 32, so its rows and the offline ones saw different shares of the CPU"
+    )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
@@ -298,6 +315,7 @@ def main(argv=None):
         **extras,
         "seconds": time.perf_counter() - started,
     }
+    results["machine_busy"] = busy_note(results)
     output = args.output or os.path.join(
         ROOT, "benchmarks", "results", "serve" + ("_quick" if args.quick else "") + ".json"
     )

@@ -301,6 +301,8 @@ def serve_tables(results: dict) -> list:
         "",
     ] + markdown_table(header, lines)
     text += [""] + [f"- {verdict}" for verdict in verdicts]
+    if "machine_busy" in results:
+        text.append(f"- Other work on the machine: {results['machine_busy']}.")
     levers = [(model["path"], lever) for model in results["models"] for lever in model.get("levers", [])]
     if levers:
         text += ["", "Each lever off in turn (its own server start, fewer sentences):", ""]
