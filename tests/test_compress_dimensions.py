@@ -285,8 +285,19 @@ def test_distillation_refuses_a_student_of_another_vocabulary_or_too_many_layers
 ONE_BACKEND = FAST + ["--backends", "paddle", "--max_steps", "2"]
 
 
+def compressed(main, argv):
+    """The report of a compression, also when no candidate was faster than the parent on this (shared) machine:
+    these tests are about the candidates made, not the speed of tiny models."""
+    try:
+        return main(argv)
+    except runtime.UserError as error:
+        assert "and faster than it; nothing is chosen" in str(error)
+        return read_report(argv[argv.index("--output_dir") + 1])
+
+
 def test_students_distill_for_tokens_spans_and_choices(ner_run, c3_run, qa_run, tmp_path):
-    ner = compress_token_cls.main(
+    ner = compressed(
+        compress_token_cls.main,
         ["--task_name", "msra_ner", "--model_name_or_path", ner_run, "--train_file", ner_file("train.tsv"),
          "--dev_file", ner_file("dev.tsv"), "--output_dir", str(tmp_path / "ner"), "--strategy", "distill",
          "--student_layers", "1", "--prune_vocabulary"] + ONE_BACKEND
@@ -295,14 +306,16 @@ def test_students_distill_for_tokens_spans_and_choices(ner_run, c3_run, qa_run, 
     import compress_multiple_choice
     from conftest import C3_TRAIN_FILES, choice_file
 
-    c3 = compress_multiple_choice.main(
+    c3 = compressed(
+        compress_multiple_choice.main,
         ["--task_name", "c3", "--model_name_or_path", c3_run, "--train_file", choice_file("c3"),
          "--dev_file", C3_TRAIN_FILES, "--output_dir", str(tmp_path / "c3"), "--max_seq_length", "48",
          "--strategy", "distill", "--student_layers", "1", "--prune_vocabulary"] + ONE_BACKEND
     )  # fmt: skip
     assert [c.relative_path for c in c3.candidates] == ["student", "student_vocab_pruned"]
     assert c3.candidates[0].student == "teacher's layers (1 of 2), width 1"
-    qa = compress_qa.main(
+    qa = compressed(
+        compress_qa.main,
         ["--task_name", "cmrc2018", "--model_name_or_path", qa_run, "--train_file", qa_file("train.json"),
          "--dev_file", qa_file("dev.json"), "--output_dir", str(tmp_path / "qa"), *QA_SMALL, "--strategy", "distill",
          "--student_layers", "1", "--hidden_distillation_weight", "0.5"] + ONE_BACKEND
