@@ -224,7 +224,9 @@ def perf_footprint(python: str, folder: str, threads: int, dev_file: str, senten
 
 
 def footprint_row(label, install: str, python: str, folder: str, served_mb: float, args, dev_file, texts) -> dict:
-    """One install serving one folder: its starts, peaks and speed, and whether it meets the targets."""
+    """One install serving one folder: its starts, peaks and speed, and whether it meets the targets; the machine's
+    load average before and after (other jobs share its cores, and slow what is timed)."""
+    load_before = os.getloadavg()[0]
     first = infer_start_seconds(python, folder, args.threads)
     starts = [infer_start_seconds(python, folder, args.threads) for _ in range(args.runs)]
     served = serve_footprint(python, folder, args.threads, texts)
@@ -240,6 +242,7 @@ def footprint_row(label, install: str, python: str, folder: str, served_mb: floa
         **perf_footprint(python, folder, args.threads, dev_file, len(texts)),
         "serve_start_to_first_answer_s": served["start_to_first_answer_s"],
         "serve_peak_rss_mb": served["peak_rss_mb"],
+        "load_average_1min": [load_before, os.getloadavg()[0]],
     }
     row["meets_targets"] = (
         row["start_to_first_prediction_s"] <= TARGETS["start_to_first_prediction_s"]

@@ -380,6 +380,7 @@ def footprint_table(results: dict) -> list:
             f"{r['perf_sequences_per_second']:.0f}",
             f"{r['served_mb']:.0f}",
             f"{r['folder_mb']:.0f}",
+            "-".join(f"{load:.1f}" for load in r.get("load_average_1min", [])),
         ]
         for r in results["rows"]
     ]
