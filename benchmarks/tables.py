@@ -368,7 +368,7 @@ def footprint_table(results: dict) -> list:
         "serve.py's first answer (s)",
     ]
     header += ["peak memory, infer.py --perf (MB)", "peak memory, serve.py (MB)", "seq/s end to end"]
-    header += ["files served (MB)", "folder (MB)"]
+    header += ["files served (MB)", "folder (MB)", "load average (1 min, before-after)"]
     lines = [
         [
             r["path"],
