@@ -289,7 +289,13 @@ def serve_tables(results: dict) -> list:
         ]  # fmt: skip
         verdicts.append(
             f"{model['path']}: concurrency 32 gives {model['concurrency_32_over_offline']:.0%} of offline batch 32 "
-            f"(target 85%: {'met' if model['met_85_percent'] else 'not met'}); concurrency 1 adds "
+            f"(target 85%: {'met' if model['met_85_percent'] else 'not met'}"
+            + (
+                f"; per CPU second each process got: {model['concurrency_32_over_offline_per_cpu_second']:.0%}"
+                if "concurrency_32_over_offline_per_cpu_second" in model
+                else ""
+            )
+            + "); concurrency 1 adds "
             f"{model['concurrency_1_p50_minus_offline_batch_1_ms']:+.1f} ms to batch 1's p50 (target 2 ms: "
             f"{'met' if model['met_2_ms'] else 'not met'})."
         )
