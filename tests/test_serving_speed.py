@@ -4,7 +4,6 @@ own request; batches and model calls are bounded by tokens as well as sequences;
 calls where padding would cost more than another call; a lone client is not kept waiting for company; each request
 has an id (the client's X-Request-ID, else a new one) in its answer's header and in the log lines about it."""
 
-import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -15,6 +14,7 @@ import threading
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from test_http_security import StubBatcher
 
 import serving
 import utils
@@ -192,29 +192,14 @@ def test_the_metrics_count_model_calls_and_padding(tokenizer_folder):
 
 
 # ---- request ids ---------------------------------------------------------------------------------------------------
-class EchoBatcher:
-    """What create_app needs of a Batcher: each text answered with itself; a text 'crash' raises in submit."""
-
-    def __init__(self):
-        self.failed, self.ready, self.errors = None, threading.Event(), 0
-        self.ready.set()
+class EchoBatcher(StubBatcher):
+    """StubBatcher (each text answered with itself) whose submit raises for a text 'crash' and logs what it queues."""
 
     def submit(self, examples):
         if examples[0].text_a == "crash":
             raise RuntimeError("a bug")
         serving.logger.info("queued %d texts", len(examples))
-        future = concurrent.futures.Future()
-        future.set_result([{"text": example.text_a} for example in examples])
-        return future
-
-    def count_error(self):
-        self.errors += 1
-
-    def metrics(self):
-        return {"errors": self.errors}
-
-    def close(self):
-        pass
+        return super().submit(examples)
 
 
 def client(access_log=False):
