@@ -18,7 +18,7 @@ import pytest
 import compress_seq_cls
 import infer
 import model_folder
-from conftest import clue_data_args, clue_file, error_lines, free_port
+from conftest import clue_data_args, clue_file, error_lines, free_port, ner_file, qa_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SENTENCES = ["以色列大规模空袭开始", "出栏一头猪亏损300元", "华为发布新款手机"]
@@ -206,6 +206,44 @@ def test_a_needed_conversion_is_one_error_line_without_paddle2onnx(tnews_run, de
     (line,) = error_lines(stderr)
     assert f"{export} holds no model.onnx: converting its Paddle program needs paddle2onnx" in line
     assert "run it once with the full install" in line
+
+
+FAMILY_EVALUATIONS = {
+    "msra_ner": ("ner_run", ["--dev_file", ner_file("dev.tsv")], ["precision", "recall", "f1"], ["--text", "北京"]),
+    "cmrc2018": (
+        "qa_run",
+        ["--dev_file", qa_file("dev.json"), "--doc_stride", "64"],
+        ["exact_match", "f1", "upstream_exact_match", "upstream_f1"],
+        ["--text", "北京是首都", "--question", "首都是哪里"],
+    ),
+}
+
+
+@pytest.mark.parametrize("task", sorted(FAMILY_EVALUATIONS))
+def test_ner_and_qa_models_evaluate_without_paddle_as_their_fine_tuning_script(task, deploy_env, tmp_path, request):
+    """seqeval's entity scores and the CMRC2018 scores (upstream PaddleNLP's too) need no paddlenlp."""
+    fixture, extra, names, text = FAMILY_EVALUATIONS[task]
+    run = request.getfixturevalue(fixture)
+    export = shutil.copytree(os.path.join(run, "export"), str(tmp_path / "export"))
+    infer.main(["--model_path", export, "--backend", "onnxruntime", *text])  # converts once, in the full install
+    output = str(tmp_path / "eval.json")
+    command = [sys.executable, os.path.join(ROOT, "infer.py"), "--model_path", export, "--backend", "onnxruntime"]
+    command += ["--batch_size", "8", "--output_file", output, *extra]
+    done = subprocess.run(command, env=deploy_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    served = json.loads(open(output, encoding="utf-8").read())["metrics"]
+    trained = json.loads(open(os.path.join(run, "eval_results.json"), encoding="utf-8").read())
+    for name in names:
+        assert served[name] == pytest.approx(trained[name], abs=1e-6), name
+
+
+def test_a_dev_split_by_name_is_one_error_line_without_paddlenlp(compressed, deploy_env):
+    command = [sys.executable, os.path.join(ROOT, "infer.py"), "--model_path", compressed]
+    done = subprocess.run(command, env=deploy_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    (line,) = error_lines(done.stderr)
+    assert "downloading the tnews dev split by name needs paddlenlp (requirements.txt); pass --dev_file PATH" in line
+    assert "Traceback" not in done.stderr
 
 
 def pinned(path):

@@ -251,6 +251,49 @@ def test_qa_metrics_take_the_best_gold_answer_and_report_both_definitions():
     assert metrics["upstream_f1"] == pytest.approx(100.0)  # bag of characters
 
 
+def answer_variants(gold: str, other: str, rng) -> list:
+    """Predictions a model might give for a gold answer: itself, pieces, padding with punctuation, spaces and
+    English articles, another question's answer, nothing."""
+    cut = rng.randint(0, len(gold))
+    return [
+        gold, gold[:cut], gold[cut:], other, "", " ", f"《{gold}》。", f"The {gold}!", f"{gold} the", f"a {gold} b",
+        gold.upper(), f"{gold[:cut]} {gold[cut:]}", f"{other}{gold}", "……", "——",
+    ]  # fmt: skip
+
+
+def test_upstream_scores_are_paddlenlp_s_squad_scores_on_real_answers():
+    """Our own upstream_exact_match/upstream_f1 (the deploy-only install has no paddlenlp) give what paddlenlp
+    3.0.0b4's get_raw_scores(is_whitespace_splited=False) gives, for real CMRC2018 dev answers and predictions made
+    from them (and gold answers that normalize to nothing)."""
+    from paddlenlp.metrics.squad import get_raw_scores
+
+    rng = random.Random(0)
+    examples = utils.load_examples(TASK, "dev", qa_file("dev.json"))
+    golds = [e.answers for e in examples] + [["The iPhone 4S", "a"], ["《》", "。"], ["H1N1 流感"]]
+    squad, predictions, ours = [], {}, []
+    for number, answers in enumerate(golds):
+        other = golds[(number + 1) % len(golds)][0]
+        for variant, prediction in enumerate(answer_variants(answers[0], other, rng)):
+            qid = f"{number}-{variant}"
+            squad.append({"id": qid, "answers": {"text": answers}})
+            predictions[qid] = prediction
+            ours.append(utils.upstream_scores(answers, prediction))
+    exact, f1 = get_raw_scores(squad, predictions, is_whitespace_splited=False)
+    assert [score[0] for score in ours] == [float(exact[e["id"]]) for e in squad]
+    assert [score[1] for score in ours] == pytest.approx([float(f1[e["id"]]) for e in squad])
+    assert 0 < sum(score[1] for score in ours) < len(ours)  # the variants score neither all 0 nor all 1
+
+
+def test_upstream_scores_count_only_questions_with_a_prediction():
+    examples = [
+        utils.QAExample("a", "", "", ["北京"], None, None, ""),
+        utils.QAExample("b", "", "", ["上海"], None, None, ""),
+    ]
+    metrics = utils.qa_metrics(examples, {"a": "北京"})
+    assert metrics["exact_match"] == pytest.approx(50.0)
+    assert metrics["upstream_exact_match"] == pytest.approx(100.0)
+
+
 # ---- reading ---------------------------------------------------------------------------------------
 def test_reader_keeps_every_gold_answer_and_the_training_position():
     examples = utils.load_examples(TASK, "dev", qa_file("dev.json"))
