@@ -7,6 +7,8 @@
     python -m benchmarks.bench_compress --tasks tnews --narrow --train_rows 4000 --strategies \
         "dynabert+ptq depth+vocabulary" distill+ptq --output benchmarks/results/compress_dimensions.json
         # depth, students, vocabulary on a 4-layer teacher of hidden 128
+    python -m benchmarks.bench_compress --tasks msra_ner --narrow --strategies "dynabert+ptq depth+vocabulary" \
+        distill+ptq --output benchmarks/results/compress_dimensions_msra_ner.json    # the same for MSRA_NER
 
 No pretrained ERNIE 3.0 weights are available offline, and random-weight models say nothing about what int8 costs.
 So a small ERNIE (the real vocabulary, 4 layers, hidden 256) is trained from scratch on real rows until it is clearly

@@ -7,6 +7,7 @@ nothing retyped; --readme rewrites the README's headline section from the commit
 
 import argparse
 import os
+import re
 
 import runtime
 import utils
@@ -341,22 +342,26 @@ def dimensions_table(results: dict) -> list:
     """bench_deploy --dimensions: each candidate that does less work through infer.py, against the float default."""
     rows = results["rows"]
     base = rows[0]
+    by_path = {r["path"]: r for r in rows}
     header = ["infer.py --perf, one process each", "served as", "32x128 (ms)", "seq/s end to end", "× float default"]
-    header += ["p50 (ms)", "files (MB)", "files / float default's", "peak memory (GB)"]
-    lines = [
-        [
-            r["path"],
-            f"{r['backend']} {r['precision']}",
-            f"{r['fixed_32x128_ms']:.0f}",
-            f"{r['sequences_per_second']:.0f}",
-            f"{r['sequences_per_second'] / base['sequences_per_second']:.2f}×",
-            f"{r['latency_ms_p50']:.0f}",
-            f"{r['served_bytes'] / 2**20:.1f}",
-            f"{r['served_bytes'] / base['served_bytes']:.1%}",
-            f"{r['peak_rss_mb'] / 1024:.2f}",
-        ]
-        for r in rows
-    ]
+    header += ["p50 (ms)", "files (MB)", "files / float default's", "files / unpruned twin's", "peak memory (GB)"]
+    lines = []
+    for r in rows:
+        twin = by_path.get(re.sub(r", vocabulary \d+", "", r["path"]))
+        lines.append(
+            [
+                r["path"],
+                f"{r['backend']} {r['precision']}",
+                f"{r['fixed_32x128_ms']:.0f}",
+                f"{r['sequences_per_second']:.0f}",
+                f"{r['sequences_per_second'] / base['sequences_per_second']:.2f}×",
+                f"{r['latency_ms_p50']:.0f}",
+                f"{r['served_bytes'] / 2**20:.1f}",
+                f"{r['served_bytes'] / base['served_bytes']:.1%}",
+                f"{r['served_bytes'] / twin['served_bytes']:.0%}" if twin is not r and twin else "",
+                f"{r['peak_rss_mb'] / 1024:.2f}",
+            ]
+        )
     return [
         f"ERNIE 3.0-{results['model'].capitalize()} shape, {results['sentences']} real TNEWS sentences, batch 32; "
         f"{machine_line(results)}:",
@@ -421,6 +426,11 @@ HEADLINES = (
     (
         "compress_dimensions.json",
         "Accuracy cost of depth, a student and a pruned vocabulary (a 4-layer teacher)",
+        compress_summary,
+    ),
+    (
+        "compress_dimensions_msra_ner.json",
+        "Accuracy cost of depth, a student and a pruned vocabulary, MSRA_NER (a 4-layer teacher)",
         compress_summary,
     ),
     ("compress_c3_quick.json", "Accuracy cost of compression, C3 (on the questions it fitted)", compress_summary),
