@@ -109,13 +109,23 @@ def worker_config(served: deployment.Deployment, deploy, window_args, limits, ac
 
 
 def app_from_environment():
-    """uvicorn's factory in each --workers process."""
+    """uvicorn's factory in each --workers process. uvicorn calls it after setting its SIGINT/SIGTERM handlers, and
+    importing paddle (where the predictor is made) replaces them with Paddle's (a C++ dump on stdout and an abort on
+    SIGTERM, dropping the requests in flight): uvicorn's are put back once the predictor is made, so a worker drains
+    and exits as a single process does."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     runtime.setup_logging()
     config = json.loads(os.environ[APP_CONFIG_VARIABLE])
     served = deployment.resolve_deployment(deployment.DeployArguments(**config["deploy"]))
     window_args = arguments.QAWindowArguments(**config["window"])
     limits, access = serving.ServingLimits(**config["limits"]), serving.AccessRules(**config["access"])
-    return build_app(served, window_args, limits, access, config["host"], config.get("access_log", False))
+    serving.set_header_timeout(limits.header_timeout_s)
+    batcher = serving.start_batcher(served, window_args, limits)
+    batcher.settled.wait()
+    app = serving.create_app(batcher, served.task, limits, access, config["host"], config.get("access_log", False))
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    return app
 
 
 def exit_cleanly_on_sigterm() -> None:
@@ -154,6 +164,8 @@ def main(argv=None):
     if warning:
         runtime.logger.warning(warning)
     exit_cleanly_on_sigterm()
+    serving.set_header_timeout(limits.header_timeout_s)
+    http = serving.http_protocol(serve.http)
     if serve.workers > 1:
         config = worker_config(served, deploy, window_args, limits, access, serve.host, serve.access_log)
         os.environ[APP_CONFIG_VARIABLE] = json.dumps(config)
@@ -165,11 +177,11 @@ def main(argv=None):
             workers=serve.workers,
             log_level="warning",
             loop=serve.loop,
-            http=serve.http,
+            http=http,
         )
     else:
         app = build_app(served, window_args, limits, access, serve.host, serve.access_log)
-        uvicorn.run(app, host=serve.host, port=serve.port, log_level="warning", loop=serve.loop, http=serve.http)
+        uvicorn.run(app, host=serve.host, port=serve.port, log_level="warning", loop=serve.loop, http=http)
 
 
 if __name__ == "__main__":

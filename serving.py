@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from model_io import load_deployed_tokenizer
 from predictors import EXPORT_INPUT_NAMES, create_predictor, run_predictor, warm_up_buckets
@@ -36,6 +37,11 @@ from utils import (
     prediction_rows,
     raw_examples,
 )
+
+try:  # uvicorn's faster HTTP parser, where installed (requirements.txt)
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:
+    HttpToolsProtocol = None
 
 try:  # a faster JSON encoder for the answers, where installed (requirements.txt); the standard library's otherwise
     import orjson
@@ -81,6 +87,13 @@ class ServingLimits:
     body_timeout_s: float = field(
         default=10.0, metadata={"help": "Seconds a client may take to send its body (more: 408)."}
     )
+    header_timeout_s: float = field(
+        default=10.0,
+        metadata={
+            "help": "Seconds a client may take to send a request's headers, from its connection or the previous "
+            "answer (more: 408 and the connection closed)."
+        },
+    )
 
     MINIMUMS = {
         "max_batch_size": 1,
@@ -91,6 +104,7 @@ class ServingLimits:
         "max_wait_ms": 0,
         "max_body_bytes": 1,
         "body_timeout_s": 0.001,
+        "header_timeout_s": 0.001,
     }
 
 
@@ -316,6 +330,80 @@ async def capped_body(request, limits: ServingLimits) -> bytes:
         raise RequestError(408, f"the body did not arrive within {limits.body_timeout_s:g} s") from None
 
 
+class HeaderDeadline:
+    """Mixed into uvicorn's HTTP protocols: a request's headers must arrive within header_timeout_s of the connection
+    or of the previous answer, else the client gets a 408 and the connection is closed. uvicorn (0.54) has no such
+    limit: its keep-alive timeout starts again with every byte, so a client sending a header a byte at a time held a
+    connection for ever. (The body has its own limit, body_timeout_s, in capped_body.)"""
+
+    header_timeout_s = ServingLimits.header_timeout_s  # this process's: set_header_timeout
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.arm_header_deadline()
+
+    def arm_header_deadline(self) -> None:
+        self.request_before = self.cycle  # a new request's headers have arrived when uvicorn makes a new cycle
+        self.header_deadline = self.loop.call_later(self.header_timeout_s, self.headers_too_slow)
+
+    def disarm_header_deadline(self) -> None:
+        if self.header_deadline is not None:
+            self.header_deadline.cancel()
+            self.header_deadline = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.cycle is not self.request_before:
+            self.disarm_header_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.header_deadline is None:
+            self.arm_header_deadline()
+
+    def connection_lost(self, exc) -> None:
+        self.disarm_header_deadline()
+        super().connection_lost(exc)
+
+    def headers_too_slow(self) -> None:
+        self.header_deadline = None
+        if self.transport.is_closing():
+            return
+        message = {"error": f"the request's headers did not arrive within {self.header_timeout_s:g} s"}
+        body = json.dumps(message).encode()
+        head = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        self.transport.write(head + b"content-length: %d\r\n\r\n" % len(body) + body)
+        self.transport.close()
+        logger.warning("closed a connection whose request headers took more than %g s", self.header_timeout_s)
+
+
+def set_header_timeout(seconds: float) -> None:
+    HeaderDeadline.header_timeout_s = seconds
+
+
+def http_protocol(name: str):
+    """uvicorn's HTTP protocol class for --http (auto: httptools where installed, as uvicorn picks), with the header
+    deadline; a class at this module's top level, so that --workers processes find it by name."""
+    if name == "httptools" or (name == "auto" and HttpToolsWithHeaderDeadline is not None):
+        if HttpToolsWithHeaderDeadline is None:
+            raise UserError("--http httptools needs the httptools package (requirements.txt); or use --http h11")
+        return HttpToolsWithHeaderDeadline
+    return H11WithHeaderDeadline
+
+
+class H11WithHeaderDeadline(HeaderDeadline, H11Protocol):
+    pass
+
+
+if HttpToolsProtocol is not None:
+
+    class HttpToolsWithHeaderDeadline(HeaderDeadline, HttpToolsProtocol):
+        pass
+
+else:
+    HttpToolsWithHeaderDeadline = None
+
+
 # ---- request ids: in the answer's X-Request-ID header and in every log line about the request -------------------
 REQUEST_ID: contextvars.ContextVar = contextvars.ContextVar("request_id", default=None)
 GIVEN_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")  # a client's own id, kept when it is one of these
@@ -520,6 +608,7 @@ class Batcher:
         self.expected_requests = float("inf")  # in flight around the last batch (unknown before the first: wait)
         self.lock = threading.Condition()
         self.ready = threading.Event()
+        self.settled = threading.Event()  # the predictor made, or failed to be
         self.closing = False
         self.failed: Optional[str] = None
         self.tokenizer = None
@@ -651,6 +740,7 @@ class Batcher:
             self.fail_all(f"{type(error).__name__}: {first_line(error)}")
             return
         self.ready.set()
+        self.settled.set()
         while True:
             batch = self.next_batch()
             if not batch:
@@ -741,6 +831,7 @@ class Batcher:
         logger.error("the predictor could not start: %s", reason)
         with self.lock:
             self.failed = reason
+            self.settled.set()
             while self.queue:
                 pending = self.queue.popleft()
                 self.queued_sequences -= pending.rows

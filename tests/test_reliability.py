@@ -190,6 +190,69 @@ def test_a_body_over_the_limit_is_413_before_it_is_read_and_a_slow_one_408(tnews
     assert 0.9 < timed_out_after < 10
 
 
+def trickled_head(connection, head: bytes, pause: float) -> None:
+    """Send a request head a few bytes at a time (uvicorn's keep-alive timer starts again with every byte), until
+    it is sent or the server closes the connection."""
+    import time
+
+    for start in range(0, len(head), 8):
+        try:
+            connection.sendall(head[start : start + 8])
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        time.sleep(pause)
+
+
+def answer_status(connection) -> str:
+    """The status line of the next answer on this connection ('' when it was closed without one)."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
+    while length and len(body) < int(length.group(1)):
+        body += connection.recv(65536)
+    return head.decode("latin-1").split("\r\n", 1)[0]
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_headers_trickled_past_the_deadline_are_408_and_the_connection_closed(tnews_run, http):
+    import json
+    import socket
+    import time
+
+    server = Server(os.path.join(tnews_run, "export"), "--header_timeout_s", "1", "--http", http).wait_ready()
+    body = json.dumps({"data": {"text": ["上海"]}}).encode()
+    head = (
+        b"POST /tnews HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"X-Padding: %s\r\nContent-Length: %d\r\n\r\n" % (b"x" * 40, len(body))
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=15) as connection:
+            started = time.perf_counter()
+            trickled_head(connection, head[:-4], 0.15)  # 19 pieces over 3 s, never the blank line
+            slow = answer_status(connection)
+            slow_after = time.perf_counter() - started
+            closed = connection.recv(1) == b""
+        with socket.create_connection(("127.0.0.1", server.port), timeout=15) as connection:
+            trickled_head(connection, head, 0.02)  # within the deadline
+            connection.sendall(body)
+            in_time = answer_status(connection)
+            connection.sendall(head[:40])  # the next request on this connection: its deadline starts at the answer
+            time.sleep(1.5)
+            next_slow = answer_status(connection)
+    finally:
+        server.stop()
+    assert slow.startswith("HTTP/1.1 408")
+    assert 0.9 < slow_after < 5
+    assert closed
+    assert in_time.startswith("HTTP/1.1 200")
+    assert next_slow.startswith("HTTP/1.1 408")
+
+
 def with_task_file_of(tnews_run, tmp_path, task_name):
     """A copy of the TNEWS export (15 scores a text) whose task.json says it is another task's model."""
     import json
