@@ -344,6 +344,7 @@ class HeaderDeadline:
 
     def arm_header_deadline(self) -> None:
         self.request_before = self.cycle  # a new request's headers have arrived when uvicorn makes a new cycle
+        self.bytes_since_armed = False
         self.header_deadline = self.loop.call_later(self.header_timeout_s, self.headers_too_slow)
 
     def disarm_header_deadline(self) -> None:
@@ -352,13 +353,17 @@ class HeaderDeadline:
             self.header_deadline = None
 
     def data_received(self, data: bytes) -> None:
+        self.bytes_since_armed = True
         super().data_received(data)
         if self.cycle is not self.request_before:
             self.disarm_header_deadline()
 
     def on_response_complete(self) -> None:
+        """The next request's deadline starts now, unless uvicorn has already started a pipelined one (its headers
+        arrived: its cycle is not complete)."""
         super().on_response_complete()
-        if not self.transport.is_closing() and self.header_deadline is None:
+        self.disarm_header_deadline()
+        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
             self.arm_header_deadline()
 
     def connection_lost(self, exc) -> None:
@@ -366,8 +371,13 @@ class HeaderDeadline:
         super().connection_lost(exc)
 
     def headers_too_slow(self) -> None:
+        """A 408 to a client that began a request; a connection that sent nothing since is closed without one (a
+        client about to reuse it would read the 408 as its answer)."""
         self.header_deadline = None
         if self.transport.is_closing():
+            return
+        if not self.bytes_since_armed:
+            self.transport.close()
             return
         message = {"error": f"the request's headers did not arrive within {self.header_timeout_s:g} s"}
         body = json.dumps(message).encode()
@@ -736,11 +746,12 @@ class Batcher:
                     self.call_cost.length, " ".join(f"{1000 * t:.1f}" for t in self.call_cost.row_times[1:]),
                     1000 * self.call_cost.new_shape,
                 )  # fmt: skip
+            self.ready.set()
         except Exception as error:  # the server reports it on /health and to every request instead of dying silently
             self.fail_all(f"{type(error).__name__}: {first_line(error)}")
             return
-        self.ready.set()
-        self.settled.set()
+        finally:  # whatever ended the start (a BaseException too): a worker waiting on it goes on
+            self.settled.set()
         while True:
             batch = self.next_batch()
             if not batch:

@@ -214,8 +214,18 @@ def answer_status(connection) -> str:
     head, _, body = received.partition(b"\r\n\r\n")
     length = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
     while length and len(body) < int(length.group(1)):
-        body += connection.recv(65536)
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        body += chunk
     return head.decode("latin-1").split("\r\n", 1)[0]
+
+
+def closed_by_server(connection) -> bool:
+    try:
+        return connection.recv(1) == b""
+    except ConnectionResetError:  # closed with bytes of ours unread
+        return True
 
 
 @pytest.mark.parametrize("http", ["httptools", "h11"])
@@ -233,24 +243,38 @@ def test_headers_trickled_past_the_deadline_are_408_and_the_connection_closed(tn
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=15) as connection:
             started = time.perf_counter()
-            trickled_head(connection, head[:-4], 0.15)  # 19 pieces over 3 s, never the blank line
+            trickled_head(connection, head[:-4], 0.15)  # 18 pieces over 2.7 s, never the blank line
             slow = answer_status(connection)
             slow_after = time.perf_counter() - started
-            closed = connection.recv(1) == b""
+            closed = closed_by_server(connection)
         with socket.create_connection(("127.0.0.1", server.port), timeout=15) as connection:
             trickled_head(connection, head, 0.02)  # within the deadline
+            time.sleep(1.5)  # the headers are in: the body has its own limit (--body_timeout_s, 10 s)
             connection.sendall(body)
             in_time = answer_status(connection)
+            answered = time.perf_counter()
+            time.sleep(0.8)
             connection.sendall(head[:40])  # the next request on this connection: its deadline starts at the answer
-            time.sleep(1.5)
-            next_slow = answer_status(connection)
+            next_started = answer_status(connection)
+            next_after = time.perf_counter() - answered  # about 1 s; 1.8 s if it started at its first bytes
+        with socket.create_connection(("127.0.0.1", server.port), timeout=15) as connection:
+            connection.sendall(head + body + head + body[:5])  # a second request pipelined, its body cut short
+            first = answer_status(connection)
+            time.sleep(1.5)  # the second's headers are in: no header deadline runs while its body comes
+            connection.sendall(body[5:])
+            pipelined = answer_status(connection)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=15) as connection:
+            silent = answer_status(connection)  # a connection that sends nothing is closed, without a 408
     finally:
         server.stop()
     assert slow.startswith("HTTP/1.1 408")
     assert 0.9 < slow_after < 5
     assert closed
     assert in_time.startswith("HTTP/1.1 200")
-    assert next_slow.startswith("HTTP/1.1 408")
+    assert next_started.startswith("HTTP/1.1 408")
+    assert 0.9 < next_after < 1.6
+    assert (first, pipelined) == ("HTTP/1.1 200 OK", "HTTP/1.1 200 OK")
+    assert silent == ""
 
 
 def with_task_file_of(tnews_run, tmp_path, task_name):
