@@ -65,10 +65,19 @@ def check_server_choices(serve: ServeArguments) -> None:
 
 
 def build_app(
-    served: deployment.Deployment, window_args, limits: serving.ServingLimits, access, host: str, access_log=False
+    served: deployment.Deployment,
+    window_args,
+    limits: serving.ServingLimits,
+    access,
+    host: str,
+    access_log=False,
+    model_first=False,
 ):
-    """The app of one process: a batcher with its own predictor for the resolved deployment."""
+    """The app of one process: a batcher with its own predictor for the resolved deployment (with model_first, made
+    before the app is: the predictor loaded or failed)."""
     batcher = serving.start_batcher(served, window_args, limits)
+    if model_first:
+        batcher.settled.wait()
     return serving.create_app(batcher, served.task, limits, access, host, access_log)
 
 
@@ -120,9 +129,7 @@ def app_from_environment():
     window_args = arguments.QAWindowArguments(**config["window"])
     limits, access = serving.ServingLimits(**config["limits"]), serving.AccessRules(**config["access"])
     serving.set_header_timeout(limits.header_timeout_s)
-    batcher = serving.start_batcher(served, window_args, limits)
-    batcher.settled.wait()
-    app = serving.create_app(batcher, served.task, limits, access, config["host"], config.get("access_log", False))
+    app = build_app(served, window_args, limits, access, config["host"], config.get("access_log", False), True)
     for sig, handler in handlers.items():
         signal.signal(sig, handler)
     return app
