@@ -85,8 +85,9 @@ class DeployArguments:
     length_bucket: Optional[int] = field(
         default=None,
         metadata={
-            "help": "Paddle on the CPU: pad each batch to a multiple of this many tokens, so that oneDNN meets few "
-            "shapes (1: to the batch's longest only). Default: 8 for float models, 16 for int8 ones."
+            "help": "Paddle and OpenVINO on the CPU: pad each batch to a multiple of this many tokens, so that "
+            "oneDNN and OpenVINO meet few shapes (1: to the batch's longest only). Default: Paddle 8 for float "
+            "models, 16 for int8 ones; OpenVINO 8."
         },
     )
 

@@ -411,6 +411,24 @@ def test_openvino_forces_fp32_honours_threads_and_caches_the_compiled_model(runs
     assert sorted(os.listdir(cache)) == cached  # the second start loads the compiled model
 
 
+def test_openvino_pads_batches_to_length_buckets(runs):
+    """OpenVINO compiles and keeps kernels for every new shape: batches are padded to multiples of 8 tokens (or of
+    --length_bucket), and the outputs are the unpadded ones."""
+    features = [{"input_ids": [1] + [5] * n + [2], "token_type_ids": [0] * (n + 2)} for n in (3, 9, 12)]
+    seen = {}
+    for bucket in (None, 1, 5):
+        options = predictors.PredictorOptions(backend="openvino", num_threads=1, batch_size=8, length_bucket=bucket)
+        predictor = predictors.create_predictor(runs["tnews"], options)
+        run, shapes = predictor.run, []
+        predictor.run = lambda batch, run=run, shapes=shapes: shapes.append(batch["input_ids"].shape) or run(batch)
+        result = predictors.run_predictor(predictor, features, 2, per_token=False)
+        seen[bucket] = (shapes, np.array(result.outputs[0]))
+    assert seen[None][0] == [(2, 16), (1, 16)]  # lengths 5 and 11 together, then 14
+    assert seen[1][0] == [(2, 11), (1, 14)]
+    assert seen[5][0] == [(2, 15), (1, 15)]
+    np.testing.assert_allclose(seen[None][1], seen[1][1], rtol=1e-4, atol=1e-5)  # padding is masked
+
+
 def test_openvino_refusals(runs, monkeypatch, capsys, tmp_path):
     status, stderr = run_cli(
         infer.main,
