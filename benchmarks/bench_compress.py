@@ -7,6 +7,8 @@
     python -m benchmarks.bench_compress --tasks tnews --narrow --train_rows 4000 --strategies \
         "dynabert+ptq depth+vocabulary" distill+ptq --output benchmarks/results/compress_dimensions.json
         # depth, students, vocabulary on a 4-layer teacher of hidden 128
+    python -m benchmarks.bench_compress --tasks tnews --narrow --train_rows 4000 --strategies distill+ptq \
+        "distill+ptq width 1/2" --output benchmarks/results/compress_students_tnews.json    # two students' shapes
     python -m benchmarks.bench_compress --tasks msra_ner --narrow --strategies "dynabert+ptq depth+vocabulary" \
         distill+ptq --output benchmarks/results/compress_dimensions_msra_ner.json    # the same for MSRA_NER
 
@@ -233,6 +235,9 @@ STRATEGY_OPTIONS = {
     ],
     "distill+ptq": ["--strategy", "distill+ptq", "--student_layers", "2", "--learning_rate", "5e-4",
                     "--num_train_epochs", "2", "--prune_vocabulary"],
+    # the student of DynaBERT's width 1/2 x depth 1/2 shape (half the layers, half the heads and neurons)
+    "distill+ptq width 1/2": ["--strategy", "distill+ptq", "--student_layers", "2", "--student_width", "1/2",
+                              "--learning_rate", "5e-4", "--num_train_epochs", "2", "--prune_vocabulary"],
 }  # fmt: skip
 
 
@@ -244,7 +249,7 @@ def compress(
     name: str, model_dir: str, train_file: str, dev_file: str, strategy: str, workdir: str, threads: int
 ) -> dict:
     task = TASKS[name]
-    output_dir = os.path.join(workdir, f"{name}-{strategy.replace('+', '_').replace(' ', '-')}")
+    output_dir = os.path.join(workdir, f"{name}-{strategy.replace('+', '_').replace(' ', '-').replace('/', '_')}")
     started = time.perf_counter()
     try:
         task.compression.main(

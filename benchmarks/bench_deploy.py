@@ -15,14 +15,15 @@ For an ERNIE 3.0 shape (random weights: speed does not depend on them) it writes
 Results, with the CPU and its flags, go to benchmarks/results/deploy[_quick].json; `python -m benchmarks.tables
 benchmarks/results/deploy.json` prints the README's tables.
 
-    python -m benchmarks.bench_deploy --dimensions    # compression that removes work (about 15 min, 2 cores)
+    python -m benchmarks.bench_deploy --dimensions    # compression that removes work (5-18 min on 2 cores)
 
 measures instead the candidates that do fewer operations, each served by infer.py --perf in its own process on the
-same real sentences against the float default of the Medium shape: DynaBERT width x depth (3/4 x 1, 3/4 x 1/2,
-1/2 x 1/2), a Nano-shaped student (4 layers, hidden 312), and each of those with its vocabulary pruned to the tokens
-of 7,000 other TNEWS dev sentences (the evaluated ones read their other tokens as [UNK]); int8 through OpenVINO (NNCF)
-and ONNX Runtime; end-to-end seq/s, latency, peak memory and the files each predictor loads. Results:
-benchmarks/results/deploy_dimensions.json.
+same real sentences against the float default of the Medium shape: DynaBERT width x depth (3/4 x 1, 1 x 1/2,
+3/4 x 1/2, 1/2 x 1/2: also the shapes of students cut from the teacher), a Nano-shaped student (4 layers, hidden
+312), and each of those with its vocabulary pruned to the tokens of 7,000 other TNEWS dev sentences (the evaluated ones
+read their other tokens as [UNK]); int8 through OpenVINO (NNCF) and ONNX Runtime; end-to-end seq/s, latency, peak
+memory and the files each predictor loads. Results: benchmarks/results/deploy_dimensions.json (or --output); the
+tables put beside each row the drop that its width, depth and vocabulary cost the trained teacher (bench_compress).
 """
 
 import argparse
@@ -270,6 +271,15 @@ def served_as(folder: str, backend: str, precision: str) -> str:
     return folder
 
 
+def calibration_features(examples) -> list:
+    """The model inputs of the last 64 examples: what NNCF calibrates OpenVINO's int8 on."""
+    tokenizer = ErnieTokenizer(vocab_file=VOCAB_FILE)
+    return [
+        {k: f[k] for k in model_folder.EXPORT_INPUT_NAMES}
+        for f in utils.encode_text_examples(examples[-64:], tokenizer, TNEWS, SEQ_LEN).dataset
+    ]
+
+
 def int8_folders(model, workdir: str, label: str, calibration) -> dict:
     """{row label: folder} for the model exported and served in int8 by OpenVINO (NNCF) and ONNX Runtime."""
     exported = export(model, os.path.join(workdir, label.replace(" ", "_").replace("/", "")))
@@ -282,13 +292,22 @@ def int8_folders(model, workdir: str, label: str, calibration) -> dict:
     }
 
 
+# (width, depth) of each DynaBERT-shaped row: the shapes of compress_*.py's pruned candidates and of its students cut
+# from the teacher (--student_layers, --student_width; depth 1/2 is the default student's)
+DIMENSION_SHAPES = {
+    "width 3/4": (0.75, 1.0),
+    "depth 1/2": (1.0, 0.5),
+    "width 3/4 depth 1/2": (0.75, 0.5),
+    "width 1/2 depth 1/2": (0.5, 0.5),
+}
+
+
 def dimension_models(name: str, kept) -> dict:
     """{label: model} for every shape that does fewer operations than the float default of the shape name."""
     model = build_model(name)
-    shapes = {"width 3/4": (0.75, 1.0), "width 3/4 depth 1/2": (0.75, 0.5), "width 1/2 depth 1/2": (0.5, 0.5)}
     models = {
         label: dynabert.slice_to_width(dynabert.slice_to_depth(copy.deepcopy(model), depth), width)
-        for label, (width, depth) in shapes.items()
+        for label, (width, depth) in DIMENSION_SHAPES.items()
     }
     models["nano-shaped student"] = build_model("nano")
     for label in list(models):
@@ -296,6 +315,14 @@ def dimension_models(name: str, kept) -> dict:
             copy.deepcopy(models[label]), kept
         )
     return models
+
+
+def row_dimensions(label: str) -> dict:
+    """The width and depth of a DynaBERT-shaped row (none for the float default and the student of another shape),
+    and whether its vocabulary is pruned: what the accuracy results are matched by (benchmarks/tables.py)."""
+    shape = DIMENSION_SHAPES.get(label.split(",")[0])
+    width_depth = dict(zip(("width", "depth"), shape)) if shape else {}
+    return {**width_depth, "vocabulary_pruned": ", vocabulary " in label}
 
 
 def dimension_rows(name: str, workdir: str, threads: int, examples, vocabulary_examples, dev_file, calibration):
@@ -319,6 +346,7 @@ def dimension_rows(name: str, workdir: str, threads: int, examples, vocabulary_e
         fixed = fixed_shape_row(label, folder, serving.backend, serving.precision, threads, 6)
         row = infer_process_row(label, folder, dev_file, len(examples), threads)
         row["fixed_32x128_ms"] = fixed["latency_ms"]
+        row.update(row_dimensions(label))
         row["served_bytes"] = served_bytes(folder, row["backend"], row["precision"])
         row["x_float_default"] = row["sequences_per_second"] / (rows or [row])[0]["sequences_per_second"]
         rows.append(row)
@@ -347,11 +375,7 @@ def main(argv=None):
     name = args.model or ("nano" if args.quick else "medium")
     dev_file = TNEWS_FULL if os.path.isfile(TNEWS_FULL) else TNEWS_SLICE
     examples = utils.load_examples(TNEWS, "dev", dev_file)[: args.sentences or (512 if args.quick else 3000)]
-    tokenizer = ErnieTokenizer(vocab_file=VOCAB_FILE)
-    calibration = [
-        {k: f[k] for k in model_folder.EXPORT_INPUT_NAMES}
-        for f in utils.encode_text_examples(examples[-64:], tokenizer, TNEWS, SEQ_LEN).dataset
-    ]
+    calibration = calibration_features(examples)
     paddle.base.core.set_num_threads(args.threads)
     started, rows = time.perf_counter(), []
     if args.dimensions:

@@ -5,14 +5,14 @@
     python -m benchmarks.bench_serve --levers       # also each lever turned off in turn (c=1 and c=32)
 
 For each model (the float default: Paddle fp32; the compressed best as bench_deploy finds it: the 3/4-width model
-served by ONNX Runtime int8) it measures infer.py's offline end-to-end throughput at batch 32 and its batch-1
-latency on the same sentences, before and after the server (which is held against the faster of the two), and a
-real serve.py process on 127.0.0.1 at concurrency 1 (the first 300 sentences), 8 and 32 with one sentence a
-request: throughput and p50/p99 latency as the client sees them. The load generator is an asyncio client in this
-process writing prebuilt HTTP/1.1 requests on keep-alive sockets; its own CPU time (and the server's) is recorded
-beside each row. The machine, /proc/loadavg before and after (the cores may be shared) and the targets
-(concurrency 32 >= 85% of offline batch 32; concurrency 1 p50 <= offline batch 1 p50 + 2 ms) go to
-benchmarks/results/serve[_quick].json.
+served by ONNX Runtime int8, or by OpenVINO int8 with --best_backend openvino, the faster where the CPU has AMX) it
+measures infer.py's offline end-to-end throughput at batch 32 and its batch-1 latency on the same sentences, before
+and after the server (which is held against the faster of the two), and a real serve.py process on 127.0.0.1 at
+concurrency 1 (the first 300 sentences), 8 and 32 with one sentence a request: throughput and p50/p99 latency as the
+client sees them. The load generator is an asyncio client in this process writing prebuilt HTTP/1.1 requests on
+keep-alive sockets; its own CPU time (and the server's) is recorded beside each row. The machine, /proc/loadavg
+before and after (the cores may be shared) and the targets (concurrency 32 >= 85% of offline batch 32; concurrency 1
+p50 <= offline batch 1 p50 + 2 ms) go to benchmarks/results/serve[_quick].json.
 """
 
 import argparse
@@ -37,7 +37,7 @@ import predictors
 import runtime
 import serving
 import utils
-from benchmarks.bench_deploy import served_as
+from benchmarks.bench_deploy import calibration_features, int8_folders
 from benchmarks.bench_infer import ROOT, SEQ_LEN, TNEWS_FULL, TNEWS_SLICE, build_model, export
 
 TNEWS = utils.SEQ_CLS_TASKS["tnews"]
@@ -53,14 +53,19 @@ LONE_REQUESTS = 300  # concurrency 1 sends the first 300 sentences only (its p50
 CONTENT_LENGTH = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
 
 
-def models(workdir: str, name: str) -> dict:
-    """{label: (model folder, backend, precision)}: the float default and the compressed best's shape and serving."""
+def models(workdir: str, name: str, best_backend: str, examples) -> dict:
+    """{label: (model folder, backend, precision)}: the float default and the compressed best's shape and serving
+    (the 3/4-width model in int8 by best_backend)."""
     model = build_model(name)
     pruned = dynabert.slice_to_width(copy.deepcopy(model), 0.75)
-    best = served_as(export(pruned, os.path.join(workdir, "pruned")), "onnxruntime", "int8")
+    int8 = int8_folders(pruned, workdir, "width 3/4", calibration_features(examples))
     return {
         "float default (paddle fp32)": (export(model, os.path.join(workdir, "float")), "paddle", "fp32"),
-        "compressed best (width 3/4, onnxruntime int8)": (best, "onnxruntime", "int8"),
+        f"compressed best (width 3/4, {best_backend} int8)": (
+            int8[f"width 3/4, {best_backend} int8"],
+            best_backend,
+            "int8",
+        ),
     }
 
 
@@ -304,6 +309,13 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--levers", action="store_true", help="also each lever off in turn (c=1 and c=32)")
     parser.add_argument("--lever_sentences", type=int, default=200)
+    parser.add_argument(
+        "--best_backend",
+        choices=("onnxruntime", "openvino"),
+        default="onnxruntime",
+        help="what serves the compressed best: the faster int8 backend of bench_deploy on this machine (ONNX Runtime "
+        "on AVX2-only CPUs, OpenVINO where AMX is)",
+    )
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     name = "nano" if args.quick else "medium"
@@ -312,7 +324,7 @@ def main(argv=None):
     texts = [example.text_a for example in examples]
     started, load_before = time.perf_counter(), open("/proc/loadavg").read().split()[:3]
     with tempfile.TemporaryDirectory() as workdir:
-        paths = models(workdir, name)
+        paths = models(workdir, name, args.best_backend, examples)
         rows = [measure_model(label, *where, examples, texts, args) for label, where in paths.items()]
         extras = {
             "json_encoder_us_per_answer": json_encoder_microseconds(),

@@ -2,6 +2,7 @@
 publishes from results files."""
 
 import copy
+import json
 import os
 
 import pytest
@@ -142,3 +143,85 @@ def test_the_readmes_headline_numbers_are_the_committed_results():
     section = readme.split(tables.HEADLINE_BEGIN, 1)[1].split(tables.HEADLINE_END, 1)[0]
     assert section.strip() == "\n".join(tables.headline()).strip()
     assert "× Paddle fp32" in section
+
+
+def test_dimension_rows_get_the_trained_teachers_drop_for_the_same_dimensions(tmp_path):
+    """bench_deploy --dimensions times random-weight shapes; the drop shown beside each is that of the candidate of
+    the same width, depth, vocabulary and serving on the trained teacher (a DynaBERT one, or a student cut from the
+    teacher), and the >= 8x target only counts rows within the budget."""
+
+    def candidate(path, backend, drop, **dimensions):
+        return {"relative_path": path, "backend": backend, "precision": "int8", "drop_points": drop, **dimensions}
+
+    accuracy = {
+        "results": {
+            "tnews": {
+                "strategies": [
+                    {
+                        "strategy": "dynabert+ptq",
+                        "max_metric_drop": 1.0,
+                        "candidates": [
+                            candidate("width_mult_0.75/openvino_int8", "openvino", 0.7, width=0.75, depth=1.0),
+                            candidate("width_mult_0.5_depth_mult_0.5/openvino_int8", "openvino", 5.5, width=0.5,
+                                      depth=0.5),
+                            candidate("openvino_int8", "openvino", 0.1),  # the parent's own: no row of this shape
+                        ],
+                    },
+                    {
+                        "strategy": "distill+ptq",
+                        "max_metric_drop": 1.0,
+                        "candidates": [
+                            candidate("student/openvino_int8", "openvino", 0.25,
+                                      student="teacher's layers (2 of 4), width 1"),
+                            candidate("student_vocab_pruned/openvino_int8", "openvino", 2.0,
+                                      student="teacher's layers (2 of 4), width 0.5"),
+                        ],
+                    },
+                ]
+            }
+        }
+    }  # fmt: skip
+    (tmp_path / "compress_dimensions.json").write_text(json.dumps(accuracy), encoding="utf-8")
+
+    def row(path, speed, **dimensions):
+        return {
+            "path": path,
+            "backend": "openvino",
+            "precision": "int8",
+            "sequences_per_second": speed,
+            "fixed_32x128_ms": 1.0,
+            "latency_ms_p50": 1.0,
+            "served_bytes": 100,
+            "peak_rss_mb": 100,
+            **dimensions,
+        }
+
+    results = {
+        "model": "medium",
+        "sentences": 10,
+        "machine": {"cpu": "Test CPU", "flags": ["avx2"]},
+        "rows": [
+            row("float default", 10.0),
+            row("width 3/4, openvino int8", 70.0, width=0.75, depth=1.0, vocabulary_pruned=False),
+            row("depth 1/2, openvino int8", 90.0, width=1.0, depth=0.5, vocabulary_pruned=False),
+            row("width 1/2 depth 1/2, openvino int8", 200.0, width=0.5, depth=0.5, vocabulary_pruned=False),
+            row("width 1/2 depth 1/2, vocabulary 9, openvino int8", 210.0, width=0.5, depth=0.5,
+                vocabulary_pruned=True),
+            row("nano-shaped student, openvino int8", 150.0),
+        ],
+    }  # fmt: skip
+    lines = tables.dimensions_table(results, str(tmp_path))
+    cells = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines if line.startswith("|")]
+    drops = {row[0]: row[-1] for row in cells}
+    assert drops["width 3/4, openvino int8"] == "0.70 (dynabert+ptq)"
+    assert drops["depth 1/2, openvino int8"] == "0.25 (distill+ptq)"  # the student of 2 of 4 layers
+    assert drops["width 1/2 depth 1/2, openvino int8"] == "5.50 (dynabert+ptq)"
+    assert drops["width 1/2 depth 1/2, vocabulary 9, openvino int8"] == "2.00 (distill+ptq)"
+    assert drops["nano-shaped student, openvino int8"] == ""  # not trained here
+    assert (
+        "- Fastest whose dimensions keep the trained teacher within its 1-point budget: depth 1/2, openvino int8, "
+        "9.00× the float default (target 8×: met; its drop there 0.25 points)."
+    ) in lines
+    assert any(
+        line.startswith("- Fastest Nano-shaped student: nano-shaped student, openvino int8, 15.00×") for line in lines
+    )
