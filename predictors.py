@@ -451,7 +451,7 @@ class OpenVinoPredictor:
     """OpenVINO on the CPU, reading the same cached ONNX conversion as ONNX Runtime (it cannot read Paddle's PIR
     program, nor the legacy int8 program's dequantize ops). fp32 is forced with the precision hint (on CPUs with
     native bfloat16 OpenVINO would otherwise run bf16 silently); int8 is a model that NNCF quantized
-    (compress_*.py writes openvino_int8/ with model.ov_int8.xml). Compiled models are cached in .ov_cache/
+    (compress_*.py writes openvino_int8/ with model.ov_int8.xml). Compiled models are cached in .ov_cache/<precision>/
     beside the model, so later runs start fast."""
 
     name = "openvino"
@@ -482,7 +482,7 @@ class OpenVinoPredictor:
         model_dir = files.directory
         source = os.path.join(model_dir, self.INT8_FILE) if options.precision == "int8" else onnx_conversion(files)
         core = openvino.Core()
-        cache = self.compiled_model_cache(model_dir)
+        cache = self.compiled_model_cache(model_dir, options.precision)
         if cache:
             core.set_property({"CACHE_DIR": cache})
         hint = {"bf16": "bf16"}.get(options.precision, "f32")  # int8 layers run int8 whatever the hint of the rest
@@ -503,12 +503,17 @@ class OpenVinoPredictor:
         self.engine = f"openvino cpu {options.precision}"
 
     @staticmethod
-    def compiled_model_cache(model_dir: str) -> Optional[str]:
-        """.ov_cache beside the model, where OpenVINO keeps what it compiled so that later starts are fast; None
-        (compile at every start) in a read-only folder without one, where OpenVINO fails to create it (a candidate
-        folder copied into a read-only image; one copied with its .ov_cache reads it)."""
-        cache = os.path.join(model_dir, ".ov_cache")
-        return cache if os.path.isdir(cache) or os.access(model_dir, os.W_OK) else None
+    def compiled_model_cache(model_dir: str, precision: str) -> Optional[str]:
+        """.ov_cache/<precision> beside the model, where OpenVINO keeps what it compiled so that later starts are
+        fast; None (compile at every start) in a read-only folder without one, where OpenVINO fails to create it (a
+        candidate folder copied into a read-only image; one copied with its .ov_cache reads it). One folder a
+        precision: OpenVINO 2026.4 names a compiled model by the same key whatever its precision hint, so bf16 read
+        the blob fp32 had written and aborted ("double free or corruption")."""
+        cache = os.path.join(model_dir, ".ov_cache", precision)
+        if os.path.isdir(cache):
+            return cache
+        nearest = os.path.dirname(cache) if os.path.isdir(os.path.dirname(cache)) else model_dir
+        return cache if os.access(nearest, os.W_OK) else None
 
     def run(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
         results = self.request.infer({name: batch[name] for name in self.input_names})

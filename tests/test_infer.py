@@ -404,11 +404,31 @@ def test_openvino_forces_fp32_honours_threads_and_caches_the_compiled_model(runs
     assert "float32" in str(predictor.compiled.get_property("INFERENCE_PRECISION_HINT"))  # never bf16 behind our back
     assert int(predictor.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
     assert predictor.model_files == [os.path.join(model_dir, "model.onnx")]  # the conversion ONNX Runtime reads too
-    cache = os.path.join(model_dir, ".ov_cache")
+    cache = os.path.join(model_dir, ".ov_cache", "fp32")
     cached = sorted(os.listdir(cache))
     assert cached
     predictors.create_predictor(model_dir, options)
     assert sorted(os.listdir(cache)) == cached  # the second start loads the compiled model
+
+
+def test_openvino_caches_each_precision_apart(runs, tmp_path):
+    """OpenVINO 2026.4 names a compiled model by the same key whatever its precision hint: fp32 and bf16 sharing a
+    cache folder read each other's compiled model (bf16 after fp32 aborted with "double free or corruption"). Each
+    precision has a folder of its own under .ov_cache; each start is a process of its own, as a user's are."""
+    model_dir = str(tmp_path / "model")
+    shutil.copytree(runs["tnews"], model_dir, ignore=shutil.ignore_patterns(".ov_cache"))
+    precisions = ["fp32", "bf16", "fp32"] if predictors.native_bfloat16() else ["fp32", "fp32"]
+    for precision in precisions:
+        code = (
+            f"import predictors; p = predictors.create_predictor({model_dir!r}, predictors.PredictorOptions("
+            f"backend='openvino', precision={precision!r}, num_threads=1)); "
+            "print(p.compiled.get_property('INFERENCE_PRECISION_HINT'))"
+        )
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert {"fp32": "float32", "bf16": "bfloat16"}[precision] in done.stdout
+    assert sorted(os.listdir(os.path.join(model_dir, ".ov_cache"))) == sorted(set(precisions))
 
 
 def test_openvino_pads_batches_to_length_buckets(runs):
