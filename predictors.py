@@ -36,7 +36,7 @@ class PredictorOptions:
     enable_onednn: bool = True
     batch_size: int = 32
     max_seq_length: int = 128
-    length_bucket: Optional[int] = None  # Paddle CPU: pad batches to a multiple of this many tokens; None: by kind
+    length_bucket: Optional[int] = None  # Paddle, OpenVINO on the CPU: pad batches to a multiple of this; None: by kind
     allow_no_trt_engine: bool = False  # --use_trt: run a program TensorRT took no subgraph of (else an error)
 
 
@@ -146,10 +146,10 @@ def refuse_emulated_bfloat16() -> None:
 
 FLOAT_ONEDNN_CACHED_SHAPES = 2
 # OpenVINO's CPU plugin compiles kernels for every new input shape and keeps them (about 4 MB a shape for the
-# 3/4-width Medium in int8): a first call at a new length took 50-80 ms more at batch 32. Measured on 3,000 TNEWS
-# sentences, 2 threads (Xeon with AMX), int8, end to end: the 3/4-width Medium 782 seq/s with no buckets (870 MB
-# peak), 1028 with 8 tokens (655 MB), 867 with 16 (527 MB), 787 with 32 (451 MB); a Nano-shaped model 1067, 2449,
-# 2333, 2102 seq/s (785, 475, 369, 311 MB).
+# 3/4-width Medium in int8): a first call at a new length took 50-80 ms more at batch 32. Measured with infer.py
+# --perf on 3,000 TNEWS sentences, 2 threads (Xeon with AMX), int8, end to end: the 3/4-width Medium 782 seq/s with no
+# buckets (870 MB peak), 1028 with 8 tokens (655 MB), 867 with 16 (527 MB), 787 with 32 (451 MB); a Nano-shaped model
+# 1067, 2449, 2333, 2102 seq/s (785, 475, 369, 311 MB).
 OPENVINO_LENGTH_BUCKET = 8
 
 
