@@ -1,5 +1,6 @@
 """infer.py: the fine-tuning scripts' metrics through both backends, speed reports, raw text, and bad input."""
 
+import dataclasses
 import json
 import os
 import re
@@ -447,6 +448,14 @@ def test_openvino_pads_batches_to_length_buckets(runs):
     assert seen[1][0] == [(2, 11), (1, 14)]
     assert seen[5][0] == [(2, 15), (1, 15)]
     np.testing.assert_allclose(seen[None][1], seen[1][1], rtol=1e-4, atol=1e-5)  # padding is masked
+    options = predictors.PredictorOptions(backend="openvino", num_threads=1, batch_size=8)
+    tagger = predictors.create_predictor(runs["msra_ner"], options)
+    tags = predictors.run_predictor(tagger, features, 2, per_token=True).outputs[0]
+    assert [len(row) for row in tags] == [5, 11, 14]  # per-token outputs cut back to each sentence's own tokens
+    exact = predictors.create_predictor(runs["msra_ner"], dataclasses.replace(options, length_bucket=1))
+    alone = [predictors.run_predictor(exact, [feature], 1, per_token=True).outputs[0][0] for feature in features]
+    for padded, unpadded in zip(tags, alone):
+        np.testing.assert_allclose(padded, unpadded, rtol=1e-4, atol=1e-5)
 
 
 def test_openvino_refusals(runs, monkeypatch, capsys, tmp_path):
