@@ -409,7 +409,7 @@ def dimension_targets(rows: list, drops: dict, budget: Optional[float]) -> list:
     """#23's speed targets: the fastest row whose dimensions keep the trained teacher within its budget (>= 8x), and
     the fastest Nano-shaped student (>= 20x)."""
     base, lines = rows[0]["sequences_per_second"], []
-    within = [r for r in rows if budget is not None and (row_drop(r, drops) or (budget + 1,))[0] <= budget]
+    within = [r for r in rows if budget is not None and row_drop(r, drops) and row_drop(r, drops)[0] <= budget]
     if within:
         best, speed = fastest_against(within, base, 8)
         lines.append(

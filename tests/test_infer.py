@@ -425,8 +425,7 @@ def test_openvino_caches_each_precision_apart(runs, tmp_path):
             f"backend='openvino', precision={precision!r}, num_threads=1)); "
             "print(p.compiled.get_property('INFERENCE_PRECISION_HINT'))"
         )
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         assert {"fp32": "float32", "bf16": "bfloat16"}[precision] in done.stdout
     assert sorted(os.listdir(os.path.join(model_dir, ".ov_cache"))) == sorted(set(precisions))
