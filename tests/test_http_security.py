@@ -68,6 +68,40 @@ def test_a_body_not_declared_json_is_415():
     assert http.post("/tnews", json=BODY).status_code == 200
 
 
+def test_a_body_sent_in_chunks_past_max_body_bytes_is_413():
+    batcher = StubBatcher()
+    app = serving.create_app(batcher, TNEWS, serving.ServingLimits(max_body_bytes=64))
+    http = TestClient(app, base_url="http://127.0.0.1:8189")
+    chunks = (b'{"data": {"text": ["' + b"a" * 30 + b'"]}}' for _ in range(3))  # no Content-Length: chunked
+    answer = http.post("/tnews", content=chunks, headers={"Content-Type": "application/json"})
+    assert (answer.status_code, answer.json()) == (413, {"error": "the body has more than 64 bytes"})
+    assert http.post("/tnews", json=BODY).json() == {"result": [{"text": "上海"}]}
+
+
+def test_predictions_skip_fastapis_routing_and_other_paths_keep_it(monkeypatch):
+    """POST /<task> is answered before FastAPI (its route handler is never entered); the rest is FastAPI's."""
+    from fastapi import routing
+
+    entered = []
+    original = routing.request_response
+
+    def recording(handler):
+        inner = original(handler)
+
+        async def app(scope, receive, send):
+            entered.append(scope["path"])
+            await inner(scope, receive, send)
+
+        return app
+
+    monkeypatch.setattr(routing, "request_response", recording)
+    http, _ = client()
+    assert http.post("/tnews", json=BODY).status_code == 200
+    assert http.post("/afqmc", json=BODY).status_code == 404
+    assert http.get("/health").status_code == 200
+    assert entered == ["/afqmc", "/health"]
+
+
 @pytest.mark.parametrize("host", ["evil.example:8189", "evil.example", "192.168.1.5:8189"])
 def test_a_loopback_server_refuses_other_host_names(host):
     http, _ = client()
