@@ -3,6 +3,7 @@
     python -m benchmarks.bench_serve                # ERNIE 3.0-Medium shape, 1,000 real TNEWS sentences
     python -m benchmarks.bench_serve --quick        # nano, 300 sentences
     python -m benchmarks.bench_serve --levers       # also each lever turned off in turn (c=1 and c=32)
+    python -m benchmarks.bench_serve --best_backend openvino   # the compressed best served by OpenVINO (AMX CPUs)
 
 For each model (the float default: Paddle fp32; the compressed best as bench_deploy finds it: the 3/4-width model
 served by ONNX Runtime int8, or by OpenVINO int8 with --best_backend openvino, the faster where the CPU has AMX) it
@@ -10,7 +11,11 @@ measures infer.py's offline end-to-end throughput at batch 32 and its batch-1 la
 and after the server (which is held against the faster of the two), and a real serve.py process on 127.0.0.1 at
 concurrency 1 (the first 300 sentences), 8 and 32 with one sentence a request: throughput and p50/p99 latency as the
 client sees them. The load generator is an asyncio client in this process writing prebuilt HTTP/1.1 requests on
-keep-alive sockets; its own CPU time (and the server's) is recorded beside each row. The machine, /proc/loadavg
+keep-alive sockets; its own CPU time (and the server's) is recorded beside each row. Two more rows split the gap to
+offline: serve.py's batcher alone in this process, fed by 32 closed-loop clients without HTTP (what batching one
+sentence a request can give at best: 32 sentences in arrival order, where offline sorts them all by length), and a
+serve.py whose model answers at once (--instant_server), whose CPU time a request is what HTTP, the checks,
+tokenization and batching cost the event loop. The machine, /proc/loadavg
 before and after (the cores may be shared) and the targets (concurrency 32 >= 85% of offline batch 32; concurrency 1
 p50 <= offline batch 1 p50 + 2 ms) go to benchmarks/results/serve[_quick].json.
 """
@@ -31,6 +36,8 @@ import urllib.request
 
 import numpy as np
 
+import arguments
+import deployment
 import dynabert
 import model_io
 import predictors
@@ -94,6 +101,85 @@ def offline(model_dir: str, backend: str, precision: str, examples, threads: int
         "batch_32_cpu_cores_busy": cpu / seconds,
         "batch_1_latency_ms_p50": 1000 * float(np.median(latencies)),
     }
+
+
+def batcher_alone(model_dir: str, backend: str, precision: str, examples, threads: int, concurrency: int = 32) -> dict:
+    """serve.py's batcher (its default limits) in this process, fed by `concurrency` clients each submitting its next
+    sentence when its last is answered, without HTTP: its throughput, model calls and padding."""
+    import threading
+
+    served = deployment.resolve_deployment(
+        deployment.DeployArguments(model_path=model_dir, backend=backend, precision=precision, num_threads=threads)
+    )
+    batcher = serving.start_batcher(served, arguments.QAWindowArguments(), serving.ServingLimits())
+    batcher.settled.wait()
+    next_index, lock, clients_done, finished = [0], threading.Lock(), [0], threading.Event()
+
+    def submit_next(_=None):
+        with lock:
+            index = next_index[0]
+            next_index[0] += 1
+            if index >= len(examples):
+                clients_done[0] += 1
+                if clients_done[0] == concurrency:
+                    finished.set()
+                return
+        batcher.submit([examples[index]]).add_done_callback(submit_next)
+
+    started = time.perf_counter()
+    for _ in range(concurrency):
+        submit_next()
+    finished.wait()
+    seconds = time.perf_counter() - started
+    metrics = batcher.metrics()
+    batcher.close()
+    return {
+        "concurrency": concurrency,
+        "sequences_per_second": len(examples) / seconds,
+        **{key: metrics[key] for key in ("batches", "model_calls", "tokens", "padded_tokens")},
+    }
+
+
+class InstantPredictor:
+    """A model that answers at once (zeros for each label): --instant_server's."""
+
+    def __init__(self, labels: int):
+        self.labels = labels
+
+    def run(self, batch):
+        return [np.zeros((len(batch["input_ids"]), self.labels), dtype="float32")]
+
+
+def instant_server(model_dir: str, port: int) -> None:
+    """serve.py's app, with its default limits, server and parser, for model_dir's task and tokenizer, with a model
+    that answers at once."""
+    import uvicorn
+
+    served = deployment.resolve_deployment(deployment.DeployArguments(model_path=model_dir, backend="onnxruntime"))
+    labels = len(served.task.labels)
+    limits = serving.ServingLimits()
+    batcher = serving.Batcher(
+        lambda: InstantPredictor(labels), served.model_path, served.task, arguments.QAWindowArguments(), SEQ_LEN, limits
+    ).start()
+    app = serving.create_app(batcher, served.task, limits)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", http=serving.http_protocol("auto"))
+
+
+def http_cost(model_dir: str, texts) -> list:
+    """The server's CPU time a request with a model that answers at once, at concurrency 1 and 32."""
+    port = free_port()
+    command = [sys.executable, "-m", "benchmarks.bench_serve", "--instant_server", model_dir, "--port", str(port)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready(process, port)
+        load(port, process.pid, texts[:64], 8)
+        rows = [load(port, process.pid, texts[: LONE_REQUESTS if c == 1 else None], c) for c in (1, 32)]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=120)
+    for row in rows:
+        row["server_cpu_ms_per_request"] = 1000 * row["server_cpu_cores_busy"] / row["sequences_per_second"]
+    return rows
 
 
 def free_port() -> int:
@@ -169,17 +255,21 @@ def start_server(model_dir: str, threads: int, port: int, flags) -> subprocess.P
     process = subprocess.Popen(
         command + ["--num_threads", str(threads), *flags], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
+    return wait_ready(process, port)
+
+
+def wait_ready(process: subprocess.Popen, port: int) -> subprocess.Popen:
     deadline = time.time() + 600
     while time.time() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"serve.py exited: {process.stderr.read()[-2000:]}")
+            raise RuntimeError(f"the server exited: {process.stderr.read()[-2000:]}")
         try:
             if get_json(f"http://127.0.0.1:{port}/health").get("status") == "ready":
                 return process
         except OSError:
             time.sleep(0.5)
     process.kill()
-    raise RuntimeError("serve.py was not ready within 600 s")
+    raise RuntimeError("the server was not ready within 600 s")
 
 
 def serve(model_dir: str, texts, threads: int, concurrencies, flags=()) -> tuple:
@@ -195,13 +285,14 @@ def serve(model_dir: str, texts, threads: int, concurrencies, flags=()) -> tuple
         process.communicate(timeout=120)
 
 
-def targets(baseline: dict, rows: list) -> dict:
+def targets(baseline: dict, rows: list, alone: dict) -> dict:
     by_concurrency = {row["concurrency"]: row for row in rows}
     ratio = by_concurrency[32]["sequences_per_second"] / baseline["batch_32_sequences_per_second"]
     added = by_concurrency[1]["latency_ms_p50"] - baseline["batch_1_latency_ms_p50"]
     per_cpu = by_concurrency[32]["sequences_per_second"] / by_concurrency[32]["server_cpu_cores_busy"]
     return {
         "concurrency_32_over_offline": ratio,
+        "batcher_alone_over_offline": alone["sequences_per_second"] / baseline["batch_32_sequences_per_second"],
         # the same per CPU second each process got (the server's, the offline run's): the cores are shared
         "concurrency_32_over_offline_per_cpu_second": per_cpu / baseline["batch_32_sequences_per_cpu_second"],
         "concurrency_1_p50_minus_offline_batch_1_ms": added,
@@ -261,6 +352,8 @@ def faster_offline(before: dict, after: dict) -> dict:
 def measure_model(label, model_dir, backend, precision, examples, texts, args) -> dict:
     before = offline(model_dir, backend, precision, examples, args.threads)
     print(f"{label}: infer.py offline {before}", flush=True)
+    alone = batcher_alone(model_dir, backend, precision, examples, args.threads)
+    print(f"{label}: serve.py's batcher alone, 32 clients without HTTP {alone}", flush=True)
     rows, metrics = serve(model_dir, texts, args.threads, CONCURRENCIES)
     after = offline(model_dir, backend, precision, examples, args.threads)
     print(f"{label}: infer.py offline again {after}", flush=True)
@@ -273,7 +366,7 @@ def measure_model(label, model_dir, backend, precision, examples, texts, args) -
             flush=True,
         )
     result = {"path": label, "backend": backend, "precision": precision, "offline": baseline, "server": rows}
-    result.update(server_metrics=metrics, **targets(baseline, rows))
+    result.update(batcher_alone=alone, server_metrics=metrics, **targets(baseline, rows, alone))
     if args.levers:
         result["levers"] = lever_rows(model_dir, texts[: args.lever_sentences], args.threads)
     return result
@@ -317,7 +410,18 @@ def main(argv=None):
         "on AVX2-only CPUs, OpenVINO where AMX is)",
     )
     parser.add_argument("--output", default=None)
+    parser.add_argument(
+        "--instant_server",
+        metavar="MODEL_DIR",
+        default=None,
+        help="(run by the benchmark itself) serve MODEL_DIR's task and tokenizer with a model that answers at once, "
+        "on --port, until SIGTERM",
+    )
+    parser.add_argument("--port", type=int, default=8189)
     args = parser.parse_args(argv)
+    if args.instant_server:
+        instant_server(args.instant_server, args.port)
+        return
     name = "nano" if args.quick else "medium"
     dev_file = TNEWS_FULL if os.path.isfile(TNEWS_FULL) else TNEWS_SLICE
     dev_examples = utils.load_examples(TNEWS, "dev", dev_file)
@@ -328,6 +432,7 @@ def main(argv=None):
         paths = models(workdir, name, args.best_backend, dev_examples[len(examples) :] or examples)
         rows = [measure_model(label, *where, examples, texts, args) for label, where in paths.items()]
         extras = {
+            "instant_model_server": http_cost(paths[next(iter(paths))][0], texts),
             "json_encoder_us_per_answer": json_encoder_microseconds(),
             "tokenization_ms_per_request": tokenization_ms_per_request(next(iter(paths.values()))[0], examples),
         }

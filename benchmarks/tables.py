@@ -284,6 +284,10 @@ def serve_tables(results: dict) -> list:
             [model["path"], "infer.py offline, batch 32", batch_32, "", "", ""],
             ["", "infer.py offline, batch 1", "", f"{offline['batch_1_latency_ms_p50']:.1f}", "", ""],
         ]
+        if "batcher_alone" in model:
+            alone = model["batcher_alone"]
+            lines.append(["", f"serve.py's batcher alone, {alone['concurrency']} clients, no HTTP",
+                          f"{alone['sequences_per_second']:.1f}", "", "", ""])  # fmt: skip
         lines += [
             ["", f"serve.py, concurrency {row['concurrency']}", f"{row['sequences_per_second']:.1f}",
              f"{row['latency_ms_p50']:.1f}", f"{row['latency_ms_p99']:.1f}", f"{row['client_cpu_ms_per_request']:.2f}"]
@@ -295,6 +299,11 @@ def serve_tables(results: dict) -> list:
             + (
                 f"; per CPU second each process got: {model['concurrency_32_over_offline_per_cpu_second']:.0%}"
                 if "concurrency_32_over_offline_per_cpu_second" in model
+                else ""
+            )
+            + (
+                f"; the batcher alone, without HTTP, {model['batcher_alone_over_offline']:.0%}"
+                if "batcher_alone_over_offline" in model
                 else ""
             )
             + "); concurrency 1 adds "
@@ -309,6 +318,17 @@ def serve_tables(results: dict) -> list:
         "",
     ] + markdown_table(header, lines)
     text += [""] + [f"- {verdict}" for verdict in verdicts]
+    if "instant_model_server" in results:
+        text.append(
+            "- With a model that answers at once, the server's CPU time a request (HTTP, checks, tokenization, "
+            "batching): "
+            + ", ".join(
+                f"{row['server_cpu_ms_per_request']:.2f} ms at concurrency {row['concurrency']} "
+                f"({row['sequences_per_second']:.0f} requests/s)"
+                for row in results["instant_model_server"]
+            )
+            + "."
+        )
     if "machine_busy" in results:
         text.append(f"- Other work on the machine: {results['machine_busy']}.")
     levers = [(model["path"], lever) for model in results["models"] for lever in model.get("levers", [])]
