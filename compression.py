@@ -64,7 +64,6 @@ from predictors import (
     create_predictor,
     native_bfloat16,
     run_predictor,
-    warm_up_buckets,
 )
 from quantization import (
     NNCF_RANGE_ESTIMATORS,
@@ -384,7 +383,7 @@ def measure_candidate(
     precision: str = "fp32",
 ) -> Measurement:
     """A compressed (or parent) static model's dev metric through the predictor it is served with, the size of what
-    that predictor loads, and its speed (after one batch of every length bucket, as infer.py --perf)."""
+    that predictor loads, and its speed (after one batch of every shape its batches have, as infer.py --perf)."""
     options = PredictorOptions(
         backend=backend,
         precision=precision,
@@ -394,8 +393,9 @@ def measure_candidate(
     )
     features = list(dev_encoded.sequences)
     predictor = create_predictor(model_dir, options)
-    warm_up_buckets(predictor, options.batch_size, max_seq_length)
-    result = run_predictor(predictor, features, options.batch_size, per_token=task.per_token_outputs, warmup_batches=2)
+    result = run_predictor(
+        predictor, features, options.batch_size, per_token=task.per_token_outputs, warmup_batches=2, warm_shapes=True
+    )
     metrics = deployed_metrics(task, dev_examples, dev_encoded, result.outputs, window_args)
     return Measurement(
         backend=backend,

@@ -47,7 +47,10 @@ class InferArguments:
     )
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N dev examples."})
     perf: bool = field(
-        default=False, metadata={"help": "Time the dev set: warm-up, then latency per batch and throughput."}
+        default=False,
+        metadata={
+            "help": "Time the dev set: one batch of each of its shapes first, then latency per batch and throughput."
+        },
     )
     warmup_batches: int = field(default=5, metadata={"help": "Batches run before timing with --perf."})
     pad_to_max_length: bool = field(
@@ -127,7 +130,7 @@ def encode(task, examples, tokenizer, args, window_args, with_labels):
     return encoded, time.perf_counter() - started
 
 
-def run(predictor, task, encoded, args, warmup_batches=0) -> predictors.PredictionRun:
+def run(predictor, task, encoded, args, warmup_batches=0, warm_shapes=False) -> predictors.PredictionRun:
     result = predictors.run_predictor(
         predictor,
         list(encoded.sequences),
@@ -136,6 +139,7 @@ def run(predictor, task, encoded, args, warmup_batches=0) -> predictors.Predicti
         sort_by_length=not args.pad_to_max_length,
         pad_to=args.max_seq_length if args.pad_to_max_length else None,
         warmup_batches=warmup_batches,
+        warm_shapes=warm_shapes,
     )
     utils.check_output_width(task, result.outputs, args.model_path)
     return result
@@ -144,14 +148,13 @@ def run(predictor, task, encoded, args, warmup_batches=0) -> predictors.Predicti
 def evaluate(predictor, task, tokenizer, args, window_args) -> dict:
     examples = utils.load_examples(task, "dev", args.dev_file, args.max_eval_samples)
     encoded, tokenize_seconds = encode(task, examples, tokenizer, args, window_args, with_labels=True)
-    warmed_shapes = predictors.warm_up_buckets(predictor, args.batch_size, args.max_seq_length) if args.perf else 0
-    result = run(predictor, task, encoded, args, warmup_batches=args.warmup_batches if args.perf else 0)
+    result = run(predictor, task, encoded, args, args.warmup_batches if args.perf else 0, warm_shapes=args.perf)
     metrics = utils.deployed_metrics(task, examples, encoded, result.outputs, window_args)
     report = {"metrics": {**metrics, "eval_samples": len(examples)}}
     if args.perf:
         report["perf"] = {
             **perf_summary(result, len(encoded.sequences), tokenize_seconds),
-            "warmed_shapes": warmed_shapes,
+            "warmed_shapes": result.warmed_shapes,
         }
     return report
 

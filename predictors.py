@@ -548,14 +548,22 @@ def bucket_length(longest: int, bucket: int, cap: int) -> int:
 
 
 def warm_up_buckets(predictor, batch_size: int, max_seq_length: int) -> int:
-    """Run one batch of every bucket length, so that timed (or served) batches meet no new shape; returns how many
-    shapes were run."""
+    """Run one batch of every bucket length, so that served batches meet no new shape; returns how many shapes were
+    run. The longest runs first (warm_up_shapes)."""
     bucket = getattr(predictor, "length_bucket", 1)
-    lengths = sorted(set(range(bucket, max_seq_length + 1, bucket)) | {max_seq_length}) if bucket > 1 else []
-    for length in lengths:
-        ids = np.ones((batch_size, length), dtype="int64")
+    lengths = set(range(bucket, max_seq_length + 1, bucket)) | {max_seq_length} if bucket > 1 else set()
+    return warm_up_shapes(predictor, {(batch_size, length) for length in lengths})
+
+
+def warm_up_shapes(predictor, shapes) -> int:
+    """Run one batch of each (rows, length) shape, the largest first (most tokens, then the longer): a backend
+    allocates for a new shape and keeps what it freed, so going up in size leaves each smaller allocation behind
+    (OpenVINO, 16 lengths at 32 rows: 193 MB more resident memory largest first, 322 MB smallest first). Returns how
+    many shapes were run."""
+    for rows, length in sorted(shapes, key=lambda shape: (shape[0] * shape[1], shape[1]), reverse=True):
+        ids = np.ones((rows, length), dtype="int64")
         predictor.run({name: ids for name in EXPORT_INPUT_NAMES})
-    return len(lengths)
+    return len(shapes)
 
 
 def pad_features(features: Sequence[dict], length: Optional[int] = None) -> Dict[str, np.ndarray]:
@@ -582,6 +590,7 @@ class PredictionRun:
     outputs: List[List[np.ndarray]]  # per model output, one unpadded array per feature, in input order
     batch_seconds: List[float]
     batch_sizes: List[int]
+    warmed_shapes: int = 0  # shapes run before timing (warm_shapes)
 
 
 def run_predictor(
@@ -592,13 +601,16 @@ def run_predictor(
     sort_by_length: bool = True,
     pad_to: Optional[int] = None,
     warmup_batches: int = 0,
+    warm_shapes: bool = False,
 ) -> PredictionRun:
     """Run every feature through the predictor in batches; results come back in input order.
 
     per_token: the outputs have a value per input token (NER logits, QA start/end logits), which are cut back
     to each feature's own length; otherwise one value per sequence (classification logits).
     warmup_batches: run (and leave untimed) this many batches first. A predictor with a length_bucket gets each batch
-    padded to a multiple of it (at most the longest feature), so that few shapes occur.
+    padded to a multiple of it (at most the longest feature), so that few shapes occur. warm_shapes: first run one
+    batch of each shape the batches have (warm_up_shapes), so that no timed batch meets a new one, and no shape
+    that never runs is built (a backend keeps memory for each).
     """
     import time
 
@@ -606,10 +618,15 @@ def run_predictor(
     bucket = getattr(predictor, "length_bucket", 1)
     cap = getattr(predictor, "max_length", None) or max(len(f["input_ids"]) for f in features)
 
-    def padded(indices):
+    def padded_length(indices) -> int:
         longest = max(len(features[i]["input_ids"]) for i in indices)
-        return pad_features([features[i] for i in indices], pad_to or bucket_length(longest, bucket, max(cap, longest)))
+        return pad_to or bucket_length(longest, bucket, max(cap, longest))
 
+    def padded(indices):
+        return pad_features([features[i] for i in indices], padded_length(indices))
+
+    shapes = {(len(indices), padded_length(indices)) for indices in batches} if warm_shapes else set()
+    warm_up_shapes(predictor, shapes)
     for indices in batches[:warmup_batches]:
         predictor.run(padded(indices))
     outputs, seconds = None, []
@@ -623,7 +640,7 @@ def run_predictor(
         for output, result in zip(outputs, results):
             for row, index in enumerate(indices):
                 output[index] = result[row][: len(features[index]["input_ids"])] if per_token else result[row]
-    return PredictionRun(outputs or [], seconds, [len(b) for b in batches])
+    return PredictionRun(outputs or [], seconds, [len(b) for b in batches], len(shapes))
 
 
 class DygraphPredictor:

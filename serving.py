@@ -27,7 +27,7 @@ import numpy as np
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from model_io import load_deployed_tokenizer
-from predictors import EXPORT_INPUT_NAMES, create_predictor, run_predictor, warm_up_buckets
+from predictors import EXPORT_INPUT_NAMES, create_predictor, run_predictor, warm_up_shapes
 from runtime import UserError, first_line, json_error_reason, logger
 from utils import (
     INPUT_FIELDS,
@@ -56,10 +56,12 @@ class ServingLimits:
 
     max_batch_size: int = field(default=32, metadata={"help": "Sequences run together, across requests."})
     max_batch_tokens: int = field(
-        default=16384,
+        default=1024,
         metadata={
             "help": "Tokens run together: a batch takes requests up to this many tokens, and each model call holds at "
-            "most this many counted padded to its longest sequence (a longer single sequence runs alone)."
+            "most this many counted padded to its longest sequence (a longer single sequence runs alone). A call's "
+            "cost a row is flat from about 8 rows up, so the bound costs no speed; it bounds the memory a backend "
+            "keeps for its largest shapes (OpenVINO)."
         },
     )
     split_by_length: bool = field(
@@ -581,10 +583,9 @@ def length_sorted_calls(
     best, cut = [0.0] + [float("inf")] * len(order), [0] * (len(order) + 1)
     for end in range(1, len(order) + 1):
         longest = lengths[order[end - 1]]
-        for start in range(end - 1, max(-1, end - 1 - max_rows), -1):
+        most = rows_within(max_rows, max_tokens, cost.padded_length(longest))
+        for start in range(end - 1, max(-1, end - 1 - most), -1):
             rows = end - start
-            if rows > 1 and rows * cost.padded_length(longest) > max_tokens:
-                break
             total = best[start] + cost.of(rows, longest, shapes_run)
             if total < best[end]:
                 best[end], cut[end] = total, start
@@ -621,12 +622,18 @@ def measure_call_cost(predictor, max_rows: int, length: int = 32, repeats: int =
     return CallCost(tuple([0.0] + [float(t) for t in times]), length, bucket, float(np.median(first_more)))
 
 
-def warmed_shapes(predictor, max_rows: int, max_seq_length: int) -> set:
-    """The (rows, padded length) shapes warm_up_buckets ran: max_rows rows at every bucket length."""
+def rows_within(max_rows: int, max_tokens: int, padded_length: int) -> int:
+    """The most rows a model call of this padded length holds: max_rows, and max_tokens padded tokens (at least 1)."""
+    return max(1, min(max_rows, max_tokens // padded_length))
+
+
+def warmed_shapes(predictor, max_rows: int, max_seq_length: int, max_tokens: int) -> set:
+    """The (rows, padded length) shapes a batcher warms up: at every bucket length, the most rows a call holds."""
     bucket = getattr(predictor, "length_bucket", 1)
     if bucket <= 1:
         return set()
-    return {(max_rows, length) for length in set(range(bucket, max_seq_length + 1, bucket)) | {max_seq_length}}
+    lengths = set(range(bucket, max_seq_length + 1, bucket)) | {max_seq_length}
+    return {(rows_within(max_rows, max_tokens, length), length) for length in lengths}
 
 
 class Batcher:
@@ -766,8 +773,9 @@ class Batcher:
     def loop(self) -> None:
         try:
             predictor = self.make_predictor()
-            warm_up_buckets(predictor, self.limits.max_batch_size, self.max_seq_length)
-            self.shapes = warmed_shapes(predictor, self.limits.max_batch_size, self.max_seq_length)
+            limits = self.limits
+            self.shapes = warmed_shapes(predictor, limits.max_batch_size, self.max_seq_length, limits.max_batch_tokens)
+            warm_up_shapes(predictor, self.shapes)
             if self.limits.split_by_length:
                 self.call_cost = measure_call_cost(predictor, self.limits.max_batch_size)
                 self.shapes |= {(rows, self.call_cost.length) for rows in calibration_sizes(self.limits.max_batch_size)}

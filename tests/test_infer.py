@@ -193,6 +193,38 @@ def test_length_sorted_batches_give_each_input_its_own_result(runs):
     np.testing.assert_allclose(np.stack(sorted_run.outputs[0]), np.stack(fixed_run.outputs[0]), atol=1e-5)
 
 
+class ShapeRecorder:
+    """A predictor that records the shape of every batch it runs."""
+
+    length_bucket = 8
+
+    def __init__(self):
+        self.shapes = []
+
+    def run(self, batch):
+        self.shapes.append(batch["input_ids"].shape)
+        return [np.zeros((batch["input_ids"].shape[0], 2), dtype="float32")]
+
+
+def test_warm_shapes_runs_each_shape_of_the_batches_once_largest_first_before_any_timed_batch():
+    lengths = [5, 9, 9, 20, 3, 17, 40, 12, 9]  # padded to 8s: batches of 4 sorted -> (4, 16), (4, 24), (1, 40)
+    features = [{"input_ids": [1] * n, "token_type_ids": [0] * n} for n in lengths]
+    predictor = ShapeRecorder()
+    run = predictors.run_predictor(predictor, features, 4, per_token=False, warm_shapes=True)
+    timed = [(4, 16), (4, 24), (1, 40)]
+    assert predictor.shapes == [(4, 24), (4, 16), (1, 40)] + timed  # 96, 64 and 40 tokens
+    assert run.warmed_shapes == 3 and len(run.batch_seconds) == 3
+    plain = ShapeRecorder()
+    assert predictors.run_predictor(plain, features, 4, per_token=False).warmed_shapes == 0
+    assert plain.shapes == timed
+
+
+def test_the_bucket_warm_up_runs_the_longest_bucket_first():
+    predictor = ShapeRecorder()
+    assert predictors.warm_up_buckets(predictor, 2, 30) == 4
+    assert predictor.shapes == [(2, 30), (2, 24), (2, 16), (2, 8)]
+
+
 def test_raw_text_classification_matches_the_dynamic_model(tnews_run, runs):
     texts = [
         "以色列大规模空袭开始！伊朗多个军事目标遭遇打击",

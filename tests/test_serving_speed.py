@@ -71,6 +71,15 @@ def test_padding_is_counted_to_the_predictors_length_bucket():
     assert [len(call) for call in calls] == [2, 1]  # 2 x 16 fits 40 tokens, 3 x 16 does not
 
 
+def test_the_warm_up_gives_each_bucket_length_the_most_rows_a_call_holds_there():
+    bucketed = type("Bucketed", (), {"length_bucket": 8})()
+    assert serving.warmed_shapes(bucketed, 32, 64, 1024) == {
+        (32, 8), (32, 16), (32, 24), (32, 32), (25, 40), (21, 48), (18, 56), (16, 64)
+    }  # fmt: skip
+    assert serving.warmed_shapes(bucketed, 32, 20, 1024) == {(32, 8), (32, 16), (32, 20)}
+    assert serving.warmed_shapes(type("Exact", (), {})(), 32, 64, 1024) == set()  # no buckets: nothing to warm
+
+
 # ---- the batcher, on a stub predictor -------------------------------------------------------------------------------
 class RecordingPredictor:
     """Gives TNEWS's 15 scores a row and records each call's shape; with hold set, calls wait until it is released."""
@@ -98,6 +107,14 @@ def started_batcher(folder, predictor, **limits):
     batcher = serving.Batcher(lambda: predictor, folder, TNEWS, None, 128, serving.ServingLimits(**limits)).start()
     assert batcher.ready.wait(60)
     return batcher
+
+
+def test_the_batcher_warms_its_buckets_largest_first_within_max_batch_tokens(tokenizer_folder):
+    predictor = RecordingPredictor()
+    predictor.length_bucket = 32
+    batcher = started_batcher(tokenizer_folder, predictor, max_batch_tokens=2048, split_by_length=False)
+    batcher.close()
+    assert predictor.shapes == [(16, 128), (32, 64), (21, 96), (32, 32)]  # 2048 (the longer first), 2016, 1024
 
 
 def examples(*texts):
