@@ -55,6 +55,7 @@ LEVERS = {
     "no length-sorted model calls (--split_by_length false)": ("--split_by_length", "false"),
     "asyncio loop and h11 parser (--loop asyncio --http h11)": ("--loop", "asyncio", "--http", "h11"),
     "no waiting for company (--max_wait_ms 0)": ("--max_wait_ms", "0"),
+    "calls of up to 16384 tokens, the former default (--max_batch_tokens 16384)": ("--max_batch_tokens", "16384"),
 }
 LONE_REQUESTS = 300  # concurrency 1 sends the first 300 sentences only (its p50 settles; 1,000 would take minutes)
 CONTENT_LENGTH = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
