@@ -17,7 +17,9 @@ sentence a request can give at best: 32 sentences in arrival order, where offlin
 serve.py whose model answers at once (--instant_server), whose CPU time a request is what HTTP, the checks,
 tokenization and batching cost the event loop. The machine, /proc/loadavg
 before and after (the cores may be shared) and the targets (concurrency 32 >= 85% of offline batch 32; concurrency 1
-p50 <= offline batch 1 p50 + 2 ms) go to benchmarks/results/serve[_quick].json.
+p50 <= offline batch 1 p50 + 2 ms) go to benchmarks/results/serve[_quick].json. The concurrency-32 ratios held
+against the target are the medians of --rounds paired rounds (offline, the batcher alone, the server, one after
+another, the server kept started): on a shared 2-core VM the same run's speed drifted by up to 1.4x within minutes.
 """
 
 import argparse
@@ -273,27 +275,52 @@ def wait_ready(process: subprocess.Popen, port: int) -> subprocess.Popen:
     raise RuntimeError("the server was not ready within 600 s")
 
 
-def serve(model_dir: str, texts, threads: int, concurrencies, flags=()) -> tuple:
-    """Rows of the server at each concurrency, and its /metrics after them."""
+def serve(model_dir: str, texts, threads: int, concurrencies, flags=(), then=None) -> tuple:
+    """Rows of the server at each concurrency, and its /metrics after them; with then, also then(port, pid)'s result
+    (the server still started)."""
     port = free_port()
     process = start_server(model_dir, threads, port, flags)
     try:
         load(port, process.pid, texts[:64], 8)  # the client side warms up too
         rows = [load(port, process.pid, texts[: LONE_REQUESTS if c == 1 else None], c) for c in concurrencies]
-        return rows, get_json(f"http://127.0.0.1:{port}/metrics?format=json")
+        metrics = get_json(f"http://127.0.0.1:{port}/metrics?format=json")
+        return (rows, metrics) + ((then(port, process.pid),) if then else ())
     finally:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=120)
 
 
-def targets(baseline: dict, rows: list, alone: dict) -> dict:
+def paired_rounds(port: int, pid: int, model_dir, backend, precision, examples, texts, threads, rounds: int) -> list:
+    """Rounds of offline batch 32, the batcher alone and the server (kept started) at concurrency 32, one after the
+    other: each round's ratios come from neighbours in time (a shared machine's speed drifts over minutes)."""
+    measured = []
+    for _ in range(rounds):
+        offline_32 = offline(model_dir, backend, precision, examples, threads)["batch_32_sequences_per_second"]
+        alone = batcher_alone(model_dir, backend, precision, examples, threads)["sequences_per_second"]
+        server = load(port, pid, texts, 32)["sequences_per_second"]
+        measured.append(
+            {
+                "offline_batch_32": offline_32,
+                "batcher_alone": alone,
+                "server_concurrency_32": server,
+                "server_over_offline": server / offline_32,
+                "batcher_alone_over_offline": alone / offline_32,
+            }
+        )
+        print(f"  paired round: {measured[-1]}", flush=True)
+    return measured
+
+
+def targets(baseline: dict, rows: list, rounds: list) -> dict:
     by_concurrency = {row["concurrency"]: row for row in rows}
-    ratio = by_concurrency[32]["sequences_per_second"] / baseline["batch_32_sequences_per_second"]
+    ratio = float(np.median([r["server_over_offline"] for r in rounds]))
     added = by_concurrency[1]["latency_ms_p50"] - baseline["batch_1_latency_ms_p50"]
     per_cpu = by_concurrency[32]["sequences_per_second"] / by_concurrency[32]["server_cpu_cores_busy"]
     return {
         "concurrency_32_over_offline": ratio,
-        "batcher_alone_over_offline": alone["sequences_per_second"] / baseline["batch_32_sequences_per_second"],
+        "batcher_alone_over_offline": float(np.median([r["batcher_alone_over_offline"] for r in rounds])),
+        "concurrency_32_over_offline_single_run": by_concurrency[32]["sequences_per_second"]
+        / baseline["batch_32_sequences_per_second"],
         # the same per CPU second each process got (the server's, the offline run's): the cores are shared
         "concurrency_32_over_offline_per_cpu_second": per_cpu / baseline["batch_32_sequences_per_cpu_second"],
         "concurrency_1_p50_minus_offline_batch_1_ms": added,
@@ -355,7 +382,11 @@ def measure_model(label, model_dir, backend, precision, examples, texts, args) -
     print(f"{label}: infer.py offline {before}", flush=True)
     alone = batcher_alone(model_dir, backend, precision, examples, args.threads)
     print(f"{label}: serve.py's batcher alone, 32 clients without HTTP {alone}", flush=True)
-    rows, metrics = serve(model_dir, texts, args.threads, CONCURRENCIES)
+
+    def rounds_beside(port, pid):
+        return paired_rounds(port, pid, model_dir, backend, precision, examples, texts, args.threads, args.rounds)
+
+    rows, metrics, rounds = serve(model_dir, texts, args.threads, CONCURRENCIES, then=rounds_beside)
     after = offline(model_dir, backend, precision, examples, args.threads)
     print(f"{label}: infer.py offline again {after}", flush=True)
     baseline = faster_offline(before, after)
@@ -367,7 +398,7 @@ def measure_model(label, model_dir, backend, precision, examples, texts, args) -
             flush=True,
         )
     result = {"path": label, "backend": backend, "precision": precision, "offline": baseline, "server": rows}
-    result.update(batcher_alone=alone, server_metrics=metrics, **targets(baseline, rows, alone))
+    result.update(batcher_alone=alone, paired_rounds=rounds, server_metrics=metrics, **targets(baseline, rows, rounds))
     if args.levers:
         result["levers"] = lever_rows(model_dir, texts[: args.lever_sentences], args.threads)
     return result
@@ -403,6 +434,13 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--levers", action="store_true", help="also each lever off in turn (c=1 and c=32)")
     parser.add_argument("--lever_sentences", type=int, default=200)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="paired rounds of offline batch 32, the batcher alone and the server at concurrency 32, whose median "
+        "ratios are the ones held against the target",
+    )
     parser.add_argument(
         "--best_backend",
         choices=("onnxruntime", "openvino"),

@@ -293,9 +293,17 @@ def serve_tables(results: dict) -> list:
              f"{row['latency_ms_p50']:.1f}", f"{row['latency_ms_p99']:.1f}", f"{row['client_cpu_ms_per_request']:.2f}"]
             for row in model["server"]
         ]  # fmt: skip
+        rounds = model.get("paired_rounds")
+        paired = (
+            f" (the median of {len(rounds)} paired rounds of offline, the batcher alone and the server side by side: "
+            + ", ".join(f"{r['server_over_offline']:.0%}" for r in rounds)
+            + ")"
+            if rounds
+            else ""
+        )
         verdicts.append(
-            f"{model['path']}: concurrency 32 gives {model['concurrency_32_over_offline']:.0%} of offline batch 32 "
-            f"(target 85%: {'met' if model['met_85_percent'] else 'not met'}"
+            f"{model['path']}: concurrency 32 gives {model['concurrency_32_over_offline']:.0%} of offline batch 32"
+            f"{paired} (target 85%: {'met' if model['met_85_percent'] else 'not met'}"
             + (
                 f"; per CPU second each process got: {model['concurrency_32_over_offline_per_cpu_second']:.0%}"
                 if "concurrency_32_over_offline_per_cpu_second" in model
