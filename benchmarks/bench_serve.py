@@ -108,31 +108,23 @@ def offline(model_dir: str, backend: str, precision: str, examples, threads: int
 
 def batcher_alone(model_dir: str, backend: str, precision: str, examples, threads: int, concurrency: int = 32) -> dict:
     """serve.py's batcher (its default limits) in this process, fed by `concurrency` clients each submitting its next
-    sentence when its last is answered, without HTTP: its throughput, model calls and padding."""
-    import threading
+    sentence when its last is answered, without HTTP: its throughput, model calls and padding. The submitting (and
+    so the tokenization) is done by this thread, as the server's event loop does it, not by the batcher's."""
+    import queue
 
     served = deployment.resolve_deployment(
         deployment.DeployArguments(model_path=model_dir, backend=backend, precision=precision, num_threads=threads)
     )
     batcher = serving.start_batcher(served, arguments.QAWindowArguments(), serving.ServingLimits())
     batcher.settled.wait()
-    next_index, lock, clients_done, finished = [0], threading.Lock(), [0], threading.Event()
-
-    def submit_next(_=None):
-        with lock:
-            index = next_index[0]
-            next_index[0] += 1
-            if index >= len(examples):
-                clients_done[0] += 1
-                if clients_done[0] == concurrency:
-                    finished.set()
-                return
-        batcher.submit([examples[index]]).add_done_callback(submit_next)
-
+    answered = queue.SimpleQueue()  # one item a finished request: a client free for its next sentence
     started = time.perf_counter()
-    for _ in range(concurrency):
-        submit_next()
-    finished.wait()
+    for index in range(len(examples)):
+        if index >= concurrency:
+            answered.get()
+        batcher.submit([examples[index]]).add_done_callback(answered.put)
+    for _ in range(min(concurrency, len(examples))):
+        answered.get()
     seconds = time.perf_counter() - started
     metrics = batcher.metrics()
     batcher.close()
