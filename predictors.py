@@ -610,7 +610,8 @@ def run_predictor(
     warmup_batches: run (and leave untimed) this many batches first. A predictor with a length_bucket gets each batch
     padded to a multiple of it (at most the longest feature), so that few shapes occur. warm_shapes: first run one
     batch of each shape the batches have (warm_up_shapes), so that no timed batch meets a new one, and no shape
-    that never runs is built (a backend keeps memory for each).
+    that never runs is built (a backend keeps memory for each); a predictor without buckets (ONNX Runtime) builds
+    nothing a shape, and warming each exact length raised its peak (572 against 393 MB on 3,000 TNEWS sentences).
     """
     import time
 
@@ -625,7 +626,7 @@ def run_predictor(
     def padded(indices):
         return pad_features([features[i] for i in indices], padded_length(indices))
 
-    shapes = {(len(indices), padded_length(indices)) for indices in batches} if warm_shapes else set()
+    shapes = {(len(indices), padded_length(indices)) for indices in batches} if warm_shapes and bucket > 1 else set()
     warm_up_shapes(predictor, shapes)
     for indices in batches[:warmup_batches]:
         predictor.run(padded(indices))

@@ -217,6 +217,10 @@ def test_warm_shapes_runs_each_shape_of_the_batches_once_largest_first_before_an
     plain = ShapeRecorder()
     assert predictors.run_predictor(plain, features, 4, per_token=False).warmed_shapes == 0
     assert plain.shapes == timed
+    exact = ShapeRecorder()
+    exact.length_bucket = 1  # batches padded to their longest (ONNX Runtime): nothing built a shape, nothing warmed
+    assert predictors.run_predictor(exact, features, 4, per_token=False, warm_shapes=True).warmed_shapes == 0
+    assert exact.shapes == [(4, 9), (4, 20), (1, 40)]
 
 
 def test_the_bucket_warm_up_runs_the_longest_bucket_first():
