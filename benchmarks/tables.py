@@ -572,6 +572,7 @@ HEADLINES = (
     ("multiple_choice.json", "Speed of C3-shaped deployment", multiple_choice_table),
     ("serve.json", "Serving", serve_tables),
     ("serve_xeon_amx.json", "Serving, on a Xeon with AMX", serve_tables),
+    ("serve_epyc_avx512.json", "Serving, on an AMD EPYC with AVX-512", serve_tables),
 )
 
 
