@@ -547,11 +547,17 @@ def bucket_length(longest: int, bucket: int, cap: int) -> int:
     return max(longest, min(cap, -(-longest // bucket) * bucket))
 
 
+def bucket_lengths(predictor, max_seq_length: int) -> set:
+    """Every length the predictor pads a batch to (the multiples of its length_bucket, and max_seq_length); none
+    for a predictor that pads to each batch's longest."""
+    bucket = getattr(predictor, "length_bucket", 1)
+    return set(range(bucket, max_seq_length + 1, bucket)) | {max_seq_length} if bucket > 1 else set()
+
+
 def warm_up_buckets(predictor, batch_size: int, max_seq_length: int) -> int:
     """Run one batch of every bucket length, so that served batches meet no new shape; returns how many shapes were
     run. The longest runs first (warm_up_shapes)."""
-    bucket = getattr(predictor, "length_bucket", 1)
-    lengths = set(range(bucket, max_seq_length + 1, bucket)) | {max_seq_length} if bucket > 1 else set()
+    lengths = bucket_lengths(predictor, max_seq_length)
     return warm_up_shapes(predictor, {(batch_size, length) for length in lengths})
 
 

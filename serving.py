@@ -27,7 +27,7 @@ import numpy as np
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from model_io import load_deployed_tokenizer
-from predictors import EXPORT_INPUT_NAMES, create_predictor, run_predictor, warm_up_shapes
+from predictors import EXPORT_INPUT_NAMES, bucket_lengths, create_predictor, run_predictor, warm_up_shapes
 from runtime import UserError, first_line, json_error_reason, logger
 from utils import (
     INPUT_FIELDS,
@@ -349,10 +349,10 @@ async def capped_body(scope, receive, limits: ServingLimits) -> bytes:
                 message = await receive()
                 if message["type"] != "http.request":  # the client went away: nobody reads the answer
                     raise RequestError(400, "the client disconnected before sending its body")
-                size += len(message.get("body", b""))
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
                 if size > limits.max_body_bytes:
                     raise RequestError(413, f"the body has more than {limits.max_body_bytes} bytes")
-                chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
                     return b"".join(chunks)
     except TimeoutError:
@@ -629,11 +629,7 @@ def rows_within(max_rows: int, max_tokens: int, padded_length: int) -> int:
 
 def warmed_shapes(predictor, max_rows: int, max_seq_length: int, max_tokens: int) -> set:
     """The (rows, padded length) shapes a batcher warms up: at every bucket length, the most rows a call holds."""
-    bucket = getattr(predictor, "length_bucket", 1)
-    if bucket <= 1:
-        return set()
-    lengths = set(range(bucket, max_seq_length + 1, bucket)) | {max_seq_length}
-    return {(rows_within(max_rows, max_tokens, length), length) for length in lengths}
+    return {(rows_within(max_rows, max_tokens, length), length) for length in bucket_lengths(predictor, max_seq_length)}
 
 
 class Batcher:
@@ -776,9 +772,9 @@ class Batcher:
             limits = self.limits
             self.shapes = warmed_shapes(predictor, limits.max_batch_size, self.max_seq_length, limits.max_batch_tokens)
             warm_up_shapes(predictor, self.shapes)
-            if self.limits.split_by_length:
-                self.call_cost = measure_call_cost(predictor, self.limits.max_batch_size)
-                self.shapes |= {(rows, self.call_cost.length) for rows in calibration_sizes(self.limits.max_batch_size)}
+            if limits.split_by_length:
+                self.call_cost = measure_call_cost(predictor, limits.max_batch_size)
+                self.shapes |= {(rows, self.call_cost.length) for rows in calibration_sizes(limits.max_batch_size)}
                 logger.info(
                     "a model call of %d tokens takes %s ms for 1, 2, ... rows; a new shape %.1f ms more",
                     self.call_cost.length, " ".join(f"{1000 * t:.1f}" for t in self.call_cost.row_times[1:]),
