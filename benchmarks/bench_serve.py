@@ -450,6 +450,8 @@ def main(argv=None):
     )
     parser.add_argument("--port", type=int, default=8189)
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, not {args.rounds}")
     if args.instant_server:
         instant_server(args.instant_server, args.port)
         return
