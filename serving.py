@@ -522,6 +522,9 @@ class RequestIds:
 
 
 # ---- batching across requests --------------------------------------------------------------------------------------
+START_WAIT_S = 30  # how long a batcher waits for its server's start before timing its model calls anyway
+
+
 class Overloaded(Exception):
     """The queue is full: the client should retry later (503 with Retry-After)."""
 
@@ -601,23 +604,27 @@ def calibration_sizes(max_rows: int) -> List[int]:
 
 
 def measure_call_cost(predictor, max_rows: int, length: int = 32, repeats: int = 3) -> CallCost:
-    """The median time of a call of n rows of length tokens, for n = 1, 2, 4, 8, ... max_rows (between them:
-    interpolated), each at least that of fewer rows; and what a shape's first call takes more (the median over those
-    sizes)."""
+    """The time of a call of n rows of length tokens, for n = 1, 2, 4, 8, ... max_rows (between them: interpolated),
+    each at least that of fewer rows; and what a shape's first call takes more (the median over those sizes).
+    The sizes are timed in turn, repeats passes over all of them after a first that builds each shape's kernels, and
+    each keeps its fastest pass: whatever else the process or the machine does for a while (another thread holding
+    the GIL, a neighbour on the cores) slows some passes of a size, not all of them, and not one size more than the
+    others, as timing each size's repeats back to back did."""
     bucket = getattr(predictor, "length_bucket", 1)
     length = -(-length // bucket) * bucket
-    measured, first_more = {}, []
-    for rows in calibration_sizes(max_rows):
-        batch = {name: np.ones((rows, length), dtype="int64") for name in EXPORT_INPUT_NAMES}
-        runs = []
-        for _ in range(repeats + 1):  # the first may build the shape's kernels
+    sizes = calibration_sizes(max_rows)
+    batches = {rows: {name: np.ones((rows, length), dtype="int64") for name in EXPORT_INPUT_NAMES} for rows in sizes}
+    runs = {rows: [] for rows in sizes}
+    for _ in range(repeats + 1):
+        for rows in sizes:
             started = time.perf_counter()
-            predictor.run(batch)
-            runs.append(time.perf_counter() - started)
-        steady = float(np.median(runs[1:]))
-        measured[rows] = max([steady] + list(measured.values()))
-        first_more.append(max(0.0, runs[0] - steady))
-    sizes = sorted(measured)
+            predictor.run(batches[rows])
+            runs[rows].append(time.perf_counter() - started)
+    measured, first_more = {}, []
+    for rows in sizes:
+        fastest = min(runs[rows][1:])
+        measured[rows] = max([fastest] + list(measured.values()))
+        first_more.append(max(0.0, runs[rows][0] - float(np.median(runs[rows][1:]))))
     times = np.interp(np.arange(1, max_rows + 1), sizes, [measured[n] for n in sizes])
     return CallCost(tuple([0.0] + [float(t) for t in times]), length, bucket, float(np.median(first_more)))
 
@@ -670,9 +677,14 @@ class Batcher:
             "latency_ms": collections.deque(maxlen=2000),
         }
         self.thread = threading.Thread(target=self.loop, name="batcher", daemon=True)
+        self.measure_after: Optional[threading.Event] = None
 
-    def start(self) -> "Batcher":
-        """Load the tokenizer (requests are encoded as they arrive), then make the predictor in the thread."""
+    def start(self, measure_after: Optional[threading.Event] = None) -> "Batcher":
+        """Load the tokenizer (requests are encoded as they arrive), then make the predictor in the thread; with
+        measure_after, the thread times its model calls (measure_call_cost) once that is set (at most
+        START_WAIT_S later): the server's own start-up holds the GIL and inflated a 1-row call's time 1.5-4x, and
+        with it every choice of model calls for as long as the server runs."""
+        self.measure_after = measure_after
         try:
             self.tokenizer = load_deployed_tokenizer(self.model_path)
         except Exception as error:  # reported on /health and to every request instead of dying silently
@@ -773,6 +785,10 @@ class Batcher:
             self.shapes = warmed_shapes(predictor, limits.max_batch_size, self.max_seq_length, limits.max_batch_tokens)
             warm_up_shapes(predictor, self.shapes)
             if limits.split_by_length:
+                if self.measure_after is not None and not self.measure_after.wait(START_WAIT_S):
+                    logger.warning(
+                        "the server had not started %d s after the model: timing its calls anyway", START_WAIT_S
+                    )
                 self.call_cost = measure_call_cost(predictor, limits.max_batch_size)
                 self.shapes |= {(rows, self.call_cost.length) for rows in calibration_sizes(limits.max_batch_size)}
                 logger.info(
@@ -924,8 +940,8 @@ class Batcher:
             }
 
 
-def start_batcher(served, window_args, limits: ServingLimits) -> Batcher:
-    """A started batcher for a deployment.Deployment (its predictor is made in the batcher's thread)."""
+def new_batcher(served, window_args, limits: ServingLimits) -> Batcher:
+    """A batcher for a deployment.Deployment, not started (its predictor is made in its thread once it is)."""
     return Batcher(
         lambda: create_predictor(served.files, served.options),
         served.model_path,
@@ -933,7 +949,12 @@ def start_batcher(served, window_args, limits: ServingLimits) -> Batcher:
         window_args,
         served.options.max_seq_length,
         limits,
-    ).start()
+    )
+
+
+def start_batcher(served, window_args, limits: ServingLimits) -> Batcher:
+    """A started batcher for a deployment.Deployment (its predictor is made in the batcher's thread)."""
+    return new_batcher(served, window_args, limits).start()
 
 
 def json_answer(value, status: int = 200, headers: Optional[dict] = None):
@@ -956,9 +977,11 @@ def create_app(
     access: AccessRules = AccessRules(),
     bind_host: str = "127.0.0.1",
     access_log: bool = False,
+    started: Optional[threading.Event] = None,
 ):
     """The app: RequestIds (so that every answer, a refusal or a 500 too, carries its id) around AccessGuard around
-    TaskRoute, which answers POST /<task> itself and hands every other request to the FastAPI app."""
+    TaskRoute, which answers POST /<task> itself and hands every other request to the FastAPI app. started, when
+    given, is set when the server starts the app (its lifespan), its own start-up done."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
@@ -968,6 +991,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app):
+        if started is not None:
+            started.set()
         yield
         await asyncio.get_running_loop().run_in_executor(None, batcher.close)  # SIGTERM: drain, then exit
 

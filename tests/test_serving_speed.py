@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -115,6 +116,47 @@ def test_the_batcher_warms_its_buckets_largest_first_within_max_batch_tokens(tok
     batcher = started_batcher(tokenizer_folder, predictor, max_batch_tokens=2048, split_by_length=False)
     batcher.close()
     assert predictor.shapes == [(16, 128), (32, 64), (21, 96), (32, 32)]  # 2048 (the longer first), 2016, 1024
+
+
+class SlowedForAWhile:
+    """A model whose call takes half a millisecond a row, and 20 ms more in its first calls (another thread holding
+    the GIL, a neighbour on the cores: what slowed a server's own start-up timing)."""
+
+    def __init__(self, slowed_calls: int):
+        self.calls, self.slowed_calls = 0, slowed_calls
+
+    def run(self, batch):
+        self.calls += 1
+        time.sleep(0.0005 * len(batch["input_ids"]) + (0.02 if self.calls <= self.slowed_calls else 0.0))
+        return [np.zeros((len(batch["input_ids"]), 15), dtype="float32")]
+
+
+def test_the_call_costs_are_not_skewed_by_a_slow_while_at_their_start():
+    cost = serving.measure_call_cost(SlowedForAWhile(slowed_calls=10), 32)
+    for rows in serving.calibration_sizes(32):  # the first 10 of 24 calls: each size's timing was back to back
+        assert 0.0005 * rows <= cost.row_times[rows] < 0.0005 * rows + 0.004, rows
+
+
+def test_the_batcher_times_its_model_calls_only_once_its_server_has_started(tokenizer_folder):
+    predictor, server_started = RecordingPredictor(), threading.Event()
+    batcher = serving.Batcher(lambda: predictor, tokenizer_folder, TNEWS, None, 128, serving.ServingLimits())
+    batcher.start(measure_after=server_started)
+    try:
+        assert not batcher.ready.wait(0.5)
+        assert predictor.shapes == []  # no bucket to warm: nothing run yet
+        server_started.set()
+        assert batcher.ready.wait(60)
+        assert {(rows, 32) for rows in serving.calibration_sizes(32)} <= set(predictor.shapes)
+    finally:
+        batcher.close()
+
+
+def test_the_app_tells_when_its_server_has_started_it():
+    started = threading.Event()
+    app = serving.create_app(StubBatcher(), TNEWS, serving.ServingLimits(), started=started)
+    assert not started.is_set()
+    with TestClient(app):
+        assert started.is_set()
 
 
 def examples(*texts):
