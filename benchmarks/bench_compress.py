@@ -38,7 +38,7 @@ import run_multiple_choice
 import run_seq_cls
 import run_token_cls
 import runtime
-from benchmarks.bench_infer import ROOT, VOCAB_FILE
+from benchmarks.bench_infer import ROOT, VOCAB_FILE, results_path
 
 SHARED = os.path.join(ROOT, "..", "shared", "data")
 TNEWS_ROWS = os.path.join(SHARED, "clue", "tnews", "dev.json")
@@ -328,9 +328,7 @@ def main(argv=None):
     strategies = args.strategies or (["ptq"] if args.quick else ["dynabert+ptq", "ptq"])
     shape = QUICK_ERNIE if args.quick else NARROW_ERNIE if args.narrow else SMALL_ERNIE
     started, results = time.perf_counter(), {}
-    output = args.output or os.path.join(
-        ROOT, "benchmarks", "results", "compress" + ("_quick" if args.quick else "") + ".json"
-    )
+    output = results_path("compress", args.quick, args.output)
 
     def save():  # after every strategy, so that a run cut short keeps what it measured
         runtime.write_json_atomic(

@@ -57,6 +57,7 @@ from benchmarks.bench_infer import (
     build_model,
     export,
     random_batch,
+    results_path,
     timed,
 )
 
@@ -406,9 +407,7 @@ def main(argv=None):
                 f"default), peak {row['peak_rss_mb']:.0f} MB",
                 flush=True,
             )
-    output = args.output or os.path.join(
-        ROOT, "benchmarks", "results", "deploy" + ("_quick" if args.quick else "") + ".json"
-    )
+    output = results_path("deploy", args.quick, args.output)
     write_results(output, name, args, examples, rows, started)
 
 

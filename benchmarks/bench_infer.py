@@ -25,6 +25,7 @@ import dataclasses
 import os
 import tempfile
 import time
+from typing import Optional
 
 import numpy as np
 import paddle
@@ -401,8 +402,22 @@ def main(argv=None):
 
 
 def default_output(quick: bool, parts) -> str:
-    name = "infer" + ("_quick" if quick else "") + ("" if set(parts) == set(PARTS) else "_" + "_".join(sorted(parts)))
-    return os.path.join(ROOT, "benchmarks", "results", name + ".json")
+    return results_path(
+        "infer" + ("_quick" if quick else "") + ("" if set(parts) == set(PARTS) else "_" + "_".join(sorted(parts)))
+    )
+
+
+def results_path(stem: str, quick: bool = False, output: Optional[str] = None) -> str:
+    """A benchmark's results file: output, else benchmarks/results/<stem>[_quick].json."""
+    return output or os.path.join(ROOT, "benchmarks", "results", stem + ("_quick" if quick else "") + ".json")
+
+
+def save_results(results: dict, stem: str, quick: bool = False, output: Optional[str] = None) -> str:
+    """Write a benchmark's results atomically to its results_path and say where (and the run's seconds)."""
+    path = results_path(stem, quick, output)
+    runtime.write_json_atomic(path, results)
+    print(f"wrote {path} ({results['seconds']:.0f} s)")
+    return path
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import model_io
 import predictors
 import runtime
 import utils
-from benchmarks.bench_infer import COMMON, ERNIE_CONFIGS, ROOT, VOCAB_FILE
+from benchmarks.bench_infer import COMMON, ERNIE_CONFIGS, ROOT, VOCAB_FILE, save_results
 
 C3_DEV = [os.path.join(ROOT, "..", "shared", "data", "c3", f"c3-{part}-dev.json") for part in ("d", "m")]
 C3_SLICE = os.path.join(ROOT, "tests", "data", "c3")
@@ -131,11 +131,7 @@ def main(argv=None):
         "c3_rows": rows,
         "seconds": time.perf_counter() - started,
     }
-    output = args.output or os.path.join(
-        ROOT, "benchmarks", "results", "multiple_choice" + ("_quick" if args.quick else "") + ".json"
-    )
-    runtime.write_json_atomic(output, results)
-    print(f"wrote {output} ({results['seconds']:.0f} s)")
+    save_results(results, "multiple_choice", args.quick, args.output)
 
 
 if __name__ == "__main__":

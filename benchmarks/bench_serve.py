@@ -47,7 +47,7 @@ import runtime
 import serving
 import utils
 from benchmarks.bench_deploy import calibration_features, int8_folders, served_as
-from benchmarks.bench_infer import ROOT, SEQ_LEN, TNEWS_FULL, TNEWS_SLICE, build_model, export
+from benchmarks.bench_infer import ROOT, SEQ_LEN, TNEWS_FULL, TNEWS_SLICE, build_model, export, save_results
 
 TNEWS = utils.SEQ_CLS_TASKS["tnews"]
 CONCURRENCIES = (1, 8, 32)
@@ -482,11 +482,7 @@ def main(argv=None):
         "seconds": time.perf_counter() - started,
     }
     results["machine_busy"] = busy_note(results)
-    output = args.output or os.path.join(
-        ROOT, "benchmarks", "results", "serve" + ("_quick" if args.quick else "") + ".json"
-    )
-    runtime.write_json_atomic(output, results)
-    print(f"wrote {output}")
+    save_results(results, "serve", args.quick, args.output)
 
 
 if __name__ == "__main__":

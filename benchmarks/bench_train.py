@@ -20,7 +20,7 @@ from paddlenlp.transformers import ErnieConfig, ErnieModel, ErnieTokenizer
 
 import run_seq_cls
 import runtime
-from benchmarks.bench_infer import COMMON, ERNIE_CONFIGS, ROOT, TNEWS_FULL, TNEWS_SLICE, VOCAB_FILE
+from benchmarks.bench_infer import COMMON, ERNIE_CONFIGS, ROOT, TNEWS_FULL, TNEWS_SLICE, VOCAB_FILE, save_results
 
 
 def save_encoder(name: str, directory: str) -> str:
@@ -109,11 +109,7 @@ def main(argv=None):
         "rows": rows,
         "seconds": time.perf_counter() - started,
     }
-    output = args.output or os.path.join(
-        ROOT, "benchmarks", "results", "train_quick.json" if args.quick else "train.json"
-    )
-    runtime.write_json_atomic(output, results)
-    print(f"wrote {output} ({results['seconds']:.0f} s)")
+    save_results(results, "train", args.quick, args.output)
 
 
 if __name__ == "__main__":
