@@ -532,9 +532,34 @@ def footprint_table(results: dict) -> list:
     ] + markdown_table(header, lines)
 
 
+def batching_table(results: dict) -> list:
+    """bench_batching: each schedule's model time against offline's sorted batches, a column a model."""
+    models = results["batching"]
+    header = ["schedule (one sentence a request, closed loop)"] + [
+        f"{m['path']}: of offline (model calls)" for m in models
+    ]
+    names = list(models[0]["schedules"])
+    lines = [
+        [name] + [f"{m['schedules'][name]['over_offline']:.0%} ({m['schedules'][name]['model_calls']})" for m in models]
+        for name in names
+    ]
+    lines.append(
+        ["packed into rows of 128 tokens (an estimate: not built)"]
+        + [f"{m['packed_into_rows_of_128']['over_offline']:.0%}" for m in models]
+    )
+    return [
+        f"ERNIE 3.0-{results['model'].capitalize()} shape, {results['sentences']} real TNEWS sentences from "
+        f"{results['clients']} clients, costed on each model's call times (a rows x length grid); "
+        f"{machine_line(results)}:",
+        "",
+    ] + markdown_table(header, lines)
+
+
 def tables(results: dict) -> list:
     if "installs" in results:
         return footprint_table(results)
+    if "batching" in results:
+        return batching_table(results)
     if results.get("rows") and all("served_bytes" in r for r in results["rows"]):
         return dimensions_table(results)
     if "c3_rows" in results:

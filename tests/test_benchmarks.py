@@ -1,6 +1,7 @@
 """The benchmarks' own arithmetic: the FLOPs and bytes that results are held against, and the tables the README
 publishes from results files."""
 
+import collections
 import copy
 import json
 import os
@@ -10,6 +11,7 @@ import pytest
 import dynabert
 import model_folder
 import runtime
+import serving
 import students
 from benchmarks import tables
 from benchmarks.bench_infer import build_model, encoder_weight_bytes, model_flops
@@ -222,3 +224,59 @@ def test_dimension_rows_get_the_trained_teachers_drop_for_the_same_dimensions(tm
     assert any(
         line.startswith("- Fastest Nano-shaped student: nano-shaped student, openvino int8, 15.00×") for line in lines
     )
+
+
+# ---- bench_batching: schedules of one-sentence requests, costed on a grid ------------------------------------------
+def flat_grid(fixed: float, per_token: float):
+    """A call costing `fixed` plus per_token a padded token, on bench_batching's grid."""
+    from benchmarks import bench_batching
+
+    rows, lengths = bench_batching.GRID_ROWS, bench_batching.GRID_LENGTHS
+    seconds = [[fixed + per_token * r * length for r in rows] for length in lengths]
+    return bench_batching.GridCost(rows, lengths, seconds)
+
+
+def test_the_grid_cost_interpolates_between_its_points():
+    grid = flat_grid(fixed=1.0, per_token=0.01)
+    assert grid.of(4, 16) == pytest.approx(1.0 + 0.01 * 64)
+    assert grid.of(5, 18) == pytest.approx((grid.of(4, 18) + grid.of(6, 18)) / 2)  # between rows 4 and 6
+    assert grid.of(5, 18) == pytest.approx((grid.of(5, 16) + grid.of(5, 20)) / 2)
+
+
+def test_packing_fills_rows_first_fit_longest_first():
+    from benchmarks import bench_batching
+
+    assert bench_batching.packed_rows([100, 30, 28, 60, 60, 8]) == 3  # 100+28, 60+60+8, 30
+    assert bench_batching.packed_rows([128] * 4) == 4
+
+
+def test_the_closed_loop_sends_each_clients_next_sentence_once_its_last_is_answered():
+    from benchmarks import bench_batching
+
+    lengths, grid = [10] * 10, flat_grid(fixed=1.0, per_token=0.0)
+    whole = bench_batching.cut_rule(lengths, serving.CallCost.linear(1e12))  # one call a batch
+    assert bench_batching.closed_loop(lengths, 4, whole, grid) == {"model_seconds": 3.0, "model_calls": 3}  # 4, 4, 2
+
+
+def test_a_held_back_call_waits_for_company_at_most_its_rounds():
+    from benchmarks import bench_batching
+
+    lengths = [10, 10, 10, 100, 10, 10, 10, 10]
+    grid = flat_grid(fixed=0.5, per_token=0.01)  # a lone 100-token row is cut off from the 10-token ones
+    schedule = bench_batching.held_back(lengths, grid, min_rows=2, max_rounds=1)
+    queue, passed_over = [0, 1, 2, 3], collections.Counter()
+    assert schedule(queue, passed_over) == [[0, 1, 2]]  # the 100-token call of 1 row waits
+    passed_over[3] = 1
+    assert sorted(map(sorted, schedule(queue, passed_over))) == [[0, 1, 2], [3]]  # not twice
+
+
+def test_the_batching_table_shows_each_schedule_against_offline():
+    model = {
+        "path": "float",
+        "schedules": {"cut rule": {"over_offline": 0.7912, "model_calls": 95}},
+        "packed_into_rows_of_128": {"over_offline": 0.97},
+    }
+    results = {"machine": {"cpu": "Test CPU", "flags": ["avx2"]}, "model": "medium", "sentences": 1000, "clients": 32}
+    lines = tables.tables({**results, "threads": 2, "batching": [model]})
+    assert "| cut rule | 79% (95) |" in lines
+    assert "| packed into rows of 128 tokens (an estimate: not built) | 97% |" in lines

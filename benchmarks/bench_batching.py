@@ -1,0 +1,248 @@
+"""What batching one sentence a request can reach at best, against offline's length-sorted batches of 32: the
+composition alone (no threads, no HTTP), costed on the model's own call times.
+
+    python -m benchmarks.bench_batching            # ERNIE 3.0-Medium shape, 1,000 real TNEWS sentences
+    python -m benchmarks.bench_batching --quick    # nano, 300 sentences
+
+For each model (bench_serve's: the float default in Paddle fp32, the 3/4-width compressed best in ONNX Runtime int8)
+it times a call of n rows of L tokens on a grid of n and L (interleaved passes, each cell its fastest), then costs on
+that grid the model calls each schedule makes of the same sentences sent by --clients closed-loop clients, one
+sentence a request (each answered sentence brings that client's next): serve.py's cut rule (the queue taken whole and
+cut by serving.length_sorted_calls, with the cost the server measures at start); one padded call a batch; holding
+back calls of fewer than 8 rows for up to 2 or 4 rounds; running only the most efficient window of the sorted queue
+each time (a sentence passed over 3 or 6 times goes next). Offline: the same sentences sorted by length, batches of
+32. One more line estimates what packing each queue's sentences into rows of 128 tokens would cost (a sentence's own
+positions and attention mask within its row: not built, the exported programs take no such inputs), on the same grid.
+The machine and the ratios go to benchmarks/results/batching[_quick].json.
+"""
+
+import argparse
+import collections
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Sequence
+
+import numpy as np
+
+import model_io
+import predictors
+import runtime
+import serving
+import utils
+from benchmarks.bench_infer import SEQ_LEN, TNEWS_FULL, TNEWS_SLICE, save_results
+from benchmarks.bench_serve import TNEWS, models
+
+GRID_ROWS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+GRID_LENGTHS = (8, 12, 16, 20, 24, 32, 40, 48, 64, 96, 128)
+PACKED_ROW = 128
+
+
+@dataclass
+class GridCost:
+    """A call's time on the measured grid of rows x padded lengths (interpolated between its points, and made to
+    grow with both); what serving.length_sorted_calls asks of a cost."""
+
+    rows: Sequence[int]
+    lengths: Sequence[int]
+    seconds: Sequence[Sequence[float]]  # seconds[length index][rows index]
+    bucket: int = 1
+
+    def __post_init__(self):
+        self.grown = np.maximum.accumulate(np.maximum.accumulate(np.array(self.seconds), axis=0), axis=1)
+
+    def padded_length(self, longest: int) -> int:
+        return -(-longest // self.bucket) * self.bucket
+
+    def of(self, rows: int, longest: int, shapes_run=None) -> float:
+        at_length = [np.interp(rows, self.rows, times) for times in self.grown]
+        return float(np.interp(self.padded_length(longest), self.lengths, at_length))
+
+
+def measure_grid(predictor, passes: int = 3) -> GridCost:
+    """Each cell's fastest of `passes` interleaved passes over the grid, after one that builds each shape."""
+    names = predictors.EXPORT_INPUT_NAMES
+    cells = [(length, rows) for length in GRID_LENGTHS for rows in GRID_ROWS]
+    fastest = collections.defaultdict(lambda: float("inf"))
+    for done in range(passes + 1):
+        for length, rows in cells:
+            batch = {name: np.ones((rows, length), dtype="int64") for name in names}
+            started = time.perf_counter()
+            predictor.run(batch)
+            if done:
+                fastest[length, rows] = min(fastest[length, rows], time.perf_counter() - started)
+    seconds = [[fastest[length, rows] for rows in GRID_ROWS] for length in GRID_LENGTHS]
+    return GridCost(GRID_ROWS, GRID_LENGTHS, seconds, getattr(predictor, "length_bucket", 1))
+
+
+def offline_seconds(lengths: Sequence[int], cost: GridCost, batch_size: int = 32) -> float:
+    """infer.py's batches: the sentences sorted by length, batch_size a call."""
+    ordered = sorted(lengths)
+    chunks = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    return sum(cost.of(len(chunk), chunk[-1]) for chunk in chunks)
+
+
+# A schedule: given the queued sentences (indices) and how often each was passed over, the model calls to run now.
+Schedule = Callable[[List[int], collections.Counter], List[List[int]]]
+
+
+def closed_loop(lengths: Sequence[int], clients: int, schedule: Schedule, cost: GridCost) -> dict:
+    """The model time of every sentence sent by `clients` clients, each sending its next once its last is answered."""
+    queue, sent = list(range(min(clients, len(lengths)))), clients
+    seconds, calls, passed_over = 0.0, 0, collections.Counter()
+    while queue:
+        run = schedule(queue, passed_over)
+        chosen = {index for call in run for index in call}
+        for call in run:
+            seconds += cost.of(len(call), max(lengths[i] for i in call))
+            calls += 1
+        for index in queue:
+            if index not in chosen:
+                passed_over[index] += 1
+        queue = [index for index in queue if index not in chosen]
+        for _ in range(len(chosen)):
+            if sent < len(lengths):
+                queue.append(sent)
+                sent += 1
+    return {"model_seconds": seconds, "model_calls": calls}
+
+
+def cut_rule(lengths, cost, max_rows: int = 32, max_tokens: int = 1024) -> Schedule:
+    """serve.py's: the queue whole, cut where the padding saved outweighs another call (cost: what decides)."""
+
+    def schedule(queue, passed_over):
+        calls = serving.length_sorted_calls([lengths[i] for i in queue], cost, max_rows, max_tokens)
+        return [[queue[i] for i in call] for call in calls]
+
+    return schedule
+
+
+def held_back(lengths, cost, min_rows: int, max_rounds: int) -> Schedule:
+    """The cut rule's calls, but a call of fewer than min_rows rows waits for company (up to max_rounds rounds)."""
+    cut = cut_rule(lengths, cost)
+
+    def schedule(queue, passed_over):
+        calls = cut(queue, passed_over)
+        ripe = [c for c in calls if len(c) >= min_rows or any(passed_over[i] >= max_rounds for i in c)]
+        return ripe or [max(calls, key=len)]
+
+    return schedule
+
+
+def best_window(lengths, cost, max_rounds: int, max_rows: int = 32) -> Schedule:
+    """Only the call of the sorted queue with the least model time a real token; one passed over max_rounds times
+    must be in it."""
+    full_row = cost.of(32, 32) / (32 * 32)
+
+    def schedule(queue, passed_over):
+        order = sorted(queue, key=lengths.__getitem__)
+        due = [i for i in order if passed_over[i] >= max_rounds]
+        tokens = np.concatenate([[0], np.cumsum([lengths[i] for i in order])])
+        best, chosen = -1.0, order[:1]
+        for start in range(len(order)):
+            for end in range(start + 1, min(len(order), start + max_rows) + 1):
+                if due and due[-1] not in order[start:end]:
+                    continue
+                efficiency = full_row * (tokens[end] - tokens[start]) / cost.of(end - start, lengths[order[end - 1]])
+                if efficiency > best:
+                    best, chosen = efficiency, order[start:end]
+        return [chosen]
+
+    return schedule
+
+
+def packed_rows(sentence_lengths: Sequence[int], row_tokens: int = PACKED_ROW) -> int:
+    """Rows of row_tokens that first-fit decreasing packs these sentences into."""
+    rows: List[int] = []
+    for length in sorted(sentence_lengths, reverse=True):
+        for i, used in enumerate(rows):
+            if used + length <= row_tokens:
+                rows[i] += length
+                break
+        else:
+            rows.append(length)
+    return len(rows)
+
+
+def packed_seconds(lengths: Sequence[int], clients: int, cost: GridCost) -> float:
+    """Each queue of `clients` arrivals packed into rows of PACKED_ROW tokens, one call (the same grid: attention is
+    computed over the whole row, masked to each sentence)."""
+    return sum(cost.of(packed_rows(lengths[i : i + clients]), PACKED_ROW) for i in range(0, len(lengths), clients))
+
+
+def schedules(lengths, grid: GridCost, server_cost) -> dict:
+    return {
+        "serve.py's cut rule (its start-up cost model)": cut_rule(lengths, server_cost),
+        "the cut rule, deciding on the grid itself": cut_rule(lengths, grid),
+        "one padded call a batch": cut_rule(lengths, serving.CallCost.linear(1e12)),
+        "calls under 8 rows held back up to 2 rounds": held_back(lengths, grid, 8, 2),
+        "calls under 8 rows held back up to 4 rounds": held_back(lengths, grid, 8, 4),
+        "the most efficient window, passed over at most 3 times": best_window(lengths, grid, 3),
+        "the most efficient window, passed over at most 6 times": best_window(lengths, grid, 6),
+    }
+
+
+def measure_model(label: str, model_dir: str, backend: str, precision: str, examples, args) -> dict:
+    options = predictors.PredictorOptions(
+        backend=backend, precision=precision, num_threads=args.threads, batch_size=32, max_seq_length=SEQ_LEN
+    )
+    predictor = predictors.create_predictor(model_dir, options)
+    tokenizer = model_io.load_deployed_tokenizer(model_dir)
+    encoded = utils.encode_text_examples(examples, tokenizer, TNEWS, SEQ_LEN)
+    lengths = [len(feature["input_ids"]) for feature in encoded.dataset]
+    grid = measure_grid(predictor)
+    server_cost = serving.measure_call_cost(predictor, 32)
+    offline = offline_seconds(lengths, grid)
+    rows = {}
+    for name, schedule in schedules(lengths, grid, server_cost).items():
+        row = closed_loop(lengths, args.clients, schedule, grid)
+        rows[name] = {**row, "over_offline": offline / row["model_seconds"]}
+        print(f"{label}: {name}: {rows[name]['over_offline']:.1%} of offline, {row['model_calls']} calls", flush=True)
+    packed = packed_seconds(lengths, args.clients, grid)
+    print(f"{label}: packed into rows of {PACKED_ROW}: {offline / packed:.1%} of offline", flush=True)
+    return {
+        "path": label,
+        "backend": backend,
+        "precision": precision,
+        "tokens": sum(lengths),
+        "grid": {"rows": list(grid.rows), "lengths": list(grid.lengths), "seconds": grid.seconds},
+        "offline_model_seconds": offline,
+        "schedules": rows,
+        "packed_into_rows_of_128": {"model_seconds": packed, "over_offline": offline / packed},
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sentences", type=int, default=None)
+    parser.add_argument("--clients", type=int, default=32, help="closed-loop clients, one sentence a request")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args(argv)
+    if args.clients < 1:
+        parser.error(f"--clients must be at least 1, not {args.clients}")
+    name = "nano" if args.quick else "medium"
+    dev_file = TNEWS_FULL if os.path.isfile(TNEWS_FULL) else TNEWS_SLICE
+    examples = utils.load_examples(TNEWS, "dev", dev_file)[: args.sentences or (300 if args.quick else 1000)]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as workdir:
+        paths = models(workdir, name, "onnxruntime", examples)
+        rows = [measure_model(label, *where, examples, args) for label, where in paths.items()]
+    results = {
+        "machine": runtime.machine_details(),
+        "model": name,
+        "threads": args.threads,
+        "sentences": len(examples),
+        "clients": args.clients,
+        "batching": rows,
+        "seconds": time.perf_counter() - started,
+    }
+    save_results(results, "batching", args.quick, args.output)
+
+
+if __name__ == "__main__":
+    runtime.run_cli(main)
