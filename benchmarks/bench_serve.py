@@ -283,13 +283,16 @@ def serve(model_dir: str, texts, threads: int, concurrencies, flags=(), then=Non
 
 
 def paired_rounds(port: int, pid: int, model_dir, backend, precision, examples, texts, threads, rounds: int) -> list:
-    """Rounds of offline batch 32, the batcher alone and the server (kept started) at concurrency 32, one after the
-    other: each round's ratios come from neighbours in time (a shared machine's speed drifts over minutes)."""
+    """Rounds of offline (batch 32 and batch 1), the batcher alone and the server (kept started) at concurrency 32
+    and 1, one after the other: each round's ratio and added latency come from neighbours in time (a shared machine's
+    speed drifts over minutes)."""
     measured = []
     for _ in range(rounds):
-        offline_32 = offline(model_dir, backend, precision, examples, threads)["batch_32_sequences_per_second"]
+        alone_offline = offline(model_dir, backend, precision, examples, threads)
+        offline_32, offline_1 = alone_offline["batch_32_sequences_per_second"], alone_offline["batch_1_latency_ms_p50"]
         alone = batcher_alone(model_dir, backend, precision, examples, threads)["sequences_per_second"]
         server = load(port, pid, texts, 32)["sequences_per_second"]
+        lone = load(port, pid, texts[:LONE_REQUESTS], 1)["latency_ms_p50"]
         measured.append(
             {
                 "offline_batch_32": offline_32,
@@ -297,6 +300,9 @@ def paired_rounds(port: int, pid: int, model_dir, backend, precision, examples, 
                 "server_concurrency_32": server,
                 "server_over_offline": server / offline_32,
                 "batcher_alone_over_offline": alone / offline_32,
+                "offline_batch_1_p50_ms": offline_1,
+                "server_concurrency_1_p50_ms": lone,
+                "concurrency_1_added_ms": lone - offline_1,
             }
         )
         print(f"  paired round: {measured[-1]}", flush=True)
@@ -306,7 +312,7 @@ def paired_rounds(port: int, pid: int, model_dir, backend, precision, examples, 
 def targets(baseline: dict, rows: list, rounds: list) -> dict:
     by_concurrency = {row["concurrency"]: row for row in rows}
     ratio = float(np.median([r["server_over_offline"] for r in rounds]))
-    added = by_concurrency[1]["latency_ms_p50"] - baseline["batch_1_latency_ms_p50"]
+    added = float(np.median([r["concurrency_1_added_ms"] for r in rounds]))
     per_cpu = by_concurrency[32]["sequences_per_second"] / by_concurrency[32]["server_cpu_cores_busy"]
     return {
         "concurrency_32_over_offline": ratio,
@@ -316,6 +322,9 @@ def targets(baseline: dict, rows: list, rounds: list) -> dict:
         # the same per CPU second each process got (the server's, the offline run's): the cores are shared
         "concurrency_32_over_offline_per_cpu_second": per_cpu / baseline["batch_32_sequences_per_cpu_second"],
         "concurrency_1_p50_minus_offline_batch_1_ms": added,
+        # against the faster of the offline runs before and after the server (the lower of two noisy p50s)
+        "concurrency_1_p50_minus_offline_batch_1_ms_single_run": by_concurrency[1]["latency_ms_p50"]
+        - baseline["batch_1_latency_ms_p50"],
         "met_85_percent": ratio >= 0.85,
         "met_2_ms": added <= 2.0,
     }

@@ -280,3 +280,24 @@ def test_the_batching_table_shows_each_schedule_against_offline():
     lines = tables.tables({**results, "threads": 2, "batching": [model]})
     assert "| cut rule | 79% (95) |" in lines
     assert "| packed into rows of 128 tokens (an estimate: not built) | 97% |" in lines
+
+
+def test_the_serving_targets_are_the_medians_of_the_paired_rounds():
+    from benchmarks import bench_serve
+
+    baseline = {"batch_32_sequences_per_second": 100.0, "batch_1_latency_ms_p50": 10.0}
+    baseline["batch_32_sequences_per_cpu_second"] = 50.0
+    rows = [
+        {"concurrency": 1, "latency_ms_p50": 20.0, "sequences_per_second": 50.0, "server_cpu_cores_busy": 1.0},
+        {"concurrency": 32, "sequences_per_second": 60.0, "server_cpu_cores_busy": 2.0},
+    ]
+    rounds = [
+        {"server_over_offline": 0.9, "batcher_alone_over_offline": 0.95, "concurrency_1_added_ms": 1.0},
+        {"server_over_offline": 0.7, "batcher_alone_over_offline": 0.8, "concurrency_1_added_ms": 3.0},
+        {"server_over_offline": 0.86, "batcher_alone_over_offline": 0.9, "concurrency_1_added_ms": 1.5},
+    ]
+    met = bench_serve.targets(baseline, rows, rounds)
+    assert met["concurrency_32_over_offline"] == pytest.approx(0.86) and met["met_85_percent"]
+    assert met["concurrency_1_p50_minus_offline_batch_1_ms"] == pytest.approx(1.5) and met["met_2_ms"]
+    assert met["concurrency_1_p50_minus_offline_batch_1_ms_single_run"] == pytest.approx(10.0)  # 20 against 10
+    assert tables.lone_rounds(rounds) == " (the median of the paired rounds: +1.0, +3.0, +1.5)"
