@@ -254,6 +254,8 @@ class PaddlePredictor:
         # oneDNN builds primitives per input shape: a bounded set of lengths bounds that cost and its memory
         self.length_bucket = max(1, options.length_bucket or default_length_bucket(self.quantized)) if onednn else 1
         self.max_length = options.max_seq_length  # buckets stop here
+        # how many input shapes' primitives and reordered weights oneDNN keeps (config); None: every one
+        self.shapes_kept = FLOAT_ONEDNN_CACHED_SHAPES if onednn and not self.quantized else None
 
     def start(self, files: ModelFiles):
         options = self.options
@@ -566,10 +568,15 @@ def warm_up_shapes(predictor, shapes) -> int:
     allocates for a new shape and keeps what it freed, so going up in size leaves each smaller allocation behind
     (OpenVINO, 16 lengths at 32 rows: 193 MB more resident memory largest first, 322 MB smallest first). Returns how
     many shapes were run."""
-    for rows, length in sorted(shapes, key=lambda shape: (shape[0] * shape[1], shape[1]), reverse=True):
+    for rows, length in warm_up_order(shapes):
         ids = np.ones((rows, length), dtype="int64")
         predictor.run({name: ids for name in EXPORT_INPUT_NAMES})
     return len(shapes)
+
+
+def warm_up_order(shapes) -> list:
+    """The (rows, length) shapes in the order warm_up_shapes runs them: the most tokens first, then the longer."""
+    return sorted(shapes, key=lambda shape: (shape[0] * shape[1], shape[1]), reverse=True)
 
 
 def pad_features(features: Sequence[dict], length: Optional[int] = None) -> Dict[str, np.ndarray]:

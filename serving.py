@@ -27,7 +27,14 @@ import numpy as np
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from model_io import load_deployed_tokenizer
-from predictors import EXPORT_INPUT_NAMES, bucket_lengths, create_predictor, run_predictor, warm_up_shapes
+from predictors import (
+    EXPORT_INPUT_NAMES,
+    bucket_lengths,
+    create_predictor,
+    run_predictor,
+    warm_up_order,
+    warm_up_shapes,
+)
 from runtime import UserError, first_line, json_error_reason, logger
 from utils import (
     INPUT_FIELDS,
@@ -603,30 +610,58 @@ def calibration_sizes(max_rows: int) -> List[int]:
     return sorted({min(2**k, max_rows) for k in range(max_rows.bit_length() + 1)})
 
 
-def measure_call_cost(predictor, max_rows: int, length: int = 32, repeats: int = 3) -> CallCost:
+def measure_call_cost(predictor, max_rows: int, length: int = 32, repeats: int = 2) -> CallCost:
     """The time of a call of n rows of length tokens, for n = 1, 2, 4, 8, ... max_rows (between them: interpolated),
     each at least that of fewer rows; and what a shape's first call takes more (the median over those sizes).
-    The sizes are timed in turn, repeats passes over all of them after a first that builds each shape's kernels, and
-    each keeps its fastest pass: whatever else the process or the machine does for a while (another thread holding
-    the GIL, a neighbour on the cores) slows some passes of a size, not all of them, and not one size more than the
-    others, as timing each size's repeats back to back did."""
+    After a first pass that builds each shape, the sizes are timed in turn, repeats passes over all of them, and each
+    keeps its fastest pass: whatever else the process or the machine does for a while (another thread holding the
+    GIL, a neighbour on the cores) slows some passes of a size, not all of them, and not one size more than the
+    others, as timing each size's repeats back to back did. Each timed call follows an untimed one of its size, so
+    that it meets what a backend keeps for its last shapes (Paddle's oneDNN keeps two: FLOAT_ONEDNN_CACHED_SHAPES)."""
     bucket = getattr(predictor, "length_bucket", 1)
     length = -(-length // bucket) * bucket
     sizes = calibration_sizes(max_rows)
     batches = {rows: {name: np.ones((rows, length), dtype="int64") for name in EXPORT_INPUT_NAMES} for rows in sizes}
-    runs = {rows: [] for rows in sizes}
-    for _ in range(repeats + 1):
+    first = {rows: timed_call(predictor, batches[rows]) for rows in sizes}
+    fastest = {rows: float("inf") for rows in sizes}
+    for _ in range(max(1, repeats)):
         for rows in sizes:
-            started = time.perf_counter()
             predictor.run(batches[rows])
-            runs[rows].append(time.perf_counter() - started)
+            fastest[rows] = min(fastest[rows], timed_call(predictor, batches[rows]))
     measured, first_more = {}, []
     for rows in sizes:
-        fastest = min(runs[rows][1:])
-        measured[rows] = max([fastest] + list(measured.values()))
-        first_more.append(max(0.0, runs[rows][0] - float(np.median(runs[rows][1:]))))
+        measured[rows] = max([fastest[rows]] + list(measured.values()))
+        first_more.append(max(0.0, first[rows] - fastest[rows]))
     times = np.interp(np.arange(1, max_rows + 1), sizes, [measured[n] for n in sizes])
     return CallCost(tuple([0.0] + [float(t) for t in times]), length, bucket, float(np.median(first_more)))
+
+
+def timed_call(predictor, batch) -> float:
+    started = time.perf_counter()
+    predictor.run(batch)
+    return time.perf_counter() - started
+
+
+class KeptShapes:
+    """The (rows, padded length) shapes whose first call a predictor has paid for and still keeps: every shape it
+    has run, or its last `kept` (predictor.shapes_kept: Paddle's float oneDNN keeps two, so a shape run three
+    shapes ago costs its first call again)."""
+
+    def __init__(self, kept: Optional[int] = None):
+        self.kept, self.order = kept, collections.OrderedDict()
+
+    def add(self, shape: Tuple[int, int]) -> None:
+        self.order[shape] = None
+        self.order.move_to_end(shape)
+        while self.kept is not None and len(self.order) > self.kept:
+            self.order.popitem(last=False)
+
+    def update(self, shapes) -> None:
+        for shape in shapes:
+            self.add(shape)
+
+    def __contains__(self, shape) -> bool:
+        return shape in self.order
 
 
 def rows_within(max_rows: int, max_tokens: int, padded_length: int) -> int:
@@ -663,7 +698,7 @@ class Batcher:
         self.failed: Optional[str] = None
         self.tokenizer = None
         self.call_cost = CallCost()
-        self.shapes = set()  # (rows, padded length) of every call run so far
+        self.shapes = KeptShapes()  # (rows, padded length) of the calls run whose first-call cost is paid
         self.stats = {
             "requests": 0,
             "errors": 0,
@@ -782,15 +817,17 @@ class Batcher:
         try:
             predictor = self.make_predictor()
             limits = self.limits
-            self.shapes = warmed_shapes(predictor, limits.max_batch_size, self.max_seq_length, limits.max_batch_tokens)
-            warm_up_shapes(predictor, self.shapes)
+            warmed = warmed_shapes(predictor, limits.max_batch_size, self.max_seq_length, limits.max_batch_tokens)
+            warm_up_shapes(predictor, warmed)
+            self.shapes = KeptShapes(getattr(predictor, "shapes_kept", None))
+            self.shapes.update(warm_up_order(warmed))
             if limits.split_by_length:
                 if self.measure_after is not None and not self.measure_after.wait(START_WAIT_S):
                     logger.warning(
                         "the server had not started %d s after the model: timing its calls anyway", START_WAIT_S
                     )
                 self.call_cost = measure_call_cost(predictor, limits.max_batch_size)
-                self.shapes |= {(rows, self.call_cost.length) for rows in calibration_sizes(limits.max_batch_size)}
+                self.shapes.update((rows, self.call_cost.length) for rows in calibration_sizes(limits.max_batch_size))
                 logger.info(
                     "a model call of %d tokens takes %s ms for 1, 2, ... rows; a new shape %.1f ms more",
                     self.call_cost.length, " ".join(f"{1000 * t:.1f}" for t in self.call_cost.row_times[1:]),

@@ -183,6 +183,7 @@ def test_peak_memory_is_infers_own_when_a_larger_process_started_it(runs, tmp_pa
 def test_length_sorted_batches_give_each_input_its_own_result(runs):
     """Sorting by length and padding per batch must not change any example's logits or their order."""
     predictor = predictors.create_predictor(runs["tnews"], predictors.PredictorOptions())
+    assert predictor.shapes_kept == predictors.FLOAT_ONEDNN_CACHED_SHAPES  # what serve.py's batcher counts on
     task = utils.SEQ_CLS_TASKS["tnews"]
     examples = utils.load_examples(task, "dev", clue_file("tnews", "dev"))
     features = list(utils.encode_text_examples(examples, model_io.load_tokenizer(runs["tnews"]), task, 128).dataset)

@@ -81,6 +81,27 @@ def test_the_warm_up_gives_each_bucket_length_the_most_rows_a_call_holds_there()
     assert serving.warmed_shapes(type("Exact", (), {})(), 32, 64, 1024) == set()  # no buckets: nothing to warm
 
 
+def test_a_predictor_that_keeps_its_last_shapes_forgets_the_older_ones():
+    kept = serving.KeptShapes(kept=2)
+    kept.update([(32, 16), (32, 24), (8, 64)])
+    assert (32, 16) not in kept and (32, 24) in kept and (8, 64) in kept
+    kept.add((32, 24))  # run again: now the most recent
+    kept.add((4, 32))
+    assert (8, 64) not in kept and (32, 24) in kept and (4, 32) in kept
+    every = serving.KeptShapes()
+    every.update([(32, 16), (32, 24), (8, 64)])
+    assert (32, 16) in every
+
+
+def test_a_shape_the_predictor_no_longer_keeps_costs_its_first_call_again(tokenizer_folder):
+    predictor = RecordingPredictor()
+    predictor.shapes_kept = 2
+    batcher = started_batcher(tokenizer_folder, predictor)
+    batcher.close()
+    assert (32, 32) in batcher.shapes and (16, 32) in batcher.shapes  # the last two timed
+    assert (1, 32) not in batcher.shapes
+
+
 # ---- the batcher, on a stub predictor -------------------------------------------------------------------------------
 class RecordingPredictor:
     """Gives TNEWS's 15 scores a row and records each call's shape; with hold set, calls wait until it is released."""
@@ -135,6 +156,27 @@ def test_the_call_costs_are_not_skewed_by_a_slow_while_at_their_start():
     cost = serving.measure_call_cost(SlowedForAWhile(slowed_calls=10), 32)
     for rows in serving.calibration_sizes(32):  # the first 10 of 24 calls: each size's timing was back to back
         assert 0.0005 * rows <= cost.row_times[rows] < 0.0005 * rows + 0.004, rows
+
+
+class KeepsTwoShapes:
+    """A model whose call takes half a millisecond a row, and 20 ms more for a shape not among its last two (what
+    Paddle's oneDNN does with FLOAT_ONEDNN_CACHED_SHAPES)."""
+
+    def __init__(self):
+        self.recent = []
+
+    def run(self, batch):
+        shape = batch["input_ids"].shape
+        time.sleep(0.0005 * shape[0] + (0.0 if shape in self.recent else 0.02))
+        self.recent = (self.recent + [shape])[-2:]
+        return [np.zeros((shape[0], 15), dtype="float32")]
+
+
+def test_the_call_costs_are_those_of_a_shape_the_backend_still_keeps():
+    cost = serving.measure_call_cost(KeepsTwoShapes(), 32)
+    for rows in serving.calibration_sizes(32):
+        assert 0.0005 * rows <= cost.row_times[rows] < 0.0005 * rows + 0.004, rows
+    assert 0.015 < cost.new_shape < 0.03  # a first call's 20 ms more
 
 
 def test_the_batcher_times_its_model_calls_only_once_its_server_has_started(tokenizer_folder):
