@@ -10,9 +10,12 @@ that grid the model calls each schedule makes of the same sentences sent by --cl
 sentence a request (each answered sentence brings that client's next): serve.py's cut rule (the queue taken whole and
 cut by serving.length_sorted_calls, with the cost the server measures at start); one padded call a batch; holding
 back calls of fewer than 8 rows for up to 2 or 4 rounds; running only the most efficient window of the sorted queue
-each time (a sentence passed over 3 or 6 times goes next). Offline: the same sentences sorted by length, batches of
-32. One more line estimates what packing each queue's sentences into rows of 128 tokens would cost (a sentence's own
-positions and attention mask within its row: not built, the exported programs take no such inputs), on the same grid.
+each time (a sentence passed over 3 or 6 times goes next, with the cut rule's call that holds it). Offline: the
+same sentences sorted by length, batches of 32. One more line estimates what packing each queue's sentences into rows
+of 128 tokens would cost (a sentence's own positions and attention mask within its row: not built, the exported
+programs take no such inputs), on the same grid. Each grid cell is timed right after an untimed call of its shape
+(what a backend keeps for its last shapes, two for Paddle's float oneDNN, is then that shape's), as sorted batches
+meet it; the schedules charge no first call of a shape.
 The machine and the ratios go to benchmarks/results/batching[_quick].json.
 """
 
@@ -60,18 +63,18 @@ class GridCost:
         return float(np.interp(self.padded_length(longest), self.lengths, at_length))
 
 
-def measure_grid(predictor, passes: int = 3) -> GridCost:
-    """Each cell's fastest of `passes` interleaved passes over the grid, after one that builds each shape."""
+def measure_grid(predictor, passes: int = 2) -> GridCost:
+    """Each cell's fastest of `passes` interleaved passes over the grid, each timed call after an untimed one of its
+    shape: the cost of a shape the backend still keeps, as offline's sorted batches and the schedules' calls meet
+    it (the schedules charge no first-call cost)."""
     names = predictors.EXPORT_INPUT_NAMES
     cells = [(length, rows) for length in GRID_LENGTHS for rows in GRID_ROWS]
     fastest = collections.defaultdict(lambda: float("inf"))
-    for done in range(passes + 1):
+    for _ in range(passes):
         for length, rows in cells:
             batch = {name: np.ones((rows, length), dtype="int64") for name in names}
-            started = time.perf_counter()
-            predictor.run(batch)
-            if done:
-                fastest[length, rows] = min(fastest[length, rows], time.perf_counter() - started)
+            predictor.run(batch)  # what the backend keeps for its last shapes is this one's (oneDNN keeps two)
+            fastest[length, rows] = min(fastest[length, rows], serving.timed_call(predictor, batch))
     seconds = [[fastest[length, rows] for rows in GRID_ROWS] for length in GRID_LENGTHS]
     return GridCost(GRID_ROWS, GRID_LENGTHS, seconds, getattr(predictor, "length_bucket", 1))
 
@@ -131,19 +134,19 @@ def held_back(lengths, cost, min_rows: int, max_rounds: int) -> Schedule:
 
 
 def best_window(lengths, cost, max_rounds: int, max_rows: int = 32) -> Schedule:
-    """Only the call of the sorted queue with the least model time a real token; one passed over max_rounds times
-    must be in it."""
+    """Only the call of the sorted queue with the least model time a real token; once a sentence has been passed over
+    max_rounds times, the cut rule's calls that hold such sentences run instead."""
     full_row = cost.of(32, 32) / (32 * 32)
+    cut = cut_rule(lengths, cost)
 
     def schedule(queue, passed_over):
+        if any(passed_over[i] >= max_rounds for i in queue):
+            return [call for call in cut(queue, passed_over) if any(passed_over[i] >= max_rounds for i in call)]
         order = sorted(queue, key=lengths.__getitem__)
-        due = [i for i in order if passed_over[i] >= max_rounds]
         tokens = np.concatenate([[0], np.cumsum([lengths[i] for i in order])])
         best, chosen = -1.0, order[:1]
         for start in range(len(order)):
             for end in range(start + 1, min(len(order), start + max_rows) + 1):
-                if due and due[-1] not in order[start:end]:
-                    continue
                 efficiency = full_row * (tokens[end] - tokens[start]) / cost.of(end - start, lengths[order[end - 1]])
                 if efficiency > best:
                     best, chosen = efficiency, order[start:end]

@@ -17,9 +17,10 @@ sentence a request can give at best: 32 sentences in arrival order, where offlin
 serve.py whose model answers at once (--instant_server), whose CPU time a request is what HTTP, the checks,
 tokenization and batching cost the event loop. The machine, /proc/loadavg
 before and after (the cores may be shared) and the targets (concurrency 32 >= 85% of offline batch 32; concurrency 1
-p50 <= offline batch 1 p50 + 2 ms) go to benchmarks/results/serve[_quick].json. The concurrency-32 ratios held
-against the target are the medians of --rounds paired rounds (offline, the batcher alone, the server, one after
-another, the server kept started): on a shared 2-core VM the same run's speed drifted by up to 1.4x within minutes.
+p50 <= offline batch 1 p50 + 2 ms) go to benchmarks/results/serve[_quick].json. The numbers held against
+the targets are the medians of --rounds paired rounds (offline batch 32 and batch 1, the batcher alone, the server at
+concurrency 32 and 1, one after another, the server kept started; batch 1 and concurrency 1 on the same first 300
+sentences): on a shared 2-core VM the same run's speed drifted by up to 1.4x within minutes.
 """
 
 import argparse
@@ -94,7 +95,7 @@ def offline(model_dir: str, backend: str, precision: str, examples, threads: int
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     batch_32 = len(examples) / seconds
     latencies = []
-    for example in examples[:200]:
+    for example in examples[:LONE_REQUESTS]:  # the sentences the server gets at concurrency 1
         started = time.perf_counter()
         one = utils.encode_text_examples([example], tokenizer, TNEWS, SEQ_LEN)
         predictors.run_predictor(predictor, list(one.dataset), 1, per_token=False)
@@ -439,8 +440,8 @@ def main(argv=None):
         "--rounds",
         type=int,
         default=3,
-        help="paired rounds of offline batch 32, the batcher alone and the server at concurrency 32, whose median "
-        "ratios are the ones held against the target",
+        help="paired rounds of offline (batch 32 and 1), the batcher alone and the server (concurrency 32 and 1), "
+        "whose medians are the numbers held against the targets",
     )
     parser.add_argument(
         "--best_backend",

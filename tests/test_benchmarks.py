@@ -301,3 +301,18 @@ def test_the_serving_targets_are_the_medians_of_the_paired_rounds():
     assert met["concurrency_1_p50_minus_offline_batch_1_ms"] == pytest.approx(1.5) and met["met_2_ms"]
     assert met["concurrency_1_p50_minus_offline_batch_1_ms_single_run"] == pytest.approx(10.0)  # 20 against 10
     assert tables.lone_rounds(rounds) == " (the median of the paired rounds: +1.0, +3.0, +1.5)"
+
+
+def test_the_most_efficient_window_passes_no_sentence_over_more_than_its_rounds():
+    from benchmarks import bench_batching
+
+    lengths = [8 + (37 * i) % 90 for i in range(300)]  # mixed lengths, 8-97 tokens
+    grid, most = flat_grid(fixed=0.5, per_token=0.01), []
+    window = bench_batching.best_window(lengths, grid, max_rounds=3)
+
+    def watched(queue, passed_over):
+        most.append(max([passed_over[i] for i in queue]))
+        return window(queue, passed_over)
+
+    bench_batching.closed_loop(lengths, 32, watched, grid)
+    assert max(most) == 3  # some sentence waited its 3 rounds, and none longer
