@@ -13,9 +13,9 @@ back calls of fewer than 8 rows for up to 2 or 4 rounds; running only the most e
 each time (a sentence passed over 3 or 6 times goes next, with the cut rule's call that holds it). Offline: the
 same sentences sorted by length, batches of 32. One more line estimates what packing each queue's sentences into rows
 of 128 tokens would cost (a sentence's own positions and attention mask within its row: not built, the exported
-programs take no such inputs), on the same grid. Each grid cell is timed right after an untimed call of its shape
-(what a backend keeps for its last shapes, two for Paddle's float oneDNN, is then that shape's), as sorted batches
-meet it; the schedules charge no first call of a shape.
+programs take no such inputs), on the same grid. Each grid cell is timed twice: after the cell before (another shape)
+and right after itself; every costed call, offline's too, is charged the second where its shape is among the
+backend's last kept (Paddle's float oneDNN keeps two, ONNX Runtime is taken to keep one), the first otherwise.
 The machine and the ratios go to benchmarks/results/batching[_quick].json.
 """
 
@@ -63,42 +63,69 @@ class GridCost:
         return float(np.interp(self.padded_length(longest), self.lengths, at_length))
 
 
-def measure_grid(predictor, passes: int = 2) -> GridCost:
-    """Each cell's fastest of `passes` interleaved passes over the grid, each timed call after an untimed one of its
-    shape: the cost of a shape the backend still keeps, as offline's sorted batches and the schedules' calls meet
-    it (the schedules charge no first-call cost)."""
+@dataclass
+class CallTimes:
+    """What a call costs: on the warm grid where its shape is one the backend still keeps (its last `kept`), else on
+    the cold grid (a call after other shapes: Paddle's float oneDNN rebuilds its primitives, ONNX Runtime pays too)."""
+
+    warm: GridCost
+    cold: GridCost
+    kept: int = 1
+
+    def charges(self) -> Callable[[int, int], float]:
+        """A fresh sequence of calls: each call's seconds, given the calls before it."""
+        kept = serving.KeptShapes(self.kept)
+
+        def charge(rows: int, longest: int) -> float:
+            shape = (rows, self.warm.padded_length(longest))
+            grid = self.warm if shape in kept else self.cold
+            kept.add(shape)
+            return grid.of(rows, longest)
+
+        return charge
+
+
+def measure_grids(predictor, passes: int = 2) -> CallTimes:
+    """Each cell's fastest of `passes` interleaved passes over the grid: its first call after the cell before (cold)
+    and a second right after it (warm)."""
     names = predictors.EXPORT_INPUT_NAMES
     cells = [(length, rows) for length in GRID_LENGTHS for rows in GRID_ROWS]
-    fastest = collections.defaultdict(lambda: float("inf"))
+    cold, warm = (collections.defaultdict(lambda: float("inf")) for _ in range(2))
     for _ in range(passes):
         for length, rows in cells:
             batch = {name: np.ones((rows, length), dtype="int64") for name in names}
-            predictor.run(batch)  # what the backend keeps for its last shapes is this one's (oneDNN keeps two)
-            fastest[length, rows] = min(fastest[length, rows], serving.timed_call(predictor, batch))
-    seconds = [[fastest[length, rows] for rows in GRID_ROWS] for length in GRID_LENGTHS]
-    return GridCost(GRID_ROWS, GRID_LENGTHS, seconds, getattr(predictor, "length_bucket", 1))
+            cold[length, rows] = min(cold[length, rows], serving.timed_call(predictor, batch))
+            warm[length, rows] = min(warm[length, rows], serving.timed_call(predictor, batch))
+    bucket = getattr(predictor, "length_bucket", 1)
+    grids = [
+        GridCost(
+            GRID_ROWS, GRID_LENGTHS, [[times[length, rows] for rows in GRID_ROWS] for length in GRID_LENGTHS], bucket
+        )
+        for times in (warm, cold)
+    ]
+    return CallTimes(*grids, getattr(predictor, "shapes_kept", None) or 1)
 
 
-def offline_seconds(lengths: Sequence[int], cost: GridCost, batch_size: int = 32) -> float:
+def offline_seconds(lengths: Sequence[int], times: CallTimes, batch_size: int = 32) -> float:
     """infer.py's batches: the sentences sorted by length, batch_size a call."""
-    ordered = sorted(lengths)
+    ordered, charge = sorted(lengths), times.charges()
     chunks = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
-    return sum(cost.of(len(chunk), chunk[-1]) for chunk in chunks)
+    return sum(charge(len(chunk), chunk[-1]) for chunk in chunks)
 
 
 # A schedule: given the queued sentences (indices) and how often each was passed over, the model calls to run now.
 Schedule = Callable[[List[int], collections.Counter], List[List[int]]]
 
 
-def closed_loop(lengths: Sequence[int], clients: int, schedule: Schedule, cost: GridCost) -> dict:
+def closed_loop(lengths: Sequence[int], clients: int, schedule: Schedule, times: CallTimes) -> dict:
     """The model time of every sentence sent by `clients` clients, each sending its next once its last is answered."""
     queue, sent = list(range(min(clients, len(lengths)))), clients
-    seconds, calls, passed_over = 0.0, 0, collections.Counter()
+    seconds, calls, passed_over, charge = 0.0, 0, collections.Counter(), times.charges()
     while queue:
         run = schedule(queue, passed_over)
         chosen = {index for call in run for index in call}
         for call in run:
-            seconds += cost.of(len(call), max(lengths[i] for i in call))
+            seconds += charge(len(call), max(lengths[i] for i in call))
             calls += 1
         for index in queue:
             if index not in chosen:
@@ -168,10 +195,11 @@ def packed_rows(sentence_lengths: Sequence[int], row_tokens: int = PACKED_ROW) -
     return len(rows)
 
 
-def packed_seconds(lengths: Sequence[int], clients: int, cost: GridCost) -> float:
+def packed_seconds(lengths: Sequence[int], clients: int, times: CallTimes) -> float:
     """Each queue of `clients` arrivals packed into rows of PACKED_ROW tokens, one call (the same grid: attention is
     computed over the whole row, masked to each sentence)."""
-    return sum(cost.of(packed_rows(lengths[i : i + clients]), PACKED_ROW) for i in range(0, len(lengths), clients))
+    charge = times.charges()
+    return sum(charge(packed_rows(lengths[i : i + clients]), PACKED_ROW) for i in range(0, len(lengths), clients))
 
 
 def schedules(lengths, grid: GridCost, server_cost) -> dict:
@@ -194,15 +222,16 @@ def measure_model(label: str, model_dir: str, backend: str, precision: str, exam
     tokenizer = model_io.load_deployed_tokenizer(model_dir)
     encoded = utils.encode_text_examples(examples, tokenizer, TNEWS, SEQ_LEN)
     lengths = [len(feature["input_ids"]) for feature in encoded.dataset]
-    grid = measure_grid(predictor)
+    times = measure_grids(predictor)
+    grid = times.warm  # what the schedules decide on
     server_cost = serving.measure_call_cost(predictor, 32)
-    offline = offline_seconds(lengths, grid)
+    offline = offline_seconds(lengths, times)
     rows = {}
     for name, schedule in schedules(lengths, grid, server_cost).items():
-        row = closed_loop(lengths, args.clients, schedule, grid)
+        row = closed_loop(lengths, args.clients, schedule, times)
         rows[name] = {**row, "over_offline": offline / row["model_seconds"]}
         print(f"{label}: {name}: {rows[name]['over_offline']:.1%} of offline, {row['model_calls']} calls", flush=True)
-    packed = packed_seconds(lengths, args.clients, grid)
+    packed = packed_seconds(lengths, args.clients, times)
     print(f"{label}: packed into rows of {PACKED_ROW}: {offline / packed:.1%} of offline", flush=True)
     return {
         "path": label,
@@ -210,6 +239,8 @@ def measure_model(label: str, model_dir: str, backend: str, precision: str, exam
         "precision": precision,
         "tokens": sum(lengths),
         "grid": {"rows": list(grid.rows), "lengths": list(grid.lengths), "seconds": grid.seconds},
+        "grid_after_other_shapes": times.cold.seconds,
+        "shapes_kept": times.kept,
         "offline_model_seconds": offline,
         "schedules": rows,
         "packed_into_rows_of_128": {"model_seconds": packed, "over_offline": offline / packed},

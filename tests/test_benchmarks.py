@@ -255,7 +255,8 @@ def test_the_closed_loop_sends_each_clients_next_sentence_once_its_last_is_answe
 
     lengths, grid = [10] * 10, flat_grid(fixed=1.0, per_token=0.0)
     whole = bench_batching.cut_rule(lengths, serving.CallCost.linear(1e12))  # one call a batch
-    assert bench_batching.closed_loop(lengths, 4, whole, grid) == {"model_seconds": 3.0, "model_calls": 3}  # 4, 4, 2
+    times = bench_batching.CallTimes(grid, grid)
+    assert bench_batching.closed_loop(lengths, 4, whole, times) == {"model_seconds": 3.0, "model_calls": 3}  # 4, 4, 2
 
 
 def test_a_held_back_call_waits_for_company_at_most_its_rounds():
@@ -314,5 +315,15 @@ def test_the_most_efficient_window_passes_no_sentence_over_more_than_its_rounds(
         most.append(max([passed_over[i] for i in queue]))
         return window(queue, passed_over)
 
-    bench_batching.closed_loop(lengths, 32, watched, grid)
+    bench_batching.closed_loop(lengths, 32, watched, bench_batching.CallTimes(grid, grid))
     assert max(most) == 3  # some sentence waited its 3 rounds, and none longer
+
+
+def test_a_call_costs_its_cold_time_unless_the_backend_still_keeps_its_shape():
+    from benchmarks import bench_batching
+
+    times = bench_batching.CallTimes(flat_grid(fixed=1.0, per_token=0.0), flat_grid(fixed=5.0, per_token=0.0), kept=2)
+    charge = times.charges()
+    # kept: 8 | 8 | 8 4 | 4 8 | 8 2 (4 dropped) | 2 4 | 4 8
+    assert [charge(rows, 16) for rows in (8, 8, 4, 8, 2, 4, 8)] == [5.0, 1.0, 5.0, 1.0, 5.0, 5.0, 5.0]
+    assert bench_batching.offline_seconds([16] * 64 + [30], times) == 5.0 + 1.0 + 5.0  # 32, 32 rows at 16; 1 at 30
