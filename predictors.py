@@ -560,23 +560,19 @@ def warm_up_buckets(predictor, batch_size: int, max_seq_length: int) -> int:
     """Run one batch of every bucket length, so that served batches meet no new shape; returns how many shapes were
     run. The longest runs first (warm_up_shapes)."""
     lengths = bucket_lengths(predictor, max_seq_length)
-    return warm_up_shapes(predictor, {(batch_size, length) for length in lengths})
+    return len(warm_up_shapes(predictor, {(batch_size, length) for length in lengths}))
 
 
-def warm_up_shapes(predictor, shapes) -> int:
+def warm_up_shapes(predictor, shapes) -> list:
     """Run one batch of each (rows, length) shape, the largest first (most tokens, then the longer): a backend
     allocates for a new shape and keeps what it freed, so going up in size leaves each smaller allocation behind
-    (OpenVINO, 16 lengths at 32 rows: 193 MB more resident memory largest first, 322 MB smallest first). Returns how
-    many shapes were run."""
-    for rows, length in warm_up_order(shapes):
+    (OpenVINO, 16 lengths at 32 rows: 193 MB more resident memory largest first, 322 MB smallest first). Returns the
+    shapes in the order they ran."""
+    order = sorted(shapes, key=lambda shape: (shape[0] * shape[1], shape[1]), reverse=True)
+    for rows, length in order:
         ids = np.ones((rows, length), dtype="int64")
         predictor.run({name: ids for name in EXPORT_INPUT_NAMES})
-    return len(shapes)
-
-
-def warm_up_order(shapes) -> list:
-    """The (rows, length) shapes in the order warm_up_shapes runs them: the most tokens first, then the longer."""
-    return sorted(shapes, key=lambda shape: (shape[0] * shape[1], shape[1]), reverse=True)
+    return order
 
 
 def pad_features(features: Sequence[dict], length: Optional[int] = None) -> Dict[str, np.ndarray]:

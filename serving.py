@@ -32,7 +32,6 @@ from predictors import (
     bucket_lengths,
     create_predictor,
     run_predictor,
-    warm_up_order,
     warm_up_shapes,
 )
 from runtime import UserError, first_line, json_error_reason, logger
@@ -818,9 +817,8 @@ class Batcher:
             predictor = self.make_predictor()
             limits = self.limits
             warmed = warmed_shapes(predictor, limits.max_batch_size, self.max_seq_length, limits.max_batch_tokens)
-            warm_up_shapes(predictor, warmed)
             self.shapes = KeptShapes(getattr(predictor, "shapes_kept", None))
-            self.shapes.update(warm_up_order(warmed))
+            self.shapes.update(warm_up_shapes(predictor, warmed))
             if limits.split_by_length:
                 if self.measure_after is not None and not self.measure_after.wait(START_WAIT_S):
                     logger.warning(
