@@ -77,6 +77,15 @@ class ServingLimits:
             "cost (measured at start); false: one padded call per max_batch_size sequences."
         },
     )
+    max_passed_over: int = field(
+        default=3,
+        metadata={
+            "help": "Times a queued request may be left for a later batch, so that each batch runs sequences of like "
+            "lengths: of the queue sorted by length, the run that one model call holds with the most tokens a second "
+            "of model time (measured at start) goes first, and a request left this many times goes in the next "
+            "batch. 0: each batch takes the queue first come first. Needs split_by_length."
+        },
+    )
     max_wait_ms: float = field(
         default=5.0,
         metadata={
@@ -111,11 +120,15 @@ class ServingLimits:
         "max_texts_per_request": 1,
         "max_text_chars": 1,
         "max_wait_ms": 0,
+        "max_passed_over": 0,
         "max_body_bytes": 1,
         "body_timeout_s": 0.001,
         "header_timeout_s": 0.001,
     }
 
+
+WINDOW_CHOICE = 4  # efficient_window chooses among this many batches' worth of the queue
+WINDOW_SLACK = 0.03  # efficient_window takes the run with the most tokens among those within 3% of the most efficient
 
 API_KEY_VARIABLE = "ERNIE_SERVE_API_KEY"
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
@@ -548,37 +561,90 @@ class Pending:
     future: concurrent.futures.Future
     queued_at: float
     request_id: str = "-"
+    passed_over: int = 0  # batches that ran while this request waited (efficient_window left it)
 
     def __post_init__(self):
         self.rows = len(self.encoded.sequences)
-        self.tokens = sum(len(feature["input_ids"]) for feature in self.encoded.sequences)
+        lengths = [len(feature["input_ids"]) for feature in self.encoded.sequences]
+        self.tokens, self.longest = sum(lengths), max(lengths, default=0)
 
 
 @dataclass(frozen=True)
 class CallCost:
-    """What a model call of n rows costs, measured at start (measure_call_cost): the time of a call of n rows of
-    `length` tokens for each n (row_times[n]; a call of fewer rows does less work, but often less of it a row),
-    taken to grow with the padded length in proportion; a shape (rows x padded length) not run before costs new_shape
-    more (Paddle's oneDNN builds its kernels for each new shape)."""
+    """What a model call of n rows padded to L tokens costs, from its times on a grid of rows x lengths (measured at
+    start: measure_call_cost), made to grow with both: interpolated between the grid's points; beyond its most rows,
+    in proportion to the rows; beyond its lengths, along the nearest two lengths' line (a call's fixed part and its
+    part a token: a short call costs more than its share of a long one), or in proportion to the length where one
+    length was timed; a shape (rows x padded length) not run before costs new_shape more (Paddle's oneDNN builds its
+    kernels for each new shape)."""
 
-    row_times: Tuple[float, ...] = (0.0, 1.0)  # [0, t(1), t(2), ...]: one row a time unit, no fixed part
-    length: int = 1
+    rows: Tuple[int, ...] = (1,)
+    lengths: Tuple[int, ...] = (1,)
+    seconds: Tuple[Tuple[float, ...], ...] = ((1.0,),)  # seconds[length index][rows index]: one row a time unit
     bucket: int = 1  # the predictor pads each call to a multiple of this many tokens
     new_shape: float = 0.0
+
+    def __post_init__(self):
+        grown = np.maximum.accumulate(np.maximum.accumulate(np.array(self.seconds, dtype=float), axis=0), axis=1)
+        object.__setattr__(self, "grown", grown)
+        object.__setattr__(self, "known", {})
 
     @classmethod
     def linear(cls, fixed_tokens: float, rows: int = 32, bucket: int = 1, length: int = 32) -> "CallCost":
         """A call costing fixed_tokens' worth of time besides one unit a padded token."""
-        return cls(tuple([0.0] + [fixed_tokens + n * length for n in range(1, rows + 1)]), length, bucket)
+        seconds = tuple((fixed_tokens + at, fixed_tokens + at * rows) for at in (length, 2 * length))
+        return cls((1, rows), (length, 2 * length), seconds, bucket)
 
-    def padded_length(self, longest: int) -> int:
+    def padded_length(self, longest):
+        """The length a call whose longest feature has `longest` tokens is padded to (an array for an array)."""
         return -(-longest // self.bucket) * self.bucket
 
+    def describe(self) -> str:
+        """'at 16 tokens 5.1 9.0 ... ms, at 64 tokens ... ms for 1, 2, 4, ... rows; a new shape 0.4 ms more'."""
+        at_lengths = ", ".join(
+            f"at {length} tokens {' '.join(f'{1000 * t:.1f}' for t in times)} ms"
+            for length, times in zip(self.lengths, self.seconds)
+        )
+        rows = ", ".join(str(rows) for rows in self.rows)
+        return f"{at_lengths} for {rows} rows; a new shape {1000 * self.new_shape:.1f} ms more"
+
     def of(self, rows: int, longest: int, shapes_run=None) -> float:
-        last, padded = len(self.row_times) - 1, self.padded_length(longest)
-        per_call = self.row_times[rows] if rows <= last else self.row_times[last] * rows / last
+        padded = self.padded_length(longest)
         new = self.new_shape if shapes_run is not None and (rows, padded) not in shapes_run else 0.0
-        return per_call * padded / self.length + new
+        return self.seconds_at(rows, padded) + new
+
+    def of_many(self, rows: np.ndarray, padded: np.ndarray, shapes_run=None) -> np.ndarray:
+        """`of` for arrays of rows and padded lengths (efficient_window's every window at once)."""
+        seconds = self.grid_seconds(rows, padded)
+        if shapes_run is None or not self.new_shape:
+            return seconds
+        kept = np.array([kept_rows * SHAPE_CODE + length for kept_rows, length in shapes_run], dtype=np.int64)
+        return seconds + self.new_shape * ~np.isin(np.asarray(rows) * SHAPE_CODE + padded, kept)
+
+    def seconds_at(self, rows: int, padded: int) -> float:
+        """grid_seconds of one shape, kept (length_sorted_calls asks for the same few shapes at every batch)."""
+        seconds = self.known.get((rows, padded))
+        if seconds is None:
+            seconds = self.known[rows, padded] = float(self.grid_seconds(rows, padded))
+        return seconds
+
+    def grid_seconds(self, rows, padded) -> np.ndarray:
+        rows, padded = np.broadcast_arrays(np.asarray(rows, dtype=float), np.asarray(padded, dtype=float))
+        most = self.rows[-1]
+        at_rows = np.stack([np.interp(np.minimum(rows, most), self.rows, times) for times in self.grown])
+        at_rows = at_rows * np.maximum(1.0, rows / most)  # [length index, ...]
+        lengths = np.asarray(self.lengths, dtype=float)
+        in_proportion = at_rows[0] * padded / lengths[0]
+        if len(lengths) == 1:
+            return in_proportion
+        segment = np.clip(np.searchsorted(lengths, padded, side="right") - 1, 0, len(lengths) - 2)
+        low = np.take_along_axis(at_rows, segment[None], axis=0)[0]
+        high = np.take_along_axis(at_rows, segment[None] + 1, axis=0)[0]
+        along = low + (high - low) * (padded - lengths[segment]) / (lengths[segment + 1] - lengths[segment])
+        return np.where(padded < lengths[0], np.maximum(along, in_proportion), along)
+
+
+SHAPE_CODE = 1_000_003  # a shape (rows, padded length) as one integer: rows * SHAPE_CODE + padded length
 
 
 def length_sorted_calls(
@@ -605,34 +671,88 @@ def length_sorted_calls(
     return calls[::-1]
 
 
+def efficient_window(
+    longest: Sequence[int],
+    rows: Sequence[int],
+    tokens: Sequence[int],
+    cost: CallCost,
+    max_rows: int,
+    max_tokens: int,
+    overdue: Sequence[bool] = (),
+    shapes_run=None,
+) -> List[int]:
+    """Which queued requests (each one's longest feature, rows and real tokens) to run now: sorted by longest, the
+    contiguous run with the most real tokens a second of model time (cost.of, a shape not in shapes_run paying
+    cost.new_shape), among the runs one model call holds (max_rows rows, max_tokens padded tokens; a request alone
+    always qualifies) or, where any request is overdue, among the runs that hold every overdue one; of the runs within
+    WINDOW_SLACK of the most, the one with the most tokens (a call's time a row is flat from about 8 rows up: fewer
+    batches, fewer requests left waiting). The others wait for requests of their own lengths. Indices into the
+    arguments, in their order."""
+    count = len(longest)
+    order = np.argsort(np.asarray(longest), kind="stable")
+    sorted_longest = np.asarray(longest)[order]
+    row_sums = np.concatenate([[0], np.cumsum(np.asarray(rows)[order])])
+    token_sums = np.concatenate([[0], np.cumsum(np.asarray(tokens)[order])])
+    start, end = np.arange(count)[:, None], np.arange(1, count + 1)[None, :]
+    window_rows = np.maximum(row_sums[end] - row_sums[start], 1)
+    padded = cost.padded_length(sorted_longest)[end - 1]
+    seconds = np.maximum(cost.of_many(window_rows, padded, shapes_run), 1e-9)  # a model that takes no time: all
+    efficiency = np.where(end > start, (token_sums[end] - token_sums[start]) / seconds, -np.inf)
+    late = np.flatnonzero(np.asarray(overdue, dtype=bool)[order]) if len(overdue) else np.array([], dtype=int)
+    if late.size:
+        allowed = (start <= late.min()) & (end > late.max())
+    else:
+        allowed = (window_rows <= rows_within(max_rows, max_tokens, padded)) | (end == start + 1)
+    efficiency = np.where(allowed, efficiency, -np.inf)
+    near_best = efficiency >= (1.0 - WINDOW_SLACK) * efficiency.max()
+    window_tokens = np.where(near_best, token_sums[end] - token_sums[start], -1)
+    first, stop = np.unravel_index(np.argmax(window_tokens), efficiency.shape)
+    return sorted(int(index) for index in order[first : stop + 1])
+
+
 def calibration_sizes(max_rows: int) -> List[int]:
     return sorted({min(2**k, max_rows) for k in range(max_rows.bit_length() + 1)})
 
 
-def measure_call_cost(predictor, max_rows: int, length: int = 32, repeats: int = 2) -> CallCost:
-    """The time of a call of n rows of length tokens, for n = 1, 2, 4, 8, ... max_rows (between them: interpolated),
-    each at least that of fewer rows; and what a shape's first call takes more (the median over those sizes).
-    After a first pass that builds each shape, the sizes are timed in turn, repeats passes over all of them, and each
-    keeps its fastest pass: whatever else the process or the machine does for a while (another thread holding the
-    GIL, a neighbour on the cores) slows some passes of a size, not all of them, and not one size more than the
-    others, as timing each size's repeats back to back did. Each timed call follows an untimed one of its size, so
-    that it meets what a backend keeps for its last shapes (Paddle's oneDNN keeps two: FLOAT_ONEDNN_CACHED_SHAPES)."""
+CALIBRATION_LENGTHS = (16, 64)  # two lengths: a call's fixed part and its part a token (most requests lie between)
+
+
+def calibration_cells(predictor, max_rows: int, max_seq_length: int, max_tokens: int) -> List[Tuple[int, int]]:
+    """The (rows, padded length) calls measure_call_cost times, in the order of each of its passes: at each of
+    CALIBRATION_LENGTHS (padded to the predictor's length_bucket, at most max_seq_length), 1, 2, 4, ... rows, up to
+    max_rows and half max_tokens (a call's time a row is flat from about 8 rows up: beyond, measure_call_cost takes it
+    in proportion to the rows, and the start is seconds shorter for the float model)."""
     bucket = getattr(predictor, "length_bucket", 1)
-    length = -(-length // bucket) * bucket
-    sizes = calibration_sizes(max_rows)
-    batches = {rows: {name: np.ones((rows, length), dtype="int64") for name in EXPORT_INPUT_NAMES} for rows in sizes}
-    first = {rows: timed_call(predictor, batches[rows]) for rows in sizes}
-    fastest = {rows: float("inf") for rows in sizes}
+    lengths = sorted({min(-(-length // bucket) * bucket, max_seq_length) for length in CALIBRATION_LENGTHS})
+    most = {length: rows_within(max_rows, max(1, max_tokens // 2), length) for length in lengths}
+    return [(rows, length) for length in lengths for rows in calibration_sizes(most[length])]
+
+
+def measure_call_cost(predictor, max_rows: int, max_seq_length: int, max_tokens: int, repeats: int = 2) -> CallCost:
+    """The time of a call of each of calibration_cells' shapes, and what a shape's first call takes more (the median
+    over them); a call of more rows than timed at a length is taken to cost in proportion to its rows.
+    After a first pass that builds each shape, the shapes are timed in turn, repeats passes over all of them, and each
+    keeps its fastest pass: whatever else the process or the machine does for a while (another thread holding the
+    GIL, a neighbour on the cores) slows some passes of a shape, not all of them, and not one shape more than the
+    others, as timing each shape's repeats back to back did. Each timed call follows an untimed one of its shape, so
+    that it meets what a backend keeps for its last shapes (Paddle's oneDNN keeps two: FLOAT_ONEDNN_CACHED_SHAPES)."""
+    cells = calibration_cells(predictor, max_rows, max_seq_length, max_tokens)
+    batches = {cell: {name: np.ones(cell, dtype="int64") for name in EXPORT_INPUT_NAMES} for cell in cells}
+    first = {cell: timed_call(predictor, batches[cell]) for cell in cells}
+    fastest = {cell: float("inf") for cell in cells}
     for _ in range(max(1, repeats)):
-        for rows in sizes:
-            predictor.run(batches[rows])
-            fastest[rows] = min(fastest[rows], timed_call(predictor, batches[rows]))
-    measured, first_more = {}, []
-    for rows in sizes:
-        measured[rows] = max([fastest[rows]] + list(measured.values()))
-        first_more.append(max(0.0, first[rows] - fastest[rows]))
-    times = np.interp(np.arange(1, max_rows + 1), sizes, [measured[n] for n in sizes])
-    return CallCost(tuple([0.0] + [float(t) for t in times]), length, bucket, float(np.median(first_more)))
+        for cell in cells:
+            predictor.run(batches[cell])
+            fastest[cell] = min(fastest[cell], timed_call(predictor, batches[cell]))
+    sizes, lengths = calibration_sizes(max_rows), sorted({length for _, length in cells})
+    seconds = []
+    for length in lengths:
+        timed = {rows: fastest[rows, cell_length] for rows, cell_length in cells if cell_length == length}
+        most = max(timed)
+        seconds.append(tuple(timed.get(rows, timed[most] * rows / most) for rows in sizes))
+    first_more = [max(0.0, first[cell] - fastest[cell]) for cell in cells]
+    bucket = getattr(predictor, "length_bucket", 1)
+    return CallCost(tuple(sizes), tuple(lengths), tuple(seconds), bucket, float(np.median(first_more)))
 
 
 def timed_call(predictor, batch) -> float:
@@ -662,10 +782,15 @@ class KeptShapes:
     def __contains__(self, shape) -> bool:
         return shape in self.order
 
+    def __iter__(self):
+        return iter(list(self.order))
 
-def rows_within(max_rows: int, max_tokens: int, padded_length: int) -> int:
-    """The most rows a model call of this padded length holds: max_rows, and max_tokens padded tokens (at least 1)."""
-    return max(1, min(max_rows, max_tokens // padded_length))
+
+def rows_within(max_rows: int, max_tokens: int, padded_length):
+    """The most rows a model call of this padded length holds: max_rows, and max_tokens padded tokens (at least 1);
+    for an array of lengths, an array."""
+    most = np.maximum(1, np.minimum(max_rows, max_tokens // padded_length))
+    return most if np.ndim(most) else int(most)
 
 
 def warmed_shapes(predictor, max_rows: int, max_seq_length: int, max_tokens: int) -> set:
@@ -677,9 +802,10 @@ class Batcher:
     """Runs the queued requests together on one predictor in its own thread. Each request is checked and encoded as
     it arrives (submit: its own errors are its own), then waits for company: up to max_batch_size sequences and
     max_batch_tokens tokens, for at most max_wait_ms, and only while fewer requests are queued than were in flight
-    around the last batch (a lone client is not kept waiting). A batch runs as length-sorted model calls cut where
-    padding would cost more than another call (split_by_length); each request is answered as soon as its own rows
-    have run, in order."""
+    around the last batch (a lone client is not kept waiting). Of the queue, a batch takes the requests of like
+    lengths that make the most of a model call (efficient_window), leaving the others for requests of their own
+    lengths, at most max_passed_over times; it runs as length-sorted model calls cut where padding would cost more
+    than another call (split_by_length); each request is answered as soon as its own rows have run, in order."""
 
     def __init__(
         self, make_predictor: Callable, model_path: str, task, window_args, max_seq_length: int, limits: ServingLimits
@@ -793,24 +919,50 @@ class Batcher:
                 if left <= 0:
                     break
                 self.lock.wait(left)
-            batch = self.take_batch()
+            if self.chooses_windows():
+                batch = self.efficient_batch()
+            else:
+                batch = self.take_batch(self.limits.max_batch_size, self.limits.max_batch_tokens)
             self.expected_requests = self.in_flight  # this batch's and those queued; later arrivals raise it
             return batch
 
-    def take_batch(self) -> List[Pending]:
-        """The queued requests, first come first, that fit max_batch_size sequences and max_batch_tokens tokens
-        (the first always does)."""
+    def chooses_windows(self) -> bool:
+        return self.limits.split_by_length and self.limits.max_passed_over > 0 and len(self.queue) > 1
+
+    def take_batch(self, max_rows: int, max_tokens: int) -> List[Pending]:
+        """The queued requests, first come first, that fit max_rows sequences and max_tokens tokens (the first always
+        does)."""
         batch, rows, tokens = [], 0, 0
         while self.queue:
             pending = self.queue[0]
-            fits = rows + pending.rows <= self.limits.max_batch_size
-            if batch and not (fits and tokens + pending.tokens <= self.limits.max_batch_tokens):
+            if batch and not (rows + pending.rows <= max_rows and tokens + pending.tokens <= max_tokens):
                 break
             batch.append(self.queue.popleft())
             rows, tokens = rows + pending.rows, tokens + pending.tokens
             self.queued_sequences -= pending.rows
             self.queued_tokens -= pending.tokens
         return batch
+
+    def efficient_batch(self) -> List[Pending]:
+        """Of the first WINDOW_CHOICE batches' worth of the queue, the requests efficient_window runs now (those
+        passed over max_passed_over times among them); the others go back to the queue's head, in their order."""
+        limits = self.limits
+        queued = self.take_batch(WINDOW_CHOICE * limits.max_batch_size, WINDOW_CHOICE * limits.max_batch_tokens)
+        chosen = set(
+            efficient_window(
+                [pending.longest for pending in queued], [pending.rows for pending in queued],
+                [pending.tokens for pending in queued], self.call_cost, limits.max_batch_size, limits.max_batch_tokens,
+                [pending.passed_over >= limits.max_passed_over for pending in queued], self.shapes,
+            )
+        )  # fmt: skip
+        for index in reversed(range(len(queued))):
+            if index not in chosen:
+                pending = queued[index]
+                pending.passed_over += 1
+                self.queue.appendleft(pending)
+                self.queued_sequences += pending.rows
+                self.queued_tokens += pending.tokens
+        return [queued[index] for index in sorted(chosen)]
 
     def loop(self) -> None:
         try:
@@ -824,13 +976,10 @@ class Batcher:
                     logger.warning(
                         "the server had not started %d s after the model: timing its calls anyway", START_WAIT_S
                     )
-                self.call_cost = measure_call_cost(predictor, limits.max_batch_size)
-                self.shapes.update((rows, self.call_cost.length) for rows in calibration_sizes(limits.max_batch_size))
-                logger.info(
-                    "a model call of %d tokens takes %s ms for 1, 2, ... rows; a new shape %.1f ms more",
-                    self.call_cost.length, " ".join(f"{1000 * t:.1f}" for t in self.call_cost.row_times[1:]),
-                    1000 * self.call_cost.new_shape,
-                )  # fmt: skip
+                sizes = (limits.max_batch_size, self.max_seq_length, limits.max_batch_tokens)
+                self.call_cost = measure_call_cost(predictor, *sizes)
+                self.shapes.update(calibration_cells(predictor, *sizes))
+                logger.info("model calls take %s", self.call_cost.describe())
             self.ready.set()
         except Exception as error:  # the server reports it on /health and to every request instead of dying silently
             self.fail_all(f"{type(error).__name__}: {first_line(error)}")

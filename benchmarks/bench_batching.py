@@ -7,10 +7,11 @@ composition alone (no threads, no HTTP), costed on the model's own call times.
 For each model (bench_serve's: the float default in Paddle fp32, the 3/4-width compressed best in ONNX Runtime int8)
 it times a call of n rows of L tokens on a grid of n and L (interleaved passes, each cell its fastest), then costs on
 that grid the model calls each schedule makes of the same sentences sent by --clients closed-loop clients, one
-sentence a request (each answered sentence brings that client's next): serve.py's cut rule (the queue taken whole and
-cut by serving.length_sorted_calls, with the cost the server measures at start); one padded call a batch; holding
-back calls of fewer than 8 rows for up to 2 or 4 rounds; running only the most efficient window of the sorted queue
-each time (a sentence passed over 3 or 6 times goes next, with the cut rule's call that holds it). Offline: the
+sentence a request (each answered sentence brings that client's next): serve.py's batches (serving.efficient_window's
+run of the queue, a sentence passed over at most 2, 3 or 6 times, cut by serving.length_sorted_calls, both deciding
+on the cost the server measures at start); serve.py's cut rule alone (the queue taken whole: --max_passed_over 0),
+on that cost and on the grid itself; one padded call a batch; holding back calls of fewer than 8 rows for up to 2 or
+4 rounds. Offline: the
 same sentences sorted by length, batches of 32. One more line estimates what packing each queue's sentences into rows
 of 128 tokens would cost (a sentence's own positions and attention mask within its row: not built, the exported
 programs take no such inputs), on the same grid. Each grid cell is timed twice: after the cell before (another shape)
@@ -43,33 +44,12 @@ PACKED_ROW = 128
 
 
 @dataclass
-class GridCost:
-    """A call's time on the measured grid of rows x padded lengths (interpolated between its points, and made to
-    grow with both); what serving.length_sorted_calls asks of a cost."""
-
-    rows: Sequence[int]
-    lengths: Sequence[int]
-    seconds: Sequence[Sequence[float]]  # seconds[length index][rows index]
-    bucket: int = 1
-
-    def __post_init__(self):
-        self.grown = np.maximum.accumulate(np.maximum.accumulate(np.array(self.seconds), axis=0), axis=1)
-
-    def padded_length(self, longest: int) -> int:
-        return -(-longest // self.bucket) * self.bucket
-
-    def of(self, rows: int, longest: int, shapes_run=None) -> float:
-        at_length = [np.interp(rows, self.rows, times) for times in self.grown]
-        return float(np.interp(self.padded_length(longest), self.lengths, at_length))
-
-
-@dataclass
 class CallTimes:
     """What a call costs: on the warm grid where its shape is one the backend still keeps (its last `kept`), else on
     the cold grid (a call after other shapes: Paddle's float oneDNN rebuilds its primitives, ONNX Runtime pays too)."""
 
-    warm: GridCost
-    cold: GridCost
+    warm: serving.CallCost
+    cold: serving.CallCost
     kept: int = 1
 
     def charges(self) -> Callable[[int, int], float]:
@@ -98,8 +78,11 @@ def measure_grids(predictor, passes: int = 2) -> CallTimes:
             warm[length, rows] = min(warm[length, rows], serving.timed_call(predictor, batch))
     bucket = getattr(predictor, "length_bucket", 1)
     grids = [
-        GridCost(
-            GRID_ROWS, GRID_LENGTHS, [[times[length, rows] for rows in GRID_ROWS] for length in GRID_LENGTHS], bucket
+        serving.CallCost(
+            GRID_ROWS,
+            GRID_LENGTHS,
+            tuple(tuple(times[length, rows] for rows in GRID_ROWS) for length in GRID_LENGTHS),
+            bucket,
         )
         for times in (warm, cold)
     ]
@@ -160,24 +143,21 @@ def held_back(lengths, cost, min_rows: int, max_rounds: int) -> Schedule:
     return schedule
 
 
-def best_window(lengths, cost, max_rounds: int, max_rows: int = 32) -> Schedule:
-    """Only the call of the sorted queue with the least model time a real token; once a sentence has been passed over
-    max_rounds times, the cut rule's calls that hold such sentences run instead."""
-    full_row = cost.of(32, 32) / (32 * 32)
-    cut = cut_rule(lengths, cost)
+def served_windows(lengths, cost, max_passed_over: int, kept: int, max_rows: int = 32, max_tokens: int = 1024):
+    """serve.py's batches with --max_passed_over: serving.efficient_window's sentences of the queue (all of it where
+    none has been passed over max_passed_over times yet: the window must hold those that have), cut by the cut
+    rule; both decide on `cost` and on the shapes the backend still keeps (a new one costs cost.new_shape)."""
+    shapes = serving.KeptShapes(kept)
 
     def schedule(queue, passed_over):
-        if any(passed_over[i] >= max_rounds for i in queue):
-            return [call for call in cut(queue, passed_over) if any(passed_over[i] >= max_rounds for i in call)]
-        order = sorted(queue, key=lengths.__getitem__)
-        tokens = np.concatenate([[0], np.cumsum([lengths[i] for i in order])])
-        best, chosen = -1.0, order[:1]
-        for start in range(len(order)):
-            for end in range(start + 1, min(len(order), start + max_rows) + 1):
-                efficiency = full_row * (tokens[end] - tokens[start]) / cost.of(end - start, lengths[order[end - 1]])
-                if efficiency > best:
-                    best, chosen = efficiency, order[start:end]
-        return [chosen]
+        queued = [lengths[i] for i in queue]
+        overdue = [passed_over[i] >= max_passed_over for i in queue]
+        chosen = serving.efficient_window(queued, [1] * len(queue), queued, cost, max_rows, max_tokens, overdue, shapes)
+        run = [queue[i] for i in chosen]
+        calls = serving.length_sorted_calls([lengths[i] for i in run], cost, max_rows, max_tokens, shapes)
+        for call in calls:
+            shapes.add((len(call), cost.padded_length(max(lengths[run[i]] for i in call))))
+        return [[run[i] for i in call] for call in calls]
 
     return schedule
 
@@ -202,15 +182,16 @@ def packed_seconds(lengths: Sequence[int], clients: int, times: CallTimes) -> fl
     return sum(charge(packed_rows(lengths[i : i + clients]), PACKED_ROW) for i in range(0, len(lengths), clients))
 
 
-def schedules(lengths, grid: GridCost, server_cost) -> dict:
+def schedules(lengths, grid: serving.CallCost, server_cost, kept: int) -> dict:
     return {
+        "serve.py's windows, passed over at most 2 times": served_windows(lengths, server_cost, 2, kept),
+        "serve.py's windows, passed over at most 3 times": served_windows(lengths, server_cost, 3, kept),
+        "serve.py's windows, passed over at most 6 times": served_windows(lengths, server_cost, 6, kept),
         "serve.py's cut rule (its start-up cost model)": cut_rule(lengths, server_cost),
         "the cut rule, deciding on the grid itself": cut_rule(lengths, grid),
         "one padded call a batch": cut_rule(lengths, serving.CallCost.linear(1e12)),
         "calls under 8 rows held back up to 2 rounds": held_back(lengths, grid, 8, 2),
         "calls under 8 rows held back up to 4 rounds": held_back(lengths, grid, 8, 4),
-        "the most efficient window, passed over at most 3 times": best_window(lengths, grid, 3),
-        "the most efficient window, passed over at most 6 times": best_window(lengths, grid, 6),
     }
 
 
@@ -224,10 +205,10 @@ def measure_model(label: str, model_dir: str, backend: str, precision: str, exam
     lengths = [len(feature["input_ids"]) for feature in encoded.dataset]
     times = measure_grids(predictor)
     grid = times.warm  # what the schedules decide on
-    server_cost = serving.measure_call_cost(predictor, 32)
+    server_cost = serving.measure_call_cost(predictor, 32, SEQ_LEN, 1024)
     offline = offline_seconds(lengths, times)
     rows = {}
-    for name, schedule in schedules(lengths, grid, server_cost).items():
+    for name, schedule in schedules(lengths, grid, server_cost, times.kept).items():
         row = closed_loop(lengths, args.clients, schedule, times)
         rows[name] = {**row, "over_offline": offline / row["model_seconds"]}
         print(f"{label}: {name}: {rows[name]['over_offline']:.1%} of offline, {row['model_calls']} calls", flush=True)

@@ -56,6 +56,7 @@ CONCURRENCIES = (1, 8, 32)
 LEVERS = {
     "all levers": (),
     "no length-sorted model calls (--split_by_length false)": ("--split_by_length", "false"),
+    "no passing over for like lengths (--max_passed_over 0)": ("--max_passed_over", "0"),
     "asyncio loop and h11 parser (--loop asyncio --http h11)": ("--loop", "asyncio", "--http", "h11"),
     "no waiting for company (--max_wait_ms 0)": ("--max_wait_ms", "0"),
     "calls of up to 16384 tokens, the former default (--max_batch_tokens 16384)": ("--max_batch_tokens", "16384"),

@@ -232,8 +232,8 @@ def flat_grid(fixed: float, per_token: float):
     from benchmarks import bench_batching
 
     rows, lengths = bench_batching.GRID_ROWS, bench_batching.GRID_LENGTHS
-    seconds = [[fixed + per_token * r * length for r in rows] for length in lengths]
-    return bench_batching.GridCost(rows, lengths, seconds)
+    seconds = tuple(tuple(fixed + per_token * r * length for r in rows) for length in lengths)
+    return serving.CallCost(rows, lengths, seconds)
 
 
 def test_the_grid_cost_interpolates_between_its_points():
@@ -309,7 +309,7 @@ def test_the_most_efficient_window_passes_no_sentence_over_more_than_its_rounds(
 
     lengths = [8 + (37 * i) % 90 for i in range(300)]  # mixed lengths, 8-97 tokens
     grid, most = flat_grid(fixed=0.5, per_token=0.01), []
-    window = bench_batching.best_window(lengths, grid, max_rounds=3)
+    window = bench_batching.served_windows(lengths, grid, max_passed_over=3, kept=1)
 
     def watched(queue, passed_over):
         most.append(max([passed_over[i] for i in queue]))

@@ -98,8 +98,78 @@ def test_a_shape_the_predictor_no_longer_keeps_costs_its_first_call_again(tokeni
     predictor.shapes_kept = 2
     batcher = started_batcher(tokenizer_folder, predictor)
     batcher.close()
-    assert (32, 32) in batcher.shapes and (16, 32) in batcher.shapes  # the last two timed
-    assert (1, 32) not in batcher.shapes
+    assert (8, 64) in batcher.shapes and (4, 64) in batcher.shapes  # the last two timed
+    assert (1, 64) not in batcher.shapes and (32, 16) not in batcher.shapes
+
+
+# ---- what a call costs: a grid of rows x lengths ---------------------------------------------------------------------
+def two_length_cost(fixed: float, per_token: float, **more) -> serving.CallCost:
+    """A call costing `fixed` plus per_token a padded token, timed at 1, 2, 4, ... 32 rows of 16 and 64 tokens."""
+    rows = tuple(serving.calibration_sizes(32))
+    seconds = tuple(tuple(fixed + per_token * n * length for n in rows) for length in (16, 64))
+    return serving.CallCost(rows, (16, 64), seconds, **more)
+
+
+def test_a_call_timed_at_two_lengths_keeps_its_fixed_part_at_every_length():
+    cost = two_length_cost(fixed=1.0, per_token=0.01)
+    for rows, length in [(4, 40), (3, 16), (32, 128), (8, 8), (1, 200)]:
+        assert cost.of(rows, length) == pytest.approx(1.0 + 0.01 * rows * length), (rows, length)
+    assert cost.of(64, 32) == pytest.approx(2 * cost.of(32, 32))  # beyond the rows timed: in proportion
+    one_length = serving.CallCost((1, 32), (32,), ((1.32, 11.24),))  # 1 + 0.01 x n x 32, at 32 tokens only
+    assert one_length.of(32, 64) == pytest.approx(2 * one_length.of(32, 32))  # in proportion to the length
+
+
+def test_a_call_timed_faster_than_one_with_fewer_rows_costs_as_much():
+    cost = serving.CallCost((1, 2, 4), (16,), ((1.0, 3.0, 2.0),))
+    assert cost.of(4, 16) == pytest.approx(3.0) and cost.of(3, 16) == pytest.approx(3.0)
+
+
+def test_the_costs_of_many_calls_at_once_are_those_of_each():
+    cost = two_length_cost(fixed=1.0, per_token=0.01, bucket=8, new_shape=0.5)
+    rows, padded = np.array([[1, 5, 32, 40]]), np.array([[8], [24], [64], [136]])
+    kept = serving.KeptShapes()
+    kept.update([(5, 24), (32, 64)])
+    many = cost.of_many(rows, padded, kept)
+    for i, j in np.ndindex(many.shape):
+        assert many[i, j] == pytest.approx(cost.of(int(rows[0, j]), int(padded[i, 0]), kept))
+
+
+# ---- the queue's most efficient window ----------------------------------------------------------------------------
+def window(lengths, cost, overdue=(), max_rows=32, max_tokens=10_000, rows=None):
+    rows = rows or [1] * len(lengths)
+    tokens = [n * length for n, length in zip(rows, lengths)]
+    chosen = serving.efficient_window(lengths, rows, tokens, cost, max_rows, max_tokens, overdue)
+    return sorted(lengths[i] for i in chosen)
+
+
+def test_a_batch_runs_the_queues_requests_of_like_lengths_that_make_the_most_of_a_call():
+    lengths = [10, 100, 10, 12, 100, 10, 11, 100, 10, 10]
+    cost = serving.CallCost.linear(fixed_tokens=50)
+    assert window(lengths, cost) == [100, 100, 100]  # 300 tokens for 350, where the short ones' 73 cost 134
+    assert window([10] * 30 + [100], cost) == [10] * 30  # 300 for 350, the long one's 100 for 150
+
+
+def test_of_the_runs_nearly_as_efficient_as_the_best_the_longest_goes():
+    cost = serving.CallCost.linear(fixed_tokens=1)  # 80 tokens for 81 units, or 164 for 169 (within 3%)
+    assert window([20] * 4 + [21] * 4, cost) == [20] * 4 + [21] * 4
+    assert window([20] * 4 + [30] * 4, cost) == [30] * 4  # 120 for 121; all 8: 200 for 241
+
+
+def test_a_request_passed_over_often_enough_runs_with_its_like():
+    lengths = [10, 100, 10, 12, 100, 10, 11, 100, 10, 10]
+    cost, overdue = serving.CallCost.linear(fixed_tokens=50), [False] * len(lengths)
+    overdue[0] = True  # a 10-token request: its run is the short ones' (73 tokens for 134)
+    assert window(lengths, cost, overdue) == [10, 10, 10, 10, 10, 11, 12]
+    overdue[1] = True  # and a 100-token one: the run holds both, the whole queue (373 for 1,050)
+    assert window(lengths, cost, overdue) == sorted(lengths)
+
+
+def test_a_window_fits_one_call_unless_a_request_alone_does_not():
+    lengths = [10] * 40
+    assert window(lengths, serving.CallCost.linear(fixed_tokens=50)) == [10] * 32  # max_batch_size rows
+    assert window(lengths, serving.CallCost.linear(fixed_tokens=50), max_tokens=100) == [10] * 10
+    assert window([500, 500], serving.CallCost.linear(fixed_tokens=50), max_tokens=100) == [500]
+    assert window([10, 10, 10], serving.CallCost.linear(fixed_tokens=50), rows=[20, 20, 1]) == [10, 10]  # 21 rows
 
 
 # ---- the batcher, on a stub predictor -------------------------------------------------------------------------------
@@ -152,10 +222,33 @@ class SlowedForAWhile:
         return [np.zeros((len(batch["input_ids"]), 15), dtype="float32")]
 
 
+def timed_cells(cost) -> list:
+    """The (rows, length) calls measure_call_cost times at 32 rows, 128 tokens and 1,024 tokens a call."""
+    return serving.calibration_cells(object(), 32, 128, 1024)
+
+
+def test_the_calls_timed_at_start_are_two_lengths_up_to_half_the_token_bound():
+    assert timed_cells(None) == [
+        (1, 16),
+        (2, 16),
+        (4, 16),
+        (8, 16),
+        (16, 16),
+        (32, 16),
+        (1, 64),
+        (2, 64),
+        (4, 64),
+        (8, 64),
+    ]
+    bucketed = type("Bucketed", (), {"length_bucket": 24})()
+    assert serving.calibration_cells(bucketed, 4, 40, 1024) == [(1, 24), (2, 24), (4, 24), (1, 40), (2, 40), (4, 40)]
+
+
 def test_the_call_costs_are_not_skewed_by_a_slow_while_at_their_start():
-    cost = serving.measure_call_cost(SlowedForAWhile(slowed_calls=10), 32)
-    for rows in serving.calibration_sizes(32):  # the first 10 of 24 calls: each size's timing was back to back
-        assert 0.0005 * rows <= cost.row_times[rows] < 0.0005 * rows + 0.004, rows
+    cost = serving.measure_call_cost(SlowedForAWhile(slowed_calls=20), 32, 128, 1024)
+    for rows, length in timed_cells(cost):  # the first pass and the first timed one slowed: each cell's was one
+        assert 0.0005 * rows <= cost.of(rows, length) < 0.0005 * rows + 0.004, (rows, length)
+    assert cost.of(32, 64) == pytest.approx(4 * cost.of(8, 64), rel=0.05)  # more rows than timed there: in proportion
 
 
 class KeepsTwoShapes:
@@ -173,9 +266,9 @@ class KeepsTwoShapes:
 
 
 def test_the_call_costs_are_those_of_a_shape_the_backend_still_keeps():
-    cost = serving.measure_call_cost(KeepsTwoShapes(), 32)
-    for rows in serving.calibration_sizes(32):
-        assert 0.0005 * rows <= cost.row_times[rows] < 0.0005 * rows + 0.004, rows
+    cost = serving.measure_call_cost(KeepsTwoShapes(), 32, 128, 1024)
+    for rows, length in timed_cells(cost):
+        assert 0.0005 * rows <= cost.of(rows, length) < 0.0005 * rows + 0.004, (rows, length)
     assert 0.015 < cost.new_shape < 0.03  # a first call's 20 ms more
 
 
@@ -188,7 +281,7 @@ def test_the_batcher_times_its_model_calls_only_once_its_server_has_started(toke
         assert predictor.shapes == []  # no bucket to warm: nothing run yet
         server_started.set()
         assert batcher.ready.wait(60)
-        assert {(rows, 32) for rows in serving.calibration_sizes(32)} <= set(predictor.shapes)
+        assert set(timed_cells(None)) <= set(predictor.shapes)
     finally:
         batcher.close()
 
@@ -265,6 +358,78 @@ def test_a_batch_takes_requests_up_to_max_batch_tokens(tokenizer_folder):
         assert batcher.metrics()["max_batch_size_seen"] == 2
     finally:
         predictor.release.set()
+        batcher.close()
+
+
+@pytest.mark.parametrize("max_passed_over, calls", [(3, [(3, 92), (6, 4)]), (0, [(6, 4), (3, 92)])])
+def test_a_batch_runs_like_lengths_together_and_leaves_the_others_for_the_next(
+    tokenizer_folder, max_passed_over, calls
+):
+    """Three 92-token requests make the most of a call (276 tokens for 326 time units); six of 4 tokens wait for the
+    next batch. Without windows (--max_passed_over 0), one batch takes them all, cut in two calls, the short first."""
+    predictor = RecordingPredictor()
+    batcher = started_batcher(tokenizer_folder, predictor, max_wait_ms=0, max_passed_over=max_passed_over)
+    batcher.call_cost = serving.CallCost.linear(fixed_tokens=50)
+    try:
+        predictor.hold = True
+        futures = [batcher.submit(examples("短"))]
+        assert predictor.entered.wait(60)
+        futures += [batcher.submit(examples("短句")) for _ in range(6)] + [
+            batcher.submit(examples("长" * 90)) for _ in range(3)
+        ]
+        predictor.hold = False
+        predictor.release.set()
+        assert all(len(future.result(60)) == 1 for future in futures)
+        assert predictor.shapes[-2:] == calls
+        assert batcher.metrics()["batches"] == (3 if max_passed_over else 2)
+    finally:
+        predictor.release.set()
+        batcher.close()
+
+
+class SteppedPredictor(RecordingPredictor):
+    """A RecordingPredictor whose held calls each wait for a step of their own (step), one call a step."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps, self.calls_entered = threading.Semaphore(0), threading.Semaphore(0)
+
+    def run(self, batch):
+        if self.hold:
+            self.calls_entered.release()
+            assert self.steps.acquire(timeout=60)
+        self.shapes.append(batch["input_ids"].shape)
+        return [np.zeros((len(batch["input_ids"]), 15), dtype="float32")]
+
+    def step(self) -> None:
+        """Let the held call finish, and wait until the next one is held."""
+        self.steps.release()
+        assert self.calls_entered.acquire(timeout=60)
+
+
+def test_a_request_is_passed_over_at_most_max_passed_over_times(tokenizer_folder):
+    """A lone short request among a stream of long ones, each batch of which makes more of a call than it would:
+    it runs in the batch after its second passing over."""
+    predictor = SteppedPredictor()
+    batcher = started_batcher(tokenizer_folder, predictor, max_wait_ms=0, max_passed_over=2)
+    batcher.call_cost = serving.CallCost.linear(fixed_tokens=50)
+    try:
+        predictor.shapes.clear()  # those timed at start
+        predictor.hold = True
+        futures = [batcher.submit(examples("短"))]
+        assert predictor.calls_entered.acquire(timeout=60)
+        short = batcher.submit(examples("短句"))
+        for _ in range(3):  # each time the model is busy, three more long requests arrive
+            futures += [batcher.submit(examples("长" * 90)) for _ in range(3)]
+            predictor.step()
+        predictor.hold = False
+        predictor.steps.release()
+        assert len(short.result(60)) == 1 and all(len(future.result(60)) == 1 for future in futures)
+        # left by two batches, it is in the third, which the cut rule runs as two calls (54 and 326 units for 418)
+        assert predictor.shapes == [(1, 3), (3, 92), (3, 92), (1, 4), (3, 92)]
+        assert batcher.metrics()["batches"] == 4
+    finally:
+        predictor.steps.release()
         batcher.close()
 
 
