@@ -599,6 +599,10 @@ class CallCost:
         """The length a call whose longest feature has `longest` tokens is padded to (an array for an array)."""
         return -(-longest // self.bucket) * self.bucket
 
+    def shape(self, rows: int, longest: int) -> Tuple[int, int]:
+        """A call's (rows, padded length): what KeptShapes holds."""
+        return rows, self.padded_length(longest)
+
     def describe(self) -> str:
         """'at 16 tokens 5.1 9.0 ... ms, at 64 tokens ... ms for 1, 2, 4, ... rows; a new shape 0.4 ms more'."""
         at_lengths = ", ".join(
@@ -609,9 +613,9 @@ class CallCost:
         return f"{at_lengths} for {rows} rows; a new shape {1000 * self.new_shape:.1f} ms more"
 
     def of(self, rows: int, longest: int, shapes_run=None) -> float:
-        padded = self.padded_length(longest)
-        new = self.new_shape if shapes_run is not None and (rows, padded) not in shapes_run else 0.0
-        return self.seconds_at(rows, padded) + new
+        shape = self.shape(rows, longest)
+        new = self.new_shape if shapes_run is not None and shape not in shapes_run else 0.0
+        return self.seconds_at(*shape) + new
 
     def of_many(self, rows: np.ndarray, padded: np.ndarray, shapes_run=None) -> np.ndarray:
         """`of` for arrays of rows and padded lengths (efficient_window's every window at once)."""
@@ -696,17 +700,16 @@ def efficient_window(
     start, end = np.arange(count)[:, None], np.arange(1, count + 1)[None, :]
     window_rows = np.maximum(row_sums[end] - row_sums[start], 1)
     padded = cost.padded_length(sorted_longest)[end - 1]
+    window_tokens = token_sums[end] - token_sums[start]
     seconds = np.maximum(cost.of_many(window_rows, padded, shapes_run), 1e-9)  # a model that takes no time: all
-    efficiency = np.where(end > start, (token_sums[end] - token_sums[start]) / seconds, -np.inf)
     late = np.flatnonzero(np.asarray(overdue, dtype=bool)[order]) if len(overdue) else np.array([], dtype=int)
     if late.size:
         allowed = (start <= late.min()) & (end > late.max())
     else:
-        allowed = (window_rows <= rows_within(max_rows, max_tokens, padded)) | (end == start + 1)
-    efficiency = np.where(allowed, efficiency, -np.inf)
+        allowed = (end > start) & ((window_rows <= rows_within(max_rows, max_tokens, padded)) | (end == start + 1))
+    efficiency = np.where(allowed, window_tokens / seconds, -np.inf)
     near_best = efficiency >= (1.0 - WINDOW_SLACK) * efficiency.max()
-    window_tokens = np.where(near_best, token_sums[end] - token_sums[start], -1)
-    first, stop = np.unravel_index(np.argmax(window_tokens), efficiency.shape)
+    first, stop = np.unravel_index(np.argmax(np.where(near_best, window_tokens, -1)), efficiency.shape)
     return sorted(int(index) for index in order[first : stop + 1])
 
 
@@ -722,8 +725,8 @@ def calibration_cells(predictor, max_rows: int, max_seq_length: int, max_tokens:
     CALIBRATION_LENGTHS (padded to the predictor's length_bucket, at most max_seq_length), 1, 2, 4, ... rows, up to
     max_rows and half max_tokens (a call's time a row is flat from about 8 rows up: beyond, measure_call_cost takes it
     in proportion to the rows, and the start is seconds shorter for the float model)."""
-    bucket = getattr(predictor, "length_bucket", 1)
-    lengths = sorted({min(-(-length // bucket) * bucket, max_seq_length) for length in CALIBRATION_LENGTHS})
+    bucketed = CallCost(bucket=getattr(predictor, "length_bucket", 1)).padded_length
+    lengths = sorted({min(bucketed(length), max_seq_length) for length in CALIBRATION_LENGTHS})
     most = {length: rows_within(max_rows, max(1, max_tokens // 2), length) for length in lengths}
     return [(rows, length) for length in lengths for rows in calibration_sizes(most[length])]
 
@@ -1089,7 +1092,7 @@ class Batcher:
 
     def record_call(self, features: list, call: List[int]) -> None:
         longest = max(len(features[i]["input_ids"]) for i in call)
-        self.shapes.add((len(call), self.call_cost.padded_length(longest)))
+        self.shapes.add(self.call_cost.shape(len(call), longest))
         with self.lock:
             self.stats["model_calls"] += 1
             self.stats["tokens"] += sum(len(features[i]["input_ids"]) for i in call)

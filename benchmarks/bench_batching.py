@@ -57,7 +57,7 @@ class CallTimes:
         kept = serving.KeptShapes(self.kept)
 
         def charge(rows: int, longest: int) -> float:
-            shape = (rows, self.warm.padded_length(longest))
+            shape = self.warm.shape(rows, longest)
             grid = self.warm if shape in kept else self.cold
             kept.add(shape)
             return grid.of(rows, longest)
@@ -156,7 +156,7 @@ def served_windows(lengths, cost, max_passed_over: int, kept: int, max_rows: int
         run = [queue[i] for i in chosen]
         calls = serving.length_sorted_calls([lengths[i] for i in run], cost, max_rows, max_tokens, shapes)
         for call in calls:
-            shapes.add((len(call), cost.padded_length(max(lengths[run[i]] for i in call))))
+            shapes.add(cost.shape(len(call), max(lengths[run[i]] for i in call)))
         return [[run[i] for i in call] for call in calls]
 
     return schedule

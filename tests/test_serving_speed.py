@@ -222,13 +222,13 @@ class SlowedForAWhile:
         return [np.zeros((len(batch["input_ids"]), 15), dtype="float32")]
 
 
-def timed_cells(cost) -> list:
+def timed_cells() -> list:
     """The (rows, length) calls measure_call_cost times at 32 rows, 128 tokens and 1,024 tokens a call."""
     return serving.calibration_cells(object(), 32, 128, 1024)
 
 
 def test_the_calls_timed_at_start_are_two_lengths_up_to_half_the_token_bound():
-    assert timed_cells(None) == [
+    assert timed_cells() == [
         (1, 16),
         (2, 16),
         (4, 16),
@@ -246,7 +246,7 @@ def test_the_calls_timed_at_start_are_two_lengths_up_to_half_the_token_bound():
 
 def test_the_call_costs_are_not_skewed_by_a_slow_while_at_their_start():
     cost = serving.measure_call_cost(SlowedForAWhile(slowed_calls=20), 32, 128, 1024)
-    for rows, length in timed_cells(cost):  # the first pass and the first timed one slowed: each cell's was one
+    for rows, length in timed_cells():  # the first pass and the first timed one slowed: each cell's was one
         assert 0.0005 * rows <= cost.of(rows, length) < 0.0005 * rows + 0.004, (rows, length)
     assert cost.of(32, 64) == pytest.approx(4 * cost.of(8, 64), rel=0.05)  # more rows than timed there: in proportion
 
@@ -267,7 +267,7 @@ class KeepsTwoShapes:
 
 def test_the_call_costs_are_those_of_a_shape_the_backend_still_keeps():
     cost = serving.measure_call_cost(KeepsTwoShapes(), 32, 128, 1024)
-    for rows, length in timed_cells(cost):
+    for rows, length in timed_cells():
         assert 0.0005 * rows <= cost.of(rows, length) < 0.0005 * rows + 0.004, (rows, length)
     assert 0.015 < cost.new_shape < 0.03  # a first call's 20 ms more
 
@@ -281,7 +281,7 @@ def test_the_batcher_times_its_model_calls_only_once_its_server_has_started(toke
         assert predictor.shapes == []  # no bucket to warm: nothing run yet
         server_started.set()
         assert batcher.ready.wait(60)
-        assert set(timed_cells(None)) <= set(predictor.shapes)
+        assert set(timed_cells()) <= set(predictor.shapes)
     finally:
         batcher.close()
 
