@@ -98,8 +98,8 @@ def test_a_shape_the_predictor_no_longer_keeps_costs_its_first_call_again(tokeni
     predictor.shapes_kept = 2
     batcher = started_batcher(tokenizer_folder, predictor)
     batcher.close()
-    assert (8, 64) in batcher.shapes and (4, 64) in batcher.shapes  # the last two timed
-    assert (1, 64) not in batcher.shapes and (32, 16) not in batcher.shapes
+    assert set(batcher.shapes) == {(5, 16), (5, 64)}  # the last two run: first_call_cost's last fresh shapes
+    assert [tuple(shape) for shape in predictor.shapes[-6:]] == [(5, 16)] * 3 + [(5, 64)] * 3  # each: first + 2
 
 
 # ---- what a call costs: a grid of rows x lengths ---------------------------------------------------------------------
@@ -270,6 +270,36 @@ def test_the_call_costs_are_those_of_a_shape_the_backend_still_keeps():
     for rows, length in timed_cells():
         assert 0.0005 * rows <= cost.of(rows, length) < 0.0005 * rows + 0.004, (rows, length)
     assert 0.015 < cost.new_shape < 0.03  # a first call's 20 ms more
+
+
+class GrowsAtItsLargest:
+    """A model whose call takes half a millisecond a row, and 20 ms more whenever a call is larger than any before
+    (a memory arena growing), whatever its shape (ONNX Runtime: a fresh shape's first call costs nothing more)."""
+
+    def __init__(self):
+        self.largest = 0
+
+    def run(self, batch):
+        size = batch["input_ids"].size
+        time.sleep(0.0005 * len(batch["input_ids"]) + (0.02 if size > self.largest else 0.0))
+        self.largest = max(self.largest, size)
+        return [np.zeros((len(batch["input_ids"]), 15), dtype="float32")]
+
+
+def test_a_backend_that_grows_at_its_largest_calls_has_no_new_shape_cost():
+    cost = serving.measure_call_cost(GrowsAtItsLargest(), 32, 128, 1024)
+    assert cost.new_shape < 0.005  # each timed cell's first call was its largest yet: 20 ms more, not a shape's
+
+
+def test_the_first_call_cost_is_timed_on_shapes_the_start_runs_nowhere_else():
+    predictor = type("Bucketed", (), {"length_bucket": 8})()
+    fresh = serving.fresh_cells(predictor, 32, 128, 1024)
+    warmed = serving.warmed_shapes(predictor, 32, 128, 1024)
+    assert len(fresh) == 4 and {length for _, length in fresh} == {16, 64}
+    assert not set(fresh) & (set(serving.calibration_cells(predictor, 32, 128, 1024)) | warmed)
+    # two rows a call at most: every row count is timed, so the fresh shapes are a bucket longer
+    assert serving.fresh_cells(predictor, 2, 128, 1024) == [(1, 24), (1, 72)]
+    assert serving.fresh_cells(predictor, 2, 16, 1024) == []  # nothing fresh left: no new-shape cost is timed
 
 
 def test_the_batcher_times_its_model_calls_only_once_its_server_has_started(tokenizer_folder):
