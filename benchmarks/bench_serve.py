@@ -117,8 +117,12 @@ def batcher_alone(model_dir: str, backend: str, precision: str, examples, thread
     served = deployment.resolve_deployment(
         deployment.DeployArguments(model_path=model_dir, backend=backend, precision=precision, num_threads=threads)
     )
-    batcher = serving.start_batcher(served, arguments.QAWindowArguments(), serving.ServingLimits())
+    batcher = serving.new_batcher(served, arguments.QAWindowArguments(), serving.ServingLimits())
+    make_predictor, timer = batcher.make_predictor, {}
+    batcher.make_predictor = lambda: timer.setdefault("predictor", TimedPredictor(make_predictor()))
+    batcher.start()
     batcher.settled.wait()
+    timer["predictor"].seconds = 0.0  # the calls of this run only, not the warm-up's and the calibration's
     answered = queue.SimpleQueue()  # one item a finished request: a client free for its next sentence
     started = time.perf_counter()
     for index in range(len(examples)):
@@ -130,11 +134,32 @@ def batcher_alone(model_dir: str, backend: str, precision: str, examples, thread
     seconds = time.perf_counter() - started
     metrics = batcher.metrics()
     batcher.close()
+    model_seconds = timer["predictor"].seconds
     return {
         "concurrency": concurrency,
         "sequences_per_second": len(examples) / seconds,
+        # where the gap to offline lies: the batcher's thread outside model calls, or the calls it makes
+        "model_busy_share": model_seconds / seconds,
+        "sequences_per_model_second": len(examples) / model_seconds,
         **{key: metrics[key] for key in ("batches", "model_calls", "tokens", "padded_tokens")},
     }
+
+
+class TimedPredictor:
+    """A predictor that adds up the time of its calls (run)."""
+
+    def __init__(self, predictor):
+        self.predictor, self.seconds = predictor, 0.0
+
+    def __getattr__(self, name):  # its length bucket, the shapes it keeps
+        return getattr(self.predictor, name)
+
+    def run(self, batch):
+        started = time.perf_counter()
+        try:
+            return self.predictor.run(batch)
+        finally:
+            self.seconds += time.perf_counter() - started
 
 
 class InstantPredictor:
@@ -292,7 +317,8 @@ def paired_rounds(port: int, pid: int, model_dir, backend, precision, examples, 
     for _ in range(rounds):
         alone_offline = offline(model_dir, backend, precision, examples, threads)
         offline_32, offline_1 = alone_offline["batch_32_sequences_per_second"], alone_offline["batch_1_latency_ms_p50"]
-        alone = batcher_alone(model_dir, backend, precision, examples, threads)["sequences_per_second"]
+        alone_row = batcher_alone(model_dir, backend, precision, examples, threads)
+        alone = alone_row["sequences_per_second"]
         server = load(port, pid, texts, 32)["sequences_per_second"]
         lone = load(port, pid, texts[:LONE_REQUESTS], 1)["latency_ms_p50"]
         measured.append(
@@ -302,6 +328,8 @@ def paired_rounds(port: int, pid: int, model_dir, backend, precision, examples, 
                 "server_concurrency_32": server,
                 "server_over_offline": server / offline_32,
                 "batcher_alone_over_offline": alone / offline_32,
+                "batcher_alone_model_busy_share": alone_row["model_busy_share"],
+                "batcher_alone_model_time_over_offline": alone_row["sequences_per_model_second"] / offline_32,
                 "offline_batch_1_p50_ms": offline_1,
                 "server_concurrency_1_p50_ms": lone,
                 "concurrency_1_added_ms": lone - offline_1,
@@ -319,6 +347,11 @@ def targets(baseline: dict, rows: list, rounds: list) -> dict:
     return {
         "concurrency_32_over_offline": ratio,
         "batcher_alone_over_offline": float(np.median([r["batcher_alone_over_offline"] for r in rounds])),
+        # the batcher alone's gap split: its thread's time outside model calls; its calls against offline's
+        "batcher_alone_model_busy_share": float(np.median([r["batcher_alone_model_busy_share"] for r in rounds])),
+        "batcher_alone_model_time_over_offline": float(
+            np.median([r["batcher_alone_model_time_over_offline"] for r in rounds])
+        ),
         "concurrency_32_over_offline_single_run": by_concurrency[32]["sequences_per_second"]
         / baseline["batch_32_sequences_per_second"],
         # the same per CPU second each process got (the server's, the offline run's): the cores are shared

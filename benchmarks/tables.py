@@ -323,6 +323,12 @@ def serve_tables(results: dict) -> list:
                 if "batcher_alone_over_offline" in model
                 else ""
             )
+            + (
+                f", its model calls busy {model['batcher_alone_model_busy_share']:.0%} of the time and running "
+                f"{model['batcher_alone_model_time_over_offline']:.0%} of offline's sequences a second of call time"
+                if "batcher_alone_model_busy_share" in model
+                else ""
+            )
             + "); concurrency 1 adds "
             f"{model['concurrency_1_p50_minus_offline_batch_1_ms']:+.1f} ms to batch 1's p50{lone_rounds(rounds)} "
             f"(target 2 ms: {'met' if model['met_2_ms'] else 'not met'})."

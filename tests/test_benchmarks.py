@@ -5,6 +5,7 @@ import collections
 import copy
 import json
 import os
+import time
 
 import pytest
 
@@ -297,7 +298,11 @@ def test_the_serving_targets_are_the_medians_of_the_paired_rounds():
         {"server_over_offline": 0.7, "batcher_alone_over_offline": 0.8, "concurrency_1_added_ms": 3.0},
         {"server_over_offline": 0.86, "batcher_alone_over_offline": 0.9, "concurrency_1_added_ms": 1.5},
     ]
+    for r, busy, calls in zip(rounds, (0.93, 0.97, 0.95), (0.8, 0.9, 0.85)):
+        r.update(batcher_alone_model_busy_share=busy, batcher_alone_model_time_over_offline=calls)
     met = bench_serve.targets(baseline, rows, rounds)
+    assert met["batcher_alone_model_busy_share"] == pytest.approx(0.95)
+    assert met["batcher_alone_model_time_over_offline"] == pytest.approx(0.85)
     assert met["concurrency_32_over_offline"] == pytest.approx(0.86) and met["met_85_percent"]
     assert met["concurrency_1_p50_minus_offline_batch_1_ms"] == pytest.approx(1.5) and met["met_2_ms"]
     assert met["concurrency_1_p50_minus_offline_batch_1_ms_single_run"] == pytest.approx(10.0)  # 20 against 10
@@ -327,3 +332,18 @@ def test_a_call_costs_its_cold_time_unless_the_backend_still_keeps_its_shape():
     # kept: 8 | 8 | 8 4 | 4 8 | 8 2 (4 dropped) | 2 4 | 4 8
     assert [charge(rows, 16) for rows in (8, 8, 4, 8, 2, 4, 8)] == [5.0, 1.0, 5.0, 1.0, 5.0, 5.0, 5.0]
     assert bench_batching.offline_seconds([16] * 64 + [30], times) == 5.0 + 1.0 + 5.0  # 32, 32 rows at 16; 1 at 30
+
+
+def test_the_batcher_alone_counts_its_model_calls_time():
+    from benchmarks import bench_serve
+
+    class Sleeps:
+        length_bucket = 8
+
+        def run(self, batch):
+            time.sleep(0.01)
+            return [batch]
+
+    timed = bench_serve.TimedPredictor(Sleeps())
+    assert timed.run("batch") == ["batch"] and timed.run("batch") == ["batch"]
+    assert 0.02 <= timed.seconds < 0.2 and timed.length_bucket == 8
