@@ -18,9 +18,12 @@ serve.py whose model answers at once (--instant_server), whose CPU time a reques
 tokenization and batching cost the event loop. The machine, /proc/loadavg
 before and after (the cores may be shared) and the targets (concurrency 32 >= 85% of offline batch 32; concurrency 1
 p50 <= offline batch 1 p50 + 2 ms) go to benchmarks/results/serve[_quick].json. The numbers held against
-the targets are the medians of --rounds paired rounds (offline batch 32 and batch 1, the batcher alone, the server at
-concurrency 32 and 1, one after another, the server kept started; batch 1 and concurrency 1 on the same first 300
-sentences): on a shared 2-core VM the same run's speed drifted by up to 1.4x within minutes.
+the targets are the medians of --rounds paired rounds (offline batch 32, the batcher alone and the server at
+concurrency 32 one after another, the server kept started; then batch 1 and concurrency 1 on the first 300 sentences,
+in alternating blocks of 20, each round's added latency the median of the blocks' differences): on a shared 2-core
+VM the same run's speed drifted by up to 1.4x within minutes, and a float batch-1 p50 by 50.7-58.9 ms between runs
+a minute apart. The batcher alone's rows also split its gap: its thread's share of time in model calls, and its
+sequences a second of call time against offline's.
 """
 
 import argparse
@@ -81,31 +84,88 @@ def models(workdir: str, name: str, best_backend: str, calibration_examples) -> 
     }
 
 
-def offline(model_dir: str, backend: str, precision: str, examples, threads: int) -> dict:
-    """infer.py's path: batch 32 end to end (tokenization included), and batch 1 per sentence."""
+def offline_predictor(model_dir: str, backend: str, precision: str, threads: int) -> tuple:
+    """infer.py's predictor (warmed at batch 32 and 1) and tokenizer."""
     options = predictors.PredictorOptions(
         backend=backend, precision=precision, num_threads=threads, batch_size=32, max_seq_length=SEQ_LEN
     )
     predictor = predictors.create_predictor(model_dir, options)
     predictors.warm_up_buckets(predictor, 32, SEQ_LEN)
     predictors.warm_up_buckets(predictor, 1, SEQ_LEN)
-    tokenizer = model_io.load_deployed_tokenizer(model_dir)
+    return predictor, model_io.load_deployed_tokenizer(model_dir)
+
+
+def offline_one(predictor, tokenizer, example) -> float:
+    """Seconds infer.py's path takes for one sentence at batch 1, its tokenization included."""
+    started = time.perf_counter()
+    one = utils.encode_text_examples([example], tokenizer, TNEWS, SEQ_LEN)
+    predictors.run_predictor(predictor, list(one.dataset), 1, per_token=False)
+    return time.perf_counter() - started
+
+
+def offline(model_dir: str, backend: str, precision: str, examples, threads: int) -> dict:
+    """infer.py's path: batch 32 end to end (tokenization included), and batch 1 per sentence."""
+    predictor, tokenizer = offline_predictor(model_dir, backend, precision, threads)
     started, cpu = time.perf_counter(), time.process_time()
     encoded = utils.encode_text_examples(examples, tokenizer, TNEWS, SEQ_LEN)
     predictors.run_predictor(predictor, list(encoded.dataset), 32, per_token=False)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     batch_32 = len(examples) / seconds
-    latencies = []
-    for example in examples[:LONE_REQUESTS]:  # the sentences the server gets at concurrency 1
-        started = time.perf_counter()
-        one = utils.encode_text_examples([example], tokenizer, TNEWS, SEQ_LEN)
-        predictors.run_predictor(predictor, list(one.dataset), 1, per_token=False)
-        latencies.append(time.perf_counter() - started)
+    latencies = [offline_one(predictor, tokenizer, example) for example in examples[:LONE_REQUESTS]]
     return {
         "batch_32_sequences_per_second": batch_32,
         "batch_32_cpu_cores_busy": cpu / seconds,
         "batch_1_latency_ms_p50": 1000 * float(np.median(latencies)),
     }
+
+
+LONE_BLOCK = 20  # lone_pairs alternates blocks of this many sentences between offline and the server
+
+
+def lone_pairs(port: int, model_dir: str, backend: str, precision: str, examples, threads: int) -> dict:
+    """Concurrency 1 against batch 1, block by block: each LONE_BLOCK of the first LONE_REQUESTS sentences run
+    offline one at a time and sent to the server one at a time (one keep-alive connection), one block right after the
+    other, which goes first alternating; the added latency is the median of the blocks' differences of p50, which a
+    machine's speed drifting over seconds moves far less than two runs' p50s a minute apart. Blocks, not single
+    sentences: a runtime's threads spin a while after each call (ONNX Runtime's do), and sentence by sentence each
+    side's spinning slowed the other's calls: offline int8's p50 was 9.9-15.5 ms in three runs so, 5.6-7.8 ms in three
+    by blocks."""
+    predictor, tokenizer = offline_predictor(model_dir, backend, precision, threads)
+    offline_ms, server_ms = [], []
+    with socket.create_connection(("127.0.0.1", port)) as connection:
+        reader = connection.makefile("rb")
+        lone = examples[:LONE_REQUESTS]
+        for index, start in enumerate(range(0, len(lone), LONE_BLOCK)):
+            block, times = lone[start : start + LONE_BLOCK], {}
+            for side in ("offline", "server") if index % 2 == 0 else ("server", "offline"):
+                if side == "offline":
+                    times[side] = [offline_one(predictor, tokenizer, example) for example in block]
+                else:
+                    requests = [http_request(port, example.text_a) for example in block]
+                    times[side] = [answer_seconds(connection, reader, request) for request in requests]
+            offline_ms.append(1000 * np.array(times["offline"]))
+            server_ms.append(1000 * np.array(times["server"]))
+    return {
+        "offline_batch_1_p50_ms": float(np.median(np.concatenate(offline_ms))),
+        "server_concurrency_1_p50_ms": float(np.median(np.concatenate(server_ms))),
+        "added_ms": float(np.median([np.median(s) - np.median(o) for o, s in zip(offline_ms, server_ms)])),
+    }
+
+
+def answer_seconds(connection: socket.socket, reader, request: bytes) -> float:
+    """Seconds from sending a prebuilt request on a keep-alive connection to its whole answer."""
+    started = time.perf_counter()
+    connection.sendall(request)
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        line = reader.readline()
+        if not line:
+            raise RuntimeError("serve.py closed the connection")
+        head += line
+    body = reader.read(int(CONTENT_LENGTH.search(head).group(1)))
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"serve.py answered {head.splitlines()[0]!r}: {body[:200]!r}")
+    return time.perf_counter() - started
 
 
 def batcher_alone(model_dir: str, backend: str, precision: str, examples, threads: int, concurrency: int = 32) -> dict:
@@ -315,12 +375,11 @@ def paired_rounds(port: int, pid: int, model_dir, backend, precision, examples, 
     speed drifts over minutes)."""
     measured = []
     for _ in range(rounds):
-        alone_offline = offline(model_dir, backend, precision, examples, threads)
-        offline_32, offline_1 = alone_offline["batch_32_sequences_per_second"], alone_offline["batch_1_latency_ms_p50"]
+        offline_32 = offline(model_dir, backend, precision, examples, threads)["batch_32_sequences_per_second"]
         alone_row = batcher_alone(model_dir, backend, precision, examples, threads)
         alone = alone_row["sequences_per_second"]
         server = load(port, pid, texts, 32)["sequences_per_second"]
-        lone = load(port, pid, texts[:LONE_REQUESTS], 1)["latency_ms_p50"]
+        lone = lone_pairs(port, model_dir, backend, precision, examples, threads)
         measured.append(
             {
                 "offline_batch_32": offline_32,
@@ -330,9 +389,9 @@ def paired_rounds(port: int, pid: int, model_dir, backend, precision, examples, 
                 "batcher_alone_over_offline": alone / offline_32,
                 "batcher_alone_model_busy_share": alone_row["model_busy_share"],
                 "batcher_alone_model_time_over_offline": alone_row["sequences_per_model_second"] / offline_32,
-                "offline_batch_1_p50_ms": offline_1,
-                "server_concurrency_1_p50_ms": lone,
-                "concurrency_1_added_ms": lone - offline_1,
+                "offline_batch_1_p50_ms": lone["offline_batch_1_p50_ms"],
+                "server_concurrency_1_p50_ms": lone["server_concurrency_1_p50_ms"],
+                "concurrency_1_added_ms": lone["added_ms"],  # the median of the sentences' differences
             }
         )
         print(f"  paired round: {measured[-1]}", flush=True)

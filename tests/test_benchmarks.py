@@ -347,3 +347,23 @@ def test_the_batcher_alone_counts_its_model_calls_time():
     timed = bench_serve.TimedPredictor(Sleeps())
     assert timed.run("batch") == ["batch"] and timed.run("batch") == ["batch"]
     assert 0.02 <= timed.seconds < 0.2 and timed.length_bucket == 8
+
+
+def test_a_lone_request_is_timed_to_the_end_of_its_answer_and_leaves_the_next_one_on_the_connection():
+    import socket
+
+    from benchmarks import bench_serve
+
+    client, server = socket.socketpair()
+    answers = [
+        b'HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n{"result":1}',
+        b"HTTP/1.1 503 X\r\ncontent-length: 2\r\n\r\n{}",
+    ]
+    with client, server:
+        reader = client.makefile("rb")
+        for answer in answers:
+            server.sendall(answer)
+        assert bench_serve.answer_seconds(client, reader, b"request") >= 0.0
+        assert server.recv(100) == b"request"
+        with pytest.raises(RuntimeError, match="503"):  # the next answer, read whole: not the 200's body
+            bench_serve.answer_seconds(client, reader, b"again")
