@@ -4,6 +4,7 @@
     python -m benchmarks.bench_serve --quick        # nano, 300 sentences
     python -m benchmarks.bench_serve --levers       # also each lever turned off in turn (c=1 and c=32)
     python -m benchmarks.bench_serve --best_backend openvino   # the compressed best served by OpenVINO (AMX CPUs)
+    python -m benchmarks.bench_serve --compare "--max_passed_over 0" --rounds 4   # only an A/B of two servers
 
 For each model (the float default: Paddle fp32; the compressed best as bench_deploy finds it: the 3/4-width model
 served by ONNX Runtime int8, or by OpenVINO int8 with --best_backend openvino, the faster where the CPU has AMX) it
@@ -32,6 +33,7 @@ import copy
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -106,17 +108,18 @@ def offline_one(predictor, tokenizer, example) -> float:
 def offline(model_dir: str, backend: str, precision: str, examples, threads: int) -> dict:
     """infer.py's path: batch 32 end to end (tokenization included), and batch 1 per sentence."""
     predictor, tokenizer = offline_predictor(model_dir, backend, precision, threads)
+    batch_32 = offline_batch_32(predictor, tokenizer, examples)
+    latencies = [offline_one(predictor, tokenizer, example) for example in examples[:LONE_REQUESTS]]
+    return {**batch_32, "batch_1_latency_ms_p50": 1000 * float(np.median(latencies))}
+
+
+def offline_batch_32(predictor, tokenizer, examples) -> dict:
+    """infer.py's path at batch 32, end to end (tokenization included): its throughput and the cores it kept busy."""
     started, cpu = time.perf_counter(), time.process_time()
     encoded = utils.encode_text_examples(examples, tokenizer, TNEWS, SEQ_LEN)
     predictors.run_predictor(predictor, list(encoded.dataset), 32, per_token=False)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    batch_32 = len(examples) / seconds
-    latencies = [offline_one(predictor, tokenizer, example) for example in examples[:LONE_REQUESTS]]
-    return {
-        "batch_32_sequences_per_second": batch_32,
-        "batch_32_cpu_cores_busy": cpu / seconds,
-        "batch_1_latency_ms_p50": 1000 * float(np.median(latencies)),
-    }
+    return {"batch_32_sequences_per_second": len(examples) / seconds, "batch_32_cpu_cores_busy": cpu / seconds}
 
 
 LONE_BLOCK = 20  # lone_pairs alternates blocks of this many sentences between offline and the server
@@ -499,6 +502,53 @@ def measure_model(label, model_dir, backend, precision, examples, texts, args) -
     return result
 
 
+def compare_servers(model_dir, backend, precision, examples, texts, threads: int, flags, rounds: int) -> dict:
+    """An A/B of two serve.py processes on one model folder, started side by side: the defaults against `flags`.
+    Each round measures offline batch 32, then each server at concurrency 32 on every sentence, which goes first
+    alternating; each server's ratio to that round's offline, and B over A, round by round."""
+    labels = ("defaults", " ".join(flags))
+    servers = {}
+    try:
+        for label, server_flags in zip(labels, ((), tuple(flags))):
+            port = free_port()
+            servers[label] = (start_server(model_dir, threads, port, server_flags), port)
+            load(port, servers[label][0].pid, texts[:64], 8)  # the client side warms up too
+        measured, (predictor, tokenizer) = [], offline_predictor(model_dir, backend, precision, threads)
+        for index in range(rounds):
+            offline_32 = offline_batch_32(predictor, tokenizer, examples)["batch_32_sequences_per_second"]
+            row = {"offline_batch_32": offline_32}
+            for label in labels if index % 2 == 0 else labels[::-1]:
+                process, port = servers[label]
+                served = load(port, process.pid, texts, 32)
+                row[label] = {key: served[key] for key in ("sequences_per_second", "latency_ms_p50", "latency_ms_p99")}
+                row[label]["over_offline"] = served["sequences_per_second"] / offline_32
+            row["b_over_a"] = row[labels[1]]["sequences_per_second"] / row[labels[0]]["sequences_per_second"]
+            measured.append(row)
+            print(f"  compare round: {row}", flush=True)
+    finally:
+        for process, _ in servers.values():
+            process.send_signal(signal.SIGTERM)
+            process.communicate(timeout=120)
+    return {"a": labels[0], "b": labels[1], "rounds": measured, **compare_summary(labels, measured)}
+
+
+def compare_summary(labels, rounds: list) -> dict:
+    """The medians of compare_servers' rounds, and the rounds B won."""
+    summary = {
+        f"{side}_over_offline": float(np.median([r[label]["over_offline"] for r in rounds]))
+        for side, label in zip("ab", labels)
+    }
+    summary.update(
+        {
+            f"{side}_latency_ms_p99": float(np.median([r[label]["latency_ms_p99"] for r in rounds]))
+            for side, label in zip("ab", labels)
+        }
+    )
+    ratios = [r["b_over_a"] for r in rounds]
+    summary.update(b_over_a=float(np.median(ratios)), b_won=sum(ratio > 1.0 for ratio in ratios))
+    return summary
+
+
 def busy_note(results: dict) -> str:
     """Whether other work shared the cores: the highest 1-minute load average seen against the core count plus one
     (the benchmark's own client and the server's event loop run beside the model's threads), and how many cores the
@@ -543,6 +593,14 @@ def main(argv=None):
         help="what serves the compressed best: the faster int8 backend of bench_deploy on this machine (ONNX Runtime "
         "on AVX2-only CPUs, OpenVINO where AMX is)",
     )
+    parser.add_argument(
+        "--compare",
+        metavar="FLAGS",
+        default=None,
+        help="only an A/B: two serve.py processes side by side, the defaults against these serve.py options (one "
+        "string, e.g. '--max_passed_over 0'), --rounds rounds at concurrency 32 beside offline batch 32; to "
+        "benchmarks/results/serve_compare[_quick].json",
+    )
     parser.add_argument("--output", default=None)
     parser.add_argument(
         "--instant_server",
@@ -564,6 +622,9 @@ def main(argv=None):
     examples = dev_examples[: args.sentences or (300 if args.quick else 1000)]
     texts = [example.text_a for example in examples]
     started, load_before = time.perf_counter(), open("/proc/loadavg").read().split()[:3]
+    if args.compare is not None:
+        compare_main(args, name, dev_examples, examples, texts, started)
+        return
     with tempfile.TemporaryDirectory() as workdir:
         paths = models(workdir, name, args.best_backend, dev_examples[len(examples) :] or examples)
         rows = [measure_model(label, *where, examples, texts, args) for label, where in paths.items()]
@@ -586,6 +647,29 @@ def main(argv=None):
     }
     results["machine_busy"] = busy_note(results)
     save_results(results, "serve", args.quick, args.output)
+
+
+def compare_main(args, name: str, dev_examples, examples, texts, started: float) -> None:
+    flags = shlex.split(args.compare)
+    if not flags:
+        raise runtime.UserError("--compare needs serve.py options to hold against the defaults")
+    with tempfile.TemporaryDirectory() as workdir:
+        paths = models(workdir, name, args.best_backend, dev_examples[len(examples) :] or examples)
+        rows = [
+            {"path": label, **compare_servers(*where, examples, texts, args.threads, flags, args.rounds)}
+            for label, where in paths.items()
+        ]
+    results = {
+        "machine": runtime.machine_details(),
+        "model": name,
+        "threads": args.threads,
+        "sentences": len(examples),
+        "load_generator": "asyncio, prebuilt HTTP/1.1 requests on keep-alive sockets, in the benchmark's process",
+        "compare_flags": flags,
+        "compare": rows,
+        "seconds": time.perf_counter() - started,
+    }
+    save_results(results, "serve_compare", args.quick, args.output)
 
 
 if __name__ == "__main__":

@@ -365,6 +365,27 @@ def serve_tables(results: dict) -> list:
     return text
 
 
+def compare_table(results: dict) -> list:
+    """bench_serve --compare: two servers side by side, the defaults (A) against the options given (B), round by
+    round at concurrency 32 against offline batch 32."""
+    flags = " ".join(results["compare_flags"])
+    header = ["model", "round", "offline batch 32 seq/s", "A: defaults, of offline", f"B: {flags}, of offline", "B / A"]
+    lines = []
+    for model in results["compare"]:
+        for index, r in enumerate(model["rounds"], 1):
+            lines.append([model["path"] if index == 1 else "", str(index), f"{r['offline_batch_32']:.1f}",
+                          f"{r[model['a']]['over_offline']:.0%}", f"{r[model['b']]['over_offline']:.0%}",
+                          f"{r['b_over_a']:.2f}"])  # fmt: skip
+        lines.append(["", "median", "", f"{model['a_over_offline']:.0%}", f"{model['b_over_offline']:.0%}",
+                      f"{model['b_over_a']:.2f} (B won {model['b_won']} of {len(model['rounds'])})"])  # fmt: skip
+    return [
+        f"ERNIE 3.0-{results['model'].capitalize()} shape, {results['sentences']} real TNEWS sentences at concurrency "
+        f"32, one a request, two serve.py processes started side by side (which goes first alternating each round); "
+        f"{machine_line(results)}:",
+        "",
+    ] + markdown_table(header, lines)
+
+
 def multiple_choice_table(results: dict) -> list:
     """bench_multiple_choice: C3 questions end to end through infer.py's path, every way of serving them."""
     header = ["path", "served as", "questions/s", "choice seq/s", "× float default"]
@@ -583,6 +604,8 @@ def tables(results: dict) -> list:
         return deploy_tables(results)
     if "results" in results:
         return compress_tables(results)
+    if "compare" in results:
+        return compare_table(results)
     if "load_generator" in results:
         return serve_tables(results)
     return infer_tables(results)
