@@ -634,11 +634,7 @@ def main(argv=None):
             "tokenization_ms_per_request": tokenization_ms_per_request(next(iter(paths.values()))[0], examples),
         }
     results = {
-        "machine": runtime.machine_details(),
-        "model": name,
-        "threads": args.threads,
-        "sentences": len(examples),
-        "load_generator": "asyncio, prebuilt HTTP/1.1 requests on keep-alive sockets, in the benchmark's process",
+        **run_details(name, args.threads, len(examples)),
         "loadavg_before": load_before,
         "loadavg_after": open("/proc/loadavg").read().split()[:3],
         "models": rows,
@@ -647,6 +643,17 @@ def main(argv=None):
     }
     results["machine_busy"] = busy_note(results)
     save_results(results, "serve", args.quick, args.output)
+
+
+def run_details(name: str, threads: int, sentences: int) -> dict:
+    """What every bench_serve results file begins with: the machine, the model shape, threads, sentences, client."""
+    return {
+        "machine": runtime.machine_details(),
+        "model": name,
+        "threads": threads,
+        "sentences": sentences,
+        "load_generator": "asyncio, prebuilt HTTP/1.1 requests on keep-alive sockets, in the benchmark's process",
+    }
 
 
 def compare_main(args, name: str, dev_examples, examples, texts, started: float) -> None:
@@ -660,11 +667,7 @@ def compare_main(args, name: str, dev_examples, examples, texts, started: float)
             for label, where in paths.items()
         ]
     results = {
-        "machine": runtime.machine_details(),
-        "model": name,
-        "threads": args.threads,
-        "sentences": len(examples),
-        "load_generator": "asyncio, prebuilt HTTP/1.1 requests on keep-alive sockets, in the benchmark's process",
+        **run_details(name, args.threads, len(examples)),
         "compare_flags": flags,
         "compare": rows,
         "seconds": time.perf_counter() - started,
