@@ -744,7 +744,8 @@ def fresh_cells(predictor, max_rows: int, max_seq_length: int, max_tokens: int) 
         (rows, length) for rows in FRESH_ROWS for length in lengths if rows < rows_within(max_rows, max_tokens, length)
     ]
     fresh += [(1, length + bucket) for length in lengths if length + bucket <= max_seq_length]
-    return [cell for cell in dict.fromkeys(fresh) if cell not in cells][:FRESH_SHAPES]
+    run = set(cells) | warmed_shapes(predictor, max_rows, max_seq_length, max_tokens)
+    return [cell for cell in dict.fromkeys(fresh) if cell not in run][:FRESH_SHAPES]
 
 
 def calibration_shapes(predictor, max_rows: int, max_seq_length: int, max_tokens: int) -> List[Tuple[int, int]]:

@@ -165,8 +165,9 @@ def answer_seconds(connection: socket.socket, reader, request: bytes) -> float:
         if not line:
             raise RuntimeError("serve.py closed the connection")
         head += line
-    body = reader.read(int(CONTENT_LENGTH.search(head).group(1)))
-    if not head.startswith(b"HTTP/1.1 200"):
+    length = CONTENT_LENGTH.search(head)
+    body = reader.read(int(length.group(1))) if length else b""
+    if not head.startswith(b"HTTP/1.1 200") or not length:
         raise RuntimeError(f"serve.py answered {head.splitlines()[0]!r}: {body[:200]!r}")
     return time.perf_counter() - started
 
@@ -185,6 +186,8 @@ def batcher_alone(model_dir: str, backend: str, precision: str, examples, thread
     batcher.make_predictor = lambda: timer.setdefault("predictor", TimedPredictor(make_predictor()))
     batcher.start()
     batcher.settled.wait()
+    if batcher.failed:
+        raise RuntimeError(f"serve.py's batcher could not start: {batcher.failed}")
     timer["predictor"].seconds = 0.0  # the calls of this run only, not the warm-up's and the calibration's
     answered = queue.SimpleQueue()  # one item a finished request: a client free for its next sentence
     started = time.perf_counter()
@@ -260,8 +263,7 @@ def http_cost(model_dir: str, texts) -> list:
         load(port, process.pid, texts[:64], 8)
         rows = [load(port, process.pid, texts[: LONE_REQUESTS if c == 1 else None], c) for c in (1, 32)]
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=120)
+        stop_servers([process])
     for row in rows:
         row["server_cpu_ms_per_request"] = 1000 * row["server_cpu_cores_busy"] / row["sequences_per_second"]
     return rows
@@ -368,8 +370,20 @@ def serve(model_dir: str, texts, threads: int, concurrencies, flags=(), then=Non
         metrics = get_json(f"http://127.0.0.1:{port}/metrics?format=json")
         return (rows, metrics) + ((then(port, process.pid),) if then else ())
     finally:
+        stop_servers([process])
+
+
+def stop_servers(processes) -> None:
+    """SIGTERM to every server first (each drains its requests), then wait for each, killing one that takes over
+    120 s."""
+    for process in processes:
         process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=120)
+    for process in processes:
+        try:
+            process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
 
 
 def paired_rounds(port: int, pid: int, model_dir, backend, precision, examples, texts, threads, rounds: int) -> list:
@@ -378,7 +392,9 @@ def paired_rounds(port: int, pid: int, model_dir, backend, precision, examples, 
     speed drifts over minutes)."""
     measured = []
     for _ in range(rounds):
-        offline_32 = offline(model_dir, backend, precision, examples, threads)["batch_32_sequences_per_second"]
+        predictor, tokenizer = offline_predictor(model_dir, backend, precision, threads)
+        offline_32 = offline_batch_32(predictor, tokenizer, examples)["batch_32_sequences_per_second"]
+        del predictor
         alone_row = batcher_alone(model_dir, backend, precision, examples, threads)
         alone = alone_row["sequences_per_second"]
         server = load(port, pid, texts, 32)["sequences_per_second"]
@@ -394,7 +410,7 @@ def paired_rounds(port: int, pid: int, model_dir, backend, precision, examples, 
                 "batcher_alone_model_time_over_offline": alone_row["sequences_per_model_second"] / offline_32,
                 "offline_batch_1_p50_ms": lone["offline_batch_1_p50_ms"],
                 "server_concurrency_1_p50_ms": lone["server_concurrency_1_p50_ms"],
-                "concurrency_1_added_ms": lone["added_ms"],  # the median of the sentences' differences
+                "concurrency_1_added_ms": lone["added_ms"],  # the median of the blocks' differences of p50
             }
         )
         print(f"  paired round: {measured[-1]}", flush=True)
@@ -526,9 +542,7 @@ def compare_servers(model_dir, backend, precision, examples, texts, threads: int
             measured.append(row)
             print(f"  compare round: {row}", flush=True)
     finally:
-        for process, _ in servers.values():
-            process.send_signal(signal.SIGTERM)
-            process.communicate(timeout=120)
+        stop_servers([process for process, _ in servers.values()])
     return {"a": labels[0], "b": labels[1], "rounds": measured, **compare_summary(labels, measured)}
 
 

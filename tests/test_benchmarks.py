@@ -363,10 +363,13 @@ def test_a_lone_request_is_timed_to_the_end_of_its_answer_and_leaves_the_next_on
         reader = client.makefile("rb")
         for answer in answers:
             server.sendall(answer)
-        assert bench_serve.answer_seconds(client, reader, b"request") >= 0.0
+        bench_serve.answer_seconds(client, reader, b"request")
         assert server.recv(100) == b"request"
-        with pytest.raises(RuntimeError, match="503"):  # the next answer, read whole: not the 200's body
+        with pytest.raises(RuntimeError, match=r"answered b'HTTP/1\.1 503 X': b'\{\}'"):  # the 200's body was read
             bench_serve.answer_seconds(client, reader, b"again")
+        server.sendall(b"HTTP/1.1 500 Y\r\n\r\n")
+        with pytest.raises(RuntimeError, match="500 Y"):  # no content-length: a clear error
+            bench_serve.answer_seconds(client, reader, b"third")
 
 
 def test_an_ab_of_two_servers_is_summed_up_by_its_medians_and_the_rounds_b_won():

@@ -300,6 +300,8 @@ def test_the_first_call_cost_is_timed_on_shapes_the_start_runs_nowhere_else():
     # two rows a call at most: every row count is timed, so the fresh shapes are a bucket longer
     assert serving.fresh_cells(predictor, 2, 128, 1024) == [(1, 24), (1, 72)]
     assert serving.fresh_cells(predictor, 2, 16, 1024) == []  # nothing fresh left: no new-shape cost is timed
+    # one row a call at 72 tokens (64 tokens a call): (1, 72) is warmed, so not fresh
+    assert serving.fresh_cells(predictor, 32, 128, 64) == [(3, 16), (1, 24)]
 
 
 def test_the_batcher_times_its_model_calls_only_once_its_server_has_started(tokenizer_folder):
