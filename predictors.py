@@ -569,10 +569,15 @@ def warm_up_shapes(predictor, shapes) -> list:
     (OpenVINO, 16 lengths at 32 rows: 193 MB more resident memory largest first, 322 MB smallest first). Returns the
     shapes in the order they ran."""
     order = sorted(shapes, key=lambda shape: (shape[0] * shape[1], shape[1]), reverse=True)
-    for rows, length in order:
-        ids = np.ones((rows, length), dtype="int64")
-        predictor.run({name: ids for name in EXPORT_INPUT_NAMES})
+    for shape in order:
+        predictor.run(ones_batch(shape))
     return order
+
+
+def ones_batch(shape: Tuple[int, int]) -> Dict[str, np.ndarray]:
+    """Model inputs of one (rows, length) shape, every id 1: what warm-ups and call timings run."""
+    ids = np.ones(shape, dtype="int64")
+    return {name: ids for name in EXPORT_INPUT_NAMES}
 
 
 def pad_features(features: Sequence[dict], length: Optional[int] = None) -> Dict[str, np.ndarray]:

@@ -28,9 +28,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from model_io import load_deployed_tokenizer
 from predictors import (
-    EXPORT_INPUT_NAMES,
     bucket_lengths,
     create_predictor,
+    ones_batch,
     run_predictor,
     warm_up_shapes,
 )
@@ -760,11 +760,11 @@ def first_call_cost(predictor, cells: Sequence[Tuple[int, int]]) -> float:
     """What a shape's first call takes more than its next ones: the median, over shapes run here for the first time,
     of the first call's time less the faster of the next two (0 without such shapes). Shapes new to the predictor, not
     the calibration's own first pass (each cell's first call against its fastest), which put ONNX Runtime int8's new
-    shape at 0-14 ms in five starts on one machine, where a fresh shape's first call took 0.2 ms more than its next
-    (the median of 30 such shapes)."""
+    shape at 0-14 ms in five calibrations on one machine, where a fresh shape's first call took 0.2 ms more than its
+    next (the median of 30 such shapes)."""
     extra = []
     for cell in cells:
-        batch = {name: np.ones(cell, dtype="int64") for name in EXPORT_INPUT_NAMES}
+        batch = ones_batch(cell)
         first = timed_call(predictor, batch)
         extra.append(max(0.0, first - min(timed_call(predictor, batch), timed_call(predictor, batch))))
     return float(np.median(extra)) if extra else 0.0
@@ -780,7 +780,7 @@ def measure_call_cost(predictor, max_rows: int, max_seq_length: int, max_tokens:
     shape, so that it meets what a backend keeps for its last shapes (Paddle's oneDNN keeps two:
     FLOAT_ONEDNN_CACHED_SHAPES)."""
     cells = calibration_cells(predictor, max_rows, max_seq_length, max_tokens)
-    batches = {cell: {name: np.ones(cell, dtype="int64") for name in EXPORT_INPUT_NAMES} for cell in cells}
+    batches = {cell: ones_batch(cell) for cell in cells}
     for cell in cells:
         predictor.run(batches[cell])
     fastest = {cell: float("inf") for cell in cells}
