@@ -349,7 +349,8 @@ def wait_ready(process: subprocess.Popen, port: int) -> subprocess.Popen:
     deadline = time.time() + 600
     while time.time() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the server exited: {process.stderr.read()[-2000:]}")
+            said = [line for line in process.stderr.read().splitlines() if line.strip()]
+            raise runtime.UserError(f"serve.py exited before it was ready: {said[-1] if said else 'no message'}")
         try:
             if get_json(f"http://127.0.0.1:{port}/health").get("status") == "ready":
                 return process
