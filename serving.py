@@ -56,6 +56,9 @@ except ImportError:
     orjson = None
 
 
+DEFAULT_PASSED_OVER = 3  # ServingLimits.max_passed_over with split_by_length
+
+
 @dataclass(frozen=True)
 class ServingLimits:
     """The batcher's and the request checks' limits (serve.py's options of the same names)."""
@@ -77,13 +80,14 @@ class ServingLimits:
             "cost (measured at start); false: one padded call per max_batch_size sequences."
         },
     )
-    max_passed_over: int = field(
-        default=3,
+    max_passed_over: Optional[int] = field(
+        default=None,
         metadata={
             "help": "Times a queued request may be left for a later batch, so that each batch runs sequences of like "
             "lengths: of the queue sorted by length, the run that one model call holds with the most tokens a second "
             "of model time (measured at start) goes first, and a request left this many times goes in the next "
-            "batch. 0: each batch takes the queue first come first. Needs split_by_length."
+            f"batch. 0: each batch takes the queue first come first. Default {DEFAULT_PASSED_OVER}, or 0 with "
+            "--split_by_length false (which more is refused with: windows need length-sorted calls)."
         },
     )
     max_wait_ms: float = field(
@@ -112,6 +116,17 @@ class ServingLimits:
             "answer (more: 408 and the connection closed)."
         },
     )
+
+    def __post_init__(self):
+        """max_passed_over left unset is the default of split_by_length's mode; windows asked for without
+        length-sorted calls are refused (the parsers turn the ValueError into one line), not ignored."""
+        if self.max_passed_over is None:
+            object.__setattr__(self, "max_passed_over", DEFAULT_PASSED_OVER if self.split_by_length else 0)
+        elif self.max_passed_over > 0 and not self.split_by_length:
+            raise ValueError(
+                f"--max_passed_over {self.max_passed_over} needs --split_by_length true (windows of like lengths "
+                "run as length-sorted calls); with --split_by_length false give --max_passed_over 0 or leave it out"
+            )
 
     MINIMUMS = {
         "max_batch_size": 1,

@@ -334,11 +334,12 @@ def test_several_worker_processes_serve_the_same_results(tnews_run):
 
 
 def test_serve_options_out_of_range_are_one_error_line(tnews_run):
-    for option, value, message in (
-        ("--workers", "0", "--workers must be at least 1, not 0"),
-        ("--max_wait_ms", "-1", "--max_wait_ms must not be negative"),
-        ("--max_batch_tokens", "0", "--max_batch_tokens must be at least 1, not 0"),
-        ("--loop", "bogus", "--loop must be one of auto, uvloop, asyncio, not 'bogus'"),
+    for options, message in (
+        (["--workers", "0"], "--workers must be at least 1, not 0"),
+        (["--max_wait_ms", "-1"], "--max_wait_ms must not be negative"),
+        (["--max_batch_tokens", "0"], "--max_batch_tokens must be at least 1, not 0"),
+        (["--loop", "bogus"], "--loop must be one of auto, uvloop, asyncio, not 'bogus'"),
+        (["--split_by_length", "false", "--max_passed_over", "2"], "--max_passed_over 2 needs --split_by_length true"),
     ):
         result = subprocess.run(
             [
@@ -346,8 +347,7 @@ def test_serve_options_out_of_range_are_one_error_line(tnews_run):
                 os.path.join(ROOT, "serve.py"),
                 "--model_path",
                 os.path.join(tnews_run, "export"),
-                option,
-                value,
+                *options,
             ],
             capture_output=True,
             text=True,
@@ -357,6 +357,13 @@ def test_serve_options_out_of_range_are_one_error_line(tnews_run):
         assert result.returncode == 2, result.stderr[-1000:]
         assert len(lines) == 1, result.stderr[-1000:]
         assert message in lines[0], result.stderr[-1000:]
+
+
+def test_max_passed_over_left_unset_follows_split_by_length():
+    """Windows of like lengths by default; without length-sorted calls, first come first (not windows ignored)."""
+    assert serving.ServingLimits().max_passed_over == 3
+    assert serving.ServingLimits(split_by_length=False).max_passed_over == 0
+    assert serving.ServingLimits(split_by_length=False, max_passed_over=0).max_passed_over == 0
 
 
 def test_metrics_are_in_prometheus_text_format(servers):
