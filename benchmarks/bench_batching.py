@@ -3,8 +3,10 @@ composition alone (no threads, no HTTP), costed on the model's own call times.
 
     python -m benchmarks.bench_batching            # ERNIE 3.0-Medium shape, 1,000 real TNEWS sentences
     python -m benchmarks.bench_batching --quick    # nano, 300 sentences
+    python -m benchmarks.bench_batching --best_backend openvino   # the compressed best in OpenVINO int8 (AMX CPUs)
 
-For each model (bench_serve's: the float default in Paddle fp32, the 3/4-width compressed best in ONNX Runtime int8)
+For each model (bench_serve's: the float default in Paddle fp32, the 3/4-width compressed best in ONNX Runtime int8,
+or in OpenVINO int8 with --best_backend openvino)
 it times a call of n rows of L tokens on a grid of n and L (interleaved passes, each cell its fastest), then costs on
 that grid the model calls each schedule makes of the same sentences sent by --clients closed-loop clients, one
 sentence a request (each answered sentence brings that client's next): serve.py's batches (serving.efficient_window's
@@ -16,7 +18,8 @@ same sentences sorted by length, batches of 32. One more line estimates what pac
 of 128 tokens would cost (a sentence's own positions and attention mask within its row: not built, the exported
 programs take no such inputs), on the same grid. Each grid cell is timed twice: after the cell before (another shape)
 and right after itself; every costed call, offline's too, is charged the second where its shape is among the
-backend's last kept (Paddle's float oneDNN keeps two, ONNX Runtime is taken to keep one), the first otherwise.
+backend's last kept (Paddle's float oneDNN keeps two, ONNX Runtime and OpenVINO are taken to keep one), the first
+otherwise.
 The machine and the ratios go to benchmarks/results/batching[_quick].json.
 """
 
@@ -36,7 +39,7 @@ import runtime
 import serving
 import utils
 from benchmarks.bench_infer import SEQ_LEN, TNEWS_FULL, TNEWS_SLICE, save_results
-from benchmarks.bench_serve import TNEWS, models
+from benchmarks.bench_serve import TNEWS, add_best_backend_option, models
 
 GRID_ROWS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 GRID_LENGTHS = (8, 12, 16, 20, 24, 32, 40, 48, 64, 96, 128)
@@ -236,6 +239,7 @@ def main(argv=None):
     parser.add_argument("--sentences", type=int, default=None)
     parser.add_argument("--clients", type=int, default=32, help="closed-loop clients, one sentence a request")
     parser.add_argument("--threads", type=int, default=2)
+    add_best_backend_option(parser)
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     if args.clients < 1:
@@ -245,7 +249,7 @@ def main(argv=None):
     examples = utils.load_examples(TNEWS, "dev", dev_file)[: args.sentences or (300 if args.quick else 1000)]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
-        paths = models(workdir, name, "onnxruntime", examples)
+        paths = models(workdir, name, args.best_backend, examples)
         rows = [measure_model(label, *where, examples, args) for label, where in paths.items()]
     results = {
         "machine": runtime.machine_details(),

@@ -86,6 +86,17 @@ def models(workdir: str, name: str, best_backend: str, calibration_examples) -> 
     }
 
 
+def add_best_backend_option(parser: argparse.ArgumentParser) -> None:
+    """--best_backend, for models(): bench_serve's and bench_batching's."""
+    parser.add_argument(
+        "--best_backend",
+        choices=("onnxruntime", "openvino"),
+        default="onnxruntime",
+        help="what serves the compressed best: the faster int8 backend of bench_deploy on this machine (ONNX Runtime "
+        "on AVX2-only CPUs, OpenVINO where AMX is)",
+    )
+
+
 def offline_predictor(model_dir: str, backend: str, precision: str, threads: int) -> tuple:
     """infer.py's predictor (warmed at batch 32 and 1) and tokenizer."""
     options = predictors.PredictorOptions(
@@ -601,13 +612,7 @@ def main(argv=None):
         help="paired rounds of offline (batch 32 and 1), the batcher alone and the server (concurrency 32 and 1), "
         "whose medians are the numbers held against the targets",
     )
-    parser.add_argument(
-        "--best_backend",
-        choices=("onnxruntime", "openvino"),
-        default="onnxruntime",
-        help="what serves the compressed best: the faster int8 backend of bench_deploy on this machine (ONNX Runtime "
-        "on AVX2-only CPUs, OpenVINO where AMX is)",
-    )
+    add_best_backend_option(parser)
     parser.add_argument(
         "--compare",
         metavar="FLAGS",
