@@ -86,8 +86,8 @@ class ServingLimits:
             "help": "Times a queued request may be left for a later batch, so that each batch runs sequences of like "
             "lengths: of the queue sorted by length, the run that one model call holds with the most tokens a second "
             "of model time (measured at start) goes first, and a request left this many times goes in the next "
-            f"batch. 0: each batch takes the queue first come first. Default {DEFAULT_PASSED_OVER}, or 0 with "
-            "--split_by_length false (which more is refused with: windows need length-sorted calls)."
+            f"batch. 0: each batch takes the queue first come first. Default {DEFAULT_PASSED_OVER}; with "
+            "--split_by_length false it is 0, and a larger value is refused (windows need length-sorted calls)."
         },
     )
     max_wait_ms: float = field(
