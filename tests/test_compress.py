@@ -458,6 +458,58 @@ def test_an_earlier_compression_output_is_not_replaced(tnews_compressed, tnews_r
     assert os.path.getmtime(os.path.join(tnews_compressed, "compress_report.json")) == before
 
 
+def embedding_tables(xml_file):
+    """{Gather name: (element type of the table it reads, that table's producer)} of an OpenVINO IR, for the Gathers
+    that read a 2-D table (the embeddings): a Constant, or a Constant widened by a Convert."""
+    import openvino
+
+    tables = {}
+    for gather in (
+        op for op in openvino.Core().read_model(xml_file).get_ordered_ops() if op.get_type_name() == "Gather"
+    ):
+        producer = gather.input_value(0).get_node()
+        stored = producer.input_value(0).get_node() if producer.get_type_name() == "Convert" else producer
+        if stored.get_type_name() == "Constant" and len(stored.get_output_shape(0)) == 2:
+            tables[gather.get_friendly_name()] = (
+                stored.get_output_element_type(0).get_type_name(),
+                producer.get_type_name(),
+            )
+    return tables
+
+
+def test_openvino_int8_candidates_look_embeddings_up_in_float16_and_stay_close_to_their_source(
+    tnews_compressed, tokenizer
+):
+    """NNCF leaves the embedding tables float and they are stored in float16 (quantization.half_precision_tables):
+    OpenVINO's CPU plugin widened NNCF's int8 tables to float32 when compiling (123 MB for the Medium shape), and
+    gathers from a float16 one. The candidate's logits on the 32 dev sentences against the float ONNX conversion it
+    was quantized from, with the bounds of the oneDNN int8 test above."""
+    import openvino
+
+    report = model_folder.read_report(os.path.join(tnews_compressed, "compress_report.json"))
+    candidates = [c for c in report.candidates if (c.backend, c.precision) == ("openvino", "int8")]
+    assert candidates
+    task = utils.SEQ_CLS_TASKS["tnews"]
+    examples = utils.load_examples(task, "dev", clue_file("tnews", "dev"))
+    features = list(utils.encode_text_examples(examples, tokenizer, task, 128).dataset)
+    for candidate in candidates:
+        xml_file = os.path.join(candidate.path, predictors.OpenVinoPredictor.INT8_FILE)
+        tables = embedding_tables(xml_file)
+        assert len(tables) >= 2, tables  # the word and position embeddings at least
+        assert set(tables.values()) == {("f16", "Convert")}, tables
+        compiled = openvino.Core().compile_model(xml_file, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        gathered = [
+            op.get_rt_info()["runtimePrecision"].astype(str)
+            for op in compiled.get_runtime_model().get_ordered_ops()
+            if op.get_rt_info()["layerType"].astype(str) == "Gather"
+        ]
+        assert "f16" in gathered, gathered
+        served = predictor_logits(candidate.path, features, "int8", backend="openvino")
+        source = predictor_logits(candidate.path, features, "fp32", backend="openvino")
+        assert np.abs(served - source).max() / (source.max() - source.min()) < int8_error_bound()
+        assert (served.argmax(-1) == source.argmax(-1)).mean() >= 0.9
+
+
 def int8_error_bound() -> float:
     """Without VNNI (or AMX) oneDNN multiplies int8 with vpmaddubsw, whose 16-bit sums saturate: on an AMD EPYC with
     AVX2 only the same candidates erred by 0.333 of the logits' range (every argmax still equal)."""
@@ -465,8 +517,9 @@ def int8_error_bound() -> float:
     return 0.3 if {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags) else 0.5
 
 
-def predictor_logits(model_dir, features, precision="fp32"):
-    options = predictors.PredictorOptions(num_threads=1, batch_size=8, max_seq_length=128, precision=precision)
+def predictor_logits(model_dir, features, precision="fp32", **options):
+    options = {"num_threads": 1, "batch_size": 8, "max_seq_length": 128, **options}
+    options = predictors.PredictorOptions(precision=precision, **options)
     predictor = predictors.create_predictor(model_dir, options)
     return np.stack(predictors.run_predictor(predictor, features, 8, per_token=False).outputs[0])
 
