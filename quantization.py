@@ -18,7 +18,7 @@ from dynabert import DistillationSettings, distillation_training
 from model_folder import EXPORT_INPUT_NAMES, TaskFile, read_model_files
 from model_io import export_input_spec, export_legacy_static_model, one_choice_per_row, save_deployable
 from predictors import OpenVinoPredictor, onnx_conversion, pad_features
-from runtime import logger
+from runtime import logger, quiet_logger
 from utils import TaskSpec
 
 
@@ -171,15 +171,16 @@ def nncf_quantize(folder: str, calibration: Sequence[dict], algo: Optional[str])
         lambda feature: {name: np.array([feature[name]], dtype="int64") for name in EXPORT_INPUT_NAMES},
     )
     model = openvino.Core().read_model(onnx_conversion(read_model_files(folder)))
-    quantized = nncf.quantize(
-        model,
-        dataset,
-        model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(calibration),
-        advanced_parameters=advanced,
-        # the embedding tables are looked up, not multiplied: they stay float (half_precision_tables)
-        ignored_scope=nncf.IgnoredScope(types=["Gather"], validate=False),
-    )
+    with quiet_logger("nncf"):  # its INFO lines name each Gather it leaves alone
+        quantized = nncf.quantize(
+            model,
+            dataset,
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(calibration),
+            advanced_parameters=advanced,
+            # the embedding tables are looked up, not multiplied: they stay float (half_precision_tables)
+            ignored_scope=nncf.IgnoredScope(types=["Gather"], validate=False),
+        )
     half_precision_tables(quantized)
     target = os.path.join(folder, OpenVinoPredictor.INT8_FILE)
     openvino.save_model(quantized, target)

@@ -152,6 +152,18 @@ def setup_logging(verbose: bool = True) -> None:
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
+@contextlib.contextmanager
+def quiet_logger(name: str, level: int = logging.WARNING):
+    """A library's logger at level (its lines below it dropped) inside, as it was after."""
+    library = logging.getLogger(name)
+    before = library.level
+    library.setLevel(level)
+    try:
+        yield
+    finally:
+        library.setLevel(before)
+
+
 # ---- atomic writes -------------------------------------------------------------------------------------------------
 def write_json_atomic(path: str, value) -> None:
     write_text_atomic(path, json.dumps(value, ensure_ascii=False, indent=2) + "\n")

@@ -20,7 +20,7 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -28,6 +28,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from model_io import load_deployed_tokenizer
 from predictors import (
+    OPENVINO_BATCH_TOKENS,
     bucket_lengths,
     create_predictor,
     ones_batch,
@@ -57,6 +58,7 @@ except ImportError:
 
 
 DEFAULT_PASSED_OVER = 3  # ServingLimits.max_passed_over with split_by_length
+DEFAULT_BATCH_TOKENS = 1024  # ServingLimits.max_batch_tokens for a predictor that names none (batch_tokens)
 
 
 @dataclass(frozen=True)
@@ -64,13 +66,14 @@ class ServingLimits:
     """The batcher's and the request checks' limits (serve.py's options of the same names)."""
 
     max_batch_size: int = field(default=32, metadata={"help": "Sequences run together, across requests."})
-    max_batch_tokens: int = field(
-        default=1024,
+    max_batch_tokens: Optional[int] = field(
+        default=None,
         metadata={
             "help": "Tokens run together: a batch takes requests up to this many tokens, and each model call holds at "
-            "most this many counted padded to its longest sequence (a longer single sequence runs alone). A call's "
-            "cost a row is flat from about 8 rows up, so the bound costs no speed; it bounds the memory a backend "
-            "keeps for its largest shapes (OpenVINO)."
+            "most this many counted padded to its longest sequence (a longer single sequence runs alone). It bounds "
+            "the memory a backend keeps for its largest shapes. Default: the backend's, OpenVINO "
+            f"{OPENVINO_BATCH_TOKENS} (its int8 calls gain from more rows on AMX), the others "
+            f"{DEFAULT_BATCH_TOKENS}."
         },
     )
     split_by_length: bool = field(
@@ -127,6 +130,13 @@ class ServingLimits:
                 f"--max_passed_over {self.max_passed_over} needs --split_by_length true (windows of like lengths "
                 "run as length-sorted calls); with --split_by_length false give --max_passed_over 0 or leave it out"
             )
+
+    def for_predictor(self, predictor) -> "ServingLimits":
+        """These limits with max_batch_tokens, when left unset, the predictor's (its batch_tokens, else
+        DEFAULT_BATCH_TOKENS)."""
+        if self.max_batch_tokens is not None:
+            return self
+        return replace(self, max_batch_tokens=getattr(predictor, "batch_tokens", DEFAULT_BATCH_TOKENS))
 
     MINIMUMS = {
         "max_batch_size": 1,
@@ -1026,7 +1036,7 @@ class Batcher:
     def loop(self) -> None:
         try:
             predictor = self.make_predictor()
-            limits = self.limits
+            self.limits = limits = self.limits.for_predictor(predictor)  # before the first batch is taken
             warmed = warmed_shapes(predictor, limits.max_batch_size, self.max_seq_length, limits.max_batch_tokens)
             self.shapes = KeptShapes(getattr(predictor, "shapes_kept", None))
             self.shapes.update(warm_up_shapes(predictor, warmed))

@@ -134,9 +134,9 @@ def cut_rule(lengths, cost, max_rows: int = 32, max_tokens: int = 1024) -> Sched
     return schedule
 
 
-def held_back(lengths, cost, min_rows: int, max_rounds: int) -> Schedule:
+def held_back(lengths, cost, min_rows: int, max_rounds: int, max_tokens: int = 1024) -> Schedule:
     """The cut rule's calls, but a call of fewer than min_rows rows waits for company (up to max_rounds rounds)."""
-    cut = cut_rule(lengths, cost)
+    cut = cut_rule(lengths, cost, max_tokens=max_tokens)
 
     def schedule(queue, passed_over):
         calls = cut(queue, passed_over)
@@ -185,16 +185,23 @@ def packed_seconds(lengths: Sequence[int], clients: int, times: CallTimes) -> fl
     return sum(charge(packed_rows(lengths[i : i + clients]), PACKED_ROW) for i in range(0, len(lengths), clients))
 
 
-def schedules(lengths, grid: serving.CallCost, server_cost, kept: int) -> dict:
+def schedules(lengths, grid: serving.CallCost, server_cost, kept: int, tokens: int) -> dict:
+    """Each schedule's calls hold at most tokens padded tokens (serve.py's --max_batch_tokens for the backend)."""
     return {
-        "serve.py's windows, passed over at most 2 times": served_windows(lengths, server_cost, 2, kept),
-        "serve.py's windows, passed over at most 3 times": served_windows(lengths, server_cost, 3, kept),
-        "serve.py's windows, passed over at most 6 times": served_windows(lengths, server_cost, 6, kept),
-        "serve.py's cut rule (its start-up cost model)": cut_rule(lengths, server_cost),
-        "the cut rule, deciding on the grid itself": cut_rule(lengths, grid),
-        "one padded call a batch": cut_rule(lengths, serving.CallCost.linear(1e12)),
-        "calls under 8 rows held back up to 2 rounds": held_back(lengths, grid, 8, 2),
-        "calls under 8 rows held back up to 4 rounds": held_back(lengths, grid, 8, 4),
+        "serve.py's windows, passed over at most 2 times": served_windows(
+            lengths, server_cost, 2, kept, max_tokens=tokens
+        ),
+        "serve.py's windows, passed over at most 3 times": served_windows(
+            lengths, server_cost, 3, kept, max_tokens=tokens
+        ),
+        "serve.py's windows, passed over at most 6 times": served_windows(
+            lengths, server_cost, 6, kept, max_tokens=tokens
+        ),
+        "serve.py's cut rule (its start-up cost model)": cut_rule(lengths, server_cost, max_tokens=tokens),
+        "the cut rule, deciding on the grid itself": cut_rule(lengths, grid, max_tokens=tokens),
+        "one padded call a batch": cut_rule(lengths, serving.CallCost.linear(1e12), max_tokens=tokens),
+        "calls under 8 rows held back up to 2 rounds": held_back(lengths, grid, 8, 2, tokens),
+        "calls under 8 rows held back up to 4 rounds": held_back(lengths, grid, 8, 4, tokens),
     }
 
 
@@ -208,10 +215,11 @@ def measure_model(label: str, model_dir: str, backend: str, precision: str, exam
     lengths = [len(feature["input_ids"]) for feature in encoded.dataset]
     times = measure_grids(predictor)
     grid = times.warm  # what the schedules decide on
-    server_cost = serving.measure_call_cost(predictor, 32, SEQ_LEN, 1024)
+    tokens = serving.ServingLimits().for_predictor(predictor).max_batch_tokens  # serve.py's default for the backend
+    server_cost = serving.measure_call_cost(predictor, 32, SEQ_LEN, tokens)
     offline = offline_seconds(lengths, times)
     rows = {}
-    for name, schedule in schedules(lengths, grid, server_cost, times.kept).items():
+    for name, schedule in schedules(lengths, grid, server_cost, times.kept, tokens).items():
         row = closed_loop(lengths, args.clients, schedule, times)
         rows[name] = {**row, "over_offline": offline / row["model_seconds"]}
         print(f"{label}: {name}: {rows[name]['over_offline']:.1%} of offline, {row['model_calls']} calls", flush=True)
@@ -222,6 +230,7 @@ def measure_model(label: str, model_dir: str, backend: str, precision: str, exam
         "backend": backend,
         "precision": precision,
         "tokens": sum(lengths),
+        "max_batch_tokens": tokens,
         "grid": {"rows": list(grid.rows), "lengths": list(grid.lengths), "seconds": grid.seconds},
         "grid_after_other_shapes": times.cold.seconds,
         "shapes_kept": times.kept,

@@ -209,6 +209,19 @@ def test_the_batcher_warms_its_buckets_largest_first_within_max_batch_tokens(tok
     assert predictor.shapes == [(16, 128), (32, 64), (21, 96), (32, 32)]  # 2048 (the longer first), 2016, 1024
 
 
+def test_max_batch_tokens_left_unset_is_the_predictors_and_given_is_kept(tokenizer_folder):
+    for batch_tokens, given, expected in ((None, None, 1024), (2048, None, 2048), (2048, 512, 512)):
+        predictor = RecordingPredictor()
+        predictor.length_bucket = 32
+        if batch_tokens:
+            predictor.batch_tokens = batch_tokens
+        limits = {} if given is None else {"max_batch_tokens": given}
+        batcher = started_batcher(tokenizer_folder, predictor, split_by_length=False, **limits)
+        batcher.close()
+        assert batcher.limits.max_batch_tokens == expected
+        assert max(rows * length for rows, length in predictor.shapes) == expected  # the warm-up's largest call
+
+
 class SlowedForAWhile:
     """A model whose call takes half a millisecond a row, and 20 ms more in its first calls (another thread holding
     the GIL, a neighbour on the cores: what slowed a server's own start-up timing)."""
