@@ -82,6 +82,14 @@ class DeployArguments:
     )
     num_threads: int = field(default=os.cpu_count() or 1, metadata={"help": "CPU threads."})
     enable_onednn: bool = field(default=True, metadata={"help": "oneDNN kernels on the paddle CPU backend."})
+    onnxruntime_spinning: Optional[bool] = field(
+        default=None,
+        metadata={
+            "help": "ONNX Runtime: whether its threads spin, waiting for work, between a call's parts and between "
+            "calls (session.intra_op.allow_spinning). Default: on, ONNX Runtime's own (the fastest calls offline); "
+            "false gives the cores to other threads, such as a server's event loop. Refused with other backends."
+        },
+    )
     length_bucket: Optional[int] = field(
         default=None,
         metadata={
@@ -213,6 +221,7 @@ def resolve_deployment(args: DeployArguments) -> Deployment:
         max_seq_length=args.max_seq_length or task_file.max_seq_length or task.max_seq_length,
         length_bucket=args.length_bucket,
         allow_no_trt_engine=args.allow_no_trt_engine,
+        onnxruntime_spinning=args.onnxruntime_spinning,
     )
     check_predictor_options(options, files)
     return Deployment(files, task_file, task, options)

@@ -38,6 +38,9 @@ class PredictorOptions:
     max_seq_length: int = 128
     length_bucket: Optional[int] = None  # Paddle, OpenVINO on the CPU: pad batches to a multiple of this; None: by kind
     allow_no_trt_engine: bool = False  # --use_trt: run a program TensorRT took no subgraph of (else an error)
+    onnxruntime_spinning: Optional[bool] = (
+        None  # ONNX Runtime's intra-op threads spin between calls; None: its own (on)
+    )
 
 
 def public_options(options: PredictorOptions) -> dict:
@@ -102,6 +105,8 @@ def check_predictor_options(options: PredictorOptions, files: ModelFiles) -> Non
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, not {options.precision!r}")
     if options.device not in DEVICES:
         raise UserError(f"--device must be cpu or gpu, not {options.device!r}")
+    if options.onnxruntime_spinning is not None and options.backend != "onnxruntime":
+        raise UserError(f"--onnxruntime_spinning is ONNX Runtime's: it does nothing with --backend {options.backend}")
     BACKENDS[options.backend].check(options, files)
 
 
@@ -416,6 +421,9 @@ class OnnxRuntimePredictor:
         session_options.intra_op_num_threads = options.num_threads
         session_options.inter_op_num_threads = 1
         session_options.log_severity_level = ORT_ERRORS_ONLY
+        if options.onnxruntime_spinning is not None:
+            spinning = "1" if options.onnxruntime_spinning else "0"
+            session_options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         return session_options
 
     @staticmethod

@@ -621,6 +621,12 @@ def main(argv=None):
         "string, e.g. '--max_passed_over 0'), --rounds rounds at concurrency 32 beside offline batch 32; to "
         "benchmarks/results/serve_compare[_quick].json",
     )
+    parser.add_argument(
+        "--compare_best_only",
+        action="store_true",
+        help="--compare on the compressed best alone (for options of its backend only, which the float default's "
+        "Paddle refuses)",
+    )
     parser.add_argument("--output", default=None)
     parser.add_argument(
         "--instant_server",
@@ -685,6 +691,7 @@ def compare_main(args, name: str, dev_examples, examples, texts, started: float)
         rows = [
             {"path": label, **compare_servers(*where, examples, texts, args.threads, flags, args.rounds)}
             for label, where in paths.items()
+            if not (args.compare_best_only and where[1] == "paddle")
         ]
     results = {
         **run_details(name, args.threads, len(examples)),

@@ -108,6 +108,25 @@ def test_onnxruntime_int8_is_reported_and_cached(runs):
     assert os.path.getmtime(int8) == cached  # converted and quantized once
 
 
+def spinning_entry(spinning):
+    session = predictors.OnnxRuntimePredictor.session_options(
+        predictors.PredictorOptions(backend="onnxruntime", onnxruntime_spinning=spinning)
+    )
+    try:
+        return session.get_session_config_entry("session.intra_op.allow_spinning")
+    except RuntimeError:  # not set: ONNX Runtime's own default
+        return None
+
+
+def test_onnxruntime_spinning_reaches_the_session_and_changes_no_prediction(runs):
+    assert [spinning_entry(value) for value in (None, True, False)] == [None, "1", "0"]
+    argv = ["--model_path", runs["tnews"], "--backend", "onnxruntime", "--precision", "int8", "--num_threads", "2"]
+    argv += ["--text", "以色列大规模空袭开始", "--text", "出栏一头猪亏损300元"]
+    spinning = infer.main(argv)["predictions"]
+    idle = infer.main(argv + ["--onnxruntime_spinning", "false"])["predictions"]
+    assert idle == spinning
+
+
 def test_onnx_conversion_and_quantization_print_no_warnings(tnews_run, tmp_path, capfd):
     """paddle2onnx 2.1.0's onnxoptimizer step always fails with a warning, and ONNX Runtime's quantization
     preparation warns about a constant it drops: neither says anything a user should act on."""
@@ -362,6 +381,10 @@ def bad_infer_cases(tmp_path, runs):
             ["--model_path", model, "--input_file", clue_file("tnews", "dev"), "--stream_window", "0"],
             r"--stream_window must be at least 1, not 0",
         ),
+        "onnxruntime spinning on paddle": (
+            ["--model_path", model, "--onnxruntime_spinning", "false"],
+            r"--onnxruntime_spinning is ONNX Runtime's: it does nothing with --backend paddle",
+        ),
     }
 
 
@@ -384,6 +407,7 @@ def bad_infer_cases(tmp_path, runs):
         "batch size zero",
         "negative length bucket",
         "stream window zero",
+        "onnxruntime spinning on paddle",
         "pair on a single-text task",
     ],
 )
