@@ -156,11 +156,12 @@ FLOAT_ONEDNN_CACHED_SHAPES = 2
 # buckets (870 MB peak), 1028 with 8 tokens (655 MB), 867 with 16 (527 MB), 787 with 32 (451 MB); a Nano-shaped model
 # 1067, 2449, 2333, 2102 seq/s (785, 475, 369, 311 MB).
 OPENVINO_LENGTH_BUCKET = 8
-# serve.py's default --max_batch_tokens for OpenVINO (serving.ServingLimits.for_predictor): the 3/4-width Medium in
-# int8, 2 threads on a Xeon with AMX, concurrency 32 against offline batch 32 in 4 paired rounds, 63-92% (median 74%)
+# serve.py's default --max_batch_tokens for OpenVINO int8 (serving.ServingLimits.for_predictor): the 3/4-width Medium,
+# 2 threads on a Xeon with AMX, concurrency 32 against offline batch 32 in 4 paired rounds, 63-92% (median 74%)
 # with 2048 tokens against 61-69% (67%) with 1024, every round won (B/A 1.11); serve.py's peak after 3,000 TNEWS
-# sentences 32 a request 391 MB against 382 MB. The float Paddle model gained nothing (1 round of 4), so it keeps 1024.
-OPENVINO_BATCH_TOKENS = 2048
+# sentences 32 a request 391 MB against 382 MB. The float Paddle model gained nothing (1 round of 4), so it keeps 1024,
+# as do OpenVINO's fp32 and bf16 (not measured).
+OPENVINO_INT8_BATCH_TOKENS = 2048
 
 
 def default_length_bucket(quantized: bool) -> int:
@@ -513,7 +514,8 @@ class OpenVinoPredictor:
         self.request = self.compiled.create_infer_request()
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
         self.length_bucket = max(1, options.length_bucket or OPENVINO_LENGTH_BUCKET)
-        self.batch_tokens = OPENVINO_BATCH_TOKENS
+        if options.precision == "int8":
+            self.batch_tokens = OPENVINO_INT8_BATCH_TOKENS
         self.max_length = options.max_seq_length
         self.model_files = [source] + ([source[:-4] + ".bin"] if source.endswith(".xml") else [])
         self.engine = f"openvino cpu {options.precision}"

@@ -154,10 +154,10 @@ def setup_logging(verbose: bool = True) -> None:
 
 @contextlib.contextmanager
 def quiet_logger(name: str, level: int = logging.WARNING):
-    """A library's logger at level (its lines below it dropped) inside, as it was after."""
+    """A library's logger at level or above, as it was (its lines below it dropped) inside; as it was after."""
     library = logging.getLogger(name)
     before = library.level
-    library.setLevel(level)
+    library.setLevel(max(level, library.getEffectiveLevel()))
     try:
         yield
     finally:

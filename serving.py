@@ -28,7 +28,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from model_io import load_deployed_tokenizer
 from predictors import (
-    OPENVINO_BATCH_TOKENS,
+    OPENVINO_INT8_BATCH_TOKENS,
     bucket_lengths,
     create_predictor,
     ones_batch,
@@ -71,8 +71,8 @@ class ServingLimits:
         metadata={
             "help": "Tokens run together: a batch takes requests up to this many tokens, and each model call holds at "
             "most this many counted padded to its longest sequence (a longer single sequence runs alone). It bounds "
-            "the memory a backend keeps for its largest shapes. Default: the backend's, OpenVINO "
-            f"{OPENVINO_BATCH_TOKENS} (its int8 calls gain from more rows on AMX), the others "
+            "the memory a backend keeps for its largest shapes. Default: the backend's, OpenVINO int8 "
+            f"{OPENVINO_INT8_BATCH_TOKENS} (its calls gained from more rows on a Xeon with AMX), the others "
             f"{DEFAULT_BATCH_TOKENS}."
         },
     )
@@ -136,7 +136,7 @@ class ServingLimits:
         DEFAULT_BATCH_TOKENS)."""
         if self.max_batch_tokens is not None:
             return self
-        return replace(self, max_batch_tokens=getattr(predictor, "batch_tokens", DEFAULT_BATCH_TOKENS))
+        return replace(self, max_batch_tokens=getattr(predictor, "batch_tokens", None) or DEFAULT_BATCH_TOKENS)
 
     MINIMUMS = {
         "max_batch_size": 1,
@@ -1037,6 +1037,7 @@ class Batcher:
         try:
             predictor = self.make_predictor()
             self.limits = limits = self.limits.for_predictor(predictor)  # before the first batch is taken
+            logger.info("model calls hold at most %d tokens (--max_batch_tokens)", limits.max_batch_tokens)
             warmed = warmed_shapes(predictor, limits.max_batch_size, self.max_seq_length, limits.max_batch_tokens)
             self.shapes = KeptShapes(getattr(predictor, "shapes_kept", None))
             self.shapes.update(warm_up_shapes(predictor, warmed))

@@ -124,7 +124,7 @@ def closed_loop(lengths: Sequence[int], clients: int, schedule: Schedule, times:
     return {"model_seconds": seconds, "model_calls": calls}
 
 
-def cut_rule(lengths, cost, max_rows: int = 32, max_tokens: int = 1024) -> Schedule:
+def cut_rule(lengths, cost, max_rows: int = 32, max_tokens: int = serving.DEFAULT_BATCH_TOKENS) -> Schedule:
     """serve.py's: the queue whole, cut where the padding saved outweighs another call (cost: what decides)."""
 
     def schedule(queue, passed_over):
@@ -134,7 +134,9 @@ def cut_rule(lengths, cost, max_rows: int = 32, max_tokens: int = 1024) -> Sched
     return schedule
 
 
-def held_back(lengths, cost, min_rows: int, max_rounds: int, max_tokens: int = 1024) -> Schedule:
+def held_back(
+    lengths, cost, min_rows: int, max_rounds: int, max_tokens: int = serving.DEFAULT_BATCH_TOKENS
+) -> Schedule:
     """The cut rule's calls, but a call of fewer than min_rows rows waits for company (up to max_rounds rounds)."""
     cut = cut_rule(lengths, cost, max_tokens=max_tokens)
 
@@ -146,7 +148,9 @@ def held_back(lengths, cost, min_rows: int, max_rounds: int, max_tokens: int = 1
     return schedule
 
 
-def served_windows(lengths, cost, max_passed_over: int, kept: int, max_rows: int = 32, max_tokens: int = 1024):
+def served_windows(
+    lengths, cost, max_passed_over: int, kept: int, max_rows: int = 32, max_tokens: int = serving.DEFAULT_BATCH_TOKENS
+):
     """serve.py's batches with --max_passed_over: serving.efficient_window's sentences of the queue (all of it where
     none has been passed over max_passed_over times yet: the window must hold those that have), cut by the cut
     rule; both decide on `cost` and on the shapes the backend still keeps (a new one costs cost.new_shape)."""

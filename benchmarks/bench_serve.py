@@ -639,6 +639,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, not {args.rounds}")
+    if args.compare_best_only and args.compare is None:
+        parser.error("--compare_best_only is an option of --compare")
     if args.instant_server:
         instant_server(args.instant_server, args.port)
         return
