@@ -105,9 +105,23 @@ def check_predictor_options(options: PredictorOptions, files: ModelFiles) -> Non
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, not {options.precision!r}")
     if options.device not in DEVICES:
         raise UserError(f"--device must be cpu or gpu, not {options.device!r}")
-    if options.onnxruntime_spinning is not None and options.backend != "onnxruntime":
-        raise UserError(f"--onnxruntime_spinning is ONNX Runtime's: it does nothing with --backend {options.backend}")
+    refuse_options_of_other_backends(options)
     BACKENDS[options.backend].check(options, files)
+
+
+def refuse_options_of_other_backends(options: PredictorOptions) -> None:
+    """An option that does nothing with the backend chosen is one error line, not silently ignored."""
+    backend = options.backend
+    if options.onnxruntime_spinning is not None and backend != "onnxruntime":
+        raise UserError(f"--onnxruntime_spinning is ONNX Runtime's: it does nothing with --backend {backend}")
+    if not options.enable_onednn and backend != "paddle":
+        raise UserError(f"--enable_onednn is the paddle backend's: it does nothing with --backend {backend}")
+    pads = backend == "openvino" or (backend == "paddle" and options.device == "cpu" and options.enable_onednn)
+    if (options.length_bucket or 1) > 1 and not pads:
+        raise UserError(
+            "--length_bucket pads batches for oneDNN (--backend paddle on the CPU) and OpenVINO; here each batch is "
+            "padded to its longest: leave it out"
+        )
 
 
 def refuse_tensorrt_elsewhere(options: PredictorOptions) -> None:

@@ -385,6 +385,18 @@ def bad_infer_cases(tmp_path, runs):
             ["--model_path", model, "--onnxruntime_spinning", "false"],
             r"--onnxruntime_spinning is ONNX Runtime's: it does nothing with --backend paddle",
         ),
+        "onednn off on onnxruntime": (
+            ["--model_path", model, "--backend", "onnxruntime", "--enable_onednn", "false"],
+            r"--enable_onednn is the paddle backend's: it does nothing with --backend onnxruntime",
+        ),
+        "length bucket on onnxruntime": (
+            ["--model_path", model, "--backend", "onnxruntime", "--length_bucket", "16"],
+            r"--length_bucket pads batches for oneDNN \(--backend paddle on the CPU\) and OpenVINO",
+        ),
+        "length bucket without onednn": (
+            ["--model_path", model, "--enable_onednn", "false", "--length_bucket", "16"],
+            r"--length_bucket pads batches for oneDNN",
+        ),
     }
 
 
@@ -408,6 +420,9 @@ def bad_infer_cases(tmp_path, runs):
         "negative length bucket",
         "stream window zero",
         "onnxruntime spinning on paddle",
+        "onednn off on onnxruntime",
+        "length bucket on onnxruntime",
+        "length bucket without onednn",
         "pair on a single-text task",
     ],
 )
