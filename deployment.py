@@ -81,7 +81,10 @@ class DeployArguments:
         default=None, metadata={"help": "Tokens per sequence; default: the model's task.json."}
     )
     num_threads: int = field(default=os.cpu_count() or 1, metadata={"help": "CPU threads."})
-    enable_onednn: bool = field(default=True, metadata={"help": "oneDNN kernels on the paddle CPU backend."})
+    enable_onednn: bool = field(
+        default=True,
+        metadata={"help": "oneDNN kernels on the paddle CPU backend (false is refused with the other backends)."},
+    )
     onnxruntime_spinning: Optional[bool] = field(
         default=None,
         metadata={
@@ -95,7 +98,8 @@ class DeployArguments:
         metadata={
             "help": "Paddle and OpenVINO on the CPU: pad each batch to a multiple of this many tokens, so that "
             "oneDNN and OpenVINO meet few shapes (1: to the batch's longest only). Default: Paddle 8 for float "
-            "models, 16 for int8 ones; OpenVINO 8."
+            "models, 16 for int8 ones; OpenVINO 8. Refused (above 1) where batches are padded to their longest "
+            "(ONNX Runtime, Paddle on the GPU or without oneDNN)."
         },
     )
 
