@@ -172,9 +172,9 @@ FLOAT_ONEDNN_CACHED_SHAPES = 2
 OPENVINO_LENGTH_BUCKET = 8
 # serve.py's default --max_batch_tokens for OpenVINO int8 (serving.ServingLimits.for_predictor): the 3/4-width Medium,
 # 2 threads on a Xeon with AMX, concurrency 32 against offline batch 32 in 4 paired rounds, 63-92% (median 74%)
-# with 2048 tokens against 61-69% (67%) with 1024, every round won (B/A 1.11); serve.py's peak after 3,000 TNEWS
-# sentences 32 a request 391 MB against 382 MB. The float Paddle model gained nothing (1 round of 4), so it keeps 1024,
-# as do OpenVINO's fp32 and bf16 (not measured).
+# with 2048 tokens against 61-69% (67%) with 1024, every round won (B/A 1.11; a second A/B: 68% against 65%, 7 rounds
+# of 8); serve.py's peak after 3,000 TNEWS sentences 32 a request 417 against 406 MB. The float Paddle model gained
+# nothing (1 round of 4), so it keeps 1024, as do OpenVINO's fp32 and bf16 (not measured).
 OPENVINO_INT8_BATCH_TOKENS = 2048
 
 
