@@ -38,9 +38,8 @@ class PredictorOptions:
     max_seq_length: int = 128
     length_bucket: Optional[int] = None  # Paddle, OpenVINO on the CPU: pad batches to a multiple of this; None: by kind
     allow_no_trt_engine: bool = False  # --use_trt: run a program TensorRT took no subgraph of (else an error)
-    onnxruntime_spinning: Optional[bool] = (
-        None  # ONNX Runtime's intra-op threads spin between calls; None: its own (on)
-    )
+    # ONNX Runtime's intra-op threads spin between calls; None: ONNX Runtime's own (on)
+    onnxruntime_spinning: Optional[bool] = None
 
 
 def public_options(options: PredictorOptions) -> dict:
@@ -109,6 +108,11 @@ def check_predictor_options(options: PredictorOptions, files: ModelFiles) -> Non
     BACKENDS[options.backend].check(options, files)
 
 
+def runs_on_onednn(options: PredictorOptions) -> bool:
+    """Whether the model runs on oneDNN's kernels: the paddle backend on the CPU with oneDNN on."""
+    return options.backend == "paddle" and options.device == "cpu" and options.enable_onednn
+
+
 def refuse_options_of_other_backends(options: PredictorOptions) -> None:
     """An option that does nothing with the backend chosen is one error line, not silently ignored."""
     backend = options.backend
@@ -116,8 +120,7 @@ def refuse_options_of_other_backends(options: PredictorOptions) -> None:
         raise UserError(f"--onnxruntime_spinning is ONNX Runtime's: it does nothing with --backend {backend}")
     if not options.enable_onednn and backend != "paddle":
         raise UserError(f"--enable_onednn is the paddle backend's: it does nothing with --backend {backend}")
-    pads = backend == "openvino" or (backend == "paddle" and options.device == "cpu" and options.enable_onednn)
-    if (options.length_bucket or 1) > 1 and not pads:
+    if (options.length_bucket or 1) > 1 and not (backend == "openvino" or runs_on_onednn(options)):
         raise UserError(
             "--length_bucket pads batches for oneDNN (--backend paddle on the CPU) and OpenVINO; here each batch is "
             "padded to its longest: leave it out"
@@ -146,7 +149,7 @@ def native_bfloat16() -> bool:
 
 
 def check_bfloat16(options: PredictorOptions, quantized: bool) -> None:
-    if options.backend != "paddle" or options.device != "cpu" or not options.enable_onednn:
+    if not runs_on_onednn(options):
         raise UserError(
             "--precision bf16 runs oneDNN's bfloat16 kernels: it needs --backend paddle --device cpu with oneDNN on"
         )
@@ -275,7 +278,7 @@ class PaddlePredictor:
         self.tensorrt = None  # with --use_trt: its plan and engines (a tensorrt_routes.TensorRtStart)
         self.predictor = self.start(files)
         self.input_names = self.predictor.get_input_names()
-        onednn = options.device == "cpu" and options.enable_onednn
+        onednn = runs_on_onednn(options)
         # oneDNN builds primitives per input shape: a bounded set of lengths bounds that cost and its memory
         self.length_bucket = max(1, options.length_bucket or default_length_bucket(self.quantized)) if onednn else 1
         self.max_length = options.max_seq_length  # buckets stop here

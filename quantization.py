@@ -187,16 +187,15 @@ def nncf_quantize(folder: str, calibration: Sequence[dict], algo: Optional[str])
     return target
 
 
-def half_precision_tables(model) -> int:
+def half_precision_tables(model) -> None:
     """Store each float32 table a Gather looks up (the word, position and type embeddings) as float16 widened after
-    the lookup, in place; returns how many. OpenVINO 2026.4's CPU plugin then gathers from the float16 table. NNCF's
+    the lookup, in place. OpenVINO 2026.4's CPU plugin then gathers from the float16 table. NNCF's
     int8 tables are widened to float32 when the model is compiled (its CPU plugin leaves an int8 Gather to the
     low-precision passes in a quantized model, which fold it): for the Medium shape, a 123 MB word embedding in the
     compiled model and its cache, against 61 MB in float16."""
     import openvino
     from openvino import opset13
 
-    halved = 0
     for gather in (op for op in model.get_ordered_ops() if op.get_type_name() == "Gather"):
         table = gather.input_value(0).get_node()
         if table.get_type_name() != "Constant" or table.get_output_element_type(0) != openvino.Type.f32:
@@ -206,5 +205,3 @@ def half_precision_tables(model) -> int:
             continue
         widened = opset13.convert(opset13.constant(values.astype(np.float16)), openvino.Type.f32)
         gather.input(0).replace_source_output(widened.output(0))
-        halved += 1
-    return halved
