@@ -11,6 +11,7 @@ files of a model folder.
 Imports arguments.py (the device check), model_folder.py, runtime.py and tensorrt_routes.py (for TensorRT only).
 """
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import importlib
@@ -167,6 +168,67 @@ def refuse_emulated_bfloat16() -> None:
 
 
 FLOAT_ONEDNN_CACHED_SHAPES = 2
+# The PIR passes that turn a float program's matmul + add into oneDNN fc ops (Config.disable_mkldnn_fc_passes does
+# not reach PIR programs: measured, no change). An fc reorders its weights for each input shape; at batch 1 sentences
+# come in any order and each length is a new shape for the two-shape cache, so that reorder is paid on most calls.
+# ERNIE 3.0-Medium, float, 2 threads (AMD EPYC, avx512 without avx_vnni), 300 TNEWS dev sentences one at a time in
+# file order: p50 25.5-27.2 ms without these passes against 43.0-44.1 ms with them, peak 1.10 against 1.44 GB; with a
+# 32-shape cache the fc path took 22 ms at 3.6 GB. At 2 rows a call the two were even, at 4 and 16 rows the fc path
+# was 10-40% faster (batches in file order), and sorted batches of 32 ran 71-77 against 82 seq/s: so batch 1 only.
+PIR_ONEDNN_FC_PASSES = ("matmul_add_act_fuse_pass", "fc_onednn_pass")
+
+
+def lone_calls_unfused(options: PredictorOptions, program: str) -> bool:
+    """Whether a float oneDNN fp32 predictor runs its matmuls unfused: at --batch_size 1, for a PIR program."""
+    return options.batch_size == 1 and options.precision == "fp32" and program.endswith(".json")
+
+
+def has_lone_call_predictor(files: ModelFiles, options: PredictorOptions) -> bool:
+    """Whether a server of these options and files can run its 1-row calls on a predictor of their own: float fp32
+    on oneDNN, a PIR program (lone_calls_unfused at batch 1)."""
+    lone = dataclasses.replace(options, batch_size=1)
+    return runs_on_onednn(options) and not files.quantized and lone_calls_unfused(lone, files.program)
+
+
+def refuse_lone_call_predictor_elsewhere(files: ModelFiles, options: PredictorOptions, wanted: Optional[bool]):
+    """serve.py's --lone_call_predictor given where there is no such predictor: one error line, not ignored."""
+    if wanted is not None and not has_lone_call_predictor(files, options):
+        raise UserError(
+            "--lone_call_predictor is for float models served by --backend paddle on oneDNN (fp32, a model.json "
+            "program): it does nothing here, leave it out"
+        )
+
+
+class LoneCallPredictor:
+    """A serving predictor that runs 1-row calls on a second predictor built for batch 1 (unfused matmuls:
+    PIR_ONEDNN_FC_PASSES) and every other call on the main one, whose length bucket, kept shapes and token budget it
+    has. The second one is made and run on a thread of its own: Paddle keeps oneDNN's cached shapes per thread, so
+    that its calls leave the main predictor's two cached shapes (FLOAT_ONEDNN_CACHED_SHAPES) where they were."""
+
+    def __init__(self, main, make_lone):
+        self.main = main
+        self.thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lone-call-predictor")
+        self.lone = self.thread.submit(make_lone).result()
+        self.engine = f"{main.engine}; 1-row calls: {self.lone.engine}"
+
+    def __getattr__(self, name):
+        return getattr(self.main, name)
+
+    def run(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        if len(batch["input_ids"]) == 1:
+            return self.thread.submit(self.lone.run, batch).result()
+        return self.main.run(batch)
+
+
+def create_serving_predictor(files: ModelFiles, options: PredictorOptions, lone_call_predictor: Optional[bool]):
+    """serve.py's predictor: create_predictor's, paired with a batch-1 one where has_lone_call_predictor and
+    lone_call_predictor is not False (None: where it applies)."""
+    main = create_predictor(files, options)
+    if lone_call_predictor is False or not has_lone_call_predictor(files, options):
+        return main
+    return LoneCallPredictor(main, lambda: create_predictor(files, dataclasses.replace(options, batch_size=1)))
+
+
 # OpenVINO's CPU plugin compiles kernels for every new input shape and keeps them (about 4 MB a shape for the
 # 3/4-width Medium in int8): a first call at a new length took 50-80 ms more at batch 32. Measured with infer.py
 # --perf on 3,000 TNEWS sentences, 2 threads (Xeon with AMX), int8, end to end: the 3/4-width Medium 782 seq/s with no
@@ -329,6 +391,10 @@ class PaddlePredictor:
             # oneDNN keeps a copy of the reordered float weights for every input shape it has seen (about
             # 160 MB a shape for ERNIE 3.0-Medium, measured); length-sorted batches meet each shape in a row
             config.set_mkldnn_cache_capacity(FLOAT_ONEDNN_CACHED_SHAPES)
+            if lone_calls_unfused(options, self.program):
+                for name in PIR_ONEDNN_FC_PASSES:
+                    config.delete_pass(name)
+                self.engine += ", unfused matmuls for batch 1"
         return config
 
     def run(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:

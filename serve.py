@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import arguments
 import deployment
+import predictors
 import runtime
 import serving
 
@@ -162,6 +163,7 @@ def main(argv=None):
     check_server_choices(serve)
     arguments.check_minimums(limits, serving.ServingLimits.MINIMUMS)
     served = deployment.resolve_deployment(deploy)  # refuse a missing model or bad options before listening
+    predictors.refuse_lone_call_predictor_elsewhere(served.files, served.options, limits.lone_call_predictor)
     task, options = served.task, served.options
     runtime.logger.info(
         "serving %s (%s %s) at http://%s:%d/%s with %d worker(s)",

@@ -30,7 +30,7 @@ from model_io import load_deployed_tokenizer
 from predictors import (
     OPENVINO_INT8_BATCH_TOKENS,
     bucket_lengths,
-    create_predictor,
+    create_serving_predictor,
     ones_batch,
     run_predictor,
     warm_up_shapes,
@@ -98,6 +98,15 @@ class ServingLimits:
         metadata={
             "help": "How long a request waits at most for others to share its batch; it waits only while fewer "
             "requests are queued than were in flight around the last batch."
+        },
+    )
+    lone_call_predictor: Optional[bool] = field(
+        default=None,
+        metadata={
+            "help": "Float models on --backend paddle with oneDNN: run 1-row model calls (a lone request) on a second "
+            "predictor built for batch 1, whose unfused matmuls skip the weight reorder an fc op pays for each new "
+            "length (a Medium model's p50 at batch 1: 26-27 against 43-44 ms, AMD EPYC), at the memory of a second "
+            "copy of the model. Default: on where it applies; elsewhere giving it is refused."
         },
     )
     max_queue: int = field(
@@ -1197,7 +1206,7 @@ class Batcher:
 def new_batcher(served, window_args, limits: ServingLimits) -> Batcher:
     """A batcher for a deployment.Deployment, not started (its predictor is made in its thread once it is)."""
     return Batcher(
-        lambda: create_predictor(served.files, served.options),
+        lambda: create_serving_predictor(served.files, served.options, limits.lone_call_predictor),
         served.model_path,
         served.task,
         window_args,

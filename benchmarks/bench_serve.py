@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from typing import Optional
 
 import numpy as np
 
@@ -70,20 +71,23 @@ LONE_REQUESTS = 300  # concurrency 1 sends the first 300 sentences only (its p50
 CONTENT_LENGTH = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
 
 
-def models(workdir: str, name: str, best_backend: str, calibration_examples) -> dict:
+def models(workdir: str, name: str, best_backend: str, calibration_examples, only: Optional[str] = None) -> dict:
     """{label: (model folder, backend, precision)}: the float default and the compressed best's shape and serving
-    (the 3/4-width model in int8 by best_backend; OpenVINO's NNCF calibrated on the last 64 calibration_examples)."""
-    model = build_model(name)
+    (the 3/4-width model in int8 by best_backend; OpenVINO's NNCF calibrated on the last 64 calibration_examples);
+    with only "float" or "best", that one alone (the other is not built)."""
+    model, built = build_model(name), {}
+    if only != "best":
+        built["float default (paddle fp32)"] = (export(model, os.path.join(workdir, "float")), "paddle", "fp32")
+    if only == "float":
+        return built
     pruned = dynabert.slice_to_width(copy.deepcopy(model), 0.75)
     if best_backend == "openvino":
         calibration = calibration_features(calibration_examples)
         best = int8_folders(pruned, workdir, "width 3/4", calibration)["width 3/4, openvino int8"]
     else:  # ONNX Runtime quantizes dynamically, when it loads the model
         best = served_as(export(pruned, os.path.join(workdir, "pruned")), "onnxruntime", "int8")
-    return {
-        "float default (paddle fp32)": (export(model, os.path.join(workdir, "float")), "paddle", "fp32"),
-        f"compressed best (width 3/4, {best_backend} int8)": (best, best_backend, "int8"),
-    }
+    built[f"compressed best (width 3/4, {best_backend} int8)"] = (best, best_backend, "int8")
+    return built
 
 
 def add_best_backend_option(parser: argparse.ArgumentParser) -> None:
@@ -97,13 +101,13 @@ def add_best_backend_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def offline_predictor(model_dir: str, backend: str, precision: str, threads: int) -> tuple:
-    """infer.py's predictor (warmed at batch 32 and 1) and tokenizer."""
+def offline_predictor(model_dir: str, backend: str, precision: str, threads: int, batch_size: int = 32) -> tuple:
+    """infer.py's predictor at --batch_size batch_size (warmed at it and at 1) and tokenizer."""
     options = predictors.PredictorOptions(
-        backend=backend, precision=precision, num_threads=threads, batch_size=32, max_seq_length=SEQ_LEN
+        backend=backend, precision=precision, num_threads=threads, batch_size=batch_size, max_seq_length=SEQ_LEN
     )
     predictor = predictors.create_predictor(model_dir, options)
-    predictors.warm_up_buckets(predictor, 32, SEQ_LEN)
+    predictors.warm_up_buckets(predictor, batch_size, SEQ_LEN)
     predictors.warm_up_buckets(predictor, 1, SEQ_LEN)
     return predictor, model_io.load_deployed_tokenizer(model_dir)
 
@@ -117,9 +121,12 @@ def offline_one(predictor, tokenizer, example) -> float:
 
 
 def offline(model_dir: str, backend: str, precision: str, examples, threads: int) -> dict:
-    """infer.py's path: batch 32 end to end (tokenization included), and batch 1 per sentence."""
+    """infer.py's path: batch 32 end to end (tokenization included), and batch 1 per sentence (a predictor made for
+    --batch_size 1, as infer.py makes it: float oneDNN runs unfused matmuls there)."""
     predictor, tokenizer = offline_predictor(model_dir, backend, precision, threads)
     batch_32 = offline_batch_32(predictor, tokenizer, examples)
+    del predictor
+    predictor, _ = offline_predictor(model_dir, backend, precision, threads, batch_size=1)  # infer.py --batch_size 1
     latencies = [offline_one(predictor, tokenizer, example) for example in examples[:LONE_REQUESTS]]
     return {**batch_32, "batch_1_latency_ms_p50": 1000 * float(np.median(latencies))}
 
@@ -144,7 +151,7 @@ def lone_pairs(port: int, model_dir: str, backend: str, precision: str, examples
     sentences: a runtime's threads spin a while after each call (ONNX Runtime's do), and sentence by sentence each
     side's spinning slowed the other's calls: offline int8's p50 was 9.9-15.5 ms in three runs so, 5.6-7.8 ms in three
     by blocks."""
-    predictor, tokenizer = offline_predictor(model_dir, backend, precision, threads)
+    predictor, tokenizer = offline_predictor(model_dir, backend, precision, threads, batch_size=1)
     offline_ms, server_ms = [], []
     with socket.create_connection(("127.0.0.1", port)) as connection:
         reader = connection.makefile("rb")
@@ -532,8 +539,9 @@ def measure_model(label, model_dir, backend, precision, examples, texts, args) -
 
 def compare_servers(model_dir, backend, precision, examples, texts, threads: int, flags, rounds: int) -> dict:
     """An A/B of two serve.py processes on one model folder, started side by side: the defaults against `flags`.
-    Each round measures offline batch 32, then each server at concurrency 32 on every sentence, which goes first
-    alternating; each server's ratio to that round's offline, and B over A, round by round."""
+    Each round measures offline batch 32 and batch 1 (the first LONE_REQUESTS sentences), then each server at
+    concurrency 32 on every sentence and at concurrency 1 on those, which server goes first alternating; each server's
+    ratio to that round's offline, and B over A, round by round."""
     labels = ("defaults", " ".join(flags))
     servers = {}
     try:
@@ -542,14 +550,17 @@ def compare_servers(model_dir, backend, precision, examples, texts, threads: int
             servers[label] = (start_server(model_dir, threads, port, server_flags), port)
             load(port, servers[label][0].pid, texts[:64], 8)  # the client side warms up too
         measured, (predictor, tokenizer) = [], offline_predictor(model_dir, backend, precision, threads)
+        lone, _ = offline_predictor(model_dir, backend, precision, threads, batch_size=1)  # infer.py --batch_size 1
         for index in range(rounds):
             offline_32 = offline_batch_32(predictor, tokenizer, examples)["batch_32_sequences_per_second"]
-            row = {"offline_batch_32": offline_32}
+            lone_ms = [1000 * offline_one(lone, tokenizer, example) for example in examples[:LONE_REQUESTS]]
+            row = {"offline_batch_32": offline_32, "offline_batch_1_p50_ms": float(np.median(lone_ms))}
             for label in labels if index % 2 == 0 else labels[::-1]:
                 process, port = servers[label]
                 served = load(port, process.pid, texts, 32)
                 row[label] = {key: served[key] for key in ("sequences_per_second", "latency_ms_p50", "latency_ms_p99")}
                 row[label]["over_offline"] = served["sequences_per_second"] / offline_32
+                row[label]["concurrency_1_p50_ms"] = concurrency_1_p50_ms(port, texts[:LONE_REQUESTS])
             row["b_over_a"] = row[labels[1]]["sequences_per_second"] / row[labels[0]]["sequences_per_second"]
             measured.append(row)
             print(f"  compare round: {row}", flush=True)
@@ -558,12 +569,27 @@ def compare_servers(model_dir, backend, precision, examples, texts, threads: int
     return {"a": labels[0], "b": labels[1], "rounds": measured, **compare_summary(labels, measured)}
 
 
+def concurrency_1_p50_ms(port: int, texts) -> float:
+    """The p50 of texts sent to the server one at a time on one keep-alive connection."""
+    with socket.create_connection(("127.0.0.1", port)) as connection:
+        reader = connection.makefile("rb")
+        seconds = [answer_seconds(connection, reader, http_request(port, text)) for text in texts]
+    return 1000 * float(np.median(seconds))
+
+
 def compare_summary(labels, rounds: list) -> dict:
-    """The medians of compare_servers' rounds, and the rounds B won."""
+    """The medians of compare_servers' rounds, and the rounds B won (at concurrency 32)."""
     summary = {
         f"{side}_over_offline": float(np.median([r[label]["over_offline"] for r in rounds]))
         for side, label in zip("ab", labels)
     }
+    summary["offline_batch_1_p50_ms"] = float(np.median([r["offline_batch_1_p50_ms"] for r in rounds]))
+    summary.update(
+        {
+            f"{side}_concurrency_1_p50_ms": float(np.median([r[label]["concurrency_1_p50_ms"] for r in rounds]))
+            for side, label in zip("ab", labels)
+        }
+    )
     summary.update(
         {
             f"{side}_latency_ms_p99": float(np.median([r[label]["latency_ms_p99"] for r in rounds]))
@@ -627,6 +653,11 @@ def main(argv=None):
         help="--compare on the compressed best alone (for options of its backend only, which the float default's "
         "Paddle refuses)",
     )
+    parser.add_argument(
+        "--compare_float_only",
+        action="store_true",
+        help="--compare on the float default alone (for options of float Paddle only, which the best refuses)",
+    )
     parser.add_argument("--output", default=None)
     parser.add_argument(
         "--instant_server",
@@ -639,8 +670,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, not {args.rounds}")
-    if args.compare_best_only and args.compare is None:
-        parser.error("--compare_best_only is an option of --compare")
+    for only in ("compare_best_only", "compare_float_only"):
+        if getattr(args, only) and args.compare is None:
+            parser.error(f"--{only} is an option of --compare")
+    if args.compare_best_only and args.compare_float_only:
+        parser.error("--compare_best_only and --compare_float_only: give one of them")
     if args.instant_server:
         instant_server(args.instant_server, args.port)
         return
@@ -689,11 +723,11 @@ def compare_main(args, name: str, dev_examples, examples, texts, started: float)
     if not flags:
         raise runtime.UserError("--compare needs serve.py options to hold against the defaults")
     with tempfile.TemporaryDirectory() as workdir:
-        paths = models(workdir, name, args.best_backend, dev_examples[len(examples) :] or examples)
+        only = "best" if args.compare_best_only else "float" if args.compare_float_only else None
+        paths = models(workdir, name, args.best_backend, dev_examples[len(examples) :] or examples, only)
         rows = [
             {"path": label, **compare_servers(*where, examples, texts, args.threads, flags, args.rounds)}
             for label, where in paths.items()
-            if not (args.compare_best_only and where[1] == "paddle")
         ]
     results = {
         **run_details(name, args.threads, len(examples)),

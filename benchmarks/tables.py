@@ -365,22 +365,35 @@ def serve_tables(results: dict) -> list:
     return text
 
 
+def milliseconds(value) -> str:
+    """A latency in ms to one decimal, blank where a results file from before it was measured has none."""
+    return "" if value is None else f"{value:.1f}"
+
+
 def compare_table(results: dict) -> list:
     """bench_serve --compare: two servers side by side, the defaults (A) against the options given (B), round by
-    round at concurrency 32 against offline batch 32."""
+    round at concurrency 32 against offline batch 32, and (files since 2026-12-03) at concurrency 1 beside offline
+    batch 1."""
     flags = " ".join(results["compare_flags"])
-    header = ["model", "round", "offline batch 32 seq/s", "A: defaults, of offline", f"B: {flags}, of offline", "B / A"]
+    header = ["model", "round", "offline batch 32 seq/s", "A: defaults, of offline", f"B: {flags}, of offline", "B / A",
+              "offline batch 1 p50 (ms)", "A: concurrency 1 p50 (ms)", "B: concurrency 1 p50 (ms)"]  # fmt: skip
     lines = []
     for model in results["compare"]:
+        a, b = model["a"], model["b"]
         for index, r in enumerate(model["rounds"], 1):
             lines.append([model["path"] if index == 1 else "", str(index), f"{r['offline_batch_32']:.1f}",
-                          f"{r[model['a']]['over_offline']:.0%}", f"{r[model['b']]['over_offline']:.0%}",
-                          f"{r['b_over_a']:.2f}"])  # fmt: skip
+                          f"{r[a]['over_offline']:.0%}", f"{r[b]['over_offline']:.0%}", f"{r['b_over_a']:.2f}",
+                          milliseconds(r.get("offline_batch_1_p50_ms")), milliseconds(r[a].get("concurrency_1_p50_ms")),
+                          milliseconds(r[b].get("concurrency_1_p50_ms"))])  # fmt: skip
         lines.append(["", "median", "", f"{model['a_over_offline']:.0%}", f"{model['b_over_offline']:.0%}",
-                      f"{model['b_over_a']:.2f} (B won {model['b_won']} of {len(model['rounds'])})"])  # fmt: skip
+                      f"{model['b_over_a']:.2f} (B won {model['b_won']} of {len(model['rounds'])})",
+                      milliseconds(model.get("offline_batch_1_p50_ms")),
+                      milliseconds(model.get("a_concurrency_1_p50_ms")),
+                      milliseconds(model.get("b_concurrency_1_p50_ms"))])  # fmt: skip
     return [
         f"ERNIE 3.0-{results['model'].capitalize()} shape, {results['sentences']} real TNEWS sentences at concurrency "
-        f"32, one a request, two serve.py processes started side by side (which goes first alternating each round); "
+        f"32 (and the first 300 at concurrency 1, where the file has them), one a request, two serve.py processes "
+        f"started side by side (which goes first alternating each round); "
         f"{machine_line(results)}:",
         "",
     ] + markdown_table(header, lines)

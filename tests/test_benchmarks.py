@@ -377,24 +377,30 @@ def test_an_ab_of_two_servers_is_summed_up_by_its_medians_and_the_rounds_b_won()
 
     labels = ("defaults", "--max_passed_over 0")
 
-    def side(over_offline, p99):
+    def side(over_offline, p99, lone_ms):
         return {"sequences_per_second": 100 * over_offline, "latency_ms_p50": 1.0, "latency_ms_p99": p99,
-                "over_offline": over_offline}  # fmt: skip
+                "over_offline": over_offline, "concurrency_1_p50_ms": lone_ms}  # fmt: skip
+
+    def offline(lone_ms):
+        return {"offline_batch_32": 100.0, "offline_batch_1_p50_ms": lone_ms}
 
     rounds = [
-        {"offline_batch_32": 100.0, labels[0]: side(0.8, 300.0), labels[1]: side(0.7, 200.0), "b_over_a": 0.875},
-        {"offline_batch_32": 100.0, labels[0]: side(0.6, 500.0), labels[1]: side(0.9, 250.0), "b_over_a": 1.5},
-        {"offline_batch_32": 100.0, labels[0]: side(0.7, 400.0), labels[1]: side(0.65, 220.0), "b_over_a": 0.93},
+        {**offline(25.0), labels[0]: side(0.8, 300.0, 27.0), labels[1]: side(0.7, 200.0, 40.0), "b_over_a": 0.875},
+        {**offline(29.0), labels[0]: side(0.6, 500.0, 31.0), labels[1]: side(0.9, 250.0, 44.0), "b_over_a": 1.5},
+        {**offline(27.0), labels[0]: side(0.7, 400.0, 26.0), labels[1]: side(0.65, 220.0, 50.0), "b_over_a": 0.93},
     ]
     summary = bench_serve.compare_summary(labels, rounds)
     assert summary["a_over_offline"] == pytest.approx(0.7) and summary["b_over_offline"] == pytest.approx(0.7)
     assert summary["b_over_a"] == pytest.approx(0.93) and summary["b_won"] == 1
     assert summary["a_latency_ms_p99"] == 400.0 and summary["b_latency_ms_p99"] == 220.0
+    assert summary["offline_batch_1_p50_ms"] == 27.0
+    assert (summary["a_concurrency_1_p50_ms"], summary["b_concurrency_1_p50_ms"]) == (27.0, 44.0)
     results = {
         "machine": {"cpu": "Test CPU", "flags": ["avx2"]}, "model": "medium", "threads": 2, "sentences": 1000,
         "compare_flags": ["--max_passed_over", "0"],
         "compare": [{"path": "int8 best", "a": labels[0], "b": labels[1], "rounds": rounds, **summary}],
     }  # fmt: skip
     lines = tables.tables(results)
-    assert "| int8 best | 1 | 100.0 | 80% | 70% | 0.88 |" in lines and "|  | 2 | 100.0 | 60% | 90% | 1.50 |" in lines
-    assert "|  | median |  | 70% | 70% | 0.93 (B won 1 of 3) |" in lines
+    assert "| int8 best | 1 | 100.0 | 80% | 70% | 0.88 | 25.0 | 27.0 | 40.0 |" in lines
+    assert "|  | 2 | 100.0 | 60% | 90% | 1.50 | 29.0 | 31.0 | 44.0 |" in lines
+    assert "|  | median |  | 70% | 70% | 0.93 (B won 1 of 3) | 27.0 | 27.0 | 44.0 |" in lines

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -211,6 +212,59 @@ def test_length_sorted_batches_give_each_input_its_own_result(runs):
     lengths = [len(f["input_ids"]) for f in features]
     assert predictors.batch_order(features, 5, True)[0] == sorted(range(32), key=lambda i: lengths[i])[:5]
     np.testing.assert_allclose(np.stack(sorted_run.outputs[0]), np.stack(fixed_run.outputs[0]), atol=1e-5)
+
+
+def test_float_batch_one_runs_unfused_matmuls_with_the_fused_programs_logits(runs):
+    """--batch_size 1 on float oneDNN drops the fc passes (PIR_ONEDNN_FC_PASSES: an fc reorders its weights for
+    every new length); the logits must not change, and larger batches keep the fc ops."""
+    lone = predictors.create_predictor(runs["tnews"], predictors.PredictorOptions(batch_size=1))
+    fused = predictors.create_predictor(runs["tnews"], predictors.PredictorOptions(batch_size=2))
+    assert lone.engine.endswith("unfused matmuls for batch 1") and "unfused" not in fused.engine
+    task = utils.SEQ_CLS_TASKS["tnews"]
+    examples = utils.load_examples(task, "dev", clue_file("tnews", "dev"))[:12]
+    features = list(utils.encode_text_examples(examples, model_io.load_tokenizer(runs["tnews"]), task, 128).dataset)
+    for feature in features:
+        batch = predictors.pad_features([feature])
+        np.testing.assert_allclose(lone.run(batch)[0], fused.run(batch)[0], atol=1e-4)
+
+
+class NamedRows:
+    """A predictor that answers each call with its own name and the call's rows."""
+
+    length_bucket, shapes_kept = 8, 2
+
+    def __init__(self, name):
+        self.name, self.engine, self.calls = name, name, []
+
+    def run(self, batch):
+        self.calls.append((len(batch["input_ids"]), threading.current_thread().name))
+        return [self.name]
+
+
+def test_a_lone_call_predictor_takes_one_row_calls_and_the_main_one_the_rest():
+    main, lone = NamedRows("main"), NamedRows("lone")
+    pair = predictors.LoneCallPredictor(main, lambda: lone)
+    ones = {"input_ids": np.ones((1, 9), dtype="int64")}
+    rows = {"input_ids": np.ones((3, 9), dtype="int64")}
+    assert [pair.run(ones), pair.run(rows), pair.run(ones)] == [["lone"], ["main"], ["lone"]]
+    assert main.calls == [(3, threading.current_thread().name)]
+    assert [rows for rows, _ in lone.calls] == [1, 1]  # on a thread of its own (oneDNN's cache is per thread)
+    assert all(thread.startswith("lone-call-predictor") for _, thread in lone.calls)
+    assert (pair.length_bucket, pair.shapes_kept) == (8, 2)  # the batcher plans calls for the main predictor
+
+
+def test_serve_pys_predictor_has_its_lone_call_one_for_float_onednn_only(runs):
+    files = model_folder.read_model_files(runs["tnews"])
+    paired = predictors.create_serving_predictor(files, predictors.PredictorOptions(), None)
+    assert isinstance(paired, predictors.LoneCallPredictor) and paired.lone.engine.endswith("batch 1")
+    assert "unfused" not in paired.main.engine
+    alone = predictors.create_serving_predictor(files, predictors.PredictorOptions(), False)
+    assert isinstance(alone, predictors.PaddlePredictor)
+    ort = predictors.PredictorOptions(backend="onnxruntime")
+    assert isinstance(predictors.create_serving_predictor(files, ort, None), predictors.OnnxRuntimePredictor)
+    with pytest.raises(runtime.UserError, match="--lone_call_predictor is for float models"):
+        predictors.refuse_lone_call_predictor_elsewhere(files, ort, False)
+    predictors.refuse_lone_call_predictor_elsewhere(files, predictors.PredictorOptions(), True)  # applies: no error
 
 
 class ShapeRecorder:

@@ -340,6 +340,7 @@ def test_serve_options_out_of_range_are_one_error_line(tnews_run):
         (["--max_batch_tokens", "0"], "--max_batch_tokens must be at least 1, not 0"),
         (["--loop", "bogus"], "--loop must be one of auto, uvloop, asyncio, not 'bogus'"),
         (["--split_by_length", "false", "--max_passed_over", "2"], "--max_passed_over 2 needs --split_by_length true"),
+        (["--backend", "onnxruntime", "--lone_call_predictor", "true"], "--lone_call_predictor is for float models"),
     ):
         result = subprocess.run(
             [
