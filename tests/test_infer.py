@@ -265,6 +265,8 @@ def test_serve_pys_predictor_has_its_lone_call_one_for_float_onednn_only(runs):
     with pytest.raises(runtime.UserError, match="--lone_call_predictor is for float models"):
         predictors.refuse_lone_call_predictor_elsewhere(files, ort, False)
     predictors.refuse_lone_call_predictor_elsewhere(files, predictors.PredictorOptions(), True)  # applies: no error
+    lone_already = predictors.PredictorOptions(batch_size=1)  # the main predictor is unfused itself: no second one
+    assert isinstance(predictors.create_serving_predictor(files, lone_already, None), predictors.PaddlePredictor)
 
 
 class ShapeRecorder:
