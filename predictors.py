@@ -178,18 +178,17 @@ FLOAT_ONEDNN_CACHED_SHAPES = 2
 PIR_ONEDNN_FC_PASSES = ("matmul_add_act_fuse_pass", "fc_onednn_pass")
 
 
-def lone_calls_unfused(options: PredictorOptions, program: str) -> bool:
-    """Whether a float oneDNN fp32 predictor runs its matmuls unfused: at --batch_size 1, for a PIR program."""
-    return options.batch_size == 1 and options.precision == "fp32" and program.endswith(".json")
+def unfused_at_batch_one(options: PredictorOptions, program: str, quantized: bool) -> bool:
+    """Whether a predictor of these options runs its matmuls unfused when made for --batch_size 1: a float fp32
+    PIR program on oneDNN."""
+    float_pir = not quantized and options.precision == "fp32" and program.endswith(".json")
+    return float_pir and runs_on_onednn(options)
 
 
 def has_lone_call_predictor(files: ModelFiles, options: PredictorOptions) -> bool:
-    """Whether a server of these options and files can run its 1-row calls on a predictor of their own: float fp32
-    on oneDNN, a PIR program (lone_calls_unfused at batch 1), and a main predictor that is not one already
-    (--batch_size 1 makes it so)."""
-    lone = dataclasses.replace(options, batch_size=1)
-    paired = options.batch_size > 1 and runs_on_onednn(options) and not files.quantized
-    return paired and lone_calls_unfused(lone, files.program)
+    """Whether a server of these options and files can run its 1-row calls on a predictor of their own (one that
+    unfused_at_batch_one), its main predictor not being one already (--batch_size 1 makes it so)."""
+    return options.batch_size > 1 and unfused_at_batch_one(options, files.program, files.quantized)
 
 
 def refuse_lone_call_predictor_elsewhere(files: ModelFiles, options: PredictorOptions, wanted: Optional[bool]):
@@ -395,7 +394,7 @@ class PaddlePredictor:
             # oneDNN keeps a copy of the reordered float weights for every input shape it has seen (about
             # 160 MB a shape for ERNIE 3.0-Medium, measured); length-sorted batches meet each shape in a row
             config.set_mkldnn_cache_capacity(FLOAT_ONEDNN_CACHED_SHAPES)
-            if lone_calls_unfused(options, self.program):
+            if options.batch_size == 1 and unfused_at_batch_one(options, self.program, self.quantized):
                 for name in PIR_ONEDNN_FC_PASSES:
                     config.delete_pass(name)
                 self.engine += ", unfused matmuls for batch 1"

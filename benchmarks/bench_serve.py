@@ -127,8 +127,13 @@ def offline(model_dir: str, backend: str, precision: str, examples, threads: int
     batch_32 = offline_batch_32(predictor, tokenizer, examples)
     del predictor
     predictor, _ = offline_predictor(model_dir, backend, precision, threads, batch_size=1)  # infer.py --batch_size 1
-    latencies = [offline_one(predictor, tokenizer, example) for example in examples[:LONE_REQUESTS]]
-    return {**batch_32, "batch_1_latency_ms_p50": 1000 * float(np.median(latencies))}
+    lone = examples[:LONE_REQUESTS]
+    return {**batch_32, "batch_1_latency_ms_p50": float(np.median(offline_one_ms(predictor, tokenizer, lone)))}
+
+
+def offline_one_ms(predictor, tokenizer, examples) -> np.ndarray:
+    """offline_one of each example, in ms."""
+    return 1000 * np.array([offline_one(predictor, tokenizer, example) for example in examples])
 
 
 def offline_batch_32(predictor, tokenizer, examples) -> dict:
@@ -160,17 +165,22 @@ def lone_pairs(port: int, model_dir: str, backend: str, precision: str, examples
             block, times = lone[start : start + LONE_BLOCK], {}
             for side in ("offline", "server") if index % 2 == 0 else ("server", "offline"):
                 if side == "offline":
-                    times[side] = [offline_one(predictor, tokenizer, example) for example in block]
+                    times[side] = offline_one_ms(predictor, tokenizer, block)
                 else:
-                    requests = [http_request(port, example.text_a) for example in block]
-                    times[side] = [answer_seconds(connection, reader, request) for request in requests]
-            offline_ms.append(1000 * np.array(times["offline"]))
-            server_ms.append(1000 * np.array(times["server"]))
+                    times[side] = answers_ms(connection, reader, port, [example.text_a for example in block])
+            offline_ms.append(times["offline"])
+            server_ms.append(times["server"])
     return {
         "offline_batch_1_p50_ms": float(np.median(np.concatenate(offline_ms))),
         "server_concurrency_1_p50_ms": float(np.median(np.concatenate(server_ms))),
         "added_ms": float(np.median([np.median(s) - np.median(o) for o, s in zip(offline_ms, server_ms)])),
     }
+
+
+def answers_ms(connection: socket.socket, reader, port: int, texts) -> np.ndarray:
+    """The ms each text took sent alone on a keep-alive connection, its request built before its clock starts."""
+    requests = [http_request(port, text) for text in texts]
+    return 1000 * np.array([answer_seconds(connection, reader, request) for request in requests])
 
 
 def answer_seconds(connection: socket.socket, reader, request: bytes) -> float:
@@ -553,7 +563,7 @@ def compare_servers(model_dir, backend, precision, examples, texts, threads: int
         lone, _ = offline_predictor(model_dir, backend, precision, threads, batch_size=1)  # infer.py --batch_size 1
         for index in range(rounds):
             offline_32 = offline_batch_32(predictor, tokenizer, examples)["batch_32_sequences_per_second"]
-            lone_ms = [1000 * offline_one(lone, tokenizer, example) for example in examples[:LONE_REQUESTS]]
+            lone_ms = offline_one_ms(lone, tokenizer, examples[:LONE_REQUESTS])
             row = {"offline_batch_32": offline_32, "offline_batch_1_p50_ms": float(np.median(lone_ms))}
             for label in labels if index % 2 == 0 else labels[::-1]:
                 process, port = servers[label]
@@ -572,9 +582,7 @@ def compare_servers(model_dir, backend, precision, examples, texts, threads: int
 def concurrency_1_p50_ms(port: int, texts) -> float:
     """The p50 of texts sent to the server one at a time on one keep-alive connection."""
     with socket.create_connection(("127.0.0.1", port)) as connection:
-        reader = connection.makefile("rb")
-        seconds = [answer_seconds(connection, reader, http_request(port, text)) for text in texts]
-    return 1000 * float(np.median(seconds))
+        return float(np.median(answers_ms(connection, connection.makefile("rb"), port, texts)))
 
 
 def compare_summary(labels, rounds: list) -> dict:
