@@ -164,6 +164,7 @@ def main(argv=None):
     arguments.check_minimums(limits, serving.ServingLimits.MINIMUMS)
     served = deployment.resolve_deployment(deploy)  # refuse a missing model or bad options before listening
     predictors.refuse_lone_call_predictor_elsewhere(served.files, served.options, limits.lone_call_predictor)
+    predictors.check_model_streams(served.options, limits.model_streams)
     task, options = served.task, served.options
     runtime.logger.info(
         "serving %s (%s %s) at http://%s:%d/%s with %d worker(s)",

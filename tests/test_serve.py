@@ -153,6 +153,29 @@ def test_200_concurrent_single_sentence_requests_are_answered_correctly_and_batc
     assert after["batches"] - before["batches"] < 200  # requests shared batches
 
 
+def test_two_model_streams_answer_concurrent_requests_as_infer_py(tnews_run):
+    """ONNX Runtime on 2 threads runs two batches at once by default (--model_streams), each on one thread; the
+    answers are infer.py's (fp32: a row's scores do not depend on its batch)."""
+    export = os.path.join(tnews_run, "export")
+    expected = {
+        row["text"]: row["probability"]
+        for row in infer_rows(export, "--backend", "onnxruntime", *sum((["--text", s] for s in SENTENCES), []))
+    }
+    server = Server(export, "--backend", "onnxruntime", "--num_threads", "2").wait_ready()
+    try:
+        texts = [SENTENCES[i % len(SENTENCES)] for i in range(64)]
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda text: request(server, "POST", "/tnews", {"data": {"text": [text]}}), texts))
+        metrics = request(server, "GET", "/metrics?format=json")[1]
+    finally:
+        server.stop()
+    assert all(status == 200 for status, _, _ in answers)
+    assert [body["result"][0]["probability"] for _, body, _ in answers] == pytest.approx(
+        [expected[text] for text in texts], abs=1e-5
+    )
+    assert metrics["model_streams"] == 2 and metrics["requests"] == 64
+
+
 def bad_requests():
     long_text = "长" * 2001
     return {
@@ -341,6 +364,12 @@ def test_serve_options_out_of_range_are_one_error_line(tnews_run):
         (["--loop", "bogus"], "--loop must be one of auto, uvloop, asyncio, not 'bogus'"),
         (["--split_by_length", "false", "--max_passed_over", "2"], "--max_passed_over 2 needs --split_by_length true"),
         (["--backend", "onnxruntime", "--lone_call_predictor", "true"], "--lone_call_predictor is for float models"),
+        (["--model_streams", "0"], "--model_streams must be at least 1, not 0"),
+        (["--model_streams", "2"], "--model_streams 2: only --backend onnxruntime and openvino on the CPU"),
+        (
+            ["--backend", "onnxruntime", "--num_threads", "1", "--model_streams", "2"],
+            "--model_streams 2 splits --num_threads 1 unevenly",
+        ),
     ):
         result = subprocess.run(
             [

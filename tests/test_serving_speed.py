@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from test_http_security import StubBatcher
 
+import predictors
 import serving
 import utils
 from runtime import UserError
@@ -488,6 +489,85 @@ def test_a_lone_client_is_not_kept_waiting_for_company(tokenizer_folder):
             assert batcher.submit(examples(text)).result(timeout=30)[0]["text"] == text
     finally:
         batcher.close()
+
+
+class FirstCallHeld(RecordingPredictor):
+    """A RecordingPredictor whose first call after hold is set waits until released; the others run at once."""
+
+    def run(self, batch):
+        if self.hold:
+            self.hold = False
+            self.entered.set()
+            assert self.release.wait(60)
+        return super().run(batch)
+
+
+def test_with_two_model_streams_a_batch_runs_while_another_is_in_its_call(tokenizer_folder):
+    """A lone request runs on every thread (whole); the next, arriving while it is in its call, runs at once on a
+    stream's share (shared), though max_wait_ms would let it wait a minute: the running request cannot join it."""
+    whole, shared = FirstCallHeld(), RecordingPredictor()
+    whole.engine = shared.engine = "fake"
+    streamed = predictors.StreamedPredictor(whole, shared, streams=2, threads=2)
+    batcher = started_batcher(tokenizer_folder, streamed, max_wait_ms=60_000, model_streams=2)
+    try:
+        batcher.expected_requests = 1  # as the first batch leaves it, without waiting a minute here
+        shared.shapes.clear()
+        whole.hold = True
+        held = batcher.submit(examples("以色列大规模空袭开始"))
+        assert whole.entered.wait(30)
+        assert batcher.submit(examples("华为发布新款手机")).result(timeout=10)[0]["text"] == "华为发布新款手机"
+        assert not held.done() and len(shared.shapes) == 1
+        whole.release.set()
+        assert held.result(timeout=30)[0]["text"] == "以色列大规模空袭开始"
+        batcher.expected_requests = 1
+        assert batcher.submit(examples("出栏一头猪")).result(timeout=30)  # alone again: on every thread
+        assert len(shared.shapes) == 1
+        assert batcher.metrics()["model_streams"] == 2
+    finally:
+        whole.release.set()
+        batcher.close()
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("batcher")]
+
+
+def test_with_one_model_stream_a_batch_waits_for_the_call_before_it(tokenizer_folder):
+    predictor = FirstCallHeld()
+    batcher = started_batcher(tokenizer_folder, predictor, max_wait_ms=0, model_streams=1)
+    try:
+        predictor.hold = True
+        held = batcher.submit(examples("以色列大规模空袭开始"))
+        assert predictor.entered.wait(30)
+        second = batcher.submit(examples("华为发布新款手机"))
+        time.sleep(0.5)
+        assert not second.done()
+        predictor.release.set()
+        assert second.result(timeout=30) and held.result(timeout=30)
+    finally:
+        predictor.release.set()
+        batcher.close()
+
+
+def test_two_model_streams_are_the_default_for_onnx_runtime_and_openvino_with_an_even_number_of_threads():
+    options = predictors.PredictorOptions(backend="onnxruntime", num_threads=2)
+    assert predictors.default_model_streams(options) == 2
+    assert predictors.default_model_streams(dataclasses.replace(options, backend="openvino", num_threads=4)) == 2
+    assert predictors.stream_options(options, 2).streams == 2
+    for other in (
+        dataclasses.replace(options, num_threads=1),
+        dataclasses.replace(options, num_threads=3),
+        dataclasses.replace(options, backend="paddle"),
+        dataclasses.replace(options, device="gpu"),
+    ):
+        assert predictors.default_model_streams(other) == 1
+
+
+def test_more_model_streams_than_one_are_refused_where_calls_cannot_run_at_once():
+    predictors.check_model_streams(predictors.PredictorOptions(backend="paddle", num_threads=2), 1)
+    predictors.check_model_streams(predictors.PredictorOptions(backend="onnxruntime", num_threads=4), 4)
+    predictors.check_model_streams(predictors.PredictorOptions(backend="openvino", num_threads=2), 2)
+    with pytest.raises(UserError, match="only --backend onnxruntime and openvino on the CPU"):
+        predictors.check_model_streams(predictors.PredictorOptions(backend="paddle", num_threads=2), 2)
+    with pytest.raises(UserError, match="unevenly"):
+        predictors.check_model_streams(predictors.PredictorOptions(backend="onnxruntime", num_threads=3), 2)
 
 
 def test_the_metrics_count_model_calls_and_padding(tokenizer_folder):
