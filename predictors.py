@@ -231,13 +231,16 @@ STREAMING_BACKENDS = ("onnxruntime", "openvino")  # one model, calls at once: a 
 
 
 def default_model_streams(options: PredictorOptions) -> int:
-    """serve.py's model streams when --model_streams is left unset: two for ONNX Runtime and OpenVINO on the CPU with
-    an even --num_threads, else one. The 3/4-width Medium in int8, 2 threads, AMD EPYC (avx512_vnni, no avx_vnni),
-    serve.py at concurrency 32 against offline batch 32, 4 paired rounds each: ONNX Runtime 86% with two against 61%
-    with one (every round won), OpenVINO 81% against 71% (every round won); concurrency 1 p50 6.3 against 6.0 ms and
-    6.5 against 7.1 ms (a lone request runs on every thread: StreamedPredictor). Not measured on other CPUs."""
+    """serve.py's model streams when --model_streams is left unset: two for ONNX Runtime on the CPU with an even
+    --num_threads, else one. The 3/4-width Medium in int8, 2 threads, AMD EPYC (avx512_vnni, no avx_vnni), serve.py
+    at concurrency 32 against offline batch 32, 4 paired rounds each: ONNX Runtime 86% with two against 61% with one
+    (every round won), concurrency 1 p50 6.3 against 6.0 ms (a lone request runs on every thread: StreamedPredictor);
+    serve.py's peak 313-315 MB against 256-262. OpenVINO gained too (81% against 71%, every round won) but its
+    second compiled model took serve.py's peak from about 400 to 629-638 MB, over #24's 450 MB: it keeps one unless
+    asked (with a single 2-stream model instead, a lone request took 10.7-11.0 ms against offline's 6.6). Not
+    measured on other CPUs."""
     even = options.num_threads >= 2 and options.num_threads % 2 == 0
-    return 2 if options.backend in STREAMING_BACKENDS and options.device == "cpu" and even else 1
+    return 2 if options.backend == "onnxruntime" and options.device == "cpu" and even else 1
 
 
 def check_model_streams(options: PredictorOptions, streams: Optional[int]) -> None:

@@ -114,10 +114,10 @@ class ServingLimits:
         default=None,
         metadata={
             "help": "Batches run at once on the model, each on --num_threads / N threads (ONNX Runtime's session, "
-            "OpenVINO's CPU streams); a lone request still runs on every thread. Default: 2 for --backend "
-            "onnxruntime and openvino on the CPU with an even --num_threads (the 3/4-width Medium int8 on 2 threads, "
-            "AMD EPYC: concurrency 32 at 86% of offline batch 32 against 61% with 1 for ONNX Runtime, 81% against "
-            "71% for OpenVINO), else 1. Costs a second copy of the model in memory."
+            "OpenVINO's CPU streams); a lone request still runs on every thread, on a second copy of the model. "
+            "Default: 2 for --backend onnxruntime on the CPU with an even --num_threads (the 3/4-width Medium int8 on "
+            "2 threads, AMD EPYC: concurrency 32 at 86% of offline batch 32 against 61% with 1; peak 315 against "
+            "262 MB), else 1 (OpenVINO int8 with 2: 81% against 71%, but a peak of about 630 against 400 MB)."
         },
     )
     max_queue: int = field(

@@ -546,15 +546,16 @@ def test_with_one_model_stream_a_batch_waits_for_the_call_before_it(tokenizer_fo
         batcher.close()
 
 
-def test_two_model_streams_are_the_default_for_onnx_runtime_and_openvino_with_an_even_number_of_threads():
+def test_two_model_streams_are_the_default_for_onnx_runtime_with_an_even_number_of_threads():
     options = predictors.PredictorOptions(backend="onnxruntime", num_threads=2)
     assert predictors.default_model_streams(options) == 2
-    assert predictors.default_model_streams(dataclasses.replace(options, backend="openvino", num_threads=4)) == 2
+    assert predictors.default_model_streams(dataclasses.replace(options, num_threads=4)) == 2
     assert predictors.stream_options(options, 2).streams == 2
     for other in (
         dataclasses.replace(options, num_threads=1),
         dataclasses.replace(options, num_threads=3),
         dataclasses.replace(options, backend="paddle"),
+        dataclasses.replace(options, backend="openvino"),  # a second compiled model: over #24's memory target
         dataclasses.replace(options, device="gpu"),
     ):
         assert predictors.default_model_streams(other) == 1
