@@ -215,7 +215,11 @@ class LoneCallPredictor:
     def __init__(self, main, make_lone):
         self.main = main
         self.thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lone-call-predictor")
-        self.lone = self.thread.submit(make_lone).result()
+        try:
+            self.lone = self.thread.submit(make_lone).result()
+        except BaseException:  # no thread left behind by a predictor that could not start
+            self.thread.shutdown()
+            raise
         self.engine = f"{main.engine}; 1-row calls: {self.lone.engine}"
 
     def __getattr__(self, name):

@@ -39,6 +39,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from typing import Optional
@@ -66,6 +67,7 @@ LEVERS = {
     "asyncio loop and h11 parser (--loop asyncio --http h11)": ("--loop", "asyncio", "--http", "h11"),
     "no waiting for company (--max_wait_ms 0)": ("--max_wait_ms", "0"),
     "calls of up to 16384 tokens, the former default (--max_batch_tokens 16384)": ("--max_batch_tokens", "16384"),
+    "one model call at a time (--model_streams 1)": ("--model_streams", "1"),
 }
 LONE_REQUESTS = 300  # concurrency 1 sends the first 300 sentences only (its p50 settles; 1,000 would take minutes)
 CONTENT_LENGTH = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
@@ -210,13 +212,13 @@ def batcher_alone(model_dir: str, backend: str, precision: str, examples, thread
         deployment.DeployArguments(model_path=model_dir, backend=backend, precision=precision, num_threads=threads)
     )
     batcher = serving.new_batcher(served, arguments.QAWindowArguments(), serving.ServingLimits())
-    make_predictor, timer = batcher.make_predictor, {}
-    batcher.make_predictor = lambda: timer.setdefault("predictor", TimedPredictor(make_predictor()))
+    make_predictor, clock = batcher.make_predictor, ModelClock()
+    batcher.make_predictor = lambda: timed_predictor(make_predictor(), clock)
     batcher.start()
     batcher.settled.wait()
     if batcher.failed:
         raise RuntimeError(f"serve.py's batcher could not start: {batcher.failed}")
-    timer["predictor"].seconds = 0.0  # the calls of this run only, not the warm-up's and the calibration's
+    clock.seconds = 0.0  # the calls of this run only, not the warm-up's and the calibration's
     answered = queue.SimpleQueue()  # one item a finished request: a client free for its next sentence
     started = time.perf_counter()
     for index in range(len(examples)):
@@ -228,7 +230,7 @@ def batcher_alone(model_dir: str, backend: str, precision: str, examples, thread
     seconds = time.perf_counter() - started
     metrics = batcher.metrics()
     batcher.close()
-    model_seconds = timer["predictor"].seconds
+    model_seconds = clock.seconds
     return {
         "concurrency": concurrency,
         "sequences_per_second": len(examples) / seconds,
@@ -239,21 +241,50 @@ def batcher_alone(model_dir: str, backend: str, precision: str, examples, thread
     }
 
 
-class TimedPredictor:
-    """A predictor that adds up the time of its calls (run)."""
+class ModelClock:
+    """The time during which at least one model call runs (calls of several streams at once count once)."""
 
-    def __init__(self, predictor):
-        self.predictor, self.seconds = predictor, 0.0
+    def __init__(self):
+        self.seconds, self.running, self.since, self.lock = 0.0, 0, 0.0, threading.Lock()
+
+    def enter(self) -> None:
+        with self.lock:
+            if not self.running:
+                self.since = time.perf_counter()
+            self.running += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.running -= 1
+            if not self.running:
+                self.seconds += time.perf_counter() - self.since
+
+
+class TimedPredictor:
+    """A predictor whose calls (run) count on a ModelClock."""
+
+    def __init__(self, predictor, clock: ModelClock):
+        self.predictor, self.clock = predictor, clock
 
     def __getattr__(self, name):  # its length bucket, the shapes it keeps
         return getattr(self.predictor, name)
 
     def run(self, batch):
-        started = time.perf_counter()
+        self.clock.enter()
         try:
             return self.predictor.run(batch)
         finally:
-            self.seconds += time.perf_counter() - started
+            self.clock.leave()
+
+
+def timed_predictor(predictor, clock: ModelClock):
+    """predictor timed on clock; a StreamedPredictor's two predictors each (the batcher calls them, not its run)."""
+    if isinstance(predictor, predictors.StreamedPredictor):
+        predictor.whole, predictor.shared = (
+            TimedPredictor(predictor.whole, clock),
+            TimedPredictor(predictor.shared, clock),
+        )
+    return TimedPredictor(predictor, clock)
 
 
 class InstantPredictor:

@@ -2,6 +2,7 @@
 publishes from results files."""
 
 import collections
+import concurrent.futures
 import copy
 import json
 import os
@@ -11,6 +12,7 @@ import pytest
 
 import dynabert
 import model_folder
+import predictors
 import runtime
 import serving
 import students
@@ -344,9 +346,29 @@ def test_the_batcher_alone_counts_its_model_calls_time():
             time.sleep(0.01)
             return [batch]
 
-    timed = bench_serve.TimedPredictor(Sleeps())
+    clock = bench_serve.ModelClock()
+    timed = bench_serve.TimedPredictor(Sleeps(), clock)
     assert timed.run("batch") == ["batch"] and timed.run("batch") == ["batch"]
-    assert 0.02 <= timed.seconds < 0.2 and timed.length_bucket == 8
+    assert 0.02 <= clock.seconds < 0.2 and timed.length_bucket == 8
+
+
+def test_calls_of_two_streams_at_once_count_once_on_the_model_clock():
+    from benchmarks import bench_serve
+
+    class Sleeps:
+        engine = "sleeps"
+
+        def run(self, batch):
+            time.sleep(0.2)
+            return [batch]
+
+    clock = bench_serve.ModelClock()
+    streamed = bench_serve.timed_predictor(predictors.StreamedPredictor(Sleeps(), Sleeps(), 2, 2), clock)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda _: streamed.shared.run("batch"), range(2)))
+    assert 0.2 <= clock.seconds < 0.35  # two 0.2 s calls side by side: 0.2 s of model time, not 0.4
+    streamed.whole.run("batch")
+    assert 0.4 <= clock.seconds < 0.7
 
 
 def test_a_lone_request_is_timed_to_the_end_of_its_answer_and_leaves_the_next_one_on_the_connection():

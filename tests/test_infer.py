@@ -269,6 +269,28 @@ def test_serve_pys_predictor_has_its_lone_call_one_for_float_onednn_only(runs):
     assert isinstance(predictors.create_serving_predictor(files, lone_already, None), predictors.PaddlePredictor)
 
 
+def test_a_lone_call_predictor_that_cannot_start_leaves_no_thread():
+    def fails():
+        raise RuntimeError("no model here")
+
+    with pytest.raises(RuntimeError, match="no model here"):
+        predictors.LoneCallPredictor(NamedRows("main"), fails)
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("lone-call-predictor")]
+
+
+def test_serve_pys_onnx_runtime_predictor_with_two_streams_has_a_whole_thread_session_beside(runs):
+    files = model_folder.read_model_files(runs["tnews"])
+    options = predictors.PredictorOptions(backend="onnxruntime", num_threads=2)
+    streamed = predictors.create_streamed_predictor(files, options, None, 2)
+    assert isinstance(streamed, predictors.StreamedPredictor) and streamed.whole is not streamed.shared
+    assert streamed.engine.endswith("2 at once on 1 thread(s) each")
+    assert streamed.whole.session.get_session_options().intra_op_num_threads == 2
+    assert streamed.shared.session.get_session_options().intra_op_num_threads == 1
+    batch = {"input_ids": np.full((3, 9), 5, dtype="int64"), "token_type_ids": np.zeros((3, 9), dtype="int64")}
+    np.testing.assert_allclose(streamed.shared.run(batch)[0], streamed.whole.run(batch)[0], atol=1e-5)
+    assert isinstance(predictors.create_streamed_predictor(files, options, None, 1), predictors.OnnxRuntimePredictor)
+
+
 class ShapeRecorder:
     """A predictor that records the shape of every batch it runs."""
 
