@@ -235,16 +235,16 @@ STREAMING_BACKENDS = ("onnxruntime", "openvino")  # one model, calls at once: a 
 
 
 def default_model_streams(options: PredictorOptions) -> int:
-    """serve.py's model streams when --model_streams is left unset: two for ONNX Runtime on the CPU with an even
-    --num_threads, else one. The 3/4-width Medium in int8, 2 threads, AMD EPYC (avx512_vnni, no avx_vnni), serve.py
-    at concurrency 32 against offline batch 32, 4 paired rounds each: ONNX Runtime 86% with two against 61% with one
+    """serve.py's model streams when --model_streams is left unset: two for ONNX Runtime on the CPU with --num_threads
+    2 (one thread each: check_model_streams), else one. The 3/4-width Medium in int8, 2 threads, AMD EPYC
+    (avx512_vnni, no avx_vnni), serve.py at concurrency 32 against offline batch 32, 4 paired rounds each: ONNX
+    Runtime 86% with two against 61% with one
     (every round won), concurrency 1 p50 6.3 against 6.0 ms (a lone request runs on every thread: StreamedPredictor);
     serve.py's peak 313-315 MB against 256-262. OpenVINO gained too (81% against 71%, every round won) but its
     second compiled model took serve.py's peak from about 400 to 629-638 MB, over #24's 450 MB: it keeps one unless
     asked (with a single 2-stream model instead, a lone request took 10.7-11.0 ms against offline's 6.6). Not
     measured on other CPUs."""
-    even = options.num_threads >= 2 and options.num_threads % 2 == 0
-    return 2 if options.backend == "onnxruntime" and options.device == "cpu" and even else 1
+    return 2 if options.backend == "onnxruntime" and options.device == "cpu" and options.num_threads == 2 else 1
 
 
 def check_model_streams(options: PredictorOptions, streams: Optional[int]) -> None:
@@ -261,6 +261,13 @@ def check_model_streams(options: PredictorOptions, streams: Optional[int]) -> No
         raise UserError(
             f"--model_streams {streams} splits --num_threads {options.num_threads} unevenly: give a number of threads "
             f"that {streams} divides"
+        )
+    if options.backend == "onnxruntime" and options.num_threads != streams:
+        # ONNX Runtime's calls at once on a session share its one intra-op pool: only callers of one thread each
+        # (no pool) keep to their share
+        raise UserError(
+            f"--model_streams {streams} on ONNX Runtime runs each call on one thread (its calls at once share one "
+            f"thread pool): give --num_threads {streams}, or --model_streams {options.num_threads}"
         )
 
 

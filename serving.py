@@ -113,11 +113,11 @@ class ServingLimits:
     model_streams: Optional[int] = field(
         default=None,
         metadata={
-            "help": "Batches run at once on the model, each on --num_threads / N threads (ONNX Runtime's session, "
-            "OpenVINO's CPU streams); a lone request still runs on every thread, on a second copy of the model. "
-            "Default: 2 for --backend onnxruntime on the CPU with an even --num_threads (the 3/4-width Medium int8 on "
-            "2 threads, AMD EPYC: concurrency 32 at 86% of offline batch 32 against 61% with 1; peak 315 against "
-            "262 MB), else 1 (OpenVINO int8 with 2: 81% against 71%, but a peak of about 630 against 400 MB)."
+            "help": "Batches run at once on the model, each on --num_threads / N threads (ONNX Runtime: one thread "
+            "each, so N = --num_threads; OpenVINO: its CPU streams); a lone request still runs on every thread, on "
+            "a second copy of the model. Default: 2 for --backend onnxruntime on the CPU with --num_threads 2 (the "
+            "3/4-width Medium int8, AMD EPYC: concurrency 32 at 86% of offline batch 32 against 61% with 1; peak 315 "
+            "against 262 MB), else 1 (OpenVINO int8 with 2: 81% against 71%, but a peak of about 630 against 400 MB)."
         },
     )
     max_queue: int = field(
@@ -1192,6 +1192,7 @@ class Batcher:
             self.fail_all(str(misfit))
             for pending in batch:
                 if not pending.future.done():
+                    self.finish(pending)
                     pending.future.set_exception(Unavailable(f"the model could not be loaded: {misfit}"))
             return False
         return True
@@ -1206,6 +1207,7 @@ class Batcher:
                 pending = self.queue.popleft()
                 self.queued_sequences -= pending.rows
                 self.queued_tokens -= pending.tokens
+                self.in_flight -= 1
                 pending.future.set_exception(Unavailable(f"the model could not be loaded: {reason}"))
 
     def count_error(self) -> None:
