@@ -116,8 +116,9 @@ class ServingLimits:
             "help": "Batches run at once on the model, each on --num_threads / N threads (ONNX Runtime: one thread "
             "each, so N = --num_threads; OpenVINO: its CPU streams); a lone request still runs on every thread, on "
             "a second copy of the model. Default: 2 for --backend onnxruntime on the CPU with --num_threads 2 (the "
-            "3/4-width Medium int8, AMD EPYC: concurrency 32 at 86% of offline batch 32 against 61% with 1; peak 315 "
-            "against 262 MB), else 1 (OpenVINO int8 with 2: 81% against 71%, but a peak of about 630 against 400 MB)."
+            "3/4-width Medium int8, AMD EPYC: concurrency 32 at 0.86 of offline batch 32's throughput against 0.61 "
+            "with 1; peak 315 against 262 MB), else 1 (OpenVINO int8 with 2: 0.81 against 0.71, but a peak of about "
+            "630 against 400 MB)."
         },
     )
     max_queue: int = field(

@@ -109,3 +109,21 @@ def test_two_process_data_parallel_training_on_cpu(tiny_ernie, tmp_path):
     assert single.returncode == 0, single.stderr[-3000:]
     assert two_process == read_predictions(single_dir / "tnews11_predict.json")
     assert [row["id"] for row in two_process] == list(range(1000, 1016))
+
+
+SCRIPTS = (
+    "run_seq_cls", "run_token_cls", "run_qa", "run_multiple_choice",
+    "compress_seq_cls", "compress_token_cls", "compress_qa", "compress_multiple_choice",
+    "infer", "serve",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_scripts_help_is_printed(script, capsys):
+    """argparse formats every help text with %: a bare % in one (a percentage) made `serve.py --help` a traceback."""
+    import importlib
+
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(script).main(["--help"])
+    assert stop.value.code == 0
+    assert "usage:" in capsys.readouterr().out
